@@ -1,0 +1,8 @@
+"""remedy-dask: the VIRUS fiber-IFU reduction pipeline (a re-creation of Remedy) on Dask."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("remedy-dask")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+unknown"
