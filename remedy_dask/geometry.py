@@ -49,6 +49,14 @@ ARC_LINES: dict[str, tuple[float, ...]] = {
     "Cd-A": (3610.508, 4678.149, 4799.912, 5085.822),
 }
 
+# Night-sky emission lines inside the VIRUS range that are bright enough to measure a per-exposure
+# wavelength zero point (air, A): Hg I light pollution.
+SKY_LINES: tuple[float, ...] = (4046.565, 4358.335, 5460.750)
+
+# Sign convention of drifts between calibration and science frames (trace and wavelength): a
+# feature at calibration position p appears at p + shift in the science frame, so
+# trace_sci = trace_cal + dy and wavelength_sci(x) = wavelength_cal(x - dx).
+
 # --- fibers on the sky ----------------------------------------------------------------------
 FIBER_DIAMETER = 1.5  # arcsec
 IFU_FIBER_PITCH = 2.54  # arcsec, within a row
