@@ -1,0 +1,194 @@
+"""The calibration file (HDF5): one group per amplifier, ``{IFUSLOT:03d}{AMP}``.
+
+Datasets per group (shapes for one amp; units in each dataset's ``units`` attribute):
+
+=====================  ==================  ===============================================
+``trace``              (112, 1032) f8      row of each fiber centre per column (px)
+``wavelength``         (112, 1032) f8      wavelength per fiber and column (A)
+``bias``               (1032, 1032) f4     master bias (e-), stored quantised to 0.01 e-
+``dark_rate``          (1032, 1032) f4     dark current (e-/s), quantised to 1e-4 e-/s
+``pixel_mask``         (1032, 1032) u1     non-zero = bad pixel
+``fiber_to_fiber``     (112, 1036) f4      relative fiber throughput on DEF_WAVE
+``dead``               (112,) u1           dead or missing fiber
+``spectral_mask``      (112, 1032) u1      bad fiber columns on the native grid
+``profile/*``          small arrays        cross-dispersion profile model (profile.ProfileModel)
+``qa/*``               small arrays        per-fiber trace RMS, arc RMS, number of lines, ...
+=====================  ==================  ===============================================
+
+Group attributes: ``specid``, ``ifuid``, ``ifuslot``, ``amp``, ``contid``, ``read_noise`` (e-),
+``status`` ("ok" or "failed"), ``flags`` (JSON list of reasons), ``qa`` (JSON dict of numbers).
+File attributes: ``format_version``, ``code_version``, ``created``, ``window`` (dates), ``config``
+(YAML), ``inputs`` per group as the dataset ``inputs`` (frame names).
+
+Writes are atomic: the file is written under a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from remedy_dask import __version__
+from remedy_dask.errors import InputFileError
+
+FORMAT_VERSION = "1.0"
+
+# dataset name -> (dtype, units, quantisation step or None)
+_ARRAYS: dict[str, tuple[str, str, float | None]] = {
+    "trace": ("f8", "pixel", None),
+    "wavelength": ("f8", "Angstrom", None),
+    "bias": ("f4", "electron", 0.01),
+    "dark_rate": ("f4", "electron / s", 1e-4),
+    "pixel_mask": ("u1", "", None),
+    "fiber_to_fiber": ("f4", "", None),
+    "dead": ("u1", "", None),
+    "spectral_mask": ("u1", "", None),
+    "flat_spectra": ("f4", "electron", None),
+    "twilight_spectra": ("f4", "electron", None),
+    "arc_spectra": ("f4", "electron", None),
+}
+
+
+@dataclass
+class AmpCalibration:
+    """Everything the science reduction needs for one amplifier."""
+
+    ifuslot: int
+    amp: str
+    specid: int
+    ifuid: int
+    contid: str = ""
+    read_noise: float = float("nan")
+    status: str = "ok"
+    flags: list[str] = field(default_factory=list)
+    qa: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # names of _ARRAYS
+    profile: dict[str, np.ndarray] = field(default_factory=dict)
+    qa_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.ifuslot:03d}{self.amp}"
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.arrays[name]
+
+
+def _quantised(values: np.ndarray, step: float | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Round to ``step`` so that noise-dominated images compress (the loss is << their noise)."""
+    if step is None:
+        return values, {}
+    finite = np.isfinite(values)
+    out = np.where(finite, np.round(values / step) * step, np.nan).astype(values.dtype)
+    return out, {"quantisation_step": step}
+
+
+def write_calibration(
+    path: str | Path, amps: list[AmpCalibration], attrs: dict[str, Any] | None = None
+) -> Path:
+    """Write all amps atomically to ``path``; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with h5py.File(tmp, "w") as h5:
+        h5.attrs["format_version"] = FORMAT_VERSION
+        h5.attrs["code_version"] = __version__
+        h5.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        for key, value in (attrs or {}).items():
+            h5.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
+        for cal in amps:
+            g = h5.create_group(cal.key)
+            g.attrs.update(
+                specid=cal.specid, ifuid=cal.ifuid, ifuslot=cal.ifuslot, amp=cal.amp,
+                contid=cal.contid, read_noise=cal.read_noise, status=cal.status,
+                flags=json.dumps(cal.flags), qa=json.dumps(_jsonable(cal.qa)),
+            )
+            g.attrs["read_noise_units"] = "electron"
+            for name, values in cal.arrays.items():
+                dtype, units, step = _ARRAYS[name]
+                data, extra = _quantised(np.asarray(values).astype(dtype), step)
+                ds = g.create_dataset(
+                    name, data=data, chunks=True, compression="gzip", compression_opts=4,
+                    shuffle=True,
+                )
+                ds.attrs["units"] = units
+                ds.attrs.update(extra)
+            for sub, arrays in (("profile", cal.profile), ("qa", cal.qa_arrays)):
+                if arrays:
+                    sg = g.create_group(sub)
+                    for name, values in arrays.items():
+                        sg.create_dataset(name, data=np.asarray(values))
+            g.create_dataset("inputs", data=np.array(cal.inputs, dtype=h5py.string_dtype()))
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def list_amps(path: str | Path) -> list[str]:
+    """Group names (``047LL`` ...) in a calibration file."""
+    with _open(path) as h5:
+        return sorted(k for k in h5.keys() if isinstance(h5[k], h5py.Group))
+
+
+def file_attrs(path: str | Path) -> dict[str, Any]:
+    with _open(path) as h5:
+        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in h5.attrs.items()}
+
+
+def read_amp(path: str | Path, key: str) -> AmpCalibration:
+    """Read one amp group (``047LL``) completely."""
+    with _open(path) as h5:
+        if key not in h5:
+            raise InputFileError(str(path), f"no calibration for amp {key}")
+        g = h5[key]
+        a = g.attrs
+        cal = AmpCalibration(
+            ifuslot=int(a["ifuslot"]), amp=str(a["amp"]), specid=int(a["specid"]),
+            ifuid=int(a["ifuid"]), contid=str(a.get("contid", "")),
+            read_noise=float(a.get("read_noise", np.nan)), status=str(a.get("status", "ok")),
+            flags=json.loads(a.get("flags", "[]")), qa=json.loads(a.get("qa", "{}")),
+        )
+        for name in _ARRAYS:
+            if name in g:
+                cal.arrays[name] = g[name][...]
+        for sub, target in (("profile", cal.profile), ("qa", cal.qa_arrays)):
+            if sub in g:
+                for name, ds in g[sub].items():
+                    target[name] = ds[...]
+        if "inputs" in g:
+            cal.inputs = [s.decode() if isinstance(s, bytes) else str(s) for s in g["inputs"][...]]
+    return cal
+
+
+def _open(path: str | Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError:
+        raise InputFileError(str(path), "calibration file not found") from None
+    except OSError as exc:
+        raise InputFileError(str(path), f"not a readable HDF5 calibration file ({exc})") from None

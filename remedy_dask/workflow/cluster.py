@@ -1,0 +1,137 @@
+"""Where the graph runs: a LocalCluster (default), SLURM/PBS through dask-jobqueue, an existing
+scheduler (``tcp://...``), or the synchronous scheduler (``sync``, for debugging and tests).
+
+The built-in settings equal ``configs/{local,slurm,pbs}.yaml``; ``--cluster-config F`` replaces
+them with a user's file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from remedy_dask.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "local": {
+        "kind": "local", "n_workers": None, "threads_per_worker": 1, "memory_limit": "auto",
+        "dashboard_address": ":8787",
+    },
+    "slurm": {
+        "kind": "slurm", "queue": "normal", "account": None, "cores": 16, "processes": 16,
+        "memory": "64GB", "walltime": "02:00:00", "interface": None, "local_directory": None,
+        "job_extra_directives": [], "job_script_prologue": [],
+        "adaptive": {"minimum_jobs": 1, "maximum_jobs": 8},
+    },
+    "pbs": {
+        "kind": "pbs", "queue": "batch", "account": None, "cores": 16, "processes": 16,
+        "memory": "64GB", "walltime": "02:00:00", "interface": None, "local_directory": None,
+        "job_extra_directives": [], "job_script_prologue": [],
+        "adaptive": {"minimum_jobs": 1, "maximum_jobs": 8},
+    },
+}
+
+
+def cluster_settings(kind: str, path: Path | None = None) -> dict[str, Any]:
+    """Built-in settings of ``kind``, updated by the YAML file ``path``."""
+    settings = dict(DEFAULTS[kind])
+    if path is not None:
+        try:
+            user = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read cluster settings ({exc})") from None
+        unknown = set(user) - set(settings)
+        if unknown:
+            raise ConfigError(f"{path}: unknown cluster settings {sorted(unknown)}")
+        settings.update(user)
+    return settings
+
+
+def _worker_env() -> None:
+    """One thread per worker process for the numerical libraries."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+
+
+@contextlib.contextmanager
+def open_client(
+    cluster: str = "local", workers: int | None = None, cluster_config: Path | None = None,
+    dashboard_address: str | None = None, quiet: bool = False,
+) -> Iterator[Any]:
+    """Yield a ``distributed.Client`` (or ``None`` for ``sync``) and close what we started."""
+    if cluster == "sync":
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if cluster.startswith("tcp://") or cluster.startswith("tls://"):
+        client = Client(cluster, timeout="30s")
+        _announce(client, quiet)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    if cluster not in DEFAULTS:
+        raise ConfigError(f"--cluster must be local, slurm, pbs, sync or tcp://ADDRESS, not {cluster!r}")
+    settings = cluster_settings(cluster, cluster_config)
+    _worker_env()
+    if cluster == "local":
+        n = workers or settings["n_workers"] or os.cpu_count() or 1
+        address = dashboard_address or settings["dashboard_address"]
+        with contextlib.suppress(Exception):
+            import socket
+
+            port = int(address.rsplit(":", 1)[-1] or 0)
+            if port:
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                        address = ":0"  # taken: let the OS choose
+        lc = LocalCluster(
+            n_workers=n, threads_per_worker=settings["threads_per_worker"],
+            memory_limit=settings["memory_limit"], dashboard_address=address,
+            processes=True,
+        )
+    else:
+        lc = _jobqueue_cluster(cluster, settings, workers)
+    client = Client(lc)
+    _announce(client, quiet)
+    try:
+        yield client
+    finally:
+        client.close()
+        lc.close()
+
+
+def _jobqueue_cluster(kind: str, settings: dict[str, Any], workers: int | None) -> Any:
+    import dask_jobqueue
+
+    cls = dask_jobqueue.SLURMCluster if kind == "slurm" else dask_jobqueue.PBSCluster
+    kwargs = {
+        k: settings[k]
+        for k in ("queue", "account", "cores", "processes", "memory", "walltime", "interface",
+                  "local_directory", "job_extra_directives", "job_script_prologue")
+        if settings.get(k) not in (None, [])
+    }
+    lc = cls(**kwargs)
+    if workers:
+        lc.scale(n=workers)
+    else:
+        lc.adapt(**settings["adaptive"])
+    log.info("dask-jobqueue job script:\n%s", lc.job_script())
+    return lc
+
+
+def _announce(client: Any, quiet: bool) -> None:
+    link = getattr(client, "dashboard_link", None)
+    if not quiet:
+        print(f"Dask dashboard: {link}", flush=True)
+    log.info("scheduler %s, dashboard %s", client.scheduler.address, link)
