@@ -135,6 +135,24 @@ def write_calibration(
     return path
 
 
+def merge_parts(parts: list[Path], path: str | Path, attrs: dict[str, Any] | None = None) -> Path:
+    """Merge per-amp calibration files into one (chunks are copied without recompression)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with h5py.File(tmp, "w") as out:
+        out.attrs["format_version"] = FORMAT_VERSION
+        out.attrs["code_version"] = __version__
+        out.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        for key, value in (attrs or {}).items():
+            out.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
+        for part in parts:
+            with h5py.File(part, "r") as src:
+                for key in src:
+                    src.copy(src[key], out, name=key)
+    os.replace(tmp, path)
+    return path
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -153,6 +171,19 @@ def list_amps(path: str | Path) -> list[str]:
     """Group names (``047LL`` ...) in a calibration file."""
     with _open(path) as h5:
         return sorted(k for k in h5.keys() if isinstance(h5[k], h5py.Group))
+
+
+def amp_statuses(path: str | Path) -> dict[str, str]:
+    """``{amp key: "ok" | "failed: reason"}`` without reading any array."""
+    out = {}
+    with _open(path) as h5:
+        for key, g in h5.items():
+            status = str(g.attrs.get("status", "ok"))
+            if status != "ok":
+                flags = json.loads(g.attrs.get("flags", "[]"))
+                status = f"{status}: {flags[-1] if flags else 'no reason recorded'}"
+            out[key] = status
+    return out
 
 
 def file_attrs(path: str | Path) -> dict[str, Any]:
@@ -183,6 +214,13 @@ def read_amp(path: str | Path, key: str) -> AmpCalibration:
         if "inputs" in g:
             cal.inputs = [s.decode() if isinstance(s, bytes) else str(s) for s in g["inputs"][...]]
     return cal
+
+
+def read_arrays(path: str | Path, key: str, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Only the named datasets of one amp group (missing ones are absent from the result)."""
+    with _open(path) as h5:
+        g = h5[key]
+        return {name: g[name][...] for name in names if name in g}
 
 
 def _open(path: str | Path) -> h5py.File:

@@ -70,6 +70,15 @@ def read_dataset(root: str | Path, exp: int, amp_key: str) -> xr.Dataset:
     return xr.open_zarr(group_path(root, exp, amp_key), consolidated=False).load()
 
 
+def read_arrays(root: str | Path, exp: int, amp_key: str, names: tuple[str, ...]
+                ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Selected arrays and the attributes of one group (plain zarr: faster than xarray)."""
+    import zarr
+
+    group = zarr.open_group(str(group_path(root, exp, amp_key)), mode="r")
+    return {name: group[name][...] for name in names}, dict(group.attrs)
+
+
 def clean_temporaries(root: str | Path) -> int:
     """Remove half-written groups left by a killed run; returns how many."""
     n = 0

@@ -1,0 +1,406 @@
+"""The calibration graph: one chain of Dask nodes per amplifier, one fan-in for fiber-to-fiber.
+
+Per amp: ``cal-identify`` (headers, expected ids) -> ``cal-bias`` -> ``cal-dark`` -> ``cal-flat``
+(master flat, pixel mask, trace, scattered light, profile) -> ``cal-arc`` (wavelength) ->
+``cal-twilight`` (rectified twilight spectra).  Fan-in: ``cal-fiber-to-fiber`` over all amps,
+then ``cal-write-amp`` per amp (a part file) and ``cal-merge`` into the final HDF5.
+
+An amp whose step fails carries ``status="failed"`` and the reason into the file; no step ever
+passes zeros off as a calibration.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import dask
+import numpy as np
+
+from remedy_dask import __version__, geometry
+from remedy_dask.config import CalibrationConfig, PipelineConfig, load_config
+from remedy_dask.errors import CalibrationError, RawDataError, RemedyError
+from remedy_dask.io import calfile
+from remedy_dask.io.raw import FrameRef, RawArchive
+from remedy_dask.workflow.cluster import open_client
+from remedy_dask.workflow.frames import ReducedFrame, reduce_frames
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AmpWork:
+    """State of one amp through the calibration chain (each step returns a new one)."""
+
+    key: str
+    ifuslot: int
+    amp: str
+    specid: int = -1
+    ifuid: int = -1
+    contid: str = ""
+    failed: str | None = None
+    flags: list[str] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+    qa: dict[str, Any] = field(default_factory=dict)
+    read_noise: float = float("nan")
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def but(self, **changes: Any) -> "AmpWork":
+        """A copy with ``changes``; lists and dicts are copied so no task mutates its input."""
+        new = replace(self, flags=list(self.flags), inputs=list(self.inputs), qa=dict(self.qa),
+                      data=dict(self.data))
+        for name, value in changes.items():
+            setattr(new, name, value)
+        return new
+
+
+def stage(func: Callable[..., AmpWork]) -> Callable[..., AmpWork]:
+    """Skip failed amps; turn a CalibrationError/RawDataError into a failed amp with a reason."""
+
+    def wrapper(work: AmpWork, *args: Any, **kwargs: Any) -> AmpWork:
+        if work.failed:
+            return work
+        try:
+            return func(work, *args, **kwargs)
+        except (CalibrationError, RawDataError) as exc:
+            reason = f"{func.__name__.removeprefix('cal_')}: {exc}"
+            log.error("amp %s failed: %s", work.key, reason)
+            out = work.but(failed=reason)
+            out.flags.append(reason)
+            return out
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper
+
+
+def _reduce_checked(work: AmpWork, refs: list[FrameRef], kind: str, minimum: int,
+                    read_noise: float | None = None) -> tuple[AmpWork, list[ReducedFrame]]:
+    """Reduce the frames of one kind, dropping unreadable ones and frames of another IFU."""
+    frames, dropped = reduce_frames(refs, read_noise)
+    work = work.but()
+    work.flags.extend(dropped)
+    kept = []
+    for f in frames:
+        h = f.header
+        if (h.specid, h.ifuid, h.ifuslot) != (work.specid, work.ifuid, work.ifuslot):
+            work.flags.append(
+                f"dropped {f.ref.name}: SPECID/IFUID/IFUSLOT {h.specid:03d}/{h.ifuid:03d}/"
+                f"{h.ifuslot:03d} do not match {work.specid:03d}/{work.ifuid:03d}/{work.ifuslot:03d}"
+            )
+            continue
+        kept.append(f)
+        work.inputs.append(f.ref.name)
+    if len(kept) < minimum:
+        raise CalibrationError(f"{len(kept)} usable {kind} frame(s), at least {minimum} needed")
+    return work, kept
+
+
+@stage
+def cal_identify(work: AmpWork, refs: list[FrameRef], expected: tuple[int, int] | None) -> AmpWork:
+    """Decide the amp's SPECID/IFUID: from the fplane if given, else the majority of headers."""
+    from remedy_dask.io.raw import read_header_model
+
+    if expected is not None:
+        return work.but(specid=expected[0], ifuid=expected[1])
+    votes: dict[tuple[int, int, str], int] = defaultdict(int)
+    for ref in refs:
+        try:
+            h = read_header_model(ref)
+        except RawDataError as exc:
+            log.warning("%s", exc)
+            continue
+        votes[(h.specid, h.ifuid, h.contid)] += 1
+    if not votes:
+        raise CalibrationError("no readable frame headers")
+    (specid, ifuid, contid), _ = max(votes.items(), key=lambda kv: kv[1])
+    return work.but(specid=specid, ifuid=ifuid, contid=contid)
+
+
+@stage
+def cal_bias(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig) -> AmpWork:
+    from remedy_dask.masters import master_bias
+
+    work, frames = _reduce_checked(work, refs, "zro", config.min_bias_frames)
+    bias, read_noise = master_bias(np.stack([f.image for f in frames]))
+    work.data["bias"] = bias
+    work.read_noise = float(read_noise)
+    work.qa["read_noise"] = float(read_noise)
+    work.qa["n_zro"] = len(frames)
+    return work
+
+
+@stage
+def cal_dark(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig) -> AmpWork:
+    from remedy_dask.masters import master_dark
+
+    work, frames = _reduce_checked(work, refs, "drk", config.min_dark_frames, work.read_noise)
+    exptimes = np.array([f.header.exptime for f in frames])
+    work.data["dark_rate"] = master_dark(np.stack([f.image for f in frames]), work.data["bias"],
+                                         exptimes)
+    work.qa["n_drk"] = len(frames)
+    return work
+
+
+def _master(work: AmpWork, frames: list[ReducedFrame], config: CalibrationConfig,
+            normalize: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Bias- and dark-subtracted combination of frames; returns (master, variance)."""
+    from remedy_dask.masters import combine_frames
+
+    bias, dark = work.data["bias"], work.data["dark_rate"]
+    stack = np.stack([f.image - bias - dark * f.header.exptime for f in frames])
+    master, error = combine_frames(stack, method=config.combine, normalize=normalize)
+    return master, error**2
+
+
+@stage
+def cal_flat(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig,
+             fiber_loc_dir: Path | None) -> AmpWork:
+    from remedy_dask.extract import extract_optimal
+    from remedy_dask.masters import pixel_mask
+    from remedy_dask.profile import measure_profile
+    from remedy_dask.scatter import scattered_light
+    from remedy_dask.trace import fit_trace
+
+    work, frames = _reduce_checked(work, refs, "flt", config.min_flat_frames, work.read_noise)
+    flat, flat_var = _master(work, frames, config)
+    mask, mask_stats = pixel_mask(work.data["dark_rate"], flat)
+    ref_y = dead = None
+    if fiber_loc_dir is not None:
+        from remedy_dask.io.fiberloc import find_fiber_location_file, read_fiber_locations
+
+        path = find_fiber_location_file(fiber_loc_dir, work.specid, work.ifuslot, work.ifuid, work.amp)
+        if path is None:
+            work.flags.append(f"no fiber-location file in {fiber_loc_dir}: fibers placed by the slit pattern")
+        else:
+            floc = read_fiber_locations(path)
+            ref_y, dead = floc.y_ref, floc.dead
+            work.inputs.append(Path(path).name)
+    tr = fit_trace(flat, flat_var, mask, n_fibers=geometry.N_FIBERS_AMP, reference_y=ref_y, dead=dead)
+    flat = flat - scattered_light(flat, tr.trace, mask)
+    profile = measure_profile(flat, flat_var, mask, tr.trace)
+    ex = extract_optimal(flat, flat_var, mask, tr.trace, profile)
+    work.data.update(pixel_mask=mask, trace=tr.trace, dead=tr.dead, profile=profile,
+                     flat_spectra=ex.spectrum)
+    work.qa.update(n_flt=len(frames), trace_rms_median=float(np.nanmedian(tr.rms)),
+                   trace_rms_max=float(np.nanmax(tr.rms)), n_dead=int(tr.dead.sum()),
+                   masked_pixel_fraction=float(mask.mean()),
+                   **{f"mask_{k}": v for k, v in mask_stats.items()}, **_prefixed("trace", tr.qa))
+    work.data["qa_trace_rms"] = tr.rms
+    return work
+
+
+@stage
+def cal_arc(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig) -> AmpWork:
+    from remedy_dask.extract import extract_optimal
+    from remedy_dask.scatter import scattered_light
+    from remedy_dask.wavelength import solve_wavelength
+
+    work, frames = _reduce_checked(work, refs, "cmp", 1, work.read_noise)
+    by_lamp: dict[str, list[ReducedFrame]] = defaultdict(list)
+    for f in frames:
+        by_lamp[f.header.object.strip().lower()].append(f)
+    lamps = {lamp.lower() for lamp in geometry.ARC_LAMPS}
+    missing = sorted(lamps - set(by_lamp))
+    if missing:
+        work.flags.append(f"arc lamp(s) missing in the window: {', '.join(missing)}")
+    arc = np.zeros_like(frames[0].image)
+    arc_var = np.zeros_like(arc)
+    for lamp in lamps & set(by_lamp):
+        master, var = _master(work, by_lamp[lamp], config)
+        arc += master
+        arc_var += var
+    trace, mask = work.data["trace"], work.data["pixel_mask"]
+    arc = arc - scattered_light(arc, trace, mask)
+    ex = extract_optimal(arc, arc_var, mask, trace, work.data["profile"])
+    sol = solve_wavelength(ex.spectrum, ex.error, dead=work.data["dead"])
+    work.data.update(wavelength=sol.wavelength, arc_spectra=ex.spectrum, qa_arc_rms=sol.rms,
+                     qa_n_lines=sol.n_lines)
+    work.qa.update(arc_rms_median=float(np.nanmedian(sol.rms)), arc_rms_max=float(np.nanmax(sol.rms)),
+                   arc_lamps=sorted(by_lamp), **_prefixed("arc", sol.qa))
+    return work
+
+
+@stage
+def cal_twilight(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig) -> AmpWork:
+    from remedy_dask.extract import extract_optimal
+    from remedy_dask.rectify import rectify
+    from remedy_dask.scatter import scattered_light
+
+    work, frames = _reduce_checked(work, refs, "twi", config.min_twilight_frames, work.read_noise)
+    twi, twi_var = _master(work, frames, config, normalize=True)
+    trace, mask = work.data["trace"], work.data["pixel_mask"]
+    twi = twi - scattered_light(twi, trace, mask)
+    ex = extract_optimal(twi, twi_var, mask, trace, work.data["profile"])
+    flux, error, rmask = rectify(ex.spectrum, ex.error, ex.mask, work.data["wavelength"])
+    work.data.update(twilight_spectra=ex.spectrum, twi_flux=flux, twi_error=error, twi_mask=rmask)
+    return work
+
+
+def _prefixed(prefix: str, qa: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}_{k}": v for k, v in qa.items() if np.isscalar(v) or isinstance(v, str)}
+
+
+def twilight_piece(work: AmpWork) -> dict[str, Any] | None:
+    """The small part of an amp's state that the fiber-to-fiber fan-in needs."""
+    if work.failed:
+        return None
+    return {k: work.data[k] for k in ("twi_flux", "twi_error", "twi_mask", "dead")}
+
+
+def cal_fiber_to_fiber(pieces: dict[str, dict[str, Any] | None],
+                       positions: dict[str, tuple[np.ndarray, np.ndarray]],
+                       config: CalibrationConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Fan-in: fiber-to-fiber throughput relative to every fiber of the focal plane.
+
+    Returns per amp key (ftf (112, 1036), dead (112,)).
+    """
+    from remedy_dask.fiberflat import fiber_to_fiber
+
+    good = [k for k, p in pieces.items() if p is not None]
+    if not good:
+        return {}
+    cat = lambda name: np.concatenate([pieces[k][name] for k in good])  # noqa: E731
+    fx = np.concatenate([positions[k][0] for k in good])
+    fy = np.concatenate([positions[k][1] for k in good])
+    ff = fiber_to_fiber(cat("twi_flux"), cat("twi_error"), cat("twi_mask"), fx, fy)
+    n = geometry.N_FIBERS_AMP
+    return {
+        k: (ff.ftf[i * n:(i + 1) * n], np.asarray(pieces[k]["dead"], bool) | ff.dead[i * n:(i + 1) * n])
+        for i, k in enumerate(good)
+    }
+
+
+def write_amp_part(work: AmpWork, ftf: dict[str, tuple[np.ndarray, np.ndarray]],
+                   parts_dir: Path) -> Path:
+    """Attach the amp's fiber-to-fiber result and write its part file."""
+    work = work.but()
+    if work.key in ftf:
+        work.data["fiber_to_fiber"], work.data["dead"] = ftf[work.key]
+        work.qa["n_dead"] = int(work.data["dead"].sum())
+    elif not work.failed:
+        work.failed = "fiber-to-fiber: not computed"
+        work.flags.append(work.failed)
+    return calfile.write_calibration(parts_dir / f"{work.key}.h5", [to_amp_calibration(work)])
+
+
+def to_amp_calibration(work: AmpWork) -> calfile.AmpCalibration:
+    names = ("trace", "wavelength", "bias", "dark_rate", "pixel_mask", "fiber_to_fiber", "dead",
+             "flat_spectra", "twilight_spectra", "arc_spectra")
+    arrays = {n: work.data[n] for n in names if n in work.data}
+    profile = work.data.get("profile")
+    qa_arrays = {k.removeprefix("qa_"): v for k, v in work.data.items() if k.startswith("qa_")}
+    return calfile.AmpCalibration(
+        ifuslot=work.ifuslot, amp=work.amp, specid=work.specid, ifuid=work.ifuid,
+        contid=work.contid, read_noise=work.read_noise,
+        status="failed" if work.failed else "ok", flags=work.flags, qa=work.qa, arrays=arrays,
+        profile=profile.to_arrays() if profile is not None else {}, qa_arrays=qa_arrays,
+        inputs=work.inputs,
+    )
+
+
+def build_calibration_graph(
+    archive: RawArchive, dates: list[str], out: Path, config: PipelineConfig,
+    positions: dict[str, tuple[np.ndarray, np.ndarray]],
+    ifuslots: list[int] | None = None, fplane: dict | None = None,
+    fiber_loc_dir: Path | None = None,
+) -> tuple[Any, list[str]]:
+    """Build the delayed graph; returns (final delayed, amp keys).
+
+    ``positions`` maps amp keys to the focal-plane (x, y) arcsec of their 112 fibers.
+    """
+    refs = archive.frames_in_window(dates, geometry.FRAME_KINDS)
+    by_amp: dict[tuple[int, str], dict[str, list[FrameRef]]] = defaultdict(lambda: defaultdict(list))
+    for ref in refs:
+        if ifuslots and ref.ifuslot not in ifuslots:
+            continue
+        by_amp[(ref.ifuslot, ref.amp)][ref.kind].append(ref)
+    if not by_amp:
+        raise RemedyError(f"no calibration frames found for {', '.join(dates)} under {archive.root}")
+    cc = config.calibration
+    parts_dir = out.with_name(out.name + ".parts")
+    works, pieces, keys = [], {}, []
+    for (slot, amp), kinds in sorted(by_amp.items()):
+        key = f"{slot:03d}{amp}"
+        keys.append(key)
+
+        def node(func: Callable[..., Any], *args: Any, step: str) -> Any:
+            return dask.delayed(func, pure=False)(*args, dask_key_name=f"cal-{step}-{key}")
+
+        expected = None
+        if fplane is not None and slot in fplane:
+            expected = (fplane[slot].specid, fplane[slot].ifuid)
+        w = node(cal_identify, AmpWork(key, slot, amp), kinds["flt"] + kinds["twi"], expected,
+                 step="identify")
+        w = node(cal_bias, w, kinds["zro"], cc, step="bias")
+        w = node(cal_dark, w, kinds["drk"], cc, step="dark")
+        w = node(cal_flat, w, kinds["flt"], cc, fiber_loc_dir, step="flat")
+        w = node(cal_arc, w, kinds["cmp"], cc, step="arc")
+        w = node(cal_twilight, w, kinds["twi"], cc, step="twilight")
+        works.append(w)
+        pieces[key] = node(twilight_piece, w, step="twilight-piece")
+    ftf = dask.delayed(cal_fiber_to_fiber, pure=False)(pieces, positions, cc,
+                                                       dask_key_name="cal-fiber-to-fiber")
+    parts = [
+        dask.delayed(write_amp_part, pure=False)(w, ftf, parts_dir, dask_key_name=f"cal-write-amp-{k}")
+        for w, k in zip(works, keys)
+    ]
+    attrs = {"window": dates, "config": config.to_yaml(), "code_version": __version__}
+    final = dask.delayed(calfile.merge_parts, pure=False)(parts, out, attrs,
+                                                          dask_key_name="cal-merge")
+    return final, keys
+
+
+def focal_positions(keys: list[str], fplane: dict | None, ifucen: Any
+                    ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
+    """Focal-plane (x, y) arcsec of each amp's fibers; slots missing from the fplane are
+    placed on the nominal IHMP grid (100" pitch) and reported."""
+    from remedy_dask.io.ifucen import amp_positions
+
+    notes, out = [], {}
+    for key in keys:
+        slot, amp = int(key[:3]), key[3:]
+        x, y = amp_positions(ifucen, amp)
+        if fplane is not None and slot in fplane:
+            x0, y0 = fplane[slot].y_fp, fplane[slot].x_fp  # Remedy's swap: fx = Y_FP, fy = X_FP
+        else:
+            row, col = geometry.slot_row_col(slot)
+            x0, y0 = (col - 5) * 100.0, (row - 5.5) * 100.0
+            notes.append(f"IFU slot {slot:03d} not in an fplane: nominal grid position used")
+        out[key] = (x + x0, y + y0)
+    return out, sorted(set(notes))
+
+
+def run_calibrate(args: Any) -> Path:
+    """``remedy-dask calibrate``: build the graph and run it on the chosen cluster."""
+    from datetime import datetime, timedelta
+
+    from remedy_dask.io.fplane import read_fplane
+    from remedy_dask.io.ifucen import read_ifucen, standard_ifucen
+
+    config = load_config(getattr(args, "config", None))
+    start = datetime.strptime(args.date, "%Y%m%d")
+    dates = [(start + timedelta(days=i)).strftime("%Y%m%d") for i in range(max(args.days, 1))]
+    archive = RawArchive(args.rootdir)
+    fplane = read_fplane(args.fplane) if args.fplane else None
+    ifucen = read_ifucen(args.ifucen) if args.ifucen else standard_ifucen()
+    ifuslots = getattr(args, "ifuslots", None)
+    t0 = time.perf_counter()
+    refs = archive.frames_in_window(dates, ("flt",))
+    keys = sorted({f"{r.ifuslot:03d}{r.amp}" for r in refs
+                   if not ifuslots or r.ifuslot in ifuslots})
+    positions, notes = focal_positions(keys, fplane, ifucen)
+    for note in notes:
+        log.warning(note)
+    final, keys = build_calibration_graph(
+        archive, dates, Path(args.out), config, positions, ifuslots=ifuslots, fplane=fplane,
+        fiber_loc_dir=args.fiber_locations,
+    )
+    with open_client(args.cluster, args.workers, getattr(args, "cluster_config", None)):
+        path = dask.compute(final)[0]
+    print(f"calibration of {len(keys)} amps written to {path} in {time.perf_counter() - t0:.1f} s")
+    return path

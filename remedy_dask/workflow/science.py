@@ -1,0 +1,168 @@
+"""The science graph of one observation.
+
+Per (exposure, amp): the chain of ``workflow.amp_chain`` (``load-cal`` is shared by the
+exposures of an amp).  Per exposure: ``sky-expNN`` fans in every amp of the exposure from the
+zarr store (fiber-to-fiber, masking, sky).  Per observation: ``observation`` (astrometry, flux
+calibration, sources, detections, cubes) and ``write-products``.
+
+A rerun with the same inputs skips every amp-exposure whose checkpoint is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+
+from remedy_dask import __version__, geometry
+from remedy_dask.config import PipelineConfig, load_config
+from remedy_dask.errors import RemedyError
+from remedy_dask.io import calfile, store
+from remedy_dask.io.raw import FrameRef, RawArchive
+from remedy_dask.workflow import amp_chain
+from remedy_dask.workflow.cluster import open_client
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ObservationPlan:
+    """What one ``reduce`` run will do."""
+
+    date: str
+    obs: int
+    target_slot: int
+    slots: list[int]
+    exposures: list[int]
+    refs: dict[tuple[int, str], FrameRef]  # (exp, amp key) -> frame
+    cal_keys: list[str]  # amps with a usable calibration
+    skipped: list[str]  # reasons for amps left out
+
+
+def select_slots(available: list[int], target: int, neighbor_dist: int, all_ifus: bool) -> list[int]:
+    """The target slot and its IHMP neighbours within ``neighbor_dist`` rows/columns."""
+    if all_ifus:
+        return sorted(available)
+    if target not in available:
+        raise RemedyError(f"IFU slot {target:03d} is not in this observation "
+                          f"(slots: {', '.join(f'{s:03d}' for s in sorted(available))})")
+    r0, c0 = geometry.slot_row_col(target)
+    return sorted(s for s in available
+                  if abs(geometry.slot_row_col(s)[0] - r0) <= neighbor_dist
+                  and abs(geometry.slot_row_col(s)[1] - c0) <= neighbor_dist)
+
+
+def plan_observation(archive: RawArchive, date: str, obs: int, target_slot: int, cal_path: Path,
+                     neighbor_dist: int = 1, all_ifus: bool = False) -> ObservationPlan:
+    refs = archive.frames(date, obs, kind="sci")
+    if not refs:
+        raise RemedyError(f"no science frames for {date} observation {obs:07d} under {archive.root}")
+    slots = select_slots(sorted({r.ifuslot for r in refs}), target_slot, neighbor_dist, all_ifus)
+    exposures = sorted({r.exp for r in refs})
+    by_key = {(r.exp, f"{r.ifuslot:03d}{r.amp}"): r for r in refs if r.ifuslot in slots}
+    cal_status = calfile.amp_statuses(cal_path)
+    skipped, cal_keys = [], []
+    for slot in slots:
+        for amp in geometry.AMPS:
+            key = f"{slot:03d}{amp}"
+            status = cal_status.get(key)
+            if status is None:
+                skipped.append(f"{key}: no calibration in {cal_path.name}")
+            elif status != "ok":
+                skipped.append(f"{key}: calibration {status}")
+            elif not any((e, key) in by_key for e in exposures):
+                skipped.append(f"{key}: no science frames")
+            else:
+                cal_keys.append(key)
+                for e in exposures:
+                    if (e, key) not in by_key:
+                        skipped.append(f"{key} exp{e:02d}: frame missing")
+    for reason in skipped:
+        log.warning("left out: %s", reason)
+    return ObservationPlan(date, obs, target_slot, slots, exposures, by_key, cal_keys, skipped)
+
+
+def build_amp_graph(plan: ObservationPlan, cal_path: Path, work_root: Path,
+                    config: PipelineConfig) -> tuple[dict[int, list[Any]], int]:
+    """Delayed chains per exposure; returns ({exp: [summaries]}, number of chains skipped)."""
+    rc = config.reduction
+    chash = config.section_hash("reduction")
+    summaries: dict[int, list[Any]] = defaultdict(list)
+    n_done = 0
+    for key in plan.cal_keys:
+        cal = None
+        for exp in plan.exposures:
+            ref = plan.refs.get((exp, key))
+            if ref is None:
+                continue
+            ikey = amp_chain.frame_input_key(ref, cal_path, chash, __version__)
+            if store.is_complete(work_root, exp, key, ikey):
+                n_done += 1
+                summaries[exp].append({"key": key, "exp": exp, "failed": None, "resumed": True})
+                continue
+            if cal is None:
+                cal = dask.delayed(amp_chain.load_calibration, pure=True)(
+                    str(cal_path), key, dask_key_name=f"load-cal-{key}")
+            tag = f"{key}-exp{exp:02d}"
+            node = lambda f, *a, step: dask.delayed(f, pure=False)(*a, dask_key_name=f"{step}-{tag}")  # noqa: E731
+            ax = node(amp_chain.ccd, ref, cal, exp, step="ccd")
+            ax = node(amp_chain.trace_shift, ax, rc, step="trace-shift")
+            ax = node(amp_chain.scattered, ax, rc, step="scattered-light")
+            ax = node(amp_chain.extract, ax, cal, rc, step="extract")
+            ax = node(amp_chain.wave_shift, ax, rc, step="wave-shift")
+            summaries[exp].append(node(amp_chain.rectify_and_store, ax, cal, str(work_root), ikey,
+                                       step="rectify"))
+    return summaries, n_done
+
+
+def run_reduce(args: Any) -> Path:
+    """``remedy-dask reduce``: plan, build the graph, run it, write the products."""
+    from remedy_dask.workflow.exposure import build_exposure_graph
+    from remedy_dask.workflow.observation import build_observation_graph
+
+    config = load_config(getattr(args, "config", None))
+    cal_path = Path(args.calfile)
+    archive = RawArchive(args.rootdir)
+    t0 = time.perf_counter()
+    plan = plan_observation(archive, args.date, args.obs, args.ifuslot, cal_path,
+                            args.neighbor_dist, args.all_ifus)
+    if not plan.cal_keys:
+        raise RemedyError("no amplifier of the selected IFUs can be reduced: "
+                          + "; ".join(plan.skipped[:5]))
+    out = Path(args.out)
+    work_root = out / "work" / f"{args.date}_{args.obs:07d}.zarr"
+    work_root.mkdir(parents=True, exist_ok=True)
+    store.clean_temporaries(work_root)
+    summaries, n_done = build_amp_graph(plan, cal_path, work_root, config)
+    if n_done:
+        print(f"resuming: {n_done} amp-exposure(s) already reduced in {work_root}")
+    exposures = build_exposure_graph(plan, summaries, cal_path, work_root, args, config)
+    final = build_observation_graph(plan, exposures, cal_path, out, args, config)
+    with open_client(args.cluster, args.workers, getattr(args, "cluster_config", None)) as client:
+        product = _compute_with_progress(final, client, out, plan)
+    print(f"reduced {len(plan.cal_keys)} amps x {len(plan.exposures)} exposures "
+          f"in {time.perf_counter() - t0:.1f} s: {product}")
+    return Path(product)
+
+
+def _compute_with_progress(final: Any, client: Any, out: Path, plan: ObservationPlan) -> Any:
+    """Compute with a terminal progress bar and a saved Dask performance report."""
+    if client is None:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(minimum=1.0):
+            return dask.compute(final, scheduler="sync")[0]
+    from distributed import performance_report, progress
+
+    report = out / f"{plan.date}_{plan.obs:07d}_dask-report.html"
+    with performance_report(filename=str(report)):
+        future = client.compute(final)
+        progress(future, notebook=False)
+        print()
+        return future.result()
