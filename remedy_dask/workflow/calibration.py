@@ -402,5 +402,14 @@ def run_calibrate(args: Any) -> Path:
     )
     with open_client(args.cluster, args.workers, getattr(args, "cluster_config", None)):
         path = dask.compute(final)[0]
-    print(f"calibration of {len(keys)} amps written to {path} in {time.perf_counter() - t0:.1f} s")
+    from remedy_dask.qa.calibration import calibration_report
+
+    statuses = calfile.amp_statuses(path)
+    failed = {k: v for k, v in statuses.items() if v != "ok"}
+    report = calibration_report(path)
+    print(f"calibration of {len(keys)} amps written to {path} in {time.perf_counter() - t0:.1f} s "
+          f"({len(failed)} failed)")
+    for key, status in sorted(failed.items()):
+        print(f"  {key}: {status}")
+    print(f"QA report: {report}")
     return path
