@@ -1,0 +1,132 @@
+"""The IFU fiber map ("IFUcen" file): sky position of each of the 448 fibers of an IFU.
+
+Remedy's format: ``HEADER_LINES`` (30) free header lines, then one row per fiber with
+whitespace columns ``ID x y unit specfiber throughput``: fiber ID (1..448), x and y (arcsec, IFU
+frame), spectrograph unit (``L`` for IDs 1-224, ``R`` for 225-448), fiber number within the
+spectrograph (1..224) and relative throughput (optional when reading; 1.0 if absent).
+
+The project ships no data file: :func:`standard_ifucen` generates the standard layout from
+``geometry.ifu_fiber_layout()``.  Fiber k of an amp (increasing row) is fiber ID
+``geometry.fiber_ids(amp)[k]``; :func:`amp_positions` applies that mapping.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from remedy_dask import geometry
+from remedy_dask.errors import InputFileError
+
+HEADER_LINES = 30
+FIBERS_PER_UNIT = geometry.N_FIBERS_IFU // 2
+
+
+@dataclass(frozen=True)
+class IfuCen:
+    """Fiber map of one IFU; arrays indexed in file order (normally fiber ID - 1)."""
+
+    fiber_id: np.ndarray  # (n,) int
+    x: np.ndarray  # (n,) arcsec
+    y: np.ndarray  # (n,) arcsec
+    unit: np.ndarray  # (n,) str, "L" or "R"
+    spec_fiber: np.ndarray  # (n,) int, 1..224
+    throughput: np.ndarray  # (n,) relative
+
+    def index_of(self, fiber_ids: np.ndarray) -> np.ndarray:
+        """Row indices of the given fiber IDs; ValueError if one is missing."""
+        order = np.argsort(self.fiber_id)
+        sorted_ids = self.fiber_id[order]
+        wanted = np.asarray(fiber_ids)
+        pos = np.clip(np.searchsorted(sorted_ids, wanted), 0, len(sorted_ids) - 1)
+        missing = sorted_ids[pos] != wanted
+        if np.any(missing):
+            raise ValueError(f"fiber IDs {wanted[missing][:5].tolist()} are not in the IFUcen map")
+        return order[pos]
+
+
+def standard_ifucen() -> IfuCen:
+    """The standard VIRUS IFU map generated from ``geometry.ifu_fiber_layout()``."""
+    x, y = geometry.ifu_fiber_layout()
+    ids = np.arange(1, geometry.N_FIBERS_IFU + 1)
+    left = ids <= FIBERS_PER_UNIT
+    return IfuCen(
+        fiber_id=ids,
+        x=np.asarray(x, dtype=float),
+        y=np.asarray(y, dtype=float),
+        unit=np.where(left, "L", "R"),
+        spec_fiber=np.where(left, ids, ids - FIBERS_PER_UNIT),
+        throughput=np.ones(ids.size),
+    )
+
+
+def amp_positions(ifucen: IfuCen, amp: str) -> tuple[np.ndarray, np.ndarray]:
+    """IFU-frame (x, y) arcsec of the 112 fibers of ``amp`` in k order (increasing row)."""
+    idx = ifucen.index_of(geometry.fiber_ids(amp))
+    return ifucen.x[idx], ifucen.y[idx]
+
+
+def read_ifucen(path: str | os.PathLike, header_lines: int = HEADER_LINES) -> IfuCen:
+    """Read an IFUcen file; :class:`InputFileError` naming the line on a malformed row."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputFileError(str(path), f"cannot read IFUcen file: {exc}") from None
+    where = str(path)
+    no_rows = f"IFUcen file has no fiber rows after {header_lines} header lines"
+    rows: list[tuple[int, float, float, str, int, float]] = []
+    for number, line in enumerate(lines[header_lines:], start=header_lines + 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) not in (5, 6):
+            raise InputFileError(
+                where, f"line {number}: expected 6 columns (ID x y unit specfiber throughput), "
+                f"found {len(fields)}"
+            )
+        try:
+            fid, x, y = int(fields[0]), float(fields[1]), float(fields[2])
+            sf = int(fields[4])
+            t = float(fields[5]) if len(fields) == 6 else 1.0
+        except ValueError:
+            raise InputFileError(where, f"line {number}: not numbers: {line.strip()!r}") from None
+        unit = fields[3].upper()
+        if unit not in ("L", "R"):
+            raise InputFileError(where, f"line {number}: unit must be L or R, not {fields[3]!r}")
+        rows.append((fid, x, y, unit, sf, t))
+    if not rows:
+        raise InputFileError(where, no_rows)
+    ids, xs, ys, units, spec, thr = zip(*rows)
+    fiber_id = np.array(ids, dtype=int)
+    uniq, counts = np.unique(fiber_id, return_counts=True)
+    if np.any(counts > 1):
+        raise InputFileError(where, f"fiber IDs repeated: {uniq[counts > 1][:5].tolist()}")
+    return IfuCen(
+        fiber_id=fiber_id, x=np.array(xs, dtype=float), y=np.array(ys, dtype=float),
+        unit=np.array(units), spec_fiber=np.array(spec, dtype=int),
+        throughput=np.array(thr, dtype=float),
+    )
+
+
+def write_ifucen(path: str | os.PathLike, ifucen: IfuCen | None = None) -> None:
+    """Write an IFUcen file (the standard map by default) in Remedy's format."""
+    ifucen = standard_ifucen() if ifucen is None else ifucen
+    header = [
+        "# VIRUS IFU fiber map written by remedy-dask",
+        "# columns: fiber ID, x [arcsec], y [arcsec], unit (L/R), fiber number in spectrograph,",
+        "#          relative throughput",
+        "# x, y: IFU frame; fiber k of an amp (increasing row) is ID OFFSET[amp] - k with",
+        "# OFFSET = LL 224, LU 112, RL 336, RU 448",
+    ]
+    header += ["#"] * (HEADER_LINES - len(header))
+    rows = [
+        f"{i:4d} {x:10.4f} {y:10.4f} {u} {s:4d} {t:7.4f}"
+        for i, x, y, u, s, t in zip(
+            ifucen.fiber_id, ifucen.x, ifucen.y, ifucen.unit, ifucen.spec_fiber, ifucen.throughput
+        )
+    ]
+    Path(path).write_text("\n".join(header + rows) + "\n")
