@@ -19,7 +19,14 @@ from astropy.io import fits
 from remedy_dask.errors import RawDataError
 from remedy_dask.io import raw
 from remedy_dask.io.header import parse_amp_header
-from remedy_dask.io.raw import RawArchive, TarMember, frame_ref_from_path, index_tar, read_raw_amp
+from remedy_dask.io.raw import (
+    RawArchive,
+    TarMember,
+    frame_ref_from_path,
+    index_tar,
+    read_header_model,
+    read_raw_amp,
+)
 
 DATE = "20190822"
 
@@ -124,6 +131,7 @@ def test_discovery_both_layouts_identical(two_roots):
         assert amp_a.header == amp_b.header
         assert dict(amp_a.raw_header) == dict(amp_b.raw_header)
         assert dict(a.read_header(ra)) == dict(b.read_header(rb)) == dict(amp_a.raw_header)
+        assert read_header_model(ra) == read_header_model(rb) == amp_a.header
     # content is what was written
     np.testing.assert_array_equal(read_raw_amp(fb[3]).data, frame_data(7 * 100 + 2 * 10 + 1))
 
@@ -147,6 +155,7 @@ def test_tar_indexed_once_and_read_in_place(two_roots, monkeypatch):
     for ref in refs:
         read_raw_amp(ref)
         archive.read_header(ref)
+        read_header_model(ref)
     archive.tar_members(refs[0].source.tar_path)
     assert len(opens) == 1
     assert sorted(p for p in root.rglob("*")) == before  # nothing extracted

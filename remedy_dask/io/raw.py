@@ -146,7 +146,8 @@ class RawArchive:
     """Raw VIRUS data under ``rootdir`` in either layout.
 
     Methods: :meth:`nights`, :meth:`observations`, :meth:`exposures`, :meth:`frames`,
-    :meth:`ifuslots`, :meth:`frames_in_window`, :meth:`read_header`.  Frame lists are sorted by
+    :meth:`ifuslots`, :meth:`frames_in_window`, :meth:`read_header` (raw primary header; the
+    parsed one is :func:`read_header_model`).  Frame lists are sorted by
     exposure, IFU slot, amp (LL LU RL RU), kind and name.  Thread-safe; tar indexes are cached
     for the life of the object.
     """
@@ -375,6 +376,11 @@ def read_primary_header(ref: FrameRef) -> fits.Header:
     where = ref.display_path
     buf = _read_bytes(ref, limit=_FITS_BLOCK * _MAX_HEADER_BLOCKS)
     return _parse_header(buf[: _header_length(buf, where)], where)
+
+
+def read_header_model(ref: FrameRef) -> AmpHeader:
+    """The parsed :class:`AmpHeader` of a frame, reading only its header blocks."""
+    return parse_amp_header(read_primary_header(ref), ref.display_path, kind=ref.kind)
 
 
 def _parse_header(block: bytes, where: str) -> fits.Header:
