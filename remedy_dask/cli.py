@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, nargs="?", default=Path("demo_out"))
     p.add_argument("--workers", type=int, default=None)
 
+    p = sub.add_parser("graphs", help="regenerate the task-graph views (graphs/*.md)")
+    p.add_argument("outdir", type=Path, nargs="?", default=Path("graphs"))
+
     p = sub.add_parser("config", help="configuration helpers")
     p.add_argument("action", choices=["show"])
     p.add_argument("--config", type=Path)
@@ -135,6 +138,12 @@ def run(args: argparse.Namespace) -> int:
         from remedy_dask.workflow.demo import run_demo
 
         run_demo(args.out, workers=args.workers)
+        return 0
+    if args.command == "graphs":
+        from remedy_dask.workflow.graphview import write_views
+
+        for path in write_views(args.outdir):
+            print(f"wrote {path}")
         return 0
     if args.command == "config":
         from remedy_dask.config import load_config

@@ -132,7 +132,7 @@ def wave_shift(ax: AmpExposure, config: ReductionConfig) -> AmpExposure:
     return ax
 
 
-def rectify_and_store(ax: AmpExposure, cal: calfile.AmpCalibration, root: str, key: str
+def rectify_and_store(ax: AmpExposure, root: str, key: str
                       ) -> dict[str, Any]:
     """Rectify onto DEF_WAVE (e-/s/A), write the zarr checkpoint, return a small summary."""
     summary = {"key": ax.key, "exp": ax.exp, "failed": ax.failed, "notes": ax.notes}

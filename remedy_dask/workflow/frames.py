@@ -39,7 +39,7 @@ def reduce_frame(ref: FrameRef, read_noise: float | None = None) -> ReducedFrame
     """
     raw = read_raw_amp(ref)
     h = raw.header
-    rn = h.rdnoise if read_noise is None or not np.isfinite(read_noise) else read_noise
+    rn = read_noise if read_noise is not None and np.isfinite(read_noise) and read_noise > 0 else h.rdnoise
     image, variance, level = basic_reduce(raw.data, h.amp, h.ampname, h.gain, rn)
     return ReducedFrame(ref, h, image, variance, level, list(h.substitutions))
 
