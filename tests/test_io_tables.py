@@ -347,3 +347,15 @@ def test_query_panstarrs_empty_answer_not_cached(tmp_path, monkeypatch):
     )
     assert len(query_panstarrs(1.0, 2.0, 0.1, tmp_path)) == 0
     assert not any(tmp_path.iterdir())
+
+
+def test_known_bundle_wiring_is_applied_per_ifuid():
+    from remedy_dask.io.ifucen import for_ifuid, standard_ifucen
+
+    std = standard_ifucen()
+    swapped = for_ifuid(std, 25)
+    assert (swapped.x[208], swapped.x[213]) == (std.x[213], std.x[208])
+    reversed_ = for_ifuid(std, 3)
+    np.testing.assert_array_equal(reversed_.x[224:], std.x[224:][::-1])
+    np.testing.assert_array_equal(reversed_.x[:224], std.x[:224])
+    np.testing.assert_array_equal(for_ifuid(std, 24).x, std.x)

@@ -63,6 +63,28 @@ def standard_ifucen() -> IfuCen:
     )
 
 
+# Known fiber-bundle wiring of particular IFUs (IFUID -> row permutations of the map, 0-based
+# rows in ID order), as VIRUS operations documented them: reversed right halves and swapped pairs.
+_REVERSED_RIGHT_HALF = (3, 5, 8)
+_SWAPPED_ROWS = {7: (37, 38), 25: (208, 213), 30: (445, 446), 38: (302, 303), 41: (251, 252)}
+
+
+def for_ifuid(ifucen: IfuCen, ifuid: int) -> IfuCen:
+    """The map of a specific IFU bundle: ``ifucen`` with that bundle's known row reordering.
+
+    IFUID 004 additionally needs Remedy's ``IFUcen_HETDEX_reverse_R`` layout, which is not
+    generated here: pass that file with ``--ifucen`` for data taken with IFU 004.
+    """
+    x, y = ifucen.x.copy(), ifucen.y.copy()
+    if ifuid in _REVERSED_RIGHT_HALF or ifuid == 4:
+        half = slice(FIBERS_PER_UNIT, 2 * FIBERS_PER_UNIT)
+        x[half], y[half] = x[half][::-1].copy(), y[half][::-1].copy()
+    if ifuid in _SWAPPED_ROWS:
+        i, j = _SWAPPED_ROWS[ifuid]
+        x[[i, j]], y[[i, j]] = x[[j, i]], y[[j, i]]
+    return IfuCen(ifucen.fiber_id, x, y, ifucen.unit, ifucen.spec_fiber, ifucen.throughput)
+
+
 def amp_positions(ifucen: IfuCen, amp: str) -> tuple[np.ndarray, np.ndarray]:
     """IFU-frame (x, y) arcsec of the 112 fibers of ``amp`` in k order (increasing row)."""
     idx = ifucen.index_of(geometry.fiber_ids(amp))

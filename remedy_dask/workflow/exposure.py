@@ -26,7 +26,7 @@ _AMP_ARRAYS = ("flux", "error", "mask", "chi2")
 def fiber_table(keys: list[str], exp: int, fplane: dict | None, ifucen: Any,
                 dither: list[list[float]]) -> dict[str, np.ndarray]:
     """Per-fiber identity and positions (IFU frame with dither, focal plane) of ``keys``."""
-    from remedy_dask.io.ifucen import amp_positions
+    from remedy_dask.io.ifucen import amp_positions, for_ifuid
 
     dx, dy = dither[exp - 1] if exp - 1 < len(dither) else (0.0, 0.0)
     cols: dict[str, list[np.ndarray]] = {k: [] for k in
@@ -34,7 +34,8 @@ def fiber_table(keys: list[str], exp: int, fplane: dict | None, ifucen: Any,
     n = geometry.N_FIBERS_AMP
     for key in keys:
         slot, amp = int(key[:3]), key[3:]
-        x, y = amp_positions(ifucen, amp)
+        bundle = for_ifuid(ifucen, fplane[slot].ifuid) if fplane and slot in fplane else ifucen
+        x, y = amp_positions(bundle, amp)
         if fplane is not None and slot in fplane:
             x0, y0 = fplane[slot].y_fp, fplane[slot].x_fp
         else:
