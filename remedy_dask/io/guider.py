@@ -1,0 +1,108 @@
+"""Guide-camera data: transparency, image quality and pupil illumination per exposure.
+
+Guider frames live in ``ROOT/YYYYMMDD/gc1/*.tar`` and ``gc2/*.tar`` as FITS members whose names
+start with a ``YYYYMMDDThhmmss.s`` timestamp.  For an exposure starting at ``t0`` with exposure
+time ``T``, the frames with ``t0 - 10 s <= t <= t0 + T + 10 s`` are used (Remedy dropped the
+frames before ``t0`` through ``timedelta.seconds``; this signed window keeps them).  Valid
+ranges: TRANSPAR 0.1-1.05, IQ 0.8-4.0 arcsec, PUPILLUM 0-1.  The medians of the valid values are
+returned; without frames the defaults are returned and the substitution is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tarfile
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from remedy_dask import geometry
+
+log = logging.getLogger(__name__)
+
+_STAMP = re.compile(r"(\d{8}T\d{6}(?:\.\d+)?)")
+VALID = {"TRANSPAR": (0.1, 1.05), "IQ": (0.8, 4.0), "PUPILLUM": (0.0, 1.0)}
+WINDOW_PAD_S = 10.0
+
+
+@dataclass
+class GuiderConditions:
+    """Conditions during one exposure."""
+
+    transparency: float = geometry.DEFAULT_TRANSPARENCY
+    fwhm: float = geometry.DEFAULT_IQ_FWHM
+    illumination: float = float("nan")  # PUPILLUM median, recorded (not applied: see docs)
+    n_frames: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_stamp(name: str) -> datetime | None:
+    match = _STAMP.search(Path(name).name)
+    if not match:
+        return None
+    text = match.group(1)
+    fmt = "%Y%m%dT%H%M%S.%f" if "." in text else "%Y%m%dT%H%M%S"
+    try:
+        return datetime.strptime(text, fmt)
+    except ValueError:
+        return None
+
+
+class GuiderArchive:
+    """Index of a night's guider tars (each tar listed once)."""
+
+    def __init__(self, rootdir: str | Path, date: str) -> None:
+        self.members: list[tuple[datetime, Path, tarfile.TarInfo]] = []
+        night = Path(rootdir) / date
+        for tar_path in sorted(night.glob("gc*/*.tar")):
+            try:
+                with tarfile.open(tar_path) as tar:
+                    for info in tar.getmembers():
+                        stamp = parse_stamp(info.name)
+                        if info.isfile() and info.name.endswith(".fits") and stamp:
+                            self.members.append((stamp, tar_path, info))
+            except (tarfile.TarError, OSError) as exc:
+                log.warning("guider tar %s unreadable: %s", tar_path, exc)
+        self.members.sort(key=lambda m: m[0])
+
+    def conditions(self, start: datetime, exptime: float) -> GuiderConditions:
+        """Median guider conditions of the exposure starting at ``start``."""
+        lo = start - timedelta(seconds=WINDOW_PAD_S)
+        hi = start + timedelta(seconds=exptime + WINDOW_PAD_S)
+        values: dict[str, list[float]] = {k: [] for k in VALID}
+        n = 0
+        open_tars: dict[Path, tarfile.TarFile] = {}
+        try:
+            for stamp, tar_path, info in self.members:
+                if not lo <= stamp <= hi:
+                    continue
+                tar = open_tars.setdefault(tar_path, tarfile.open(tar_path))
+                with tar.extractfile(info) as fh:
+                    header = fits.Header.fromfile(fh)
+                n += 1
+                for key, (vmin, vmax) in VALID.items():
+                    v = header.get(key)
+                    if isinstance(v, (int, float)) and vmin <= v <= vmax:
+                        values[key].append(float(v))
+        finally:
+            for tar in open_tars.values():
+                tar.close()
+        out = GuiderConditions(n_frames=n)
+        if n == 0:
+            out.notes.append("no guider frames: transparency 1.0 and IQ 1.8\" assumed")
+            return out
+        if values["TRANSPAR"]:
+            out.transparency = float(np.median(values["TRANSPAR"]))
+        else:
+            out.notes.append("no valid TRANSPAR: 1.0 assumed")
+        if values["IQ"]:
+            out.fwhm = float(np.median(values["IQ"]))
+        else:
+            out.notes.append("no valid IQ: 1.8\" assumed")
+        if values["PUPILLUM"]:
+            out.illumination = float(np.median(values["PUPILLUM"]))
+        return out
