@@ -1,8 +1,9 @@
 """Final products: the observation HDF5 (netCDF4-compatible) and the per-IFU FITS files.
 
 Names follow docs/interface.md.  Every array carries a ``units`` attribute; the root carries the
-provenance (code version, configuration, calibration file, inputs, step timings, flags).
-Files are written under a temporary name and renamed.
+provenance (code version, configuration, calibration file, inputs, step timings, flags).  The
+HDF5 file is streamed block by block (one IFU at a time) under a temporary name and renamed when
+complete, so a reader never sees a partial product.
 """
 
 from __future__ import annotations
@@ -12,105 +13,118 @@ import os
 from pathlib import Path
 from typing import Any
 
+import h5netcdf
+import h5py
 import numpy as np
-import xarray as xr
 
 from remedy_dask import __version__, geometry
 
 FLUX_UNITS = "1e-17 erg / (s cm2 Angstrom)"
 LINE_FLUX_UNITS = "1e-17 erg / (s cm2)"
 
-
-def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
-    return {
-        name: {"zlib": True, "complevel": 4}
-        for name, var in ds.data_vars.items()
-        if var.dtype.kind in "fiu" and var.ndim >= 1 and var.size > 1000
-    }
+UNITS = {
+    "spectrum": FLUX_UNITS, "error": FLUX_UNITS, "sky": FLUX_UNITS, "ra": "deg", "dec": "deg",
+    "dar_ra": "arcsec", "dar_dec": "arcsec", "exptime": "s", "fwhm": "arcsec", "wave": "Angstrom",
+    "flux": LINE_FLUX_UNITS, "flux_err": LINE_FLUX_UNITS, "ifu_x": "arcsec", "ifu_y": "arcsec",
+    "fx": "arcsec", "fy": "arcsec", "gmag_catalog": "mag(AB)", "gmag_virus": "mag(AB)",
+    "wave_err": "Angstrom", "x": "arcsec", "y": "arcsec",
+}
 
 
 def observation_path(outdir: str | Path, date: str, obs: int) -> Path:
     return Path(outdir) / f"{date}_{obs:07d}.h5"
 
 
-def write_observation(
-    path: str | Path,
-    fibers: dict[str, np.ndarray],
-    exposures: dict[str, np.ndarray],
-    astrometry: dict[str, Any],
-    sources: dict[str, np.ndarray],
-    detections: dict[str, np.ndarray],
-    provenance: dict[str, Any],
-    flux_units: str = FLUX_UNITS,
-) -> Path:
-    """Write ``{DATE}_{OBS:07d}.h5`` atomically.
-
-    ``fibers`` holds ``spectrum``, ``error``, ``sky`` (N, 1036), ``mask`` (N, 1036), ``ra``,
-    ``dec``, ``ifuslot``, ``amp``, ``fiber_id``, ``exposure`` (N,), ``dar_ra``, ``dar_dec``
-    (1036,), and may hold more per-fiber columns (``ifu_x``, ``fx`` ...).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    root = xr.Dataset(
-        {"wavelength": ("wave", geometry.DEF_WAVE, {"units": "Angstrom"})},
-        attrs={"code_version": __version__, "flux_units": flux_units,
-               **{k: v if isinstance(v, (str, int, float)) else json.dumps(v, default=str)
-                  for k, v in provenance.items()}},
-    )
-    root.to_netcdf(tmp, mode="w", engine="h5netcdf")
-    _group(fibers, "fiber", flux_units).to_netcdf(tmp, mode="a", group="fibers", engine="h5netcdf",
-                                                 encoding=None)
-    _group(exposures, "exposure", flux_units).to_netcdf(tmp, mode="a", group="exposures",
-                                                       engine="h5netcdf")
-    xr.Dataset().to_netcdf(tmp, mode="a", group="astrometry", engine="h5netcdf")
-    _group(sources, "source", flux_units).to_netcdf(tmp, mode="a", group="sources", engine="h5netcdf")
-    _group(detections, "detection", flux_units).to_netcdf(tmp, mode="a", group="detections",
-                                                         engine="h5netcdf")
-    import h5py
-
-    with h5py.File(tmp, "a") as h5:  # scalar attributes (netCDF would store 1-element arrays)
-        g = h5["astrometry"]
-        for key, value in {**astrometry, "units_ra_dec": "deg", "units_rotation": "deg",
-                           "units_rms": "arcsec"}.items():
-            g.attrs[key] = value
-    os.replace(tmp, path)
-    return path
+def _plain(value: Any) -> Any:
+    if isinstance(value, (str, int, float, np.integer, np.floating)):
+        return value
+    return json.dumps(value, default=str)
 
 
-_UNITS = {
-    "spectrum": FLUX_UNITS, "error": FLUX_UNITS, "sky": FLUX_UNITS, "ra": "deg", "dec": "deg",
-    "dar_ra": "arcsec", "dar_dec": "arcsec", "exptime": "s", "fwhm": "arcsec",
-    "wave": "Angstrom", "flux": LINE_FLUX_UNITS, "flux_err": LINE_FLUX_UNITS,
-    "ifu_x": "arcsec", "ifu_y": "arcsec", "fx": "arcsec", "fy": "arcsec",
-    "gmag_catalog": "mag(AB)", "gmag_virus": "mag(AB)", "flux_scale": "",
-    "transparency": "", "sn": "", "fwhm_line": "Angstrom",
-}
+class ObservationWriter:
+    """Write ``{DATE}_{OBS:07d}.h5``: open, add groups / stream fiber blocks, close (rename)."""
 
+    def __init__(self, path: str | Path, n_fibers: int, provenance: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.f = h5netcdf.File(self.tmp, "w")
+        self.f.dimensions = {"wave": geometry.N_WAVE}
+        wave = self.f.create_variable("wavelength", ("wave",), "f8")
+        wave[:] = geometry.DEF_WAVE
+        wave.attrs["units"] = "Angstrom"
+        self.fibers = self.f.create_group("fibers")
+        self.fibers.dimensions = {"fiber": n_fibers}
+        self.n_fibers = n_fibers
+        self._provenance = {"code_version": __version__, "flux_units": FLUX_UNITS,
+                            **{k: _plain(v) for k, v in provenance.items()}}
 
-def _group(columns: dict[str, np.ndarray], row_dim: str, flux_units: str) -> xr.Dataset:
-    """A Dataset with rows along ``row_dim`` and the wavelength axis along ``wave``."""
-    data = {}
-    for name, values in columns.items():
-        values = np.asarray(values)
-        if values.dtype.kind == "U":
-            values = values.astype(object)
-        if values.ndim == 2:
-            dims = (row_dim, "wave")
-        elif values.ndim == 1 and name.startswith("dar_"):
-            dims = ("wave",)
-        else:
-            dims = (row_dim,) + tuple(f"{name}_dim{i}" for i in range(1, values.ndim))
-        units = _UNITS.get(name, "")
-        if units == FLUX_UNITS:
-            units = flux_units
-        if row_dim == "detection" and name == "fwhm":
-            units = "Angstrom"
-        data[name] = (dims, values, {"units": units} if units else {})
-    ds = xr.Dataset(data)
-    if "wave" in ds.dims:
-        ds = ds.assign_coords(wave=("wave", geometry.DEF_WAVE, {"units": "Angstrom"}))
-    for name in ds.data_vars:
-        if ds[name].dtype.kind == "f" and ds[name].ndim == 2:
-            ds[name].encoding.update(zlib=True, complevel=4)
-    return ds
+    def _variable(self, group: Any, name: str, dims: tuple[str, ...], dtype: np.dtype,
+                  n_rows: int = 0) -> Any:
+        """Create a variable of ``dtype`` over ``dims`` (strings as variable-length UTF-8)."""
+        kwargs: dict[str, Any] = {}
+        if dtype.kind in "UO":
+            dtype = h5py.string_dtype()
+        elif dtype.kind == "f":
+            kwargs["fillvalue"] = np.nan
+        if len(dims) == 2 and n_rows > 0:
+            kwargs.update(compression="gzip", compression_opts=4, shuffle=True,
+                          chunks=(min(448, n_rows), geometry.N_WAVE))
+        var = group.create_variable(name, dims, dtype, **kwargs)
+        if name in UNITS:
+            var.attrs["units"] = UNITS[name]
+        return var
+
+    def write_fibers(self, start: int, block: dict[str, np.ndarray]) -> None:
+        """Write rows ``start:start+n`` of the fiber datasets (creating them on first use)."""
+        if not self.fibers.variables:
+            for name, values in block.items():
+                values = np.asarray(values)
+                dims = ("fiber", "wave") if values.ndim == 2 else ("fiber",)
+                self._variable(self.fibers, name, dims, values.dtype, self.n_fibers)
+        n = len(next(iter(block.values())))
+        for name, values in block.items():
+            values = np.asarray(values)
+            self.fibers.variables[name][start:start + n] = (
+                values.astype(object) if values.dtype.kind == "U" else values)
+
+    def write_wave_columns(self, group_name: str, columns: dict[str, np.ndarray]) -> None:
+        """(1036,) arrays such as ``dar_ra``/``dar_dec`` in a group."""
+        group = self.f[group_name] if group_name else self.f
+        for name, values in columns.items():
+            self._variable(group, name, ("wave",), np.asarray(values).dtype)[:] = values
+
+    def write_table(self, group_name: str, row_dim: str, columns: dict[str, np.ndarray]) -> None:
+        """A group of equal-length columns (rows along ``row_dim``; 2-D ones along ``wave``)."""
+        group = self.f.create_group(group_name)
+        n = len(next(iter(columns.values()))) if columns else 0
+        group.dimensions = {row_dim: n}
+        for name, values in columns.items():
+            values = np.asarray(values)
+            dims = (row_dim, "wave") if values.ndim == 2 else (row_dim,)
+            var = self._variable(group, name, dims, values.dtype, n)
+            if n:
+                var[...] = values.astype(object) if values.dtype.kind == "U" else values
+            if group_name == "detections" and name == "fwhm":
+                var.attrs["units"] = "Angstrom"
+
+    def close(self, group_attrs: dict[str, dict[str, Any]]) -> Path:
+        """Finish: scalar attributes (root provenance, e.g. ``astrometry``) and rename."""
+        for name in group_attrs:
+            if name not in self.f.groups:
+                self.f.create_group(name)
+        self.f.close()
+        with h5py.File(self.tmp, "a") as h5:
+            for key, value in self._provenance.items():
+                h5.attrs[key] = value
+            for name, attrs in group_attrs.items():
+                for key, value in attrs.items():
+                    h5[name].attrs[key] = _plain(value)
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            self.f.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)

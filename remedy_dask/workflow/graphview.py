@@ -80,7 +80,7 @@ def science_view() -> str:
         collections = [s for exp in summaries.values() for s in exp]
         try:
             from remedy_dask.workflow.exposure import build_exposure_graph
-            from remedy_dask.workflow.observation import build_observation_graph
+            from remedy_dask.workflow.finalize import build_observation_graph
 
             args = argparse.Namespace(fplane=None, ifucen=None)
             exposures = build_exposure_graph(plan, summaries, cal, Path(tmp) / "work", args,

@@ -124,7 +124,7 @@ def build_amp_graph(plan: ObservationPlan, cal_path: Path, work_root: Path,
 def run_reduce(args: Any) -> Path:
     """``remedy-dask reduce``: plan, build the graph, run it, write the products."""
     from remedy_dask.workflow.exposure import build_exposure_graph
-    from remedy_dask.workflow.observation import build_observation_graph
+    from remedy_dask.workflow.finalize import build_observation_graph
 
     config = load_config(getattr(args, "config", None))
     cal_path = Path(args.calfile)
@@ -143,12 +143,62 @@ def run_reduce(args: Any) -> Path:
     if n_done:
         print(f"resuming: {n_done} amp-exposure(s) already reduced in {work_root}")
     exposures = build_exposure_graph(plan, summaries, cal_path, work_root, args, config)
-    final = build_observation_graph(plan, exposures, cal_path, out, args, config)
+    cond, catalog, pointing = prepare_observation(plan, archive, args, config, out)
+    final = build_observation_graph(plan, exposures, cal_path, out, args, config, cond, catalog,
+                                    pointing)
     with open_client(args.cluster, args.workers, getattr(args, "cluster_config", None)) as client:
         product = _compute_with_progress(final, client, out, plan)
     print(f"reduced {len(plan.cal_keys)} amps x {len(plan.exposures)} exposures "
           f"in {time.perf_counter() - t0:.1f} s: {product}")
     return Path(product)
+
+
+def prepare_observation(plan: ObservationPlan, archive: RawArchive, args: Any,
+                        config: PipelineConfig, out: Path) -> tuple[Any, Any, tuple[float, float, float]]:
+    """Conditions per exposure (headers, guider), the star catalogue and the header pointing."""
+    from remedy_dask.io.catalog import query_panstarrs, read_catalog
+    from remedy_dask.io.guider import GuiderArchive, parse_stamp
+    from remedy_dask.io.raw import read_header_model
+    from remedy_dask.io.throughput import default_throughput, read_throughput
+    from remedy_dask.workflow.observation import Conditions
+
+    key0 = next(k for k in plan.cal_keys if int(k[:3]) == plan.target_slot) \
+        if any(int(k[:3]) == plan.target_slot for k in plan.cal_keys) else plan.cal_keys[0]
+    headers = {e: read_header_model(plan.refs[(e, key0)]) for e in plan.exposures
+               if (e, key0) in plan.refs}
+    h0 = headers[min(headers)]
+    if h0.parangle is None or h0.ra_deg is None:
+        raise RemedyError(f"{plan.refs[(min(headers), key0)].display_path}: no pointing "
+                          "(TRAJRA/TRAJDEC, PARANGLE) in the science header")
+    pointing = (h0.ra_deg, h0.dec_deg, geometry.rotation_from_parangle(h0.parangle))
+    guider = GuiderArchive(args.rootdir, plan.date)
+    exptime, transp, iq, notes = [], [], [], []
+    for e in plan.exposures:
+        h = headers.get(e, h0)
+        exptime.append(h.exptime)
+        start = parse_stamp(plan.refs[(e, key0)].name) if (e, key0) in plan.refs else None
+        c = guider.conditions(start, h.exptime) if start else None
+        if c is None or c.n_frames == 0:
+            transp.append(geometry.DEFAULT_TRANSPARENCY)
+            iq.append(geometry.DEFAULT_IQ_FWHM)
+            notes.append(f"exp{e:02d}: no guider frames, transparency 1.0 and IQ 1.8\" assumed")
+        else:
+            transp.append(c.transparency)
+            iq.append(c.fwhm)
+            notes += [f"exp{e:02d}: {n}" for n in c.notes]
+    if getattr(args, "throughput", None):
+        _, tput = read_throughput(args.throughput)
+    else:
+        _, tput = default_throughput()
+        notes.append("default HETDEX throughput curve")
+    cond = Conditions(list(plan.exposures), np.array(exptime, float), np.array(transp, float),
+                      np.array(iq, float), np.asarray(tput, float), notes=notes)
+    if getattr(args, "catalog", None):
+        catalog = read_catalog(args.catalog)
+    else:
+        catalog = query_panstarrs(pointing[0], pointing[1], config.observation.catalog_radius_deg,
+                                  out / "catalog_cache")
+    return cond, catalog, pointing
 
 
 def _compute_with_progress(final: Any, client: Any, out: Path, plan: ObservationPlan) -> Any:

@@ -1,0 +1,238 @@
+"""Last nodes of the observation graph: detections, cubes, products; and the graph builder."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+
+from remedy_dask import __version__, geometry
+from remedy_dask.config import PipelineConfig
+from remedy_dask.io import store
+from remedy_dask.workflow.observation import (
+    Conditions, _calibrated, fit_field, fit_psf, flux_calibration, ifu_sources, ifu_stars,
+    load_ifu, psf_tables, star_cutouts,
+)
+
+log = logging.getLogger(__name__)
+
+
+def final_factor(d: dict[str, np.ndarray], psf: dict[str, Any], fluxcal: dict[str, Any]
+                 ) -> np.ndarray:
+    """Per-fiber multiplier on top of the throughput calibration: 1/exposure norm x offset."""
+    return fluxcal["factor"] / np.asarray(psf["norm"])[d["exp_index"]][:, None]
+
+
+def calibrated_ifu(work_root: str, exposures: list[int], slot: int, cond: Conditions,
+                   psf: dict[str, Any], fluxcal: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    d = load_ifu(work_root, exposures, slot)
+    if d is None:
+        return None
+    c = _calibrated(d, cond)
+    k = final_factor(d, psf, fluxcal)
+    for name in ("flux", "error", "sky"):
+        c[name] = c[name] * k
+    return c
+
+
+def ifu_detect(work_root: str, exposures: list[int], slot: int, cond: Conditions,
+               psf: dict[str, Any], fluxcal: dict[str, Any], astro: dict[str, Any],
+               config: PipelineConfig) -> dict[str, np.ndarray]:
+    """Emission-line detections of one IFU (IFU frame -> RA/Dec)."""
+    from remedy_dask.detect import detect_emission_lines
+
+    c = calibrated_ifu(work_root, exposures, slot, cond, psf, fluxcal)
+    if c is None or not config.observation.detect:
+        return {}
+    table = detect_emission_lines(c["flux"], c["error"], c["bad"], c["ifu_x"], c["ifu_y"],
+                                  psf_tables(psf), dar=geometry.dar_offsets(),
+                                  exposure=c["exp_index"],
+                                  threshold=config.observation.detection_threshold)
+    dx = float(np.median(c["fx"] - c["ifu_x"]))
+    dy = float(np.median(c["fy"] - c["ifu_y"]))
+    ra, dec = geometry.focal_to_sky(np.asarray(table["x"]) + dx, np.asarray(table["y"]) + dy,
+                                    astro["ra"], astro["dec"], astro["rotation"])
+    out = {name: np.asarray(table[name]) for name in
+           ("wave", "wave_err", "flux", "flux_err", "sn", "fwhm", "chi2", "spectrum", "error")}
+    out.update(ra=np.atleast_1d(ra), dec=np.atleast_1d(dec), ifu_x=np.asarray(table["x"]),
+               ifu_y=np.asarray(table["y"]), ifuslot=np.full(len(table), slot))
+    return out
+
+
+def ifu_cube(work_root: str, exposures: list[int], slot: int, cond: Conditions,
+             psf: dict[str, Any], fluxcal: dict[str, Any], astro: dict[str, Any], outdir: str,
+             prefix: str, config: PipelineConfig, header_cards: dict[str, Any]) -> list[str]:
+    """Cube and per-IFU FITS file of one IFU."""
+    from remedy_dask.astrometry import collapsed_image
+    from remedy_dask.cube import celestial_wcs, cube_header, cube_wcs, make_cube
+    from remedy_dask.io.fitsproducts import write_cube_fits, write_ifu_fits
+
+    c = calibrated_ifu(work_root, exposures, slot, cond, psf, fluxcal)
+    if c is None:
+        return []
+    dx = float(np.median(c["fx"] - c["ifu_x"]))
+    dy = float(np.median(c["fy"] - c["ifu_y"]))
+    cards = {**header_cards, "IFUSLOT": slot}
+    paths = []
+    if config.observation.make_cube:
+        res = make_cube(c["flux"], c["error"], c["bad"], c["ifu_x"], c["ifu_y"],
+                        dar=geometry.dar_offsets(), pixscale=config.observation.cube_pixscale)
+        wcs = cube_wcs(astro["ra"], astro["dec"], astro["rotation"], res.grid, dx, dy)
+        paths.append(str(write_cube_fits(Path(outdir) / f"{prefix}_{slot:03d}_cube.fits",
+                                         res.cube, res.error, cube_header(wcs), cards)))
+    img = collapsed_image(c["flux"], c["bad"], c["ifu_x"], c["ifu_y"], dar=geometry.dar_offsets())
+    gwcs = celestial_wcs(astro["ra"], astro["dec"], astro["rotation"], img.grid, dx, dy)
+    ra, dec = geometry.focal_to_sky(c["fx"], c["fy"], astro["ra"], astro["dec"], astro["rotation"])
+    fibers = {"ra": ra, "dec": dec, "ifu_x": c["ifu_x"], "ifu_y": c["ifu_y"],
+              "fiber_id": c["fiber_id"], "amp": c["amp"].astype("U2"),
+              "exposure": c["exp_index"] + 1}
+    paths.append(str(write_ifu_fits(Path(outdir) / f"{prefix}_{slot:03d}.fits", c["flux"],
+                                    c["error"], c["sky"], fibers, img.image, gwcs.to_header(),
+                                    cards)))
+    return paths
+
+
+def dar_on_sky(rotation: float) -> tuple[np.ndarray, np.ndarray]:
+    """DAR offsets (arcsec east, north) on DEF_WAVE: the focal-plane x DAR rotated to the sky."""
+    dar = geometry.dar_offsets()
+    r = np.deg2rad(rotation)
+    return -np.cos(r) * dar, -np.sin(r) * dar
+
+
+def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_root: str,
+                   cond: Conditions, astro: dict[str, Any], psf: dict[str, Any],
+                   fluxcal: dict[str, Any], sources: list[dict[str, np.ndarray]],
+                   detections: list[dict[str, np.ndarray]], catalog: Any, outdir: str,
+                   provenance: dict[str, Any], fits_paths: list[list[str]]) -> str:
+    """Stream the observation HDF5: fibers IFU by IFU, then exposures, astrometry, sources,
+    detections; provenance with every substitution and flag."""
+    from remedy_dask.io.products import ObservationWriter, observation_path
+
+    slots = sorted({int(k[:3]) for s in exposure_summaries for k in s["keys"]})
+    counts = {}
+    for exp in plan.exposures:
+        import zarr
+
+        g = zarr.open_group(str(store.group_path(work_root, exp, "sky")), mode="r")
+        ifuslot = g["ifuslot"][...]
+        for slot in slots:
+            counts[slot] = counts.get(slot, 0) + int(np.sum(ifuslot == slot))
+    n = sum(counts.values())
+    notes = list(cond.notes) + [x for x in (astro.get("note"), psf.get("note"), fluxcal.get("note")) if x]
+    flags = list(plan.skipped) + [f"{k} exp{s['exp']:02d}: {v}" for s in exposure_summaries
+                                  for k, v in s.get("failed", {}).items()]
+    prov = {**provenance, "notes": notes, "flags": flags, "astrometry": astro.get("note", ""),
+            "psf": {k: v for k, v in psf.items()}, "fluxcal": fluxcal,
+            "exposure_qa": [{k: s.get(k) for k in ("exp", "sky_qa", "error_check", "mask_counts",
+                                                      "shifts")} for s in exposure_summaries],
+            "fits_products": [p for ps in fits_paths for p in ps]}
+    writer = ObservationWriter(observation_path(outdir, plan.date, plan.obs), n, prov)
+    try:
+        start = 0
+        for slot in slots:
+            c = calibrated_ifu(work_root, plan.exposures, slot, cond, psf, fluxcal)
+            if c is None:
+                continue
+            ra, dec = geometry.focal_to_sky(c["fx"], c["fy"], astro["ra"], astro["dec"],
+                                            astro["rotation"])
+            writer.write_fibers(start, {
+                "spectrum": c["flux"].astype(np.float32), "error": c["error"].astype(np.float32),
+                "sky": c["sky"].astype(np.float32), "mask": c["bad"].astype(np.uint8),
+                "ra": ra, "dec": dec, "ifuslot": c["ifuslot"].astype(np.int32),
+                "amp": c["amp"].astype("U2"), "fiber_id": c["fiber_id"].astype(np.int32),
+                "exposure": (c["exp_index"] + 1).astype(np.int32), "ifu_x": c["ifu_x"],
+                "ifu_y": c["ifu_y"], "fx": c["fx"], "fy": c["fy"],
+            })
+            start += len(c["flux"])
+        dar_ra, dar_dec = dar_on_sky(astro["rotation"])
+        writer.write_wave_columns("fibers", {"dar_ra": dar_ra, "dar_dec": dar_dec})
+        writer.write_table("exposures", "exposure", {
+            "exposure": np.asarray(plan.exposures, np.int32), "exptime": cond.exptime,
+            "transparency": cond.transparency, "fwhm": np.asarray(psf["fwhm"], float),
+            "fwhm_guider": cond.fwhm_guider,
+            "flux_scale": fluxcal["factor"] / np.asarray(psf["norm"], float),
+        })
+        idx = np.concatenate([s["cat_index"] for s in sources]).astype(int) if sources else np.zeros(0, int)
+        cat = lambda k: np.concatenate([s[k] for s in sources]) if sources else np.zeros(0)  # noqa: E731
+        src = {
+            "ra": np.asarray(catalog["raMean"], float)[idx],
+            "dec": np.asarray(catalog["decMean"], float)[idx],
+            "gmag_catalog": np.asarray(catalog["gMeanApMag"], float)[idx],
+            "gmag_virus": cat("gmag_virus") - 2.5 * np.log10(fluxcal["factor"]),
+            "spectrum": (cat("spectrum").reshape(-1, geometry.N_WAVE) * fluxcal["factor"]).astype(np.float32),
+            "error": (cat("error").reshape(-1, geometry.N_WAVE) * fluxcal["factor"]).astype(np.float32),
+            "ifuslot": cat("ifuslot").astype(np.int32),
+        }
+        writer.write_table("sources", "source", src)
+        det_cols = ("ra", "dec", "wave", "wave_err", "flux", "flux_err", "sn", "fwhm", "chi2",
+                    "ifuslot", "ifu_x", "ifu_y", "spectrum", "error")
+        dets = [d for d in detections if d]
+        table = {k: np.concatenate([d[k] for d in dets]) if dets else
+                 np.zeros((0, geometry.N_WAVE) if k in ("spectrum", "error") else 0) for k in det_cols}
+        writer.write_table("detections", "detection", table)
+        astro_attrs = {k: astro[k] for k in ("ra", "dec", "rotation", "n_stars", "rms")}
+        astro_attrs["fitted"] = int(bool(astro.get("fitted")))
+        path = writer.close({"astrometry": astro_attrs})
+    except BaseException:
+        writer.abort()
+        raise
+    return str(path)
+
+
+def _run(func: Any, deps: Any, *args: Any) -> Any:
+    """Run ``func(*args)`` after ``deps`` (a Dask dependency that is not an input)."""
+    return func(*args)
+
+
+def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path, out: Path,
+                            args: Any, config: PipelineConfig, cond: Conditions | None = None,
+                            catalog: Any = None, pointing: tuple[float, float, float] | None = None,
+                            dry: bool = False) -> Any:
+    """Delayed product path of the whole observation."""
+    from astropy.table import Table
+
+    if dry:  # structure only (graph views): no data is read
+        cond = Conditions(plan.exposures, np.ones(3), np.ones(3), np.full(3, 1.8),
+                          np.ones(geometry.N_WAVE))
+        catalog = Table({"raMean": [0.0], "decMean": [0.0], "gMeanApMag": [18.0]})
+        pointing = (0.0, 0.0, 0.0)
+    work_root = str(out / "work" / f"{plan.date}_{plan.obs:07d}.zarr")
+    exps = list(plan.exposures)
+    deps = [exposures[e] for e in exps]
+    slots = sorted({int(k[:3]) for k in plan.cal_keys})
+
+    def node(func: Any, *a: Any, name: str) -> Any:
+        return dask.delayed(_run, pure=False)(func, deps, *a, dask_key_name=name)
+
+    stars = [node(ifu_stars, work_root, exps, s, cond, name=f"ifu-stars-{s:03d}") for s in slots]
+    astro = dask.delayed(fit_field, pure=False)(stars, catalog, pointing, dask_key_name="astrometry")
+    cut = [dask.delayed(star_cutouts, pure=False)(work_root, exps, s, cond, catalog, astro,
+                                                  dask_key_name=f"ifu-psf-stars-{s:03d}")
+           for s in slots]
+    psf = dask.delayed(fit_psf, pure=False)(cut, cond, dask_key_name="seeing")
+    srcs = [dask.delayed(ifu_sources, pure=False)(work_root, exps, s, cond, catalog, astro, psf,
+                                                  dask_key_name=f"ifu-sources-{s:03d}")
+            for s in slots]
+    fcal = dask.delayed(flux_calibration, pure=False)(srcs, catalog, dask_key_name="fluxcal")
+    dets = [dask.delayed(ifu_detect, pure=False)(work_root, exps, s, cond, psf, fcal, astro, config,
+                                                 dask_key_name=f"ifu-detect-{s:03d}")
+            for s in slots]
+    cube_slots = slots if getattr(args, "all_cubes", False) else [s for s in slots if s == plan.target_slot]
+    prefix = f"{plan.date}_{plan.obs:07d}"
+    cards = {"OBJECT": "", "DATE-OBS": plan.date, "OBSID": plan.obs, "ORIGIN": "remedy-dask",
+             "PIPEVER": __version__}
+    cubes = [dask.delayed(ifu_cube, pure=False)(work_root, exps, s, cond, psf, fcal, astro,
+                                                str(out), prefix, config, cards,
+                                                dask_key_name=f"ifu-cube-{s:03d}")
+             for s in cube_slots]
+    provenance = {"date": plan.date, "obs": plan.obs, "target_ifuslot": plan.target_slot,
+                  "calibration_file": str(cal_path), "config": config.to_yaml(),
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
+                  "ifuslots": slots}
+    return dask.delayed(write_products, pure=False)(
+        deps, plan, work_root, cond, astro, psf, fcal, srcs, dets, catalog, str(out), provenance,
+        cubes, dask_key_name="write-products")

@@ -1,0 +1,248 @@
+"""Per-observation graph: astrometry, PSF, flux calibration, sources, detections, cubes.
+
+Nodes: ``ifu-stars-{slot}`` (collapsed g image and star detection per IFU) -> ``astrometry``
+(fan-in) -> ``seeing`` (PSF FWHM per exposure, DAR, exposure normalisation from matched
+stars) -> ``ifu-sources-{slot}`` (catalogue sources, synthetic g) -> ``fluxcal`` (fan-in:
+photometric offset) -> ``ifu-detect-{slot}`` and ``ifu-cube-{slot}`` -> ``write-products``.
+Per-IFU nodes read their fibers from the exposures' ``sky`` groups of the zarr store.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+
+from remedy_dask import geometry
+from remedy_dask.config import PipelineConfig
+from remedy_dask.errors import CalibrationError, RemedyError
+from remedy_dask.io import store
+
+log = logging.getLogger(__name__)
+
+FIBER_COLUMNS = ("ifuslot", "amp", "fiber_id", "ifu_x", "ifu_y", "fx", "fy", "exptime")
+
+
+@dataclass
+class Conditions:
+    """Per-exposure conditions and the calibration of counts to flux."""
+
+    exposures: list[int]
+    exptime: np.ndarray
+    transparency: np.ndarray
+    fwhm_guider: np.ndarray
+    throughput: np.ndarray  # on DEF_WAVE
+    area: float = geometry.DEFAULT_AREA_CM2
+    notes: list[str] = field(default_factory=list)
+
+    def flux_factor(self, exp_index: np.ndarray) -> np.ndarray:
+        """(n_fiber, n_wave) factor from e-/s/A to 1e-17 erg/s/cm^2/A (no photometric offset)."""
+        from remedy_dask.fluxcal import counts_to_flux
+
+        per_exp = np.stack([
+            counts_to_flux(np.ones(geometry.N_WAVE), geometry.DEF_WAVE, 1.0, self.throughput,
+                           self.area, self.transparency[i])
+            for i in range(len(self.exposures))
+        ])
+        return per_exp[exp_index]
+
+
+def load_ifu(work_root: str, exposures: list[int], slot: int, columns: tuple[str, ...] = (
+        "flux", "error", "mask", "sky")) -> dict[str, np.ndarray] | None:
+    """All exposures' fibers of one IFU: arrays plus ``exp_index`` (0-based exposure)."""
+    import zarr
+
+    parts: dict[str, list[np.ndarray]] = {}
+    for i, exp in enumerate(exposures):
+        group = zarr.open_group(str(store.group_path(work_root, exp, "sky")), mode="r")
+        slots = group["ifuslot"][...]
+        rows = np.flatnonzero(slots == slot)
+        if rows.size == 0:
+            continue
+        sl = slice(rows[0], rows[-1] + 1)
+        for name in columns + FIBER_COLUMNS:
+            parts.setdefault(name, []).append(group[name][sl])
+        parts.setdefault("exp_index", []).append(np.full(rows.size, i))
+    if not parts:
+        return None
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _calibrated(d: dict[str, np.ndarray], cond: Conditions, factor: float = 1.0) -> dict[str, np.ndarray]:
+    """Flux, error and sky in 1e-17 erg/s/cm^2/A; masked pixels NaN."""
+    f = cond.flux_factor(d["exp_index"]) * factor
+    bad = d["mask"].astype(bool)
+    out = dict(d)
+    for name in ("flux", "error", "sky"):
+        if name in d:
+            v = d[name] * f
+            out[name] = np.where(bad, np.nan, v) if name != "sky" else v
+    out["bad"] = bad | ~np.isfinite(out["flux"]) | ~(out["error"] > 0)
+    return out
+
+
+def ifu_stars(work_root: str, exposures: list[int], slot: int, cond: Conditions
+              ) -> dict[str, Any]:
+    """Collapsed g image of one IFU and the stars detected on it (focal-plane arcsec)."""
+    from remedy_dask.astrometry import collapsed_image, detect_stars
+
+    d = load_ifu(work_root, exposures, slot, ("flux", "error", "mask"))
+    if d is None:
+        return {"slot": slot, "fx": np.zeros(0), "fy": np.zeros(0), "flux": np.zeros(0),
+                "image": None, "note": "no fibers"}
+    c = _calibrated(d, cond)
+    img = collapsed_image(c["flux"], c["bad"], d["ifu_x"], d["ifu_y"], dar=geometry.dar_offsets())
+    try:
+        stars = detect_stars(img)
+    except CalibrationError as exc:
+        return {"slot": slot, "fx": np.zeros(0), "fy": np.zeros(0), "flux": np.zeros(0),
+                "image": img, "note": str(exc)}
+    offset_x = float(np.median(d["fx"] - d["ifu_x"]))
+    offset_y = float(np.median(d["fy"] - d["ifu_y"]))
+    return {"slot": slot, "fx": stars.x + offset_x, "fy": stars.y + offset_y, "flux": stars.flux,
+            "image": img, "offset": (offset_x, offset_y), "note": ""}
+
+
+def fit_field(star_lists: list[dict[str, Any]], catalog: Any, pointing: tuple[float, float, float]
+              ) -> dict[str, Any]:
+    """Fan-in: match detections of all IFUs to the catalogue, fit shift and rotation (twice)."""
+    from remedy_dask.astrometry import fit_astrometry, match_catalog
+
+    fx = np.concatenate([s["fx"] for s in star_lists])
+    fy = np.concatenate([s["fy"] for s in star_lists])
+    ra0, dec0, rot0 = pointing
+    cat_ra = np.asarray(catalog["raMean"], float)
+    cat_dec = np.asarray(catalog["decMean"], float)
+    g = np.asarray(catalog["gMeanApMag"], float)
+    usable = np.isfinite(g) & (g > 14) & (g < 21.5)
+    result = None
+    ra, dec, rot = ra0, dec0, rot0
+    for radius in (8.0, 2.0):
+        match = match_catalog(fx, fy, cat_ra[usable], cat_dec[usable], ra, dec, rot,
+                              search_radius=radius)
+        if len(match.det_index) < 3:
+            break
+        idx = np.flatnonzero(usable)[match.cat_index]
+        result = fit_astrometry(fx[match.det_index], fy[match.det_index], cat_ra[idx],
+                                cat_dec[idx], ra, dec, rot)
+        ra, dec, rot = result.ra0, result.dec0, result.rotation
+    if result is None:
+        log.warning("astrometry: fewer than 3 matched stars; header pointing kept")
+        return {"ra": ra0, "dec": dec0, "rotation": rot0, "n_stars": 0, "rms": float("nan"),
+                "fitted": False, "note": "fewer than 3 stars matched: header pointing"}
+    return {"ra": result.ra0, "dec": result.dec0, "rotation": result.rotation,
+            "n_stars": result.n_stars, "rms": result.rms, "fitted": True,
+            "ra_err": result.ra0_err, "dec_err": result.dec0_err,
+            "rotation_err": result.rotation_err, "note": "",
+            "residuals": result.residuals[result.used]}
+
+
+def _catalog_in_ifu(catalog: Any, astro: dict[str, Any], offset: tuple[float, float],
+                    half: float = 26.0, gmax: float = 23.0) -> tuple[np.ndarray, ...]:
+    """Catalogue sources inside one IFU: (index, IFU-frame x, y)."""
+    fx, fy = geometry.sky_to_focal(np.asarray(catalog["raMean"], float),
+                                   np.asarray(catalog["decMean"], float),
+                                   astro["ra"], astro["dec"], astro["rotation"])
+    x, y = fx - offset[0], fy - offset[1]
+    g = np.asarray(catalog["gMeanApMag"], float)
+    inside = (np.abs(x) < half) & (np.abs(y) < half) & np.isfinite(g) & (g < gmax)
+    idx = np.flatnonzero(inside)
+    return idx, x[idx], y[idx]
+
+
+def star_cutouts(work_root: str, exposures: list[int], slot: int, cond: Conditions,
+                 catalog: Any, astro: dict[str, Any], gmax: float = 19.5, radius: float = 4.5
+                 ) -> dict[str, Any] | None:
+    """Fibers near the bright catalogue stars of one IFU, for the joint PSF fit (focal plane)."""
+    d = load_ifu(work_root, exposures, slot, ("flux", "error", "mask"))
+    if d is None:
+        return None
+    offset = (float(np.median(d["fx"] - d["ifu_x"])), float(np.median(d["fy"] - d["ifu_y"])))
+    idx, x, y = _catalog_in_ifu(catalog, astro, offset, half=22.0, gmax=gmax)
+    if idx.size == 0:
+        return None
+    near = np.zeros(d["fx"].size, bool)
+    for xs, ys in zip(x, y):
+        near |= np.hypot(d["ifu_x"] - xs, d["ifu_y"] - ys) < radius
+    c = _calibrated({k: v[near] for k, v in d.items()}, cond)
+    return {"flux": c["flux"], "error": c["error"], "bad": c["bad"], "fx": d["fx"][near],
+            "fy": d["fy"][near], "exp_index": d["exp_index"][near],
+            "star_fx": x + offset[0], "star_fy": y + offset[1], "cat_index": idx}
+
+
+def fit_psf(cutouts: list[dict[str, Any] | None], cond: Conditions) -> dict[str, Any]:
+    """Fan-in: FWHM per exposure and relative exposure throughput from the field stars."""
+    from remedy_dask.psf import fit_seeing
+
+    cutouts = [c for c in cutouts if c is not None]
+    fallback = {"fwhm": cond.fwhm_guider.tolist(), "norm": [1.0] * len(cond.exposures),
+                "n_stars": 0, "fitted": False}
+    if not cutouts:
+        return {**fallback, "note": "no bright stars: guider IQ used for the PSF"}
+    cat = lambda k: np.concatenate([c[k] for c in cutouts])  # noqa: E731
+    try:
+        fit = fit_seeing(cat("flux"), cat("error"), cat("bad"), cat("fx"), cat("fy"),
+                         cat("exp_index"), cat("star_fx"), cat("star_fy"),
+                         dar=geometry.dar_offsets(), fwhm0=float(np.median(cond.fwhm_guider)))
+    except CalibrationError as exc:
+        return {**fallback, "note": f"PSF fit failed ({exc}): guider IQ used"}
+    fwhm = np.array(cond.fwhm_guider, float)
+    norm = np.ones(len(cond.exposures))
+    fwhm[fit.exposure_ids] = fit.fwhm
+    norm[fit.exposure_ids] = fit.norm
+    return {"fwhm": fwhm.tolist(), "norm": norm.tolist(), "n_stars": fit.n_stars,
+            "fitted": bool(fit.success), "chi2": fit.chi2, "dar_scale": list(fit.dar_scale),
+            "note": "" if fit.success else fit.message}
+
+
+def psf_tables(psf: dict[str, Any]) -> list[Any]:
+    from remedy_dask.psf import fiber_integrated_moffat
+
+    return [fiber_integrated_moffat(f) for f in psf["fwhm"]]
+
+
+def ifu_sources(work_root: str, exposures: list[int], slot: int, cond: Conditions, catalog: Any,
+                astro: dict[str, Any], psf: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Optimal extraction of every catalogue source inside one IFU, with synthetic g."""
+    from remedy_dask.fluxcal import synthetic_gmag
+    from remedy_dask.sources import extract_sources
+
+    d = load_ifu(work_root, exposures, slot, ("flux", "error", "mask"))
+    empty = {"cat_index": np.zeros(0, int), "spectrum": np.zeros((0, geometry.N_WAVE)),
+             "error": np.zeros((0, geometry.N_WAVE)), "gmag_virus": np.zeros(0),
+             "gmag_virus_err": np.zeros(0), "ifuslot": np.zeros(0, int)}
+    if d is None:
+        return empty
+    offset = (float(np.median(d["fx"] - d["ifu_x"])), float(np.median(d["fy"] - d["ifu_y"])))
+    idx, x, y = _catalog_in_ifu(catalog, astro, offset)
+    if idx.size == 0:
+        return empty
+    c = _calibrated(d, cond, 1.0)
+    norm = np.asarray(psf["norm"])[d["exp_index"]][:, None]
+    spec, err, _ = extract_sources(c["flux"] / norm, c["error"] / norm, c["bad"], d["ifu_x"],
+                                   d["ifu_y"], x, y, psf_tables(psf), geometry.dar_offsets(),
+                                   d["exp_index"])
+    g, gerr = synthetic_gmag(geometry.DEF_WAVE, spec, err)
+    return {"cat_index": idx, "spectrum": spec, "error": err, "gmag_virus": np.atleast_1d(g),
+            "gmag_virus_err": np.atleast_1d(gerr), "ifuslot": np.full(idx.size, slot)}
+
+
+def flux_calibration(sources: list[dict[str, np.ndarray]], catalog: Any) -> dict[str, Any]:
+    """Fan-in: photometric offset of VIRUS synthetic g against the catalogue."""
+    from remedy_dask.fluxcal import photometric_offset
+
+    idx = np.concatenate([s["cat_index"] for s in sources]).astype(int)
+    gsyn = np.concatenate([s["gmag_virus"] for s in sources])
+    gerr = np.concatenate([s["gmag_virus_err"] for s in sources])
+    gcat = np.asarray(catalog["gMeanApMag"], float)[idx]
+    try:
+        off = photometric_offset(gsyn, gcat, gerr, mag_range=(15.0, 19.0))
+    except CalibrationError as exc:
+        return {"factor": 1.0, "delta_mag": 0.0, "n_stars": 0, "scatter": float("nan"),
+                "fitted": False, "note": f"no photometric offset ({exc}): throughput curve only"}
+    return {"factor": off.factor, "delta_mag": off.delta_mag, "n_stars": off.n_used,
+            "scatter": off.scatter, "error": off.error, "fitted": True, "note": ""}
