@@ -1,0 +1,378 @@
+"""Emission-line detection: a 3-D matched filter over (x, y, wavelength) on fiber spectra.
+
+1. The continuum of each fiber (a running median over ``continuum_window`` pixels, which follows
+   breaks and absorption lines but not narrow emission lines) is subtracted, and a fraction
+   ``continuum_error`` of it is added to the noise, so that imperfectly removed features of bright
+   stars do not pass as lines.
+2. For a line of flux F at sky position p and wavelength l0 the data are
+   ``d_ij = F w_i(p, l_j) G(l_j - l0)`` with ``w`` the fiber-integrated PSF (DAR applied) and ``G``
+   a unit-flux Gaussian line profile (per Angstrom).  On a grid of positions and at every pixel
+   wavelength the maximum-likelihood flux and its error are ``F = num / den`` and
+   ``sigma_F = den^-1/2`` with ``num = sum w G d / s^2`` and ``den = sum w^2 G^2 / s^2``
+   (masked pixels carry zero weight), so S/N = ``num / sqrt(den)``.  The S/N cube is divided by its
+   robust standard deviation (``noise_scale``: 1 when the errors are right).
+3. Voxels above ``threshold`` form connected regions; the peak of each, after merging peaks closer
+   than ``merge_radius`` and ``merge_dwave``, is a candidate.
+4. Each candidate's position is refined by fitting the PSF to the per-fiber line fluxes, its
+   spectrum (continuum included) is optimally extracted there
+   (:func:`remedy_dask.sources.extract_source`), and a Gaussian plus a linear continuum is fitted
+   within +-30 A: flux = integral = amp * sigma * sqrt(2 pi) (not Remedy's 2 A x peak), with its
+   error from the fit covariance.  Candidates with flux / flux_err < ``min_sn_fit`` are dropped.
+
+Defaults, measured on simulated IFUs (448 fibers x 3 dithers, Gaussian noise, 1.8" Moffat seeing,
+noise set so that a 1e-16 erg/s/cm^2 line has optimal S/N 7): ~0.4 false detections per IFU on pure
+noise; 99% of lines of 1-6e-16 found (94% of those at 1-1.5e-16) within 1.5" and 3 A, median flux
+ratio 1.00.
+
+Output positions are in the frame of ``fiber_x, fiber_y`` (arcsec), fluxes in the input flux
+density units times Angstrom (e.g. 1e-17 erg/s/cm^2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from astropy.table import Table
+from scipy import ndimage, optimize, sparse
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+from remedy_dask.cube import ImageGrid, dar_chunks
+from remedy_dask.errors import CalibrationError
+from remedy_dask.geometry import DEF_WAVE
+from remedy_dask.psf import PSFLike, RadialPSF, dar_xy, evaluate_psf, good_pixels
+from remedy_dask.sources import extract_source
+
+FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+DEFAULT_THRESHOLD = 5.4  # matched-filter S/N
+DEFAULT_MIN_SN_FIT = 4.0  # flux / flux_err of the Gaussian fit
+
+
+def remove_continuum(
+    flux: np.ndarray, good: np.ndarray, window: int = 21, chunk: int = 28
+) -> np.ndarray:
+    """Continuum estimate (n_fiber, n_wave): a running median over ``window`` pixels.
+
+    A running median follows steps (the Balmer break) and absorption lines broader than about
+    window / 2 while passing narrow emission lines (FWHM ~3 px).  Bad pixels are first filled with
+    chunk medians (``chunk`` pixels, linearly interpolated).  Rows without good data are NaN.
+    """
+    n_fib, n_wave = flux.shape
+    n_chunk = max(n_wave // chunk, 1)
+    edges = np.linspace(0, n_wave, n_chunk + 1).astype(int)
+    masked = np.where(good, flux, np.nan)
+    med = np.full((n_fib, n_chunk), np.nan)
+    for c in range(n_chunk):
+        block = masked[:, edges[c] : edges[c + 1]]
+        enough = np.isfinite(block).sum(axis=1) >= 0.3 * block.shape[1]
+        if enough.any():
+            med[enough, c] = np.nanmedian(block[enough], axis=1)
+    centres = 0.5 * (edges[:-1] + edges[1:] - 1)
+    cols = np.arange(n_wave)
+    coarse = np.full((n_fib, n_wave), np.nan)
+    for i in range(n_fib):
+        ok = np.isfinite(med[i])
+        if ok.any():
+            coarse[i] = np.interp(cols, centres[ok], med[i, ok])
+    if window <= 1:
+        return coarse
+    filled = np.where(good, flux, coarse)
+    rows = np.isfinite(filled).all(axis=1)
+    cont = np.full((n_fib, n_wave), np.nan)
+    if rows.any():
+        cont[rows] = ndimage.median_filter(filled[rows], size=(1, window), mode="nearest")
+        # at the ends a padded window would repeat the edge pixel: use the end windows instead
+        h = window // 2
+        cont[rows, :h] = np.median(filled[rows, :window], axis=1)[:, None]
+        cont[rows, -h:] = np.median(filled[rows, -window:], axis=1)[:, None]
+    return cont
+
+
+def _line_kernel(sigma_a: float, step: float) -> np.ndarray:
+    """Unit-flux Gaussian line profile (per Angstrom) sampled at pixel offsets."""
+    half = int(np.ceil(4.0 * sigma_a / step))
+    off = np.arange(-half, half + 1) * step
+    return np.exp(-0.5 * (off / sigma_a) ** 2) / (sigma_a * np.sqrt(2.0 * np.pi))
+
+
+def _psf_matrix(px, py, fx, fy, psf: PSFLike, exposure, cutoff) -> sparse.csr_matrix:
+    """Sparse (n_points, n_fibers) PSF weights of a source at each point seen by each fiber."""
+    tp = cKDTree(np.column_stack([px, py]))
+    tf = cKDTree(np.column_stack([fx, fy]))
+    pairs = tp.sparse_distance_matrix(tf, cutoff, output_type="ndarray")
+    exp_j = None if exposure is None else np.asarray(exposure)[pairs["j"]]
+    vals = evaluate_psf(psf, pairs["v"], np.zeros_like(pairs["v"]), exp_j)
+    return sparse.csr_matrix((vals, (pairs["i"], pairs["j"])), shape=(len(px), len(fx)))
+
+
+def matched_filter_cube(
+    resid: np.ndarray,
+    ivar: np.ndarray,
+    fiber_x: np.ndarray,
+    fiber_y: np.ndarray,
+    grid: ImageGrid,
+    psf: PSFLike,
+    dxy: np.ndarray,
+    line_sigma: float,
+    wave_step: float,
+    exposure: np.ndarray | None = None,
+    max_dar_step: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(num, den) arrays of shape (ny, nx, n_wave), float32: see the module doc."""
+    px, py = grid.points()
+    n_wave = resid.shape[1]
+    num = np.zeros((px.size, n_wave), dtype=np.float32)
+    den = np.zeros_like(num)
+    cutoff = 3.5
+    data = (resid * ivar).astype(np.float64)
+    for sl in dar_chunks(dxy, max_dar_step):
+        d = dxy[:, sl].mean(axis=1)
+        # a source at point p is seen at p + dar: shift the grid by the chunk's DAR
+        w = _psf_matrix(px + d[0], py + d[1], fiber_x, fiber_y, psf, exposure, cutoff)
+        num[:, sl] = w @ data[:, sl]
+        den[:, sl] = w.multiply(w) @ ivar[:, sl]
+    g = _line_kernel(line_sigma, wave_step)
+    num = ndimage.correlate1d(num, g, axis=1, mode="constant", cval=0.0)
+    den = ndimage.correlate1d(den, g**2, axis=1, mode="constant", cval=0.0)
+    shape = (grid.ny, grid.nx, n_wave)
+    return num.reshape(shape), den.reshape(shape)
+
+
+def _merge_peaks(pos: np.ndarray, sn: np.ndarray, radius: float, dwave: float) -> np.ndarray:
+    """Indices of the highest-S/N peak of each group of peaks within (radius, dwave)."""
+    if len(sn) <= 1:
+        return np.arange(len(sn))
+    scaled = pos / np.array([radius, radius, dwave])
+    pairs = cKDTree(scaled).query_pairs(1.0, p=np.inf, output_type="ndarray")
+    adj = sparse.coo_matrix(
+        (np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(sn), len(sn))
+    )
+    _, group = connected_components(adj, directed=False)
+    keep = []
+    for gid in np.unique(group):
+        members = np.flatnonzero(group == gid)
+        keep.append(members[np.argmax(sn[members])])
+    return np.array(keep, dtype=int)
+
+
+def _parabolic(vm: float, v0: float, vp: float) -> float:
+    """Sub-pixel offset of the vertex of a parabola through three equally spaced values."""
+    denom = vm - 2.0 * v0 + vp
+    if not np.isfinite(denom) or denom >= 0:
+        return 0.0
+    return float(np.clip(0.5 * (vm - vp) / denom, -0.5, 0.5))
+
+
+def _fit_position(resid, ivar, fiber_x, fiber_y, psf, exposure, dxy, j0, x0, y0, g_kernel,
+                  radius=4.0, max_shift=1.5):
+    """Refine (x, y) by fitting the PSF to the per-fiber line fluxes around pixel ``j0``."""
+    half = len(g_kernel) // 2
+    lo, hi = max(j0 - half, 0), min(j0 + half + 1, resid.shape[1])
+    gk = g_kernel[half - (j0 - lo) : half + (hi - j0)]
+    near = np.flatnonzero(np.hypot(fiber_x - x0, fiber_y - y0) < radius + max_shift)
+    if near.size < 3:
+        return x0, y0
+    a = (gk[None, :] ** 2 * ivar[near, lo:hi]).sum(axis=1)
+    b = (gk[None, :] * resid[near, lo:hi] * ivar[near, lo:hi]).sum(axis=1)
+    ok = a > 0
+    if ok.sum() < 3:
+        return x0, y0
+    line = b[ok] / a[ok]  # per-fiber line flux, var 1/a
+    wts = np.sqrt(a[ok])
+    exp_near = None if exposure is None else np.asarray(exposure)[near][ok]
+    fx, fy = fiber_x[near][ok], fiber_y[near][ok]
+    d = dxy[:, j0]
+
+    def resid_fn(p):
+        w = evaluate_psf(psf, fx - p[0] - d[0], fy - p[1] - d[1], exp_near)
+        den = np.sum(w**2 * a[ok])
+        flux = np.sum(w * line * a[ok]) / den if den > 0 else 0.0
+        return (line - flux * w) * wts
+
+    sol = optimize.least_squares(
+        resid_fn, [x0, y0], bounds=([x0 - max_shift, y0 - max_shift], [x0 + max_shift, y0 + max_shift]),
+        method="trf", diff_step=1e-3,
+    )
+    return (float(sol.x[0]), float(sol.x[1])) if sol.success else (x0, y0)
+
+
+def detect_emission_lines(
+    flux: np.ndarray,
+    error: np.ndarray,
+    mask: np.ndarray | None,
+    fiber_x: np.ndarray,
+    fiber_y: np.ndarray,
+    psf: PSFLike,
+    wave: np.ndarray = DEF_WAVE,
+    dar: np.ndarray | None = None,
+    exposure: np.ndarray | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    min_sn_fit: float = DEFAULT_MIN_SN_FIT,
+    line_fwhm: float = 5.6,
+    grid_step: float = 0.5,
+    continuum_window: int = 21,
+    continuum_error: float = 0.05,
+    merge_radius: float = 2.5,
+    merge_dwave: float = 8.0,
+    fwhm_range: tuple[float, float] = (3.0, 16.0),
+    max_candidates: int = 300,
+    renormalize: bool = True,
+) -> Table:
+    """Find emission lines in one IFU's fiber spectra (all exposures): see the module doc.
+
+    ``flux, error, mask`` (n_fiber, n_wave), mask True = bad; ``psf`` one :class:`RadialPSF` or one
+    per exposure (``exposure`` 0-based).  ``line_fwhm`` (A) is the matched-filter line width
+    (VIRUS resolution).  Returns a Table, one row per detection sorted by S/N: ``x, y`` (arcsec),
+    ``wave``, ``wave_err``, ``flux``, ``flux_err`` (integrated), ``fwhm`` (A), ``sn`` (matched
+    filter), ``sn_fit`` (flux / flux_err), ``continuum`` (fitted flux density at the line),
+    ``chi2`` (reduced, fit window), ``spectrum``, ``error`` (extracted, continuum included) and
+    ``model`` (the Gaussian line alone), each (n_wave,).  ``meta`` holds ``noise_scale``,
+    ``n_candidates``, ``truncated`` (more than ``max_candidates`` peaks: only the strongest were
+    fitted), ``threshold``, ``min_sn_fit``.
+    """
+    flux = np.asarray(flux, dtype=float)
+    error = np.asarray(error, dtype=float)
+    wave = np.asarray(wave, dtype=float)
+    fiber_x = np.asarray(fiber_x, dtype=float)
+    fiber_y = np.asarray(fiber_y, dtype=float)
+    n_wave = flux.shape[1]
+    if isinstance(psf, RadialPSF):
+        exposure = None
+    good_in = good_pixels(flux, error, mask)
+    cont = remove_continuum(flux, good_in, continuum_window)
+    good = good_in & np.isfinite(cont)
+    if not good.any():
+        raise CalibrationError("detect_emission_lines: no unmasked data")
+    resid = np.where(good, flux - np.where(good, cont, 0.0), 0.0)
+    # a continuum model is good to a few per cent of the continuum: add that to the noise so that
+    # residual features of bright stars do not pass as lines
+    var = np.where(good, error, 1.0) ** 2 + (continuum_error * np.where(good, cont, 0.0)) ** 2
+    ivar = np.where(good, 1.0 / var, 0.0)
+    dxy = dar_xy(dar, n_wave)
+    step = float(np.median(np.diff(wave)))
+    line_sigma = line_fwhm * FWHM_TO_SIGMA
+
+    margin = 1.0
+    grid = ImageGrid(
+        fiber_x.min() - margin, fiber_y.min() - margin,
+        int(np.ceil((np.ptp(fiber_x) + 2 * margin) / grid_step)) + 1,
+        int(np.ceil((np.ptp(fiber_y) + 2 * margin) / grid_step)) + 1, grid_step,
+    )
+    num, den = matched_filter_cube(resid, ivar, fiber_x, fiber_y, grid, psf, dxy, line_sigma,
+                                   step, exposure)
+    covered = den > 0.2 * np.median(den[den > 0])
+    snr = np.where(covered, num / np.sqrt(np.where(covered, den, 1.0)), 0.0).astype(np.float32)
+    del num
+    noise_scale = 1.0
+    if renormalize:
+        sample = snr[covered][::7]
+        noise_scale = float(1.4826 * np.median(np.abs(sample - np.median(sample))))
+        if not np.isfinite(noise_scale) or noise_scale <= 0:
+            raise CalibrationError("detect_emission_lines: S/N cube has no scatter")
+        snr /= noise_scale
+
+    labels, n_lab = ndimage.label(snr > threshold)
+    table = _empty_table(n_wave)
+    table.meta.update(noise_scale=noise_scale, n_candidates=0, truncated=False,
+                      threshold=threshold, min_sn_fit=min_sn_fit)
+    if n_lab == 0:
+        return table
+    peaks = np.array([
+        np.unravel_index(np.argmax(np.where(labels[box] == lab, snr[box], -np.inf)),
+                         labels[box].shape) + np.array([b.start for b in box])
+        for lab, box in enumerate(ndimage.find_objects(labels), start=1)
+    ])
+    peak_sn = snr[tuple(peaks.T)]
+    pos = np.column_stack(
+        [grid.x[peaks[:, 1]], grid.y[peaks[:, 0]], wave[peaks[:, 2]]]
+    )
+    keep = _merge_peaks(pos, peak_sn, merge_radius, merge_dwave)
+    keep = keep[np.argsort(-peak_sn[keep])]
+    table.meta["n_candidates"] = int(len(keep))
+    if len(keep) > max_candidates:
+        keep = keep[:max_candidates]
+        table.meta["truncated"] = True
+
+    g_kernel = _line_kernel(line_sigma, step)
+    rows = []
+    for k in keep:
+        iy, ix, j0 = peaks[k]
+        plane = snr[:, :, j0]
+        dx = _parabolic(*plane[iy, ix - 1 : ix + 2]) if 0 < ix < grid.nx - 1 else 0.0
+        dy = _parabolic(*plane[iy - 1 : iy + 2, ix]) if 0 < iy < grid.ny - 1 else 0.0
+        x0, y0 = grid.to_arcsec(ix + dx, iy + dy)
+        x0, y0 = _fit_position(resid, ivar, fiber_x, fiber_y, psf, exposure, dxy, j0,
+                               float(x0), float(y0), g_kernel)
+        row = _measure_line(flux, error, good_in, fiber_x, fiber_y, x0, y0, psf, dar, exposure,
+                            wave, j0, line_sigma, fwhm_range)
+        if row is not None and row["sn_fit"] >= min_sn_fit:
+            row["sn"] = float(peak_sn[k])
+            rows.append(row)
+    for row in sorted(rows, key=lambda r: -r["sn"]):
+        table.add_row(row)
+    return table
+
+
+def _gauss(wave, flux, mu, sigma):
+    return flux / (sigma * np.sqrt(2.0 * np.pi)) * np.exp(-0.5 * ((wave - mu) / sigma) ** 2)
+
+
+def _gauss_linear(wave, flux, mu, sigma, c0, c1, w0):
+    return _gauss(wave, flux, mu, sigma) + c0 + c1 * (wave - w0)
+
+
+def _measure_line(flux, error, good, fiber_x, fiber_y, x0, y0, psf, dar, exposure, wave, j0,
+                  line_sigma, fwhm_range, half_window=30.0):
+    """Extract the (continuum-included) spectrum at (x0, y0) and fit a Gaussian plus a linear
+    continuum within +-half_window A of pixel j0; None if the fit fails.
+
+    Fitting the continuum locally (instead of subtracting chunk medians, which include the line
+    and are biased high by ~5% of its flux) keeps the flux unbiased and puts the continuum's
+    uncertainty into the flux error.
+    """
+    ext = extract_source(flux, error, ~good, fiber_x, fiber_y, x0, y0, psf, dar, exposure)
+    step = wave[1] - wave[0]
+    half = int(np.ceil(max(half_window, 4.0 * fwhm_range[1] * FWHM_TO_SIGMA) / step))
+    sl = slice(max(j0 - half, 0), min(j0 + half + 1, len(wave)))
+    wv, sp, er = wave[sl], ext.spectrum[sl], ext.error[sl]
+    ok = np.isfinite(sp) & np.isfinite(er) & (er > 0)
+    w0 = float(wave[j0])
+    if ok.sum() < 12 or np.sum(ok & (np.abs(wv - w0) < 2 * line_sigma)) < 2:
+        return None
+    s_lo, s_hi = fwhm_range[0] * FWHM_TO_SIGMA, fwhm_range[1] * FWHM_TO_SIGMA
+    sig0 = float(np.clip(line_sigma, s_lo * 1.01, s_hi * 0.99))
+    side = ok & (np.abs(wv - w0) > 3 * sig0)
+    c0 = float(np.median(sp[side])) if side.sum() >= 3 else 0.0
+    core = ok & (np.abs(wv - w0) < 2 * sig0)
+    f0 = max(float(np.sum(sp[core] - c0) * step), float(np.nanmax(er)))
+
+    def model(wl, f, mu, sigma, a, b):
+        return _gauss_linear(wl, f, mu, sigma, a, b, w0)
+
+    try:
+        popt, pcov = optimize.curve_fit(
+            model, wv[ok], sp[ok], p0=[f0, w0, sig0, c0, 0.0], sigma=er[ok], absolute_sigma=True,
+            bounds=([-np.inf, w0 - 4.0, s_lo, -np.inf, -np.inf],
+                    [np.inf, w0 + 4.0, s_hi, np.inf, np.inf]),
+        )
+    except (RuntimeError, ValueError):
+        return None
+    perr = np.sqrt(np.clip(np.diag(pcov), 0, None))
+    if not (np.all(np.isfinite(popt)) and np.all(np.isfinite(perr)) and popt[0] > 0):
+        return None
+    fit = model(wv[ok], *popt)
+    chi2 = float(np.sum(((sp[ok] - fit) / er[ok]) ** 2) / max(ok.sum() - 5, 1))
+    return {
+        "x": x0, "y": y0, "wave": popt[1], "wave_err": perr[1], "flux": popt[0],
+        "flux_err": perr[0], "fwhm": popt[2] / FWHM_TO_SIGMA, "continuum": popt[3],
+        "sn_fit": popt[0] / perr[0] if perr[0] > 0 else np.nan, "chi2": chi2,
+        "spectrum": ext.spectrum.astype(np.float32), "error": ext.error.astype(np.float32),
+        "model": _gauss(wave, *popt[:3]).astype(np.float32), "sn": 0.0,
+    }
+
+
+def _empty_table(n_wave: int) -> Table:
+    names = ["x", "y", "wave", "wave_err", "flux", "flux_err", "fwhm", "continuum", "sn", "sn_fit",
+             "chi2"]
+    cols = [np.zeros(0) for _ in names]
+    cols += [np.zeros((0, n_wave), np.float32) for _ in range(3)]
+    return Table(cols, names=names + ["spectrum", "error", "model"])
