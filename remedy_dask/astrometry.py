@@ -148,10 +148,12 @@ def detect_stars(
     order = np.argsort(-smooth[iy, ix])[:max_stars]
     iy, ix = iy[order], ix[order]
     ny, nx = smooth.shape
-    px = np.array([ix[k] + (_vertex(*smooth[iy[k], ix[k] - 1 : ix[k] + 2]) if 0 < ix[k] < nx - 1 else 0.0)
-                   for k in range(ix.size)])
-    py = np.array([iy[k] + (_vertex(*smooth[iy[k] - 1 : iy[k] + 2, ix[k]]) if 0 < iy[k] < ny - 1 else 0.0)
-                   for k in range(iy.size)])
+    px = np.array([
+        i + (_vertex(*smooth[j, i - 1 : i + 2]) if 0 < i < nx - 1 else 0.0) for i, j in zip(ix, iy)
+    ], dtype=float)
+    py = np.array([
+        j + (_vertex(*smooth[j - 1 : j + 2, i]) if 0 < j < ny - 1 else 0.0) for i, j in zip(ix, iy)
+    ], dtype=float)
     x, y = image.grid.to_arcsec(px, py)
     yy, xx = np.mgrid[:ny, :nx]
     rad = fwhm / image.grid.pixscale
@@ -210,7 +212,9 @@ def match_catalog(
     pairs = td.sparse_distance_matrix(tc, search_radius, output_type="ndarray")
     if pairs.size == 0:
         return empty
-    off = np.column_stack([det_fx[pairs["i"]] - cfx[pairs["j"]], det_fy[pairs["i"]] - cfy[pairs["j"]]])
+    off = np.column_stack(
+        [det_fx[pairs["i"]] - cfx[pairs["j"]], det_fy[pairs["i"]] - cfy[pairs["j"]]]
+    )
     counts = np.array([len(v) for v in cKDTree(off).query_ball_point(off, match_radius)])
     best = off[counts == counts.max()]
     centre = np.median(best, axis=0)
@@ -281,7 +285,7 @@ def fit_astrometry(
     max_iter: int = 20,
     min_stars: int = 3,
 ) -> AstrometryResult:
-    """Robust fit of the tangent point and rotation mapping focal-plane ``(fx, fy)`` to ``(ra, dec)``.
+    """Robust fit of the tangent point and rotation that map focal-plane ``(fx, fy)`` to the sky.
 
     Each pass projects the catalogue about the current tangent point, solves the rotation and
     shift in closed form (weighted Procrustes; the mapping has a fixed reflection, east = -x at

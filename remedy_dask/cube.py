@@ -230,7 +230,7 @@ def celestial_wcs(
     ra0: float, dec0: float, rotation: float, grid: ImageGrid, ifu_fx: float = 0.0,
     ifu_fy: float = 0.0,
 ) -> WCS:
-    """2-D TAN WCS of ``grid`` (IFU-frame arcsec) for an IFU centred at focal-plane (ifu_fx, ifu_fy).
+    """2-D TAN WCS of ``grid`` (IFU-frame arcsec) of an IFU centred at focal plane (ifu_fx, ifu_fy).
 
     CRVAL is the focal-plane origin (ra0, dec0) and CRPIX the pixel where the origin falls, so the
     WCS reproduces :func:`remedy_dask.geometry.focal_to_sky` exactly (no re-projection).
@@ -289,7 +289,8 @@ def cube_header(wcs: WCS, bunit: str = "1e-17 erg/(s cm2 Angstrom)") -> fits.Hea
     """FITS header of a cube WCS with the spectral axis in Angstrom, plus ``BUNIT`` (per pixel)."""
     hdr = wcs.to_header()
     to_angstrom = u.Unit(wcs.wcs.cunit[2]).to(u.AA)
-    hdr["CRVAL3"] = (float(f"{wcs.wcs.crval[2] * to_angstrom:.12g}"), "[Angstrom] wavelength at reference pixel")
+    crval3 = float(f"{wcs.wcs.crval[2] * to_angstrom:.12g}")
+    hdr["CRVAL3"] = (crval3, "[Angstrom] wavelength at reference pixel")
     hdr["CDELT3"] = (float(f"{wcs.wcs.cdelt[2] * to_angstrom:.12g}"), "[Angstrom] wavelength step")
     hdr["CUNIT3"] = ("Angstrom", "units of the spectral axis")
     hdr["BUNIT"] = (bunit, "flux density per pixel")

@@ -189,7 +189,8 @@ def _fit_position(resid, ivar, fiber_x, fiber_y, psf, exposure, dxy, j0, x0, y0,
         return (line - flux * w) * wts
 
     sol = optimize.least_squares(
-        resid_fn, [x0, y0], bounds=([x0 - max_shift, y0 - max_shift], [x0 + max_shift, y0 + max_shift]),
+        resid_fn, [x0, y0],
+        bounds=([x0 - max_shift, y0 - max_shift], [x0 + max_shift, y0 + max_shift]),
         method="trf", diff_step=1e-3,
     )
     return (float(sol.x[0]), float(sol.x[1])) if sol.success else (x0, y0)

@@ -171,8 +171,8 @@ def photometric_offset(
 ) -> PhotometricOffset:
     """Robust zero point between synthetic and catalogue g magnitudes.
 
-    Stars with finite values and catalogue magnitudes in ``mag_range`` (and, if ``g_error`` is given,
-    errors below 0.1 mag) enter an iterative clip at ``clip`` robust sigma around the median
+    Stars with finite values and catalogue magnitudes in ``mag_range`` (and, if ``g_error`` is
+    given, errors below 0.1 mag) enter an iterative clip at ``clip`` robust sigma around the median
     (sigma = max(1.4826 MAD, scatter_floor)).  Raises :class:`CalibrationError` with fewer than
     ``min_stars`` stars.
     """

@@ -2,9 +2,9 @@
 
 The PSF of a point source is a circular Moffat profile (unit integral over the plane).  A fiber of
 diameter ``FIBER_DIAMETER`` centred at distance ``r`` from the source collects the fraction
-``f(r) = integral of the Moffat over the fiber disc`` of the source's total flux.  Because the PSF is
-circular, ``f`` depends on ``r`` only and is tabulated once on a radial grid (:class:`RadialPSF`);
-evaluating it at any fiber offset is a ``np.interp``.  Since ``integral f(r) d^2r = pi R^2`` (the
+``f(r) = integral of the Moffat over the fiber disc`` of the source's total flux.  Because the PSF
+is circular, ``f`` depends on ``r`` only and is tabulated once on a radial grid
+(:class:`RadialPSF`); evaluating it at any fiber offset is a ``np.interp``.  Since ``integral f(r) d^2r = pi R^2`` (the
 fiber area), the fiber fractions of a dense fiber grid with one fiber per area ``a`` sum to
 ``pi R^2 / a``; for a fiber pattern that tiles the sky with the fiber area (``a = pi R^2``) they sum
 to exactly 1.  With fiber fractions as weights an optimal (Horne) extraction returns the *total*
@@ -83,8 +83,9 @@ def fiber_integrated_moffat(
 ) -> RadialPSF:
     """Tabulate the fraction of a Moffat source's flux collected by a fiber at distance r.
 
-    ``f(r) = int_0^R rho drho int_0^2pi P(|r e_x + rho (cos phi, sin phi)|) dphi`` with Gauss-Legendre
-    nodes in ``rho^2`` and the (spectrally accurate, periodic) trapezoid rule in ``phi``.
+    ``f(r) = int_0^R rho drho int_0^2pi P(|r e_x + rho (cos phi, sin phi)|) dphi`` with
+    Gauss-Legendre nodes in ``rho^2`` and the (spectrally accurate, periodic) trapezoid rule in
+    ``phi``.
     Default grid: 0 to max(10", 5 FWHM) in 0.02" steps.
     """
     if not (np.isfinite(fwhm) and fwhm > 0):
@@ -224,6 +225,7 @@ def fit_seeing(
     fit_dar: bool = True,
     fit_positions: bool = True,
     model_error: float = 0.03,
+    min_separation: float = 5.0,
 ) -> SeeingFit:
     """Jointly fit the PSF FWHM per exposure, relative exposure throughputs, a DAR scale and the
     star positions to the fiber fluxes of bright stars.
@@ -232,7 +234,8 @@ def fit_seeing(
     ``d = A[s, c] * norm[e] * f_e(|p_i - (X_s + dar_c)|)`` with ``dar_c = k_par * DAR_c + k_perp *
     rot90(DAR_c)``.  Amplitudes ``A`` are solved linearly inside the non-linear least-squares fit
     (variable projection).  ``model_error`` adds ``(model_error * model)^2`` to the variance.
-    Raises :class:`CalibrationError` if no star has enough data.
+    Stars closer than ``min_separation`` arcsec to another listed star are left out (a blend
+    would widen the PSF).  Raises :class:`CalibrationError` if no star has enough data.
     """
     flux = np.asarray(flux, dtype=float)
     error = np.asarray(error, dtype=float)
@@ -254,7 +257,12 @@ def fit_seeing(
     # per star: fibers within the radius, collapsed into chunks
     good = good_pixels(flux, error, mask)
     rows, star_of, blocks_f, blocks_e = [], [], [], []
+    sep = np.hypot(star_x[:, None] - star_x[None, :], star_y[:, None] - star_y[None, :])
+    np.fill_diagonal(sep, np.inf)
+    isolated = sep.min(axis=1, initial=np.inf) >= min_separation
     for s in range(n_star):
+        if not isolated[s]:
+            continue
         near = np.flatnonzero(np.hypot(fiber_x - star_x[s], fiber_y - star_y[s]) < radius + 1.0)
         if near.size < 5:
             continue

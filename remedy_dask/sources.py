@@ -6,7 +6,8 @@ weight of fiber i at wavelength j is the fraction of the source's total flux ent
 ``w_ij = f(|p_i - (p0 + dar_j)|)`` (see :mod:`remedy_dask.psf` for the DAR sign), so that
 ``d_ij = F_j w_ij + noise`` and the optimal estimate of the total source flux is (Horne 1986)
 
-    F_j = sum_i w_ij d_ij / s_ij^2 / sum_i w_ij^2 / s_ij^2,   sigma(F_j) = (sum_i w_ij^2 / s_ij^2)^-1/2.
+    F_j = sum_i w_ij d_ij / s_ij^2 / sum_i w_ij^2 / s_ij^2,
+    sigma(F_j) = (sum_i w_ij^2 / s_ij^2)^-1/2.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def extract_sources(
     radius: float = 5.0,
     min_coverage: float = 0.1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`extract_source` at many positions: (spectra, errors, coverage), each (n_src, n_wave)."""
+    """:func:`extract_source` at many positions: (spectra, errors, coverage), (n_src, n_wave)."""
     x0 = np.atleast_1d(x0)
     y0 = np.atleast_1d(y0)
     n_wave = np.asarray(flux).shape[1]

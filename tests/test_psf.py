@@ -135,3 +135,16 @@ def test_fit_seeing_without_stars_raises():
     flux = np.zeros((fx.size, DEF_WAVE.size))
     with pytest.raises(CalibrationError):
         fit_seeing(flux, flux + 1, None, fx, fy, exp, [500.0], [500.0])
+
+
+def test_fit_seeing_skips_blended_stars():
+    fx, fy, exp = _dithered_fibers()
+    dar = dar_offsets(DEF_WAVE)
+    flux = np.zeros((fx.size, DEF_WAVE.size))
+    for x0, y0 in [(-8.0, 5.0), (-5.0, 6.0), (8.0, -6.0)]:  # the first two are a blend
+        flux += 1000.0 * _star_fractions(fx, fy, exp, x0, y0, (1.8, 1.8, 1.8), dar, n_nodes=8)
+    sigma = np.full_like(flux, 5.0)
+    fit = fit_seeing(flux, sigma, None, fx, fy, exp, [-8.0, -5.0, 8.0], [5.0, 6.0, -6.0],
+                     DEF_WAVE, dar, fit_dar=False)
+    assert list(fit.star_used) == [False, False, True]
+    np.testing.assert_allclose(fit.fwhm, 1.8, atol=0.05)
