@@ -1,0 +1,68 @@
+"""Spectral masking rules with their counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from remedy_dask.errors import CalibrationError
+from remedy_dask.masking import spectral_mask
+
+
+def clean_chi2(rng, n=112, m=1032, dof=6):
+    return rng.chisquare(dof, (n, m)) / dof
+
+
+def test_clean_data_rarely_masked():
+    rng = np.random.default_rng(0)
+    chi2 = np.vstack([clean_chi2(rng) for _ in range(4)])
+    mask, counts = spectral_mask(chi2, np.zeros(chi2.shape, bool), np.ones(chi2.shape[0]),
+                                 group=np.repeat(np.arange(4), 112))
+    assert counts["fraction"] < 0.001  # target: < 1% of clean spectral pixels
+    assert counts["masked_fibers"] == [] and counts["masked_amps"] == []
+
+
+def test_chi2_rules_and_dilation():
+    chi2 = np.ones((112, 1032))
+    chi2[10, 500] = 50.0  # a strong defect: +-1 column
+    chi2[20, 300:302] = 3.5  # a moderate defect over two columns: +-1 column around both
+    chi2[30, 700] = 3.5  # a lone moderate value: kept
+    chi2[40, 0] = 9.0  # at the edge
+    mask, counts = spectral_mask(chi2, np.zeros(chi2.shape, bool))
+    assert np.flatnonzero(mask[10]).tolist() == [499, 500, 501]
+    assert np.flatnonzero(mask[20]).tolist() == [299, 300, 301, 302]
+    assert not mask[30].any()
+    assert np.flatnonzero(mask[40]).tolist() == [0, 1]
+    assert counts["chi2"] == 9 == counts["total"]
+
+
+def test_throughput_rules():
+    ftf = np.ones((112, 1032))
+    ftf[5] = 0.2  # dead fiber
+    ftf[6, :100] = 0.25  # low blue throughput of an otherwise fine fiber
+    ftf[7, :] = np.nan  # unmeasured: treated as dead
+    mask, counts = spectral_mask(np.ones((112, 1032)), np.zeros((112, 1032), bool), ftf)
+    assert mask[5].all() and mask[7].all()
+    assert mask[6, :100].all() and not mask[6, 100:].any()
+    assert counts["dead_fibers"] == [5, 7]
+    assert counts["low_throughput"] == 1032 * 2 + 100
+    with pytest.raises(CalibrationError):
+        spectral_mask(np.ones((112, 1032)), np.zeros((112, 1032), bool), np.ones((112, 10)))
+
+
+def test_fiber_column_and_amp_rules():
+    n = 224
+    group = np.repeat([0, 1], 112)
+    ext = np.zeros((n, 1032), bool)
+    ext[3, :250] = True  # 24% of one fiber: whole fiber
+    ext[10:40, 600] = True  # 30 of 112 fibers of amp 0 in one column: whole column in amp 0
+    ext[112:142, :151] = True  # amp 1: fibers each < 20% masked, but 301 columns with 27%
+    ext[142:172, 150:301] = True  # of their fibers masked -> columns -> 29% of the amp -> amp
+    mask, counts = spectral_mask(np.ones((n, 1032)), ext, group=group)
+    assert mask[3].all()
+    assert mask[:112, 600].all() and mask[:112, 601].sum() == 1  # fiber 3 only
+    assert mask[112:].all() and counts["masked_amps"] == [1]
+    assert counts["fiber"] == 1032 - 250
+    assert counts["column"] == (112 - 30 - 1) + (301 * 112 - ext[112:].sum())
+    assert counts["amp"] == 112 * 1032 - 301 * 112
+    assert sum(counts[k] for k in ("chi2", "extraction", "fiber", "column", "amp")) == counts["total"]
