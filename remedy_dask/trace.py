@@ -1,0 +1,573 @@
+"""Fiber trace: the row of every fiber's centre at every column of an oriented amp image.
+
+Method (``fit_trace``), on a master flat:
+
+1. Collapse the image into column chunks (robust mean over ~24 columns per row).
+2. Find the fiber peaks of the central chunk and number them: by the fiber-location reference
+   when given, else by the slit pattern (three groups of 37/38/37 fibers, ~8.7 px pitch, gaps of
+   ~2 pitches).  Missing (dead) fibers are placed by the reference / the pattern.
+3. Follow every fiber chunk by chunk with a Gaussian-*windowed* centroid (the root of
+   ``sum w(y - c) (y - c) d(y)``).  For a symmetric, well-sampled profile this estimator has no
+   pixel-phase bias (the 3-point parabola of Remedy has several 0.01 px).
+4. Measure an empirical, symmetric, oversampled profile (wings included) jointly with a smooth
+   background, and remove the neighbours' wings and the background from each fiber's window
+   before re-centroiding (deblending): the one-sided wings of group-edge fibers would otherwise
+   bias them by ~0.01 px.
+5. Fit each fiber along the columns with a robust Legendre polynomial; the orders >= 2 are
+   regularised across fibers (smooth in fiber row), each fiber keeps its own offset and slope.
+
+``measure_trace_shift`` measures the global cross-dispersion offset of a science frame relative
+to the calibration trace with the same windowed estimator on the unbinned pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.polynomial import legendre
+from scipy.ndimage import gaussian_filter1d, minimum_filter1d
+
+from remedy_dask.errors import CalibrationError
+from remedy_dask.scatter import (
+    PROFILE_NODES,
+    FiberFit,
+    chunk_profiles,
+    fit_amplitudes_and_background,
+    fit_profile_and_background,
+    initial_profile,
+    profile_eval,
+    profile_integral,
+    width_derivative,
+)
+
+SLIT_GROUPS: tuple[int, ...] = (37, 38, 37)  # fibers per slit group, by increasing row
+PITCH_GUESS = 8.7  # px, fiber pitch within a group (only sets search windows)
+GAP_PITCHES = 1.0  # extra spacing of a slit-group gap, in pitches (rows 25..1010 for 112 fibers)
+HALF_WINDOW = 7  # rows gathered on each side of a fiber for the windowed centroid
+
+
+@dataclass
+class TraceResult:
+    """Trace of one amp: ``trace`` (n_fibers, n_cols) rows, ``dead`` (n_fibers,), ``rms`` (px),
+    ``profile``: the empirical cross-dispersion profile at |r| = ``scatter.PROFILE_NODES`` (unit
+    integral, wings included; pass it to ``scatter.scattered_light(profile_table=...)``)."""
+
+    trace: np.ndarray
+    dead: np.ndarray
+    rms: np.ndarray
+    qa: dict[str, Any] = field(default_factory=dict)
+    profile: np.ndarray | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# windowed centroid
+# --------------------------------------------------------------------------------------------
+def windowed_centroid(values: np.ndarray, offsets: np.ndarray, sigma_w: float, n_iter: int = 8,
+                      max_step: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gaussian-windowed centroid along the last axis.
+
+    ``values`` and ``offsets`` are (..., n): samples and their positions relative to the initial
+    guess.  Solves ``sum w(r - s) (r - s) v = 0`` for ``s`` by Newton steps (clipped to
+    ``max_step``).  Returns ``(s, windowed_flux, ok)``; NaN samples must be zeroed by the caller.
+    """
+    s = np.zeros(values.shape[:-1])
+    inv_var = 1.0 / sigma_w**2
+    ok = np.ones(s.shape, dtype=bool)
+    for _ in range(n_iter):
+        r = offsets - s[..., None]
+        wv = np.exp(-0.5 * r * r * inv_var) * values
+        f = (wv * r).sum(-1)
+        fprime = (wv * (r * r * inv_var - 1.0)).sum(-1)
+        flux = wv.sum(-1)
+        newton = fprime < 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step = np.where(newton, -f / np.where(newton, fprime, 1.0),
+                            2.0 * f / np.where(flux > 0, flux, 1.0))
+        step = np.clip(np.nan_to_num(step), -max_step, max_step)
+        s = s + step
+    r = offsets - s[..., None]
+    wv = np.exp(-0.5 * r * r * inv_var) * values
+    flux = wv.sum(-1)
+    fprime = (wv * (r * r * inv_var - 1.0)).sum(-1)
+    ok &= (flux > 0) & (fprime < 0) & np.isfinite(s)
+    return s, flux, ok
+
+
+# --------------------------------------------------------------------------------------------
+# chunk profiles and peaks
+# --------------------------------------------------------------------------------------------
+def find_peaks(profile: np.ndarray, pitch: float = PITCH_GUESS, rel_threshold: float = 0.25
+               ) -> np.ndarray:
+    """Sub-pixel rows of the fiber peaks of one cross-dispersion profile (sorted)."""
+    prof = np.nan_to_num(profile, nan=np.nanmedian(profile))
+    smooth = gaussian_filter1d(prof, 1.0)
+    base = gaussian_filter1d(minimum_filter1d(smooth, int(3 * pitch) | 1), pitch)
+    h = smooth - np.minimum(base, smooth)
+    is_max = np.r_[False, (h[1:-1] > h[:-2]) & (h[1:-1] >= h[2:]), False]
+    idx = np.flatnonzero(is_max)
+    if idx.size == 0:
+        return np.zeros(0)
+    level = np.percentile(h[idx], 90)
+    idx = idx[h[idx] > rel_threshold * level]
+    # enforce a minimum separation: of two close maxima drop the lower one
+    while idx.size > 1:
+        close = np.flatnonzero(np.diff(idx) < 0.5 * pitch)
+        if close.size == 0:
+            break
+        i = close[0]
+        idx = np.delete(idx, i if h[idx[i]] < h[idx[i + 1]] else i + 1)
+    idx = idx[(idx >= HALF_WINDOW) & (idx < prof.size - HALF_WINDOW)]
+    rows = idx[:, None] + np.arange(-HALF_WINDOW, HALF_WINDOW + 1)
+    vals = prof[rows] - base[idx][:, None]
+    s, _, ok = windowed_centroid(vals, rows - idx[:, None].astype(float), 1.4)
+    return np.sort(np.where(ok, idx + s, idx.astype(float)))
+
+
+# --------------------------------------------------------------------------------------------
+# peak -> fiber assignment
+# --------------------------------------------------------------------------------------------
+def _nearest_assign(peaks: np.ndarray, predicted: np.ndarray, tol: float) -> np.ndarray:
+    """Index of the predicted fiber nearest to each peak (-1 if farther than ``tol``), unique."""
+    order = np.argsort(predicted)
+    ps = predicted[order]
+    pos = np.clip(np.searchsorted(ps, peaks), 1, ps.size - 1)
+    left, right = ps[pos - 1], ps[pos]
+    pick = np.where(np.abs(peaks - left) <= np.abs(peaks - right), pos - 1, pos)
+    fiber = order[pick]
+    dist = np.abs(peaks - predicted[fiber])
+    fiber = np.where(dist <= tol, fiber, -1)
+    # uniqueness: keep the closest peak per fiber
+    order = np.lexsort((dist, fiber))
+    f_sorted = fiber[order]
+    repeat = np.r_[False, f_sorted[1:] == f_sorted[:-1]] & (f_sorted >= 0)
+    fiber[order[repeat]] = -1
+    return fiber
+
+
+def _pattern_design(k: np.ndarray, groups: tuple[int, ...]) -> np.ndarray:
+    """Design matrix of the slit model: quadratic in fiber number plus an offset and a pitch change
+    per gap (a quadratic in slit position with gaps)."""
+    bounds = np.cumsum(groups)[:-1]
+    u = k / 100.0
+    cols = ([np.ones_like(u), u, u * u] + [(k >= b).astype(float) for b in bounds]
+            + [(k >= b) * (k - b) / 100.0 for b in bounds])
+    return np.stack(cols, axis=-1)
+
+
+def assign_by_pattern(peaks: np.ndarray, n_fibers: int, groups: tuple[int, ...] = SLIT_GROUPS,
+                      gap_pitches: float = GAP_PITCHES
+                      ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Number peaks through the slit pattern.  Returns (fiber of each peak or -1, model rows of all
+    fibers, qa).  Raises CalibrationError when no hypothesis explains the peaks.
+
+    Hypotheses (gap size x index of the first peak) are refined by matching and a least-squares
+    slit model; the cost counts unmatched peaks, the residual, unequal gaps and gaps far from
+    ``gap_pitches`` (which resolves dead fibers next to a gap)."""
+    if sum(groups) != n_fibers:
+        raise CalibrationError(f"slit pattern {groups} does not have {n_fibers} fibers")
+    spacing = np.diff(peaks)
+    if spacing.size < 10:
+        raise CalibrationError(f"only {peaks.size} fiber peaks found on the flat")
+    pitch = np.median(spacing)
+    pitch = np.median(spacing[spacing < 1.4 * pitch])
+    k_all = np.arange(n_fibers)
+    bounds = np.cumsum(groups)[:-1]
+    design_all = _pattern_design(k_all, groups)
+    best: tuple[float, np.ndarray, np.ndarray, np.ndarray] | None = None
+    for gap in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0):
+        u_all = k_all + gap * (k_all[:, None] >= bounds).sum(1)
+        for k0 in range(0, 5):
+            pred = peaks[0] + pitch * (u_all - u_all[k0])
+            fiber = _nearest_assign(peaks, pred, 0.45 * pitch)
+            coef = None
+            for _ in range(4):
+                use = fiber >= 0
+                if use.sum() < 8:
+                    break
+                coef, *_ = np.linalg.lstsq(design_all[fiber[use]], peaks[use], rcond=None)
+                pred = design_all @ coef
+                fiber = _nearest_assign(peaks, pred, 0.3 * pitch)
+            if coef is None or (fiber >= 0).sum() < 8:
+                continue
+            use = fiber >= 0
+            res = peaks[use] - pred[fiber[use]]
+            gaps = coef[3:3 + len(groups) - 1]
+            cost = ((~use).sum() + np.sqrt(np.mean(res**2)) / pitch
+                    + (np.ptp(gaps) / pitch if gaps.size > 1 else 0.0)
+                    + 0.5 * np.abs(gaps / pitch - gap_pitches).sum())
+            if best is None or cost < best[0]:
+                best = (cost, fiber.copy(), pred.copy(), gaps.copy())
+    if best is None:
+        raise CalibrationError("fiber peaks on the flat do not follow the slit pattern")
+    _, fiber, pred, gaps = best
+    n_matched = int((fiber >= 0).sum())
+    if n_matched < 0.8 * n_fibers or n_matched < peaks.size - 3:
+        raise CalibrationError(
+            f"cannot assign flat peaks to fibers: {n_matched} of {peaks.size} peaks match the "
+            f"slit pattern of {n_fibers} fibers")
+    if pred.min() < 2 or pred.max() > 1029:
+        raise CalibrationError("slit-pattern fit puts fibers off the chip: peaks cannot be assigned")
+    qa = {"assignment": "pattern", "pitch": float(pitch), "gap_offsets_px": [float(g) for g in gaps],
+          "n_peaks": int(peaks.size), "n_matched": n_matched}
+    return fiber, pred, qa
+
+
+def assign_by_reference(peaks: np.ndarray, reference_y: np.ndarray, ref_dead: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Number peaks with the fiber-location reference (rows, dead flags); allows an offset and a
+    small scale between reference and flat."""
+    good = np.flatnonzero(~ref_dead)
+    if good.size < 10:
+        raise CalibrationError("fiber-location reference has fewer than 10 good fibers")
+    pitch = np.median(np.diff(np.sort(reference_y[good])))
+    # offset with the most peaks within 0.3 pitch of a good reference fiber (the comb is nearly
+    # periodic: a whole-pitch shift loses only the fibers at group ends); ties -> smallest offset
+    trial = np.arange(-3.0 * pitch, 3.0 * pitch + 0.05, 0.1)
+    ref_sorted = np.sort(reference_y[good])
+    shifted = peaks[None, :] - trial[:, None]
+    pos = np.clip(np.searchsorted(ref_sorted, shifted), 1, ref_sorted.size - 1)
+    near = np.minimum(np.abs(shifted - ref_sorted[pos - 1]), np.abs(shifted - ref_sorted[pos]))
+    count = (near < 0.3 * pitch).sum(1) - 0.01 * np.abs(trial) / pitch
+    offset = trial[np.argmax(count)]
+    matched = near[np.argmax(count)] < 0.3 * pitch
+    if matched.any():
+        idx = np.clip(np.searchsorted(ref_sorted, peaks - offset), 1, ref_sorted.size - 1)
+        lo, hi = ref_sorted[idx - 1], ref_sorted[idx]
+        nearest = np.where(np.abs(peaks - offset - lo) < np.abs(peaks - offset - hi), lo, hi)
+        offset = float(np.median((peaks - nearest)[matched]))
+    pred = reference_y + offset
+    fiber = _nearest_assign(peaks, pred, 0.35 * pitch)
+    for _ in range(3):
+        use = (fiber >= 0) & ~ref_dead[np.maximum(fiber, 0)]
+        if use.sum() < 10:
+            break
+        design = np.stack([np.ones(use.sum()), reference_y[fiber[use]]], -1)
+        coef, *_ = np.linalg.lstsq(design, peaks[use], rcond=None)
+        pred = coef[0] + coef[1] * reference_y
+        fiber = _nearest_assign(peaks, pred, 0.3 * pitch)
+    fiber = np.where((fiber >= 0) & ref_dead[np.maximum(fiber, 0)], -1, fiber)
+    n_matched = int((fiber >= 0).sum())
+    if n_matched < 0.8 * good.size:
+        raise CalibrationError(
+            f"cannot assign flat peaks with the fiber-location reference: {n_matched} of "
+            f"{good.size} good fibers matched")
+    qa = {"assignment": "reference", "pitch": float(pitch), "reference_offset": float(offset),
+          "n_peaks": int(peaks.size), "n_matched": n_matched}
+    return fiber, pred, qa
+
+
+# --------------------------------------------------------------------------------------------
+# following fibers across chunks, empirical profile, deblending
+# --------------------------------------------------------------------------------------------
+def _gather(profiles: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows around ``pos`` (n_chunks, n_fib): (rows, values with NaN -> 0, finite flags)."""
+    n_rows = profiles.shape[1]
+    centre = np.round(np.nan_to_num(pos)).astype(int)
+    rows = np.clip(centre[..., None] + np.arange(-HALF_WINDOW, HALF_WINDOW + 1), 0, n_rows - 1)
+    vals = profiles[np.arange(profiles.shape[0])[:, None, None], rows]
+    finite = np.isfinite(vals)
+    return rows, np.where(finite, vals, 0.0), finite
+
+
+def _centroid(profiles: np.ndarray, pos: np.ndarray, sigma_w: float, subtract: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windowed centroids of every fiber of every chunk near ``pos`` (two gathering passes)."""
+    for _ in range(2):
+        rows, vals, finite = _gather(profiles, pos)
+        if subtract is not None:
+            vals = vals - subtract(rows)
+        s, flux, ok = windowed_centroid(vals, rows - pos[..., None], sigma_w)
+        pos = pos + s
+    r = rows - pos[..., None]
+    ok &= np.all(finite | (np.abs(r) > 3.5 * sigma_w), axis=-1) & (np.abs(s) < 0.5)
+    return pos, flux, ok
+
+
+def _track(profiles: np.ndarray, start: np.ndarray, live: np.ndarray, sigma_w: float
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Follow the fibers from the central chunk outwards.  Returns pos, flux, ok (n_chunks, n_fib)."""
+    n_chunks = profiles.shape[0]
+    jc = n_chunks // 2
+    pos = np.full((n_chunks, start.size), np.nan)
+    flux = np.zeros_like(pos)
+    ok = np.zeros(pos.shape, dtype=bool)
+    order = list(range(jc, n_chunks)) + list(range(jc - 1, -1, -1))
+    for j in order:
+        if j == jc:
+            guess = start
+        else:
+            step = 1 if j > jc else -1
+            prev = pos[j - step]
+            guess = prev if abs(j - jc) < 2 else prev + np.clip(prev - pos[j - 2 * step], -0.5, 0.5)
+        c, f, good = _centroid(profiles[j:j + 1], guess[None, :], sigma_w)
+        good = good[0] & live & (np.abs(c[0] - guess) < 1.0)
+        pos[j] = np.where(good, c[0], guess)
+        flux[j] = f[0]
+        ok[j] = good
+    return pos, flux, ok
+
+
+def _deblend(profiles: np.ndarray, pos: np.ndarray, fibers: FiberFit, live: np.ndarray,
+             table: np.ndarray, sigma_w: float) -> tuple[np.ndarray, np.ndarray]:
+    """Re-centroid every fiber after removing the background and the light (profile and width
+    term) of its two neighbours on each side from its window.  Returns (pos, ok)."""
+    n_fib = pos.shape[1]
+    a_live = np.where(live, fibers.amp, 0.0)
+    c_live = np.where(live, fibers.width, 0.0)
+    q_table = width_derivative(table)
+    chunk = np.arange(pos.shape[0])[:, None, None]
+
+    def contamination(rows: np.ndarray) -> np.ndarray:
+        total = fibers.chunk_background[chunk, rows]
+        for d in (-2, -1, 1, 2):
+            k = np.arange(n_fib) + d
+            valid = ((k >= 0) & (k < n_fib))[None, :, None]
+            kc = np.clip(k, 0, n_fib - 1)
+            r = rows - pos[:, kc, None]
+            contrib = (a_live[:, kc, None] * profile_eval(table, r)
+                       + c_live[:, kc, None] * profile_eval(q_table, r))
+            total = total + np.where(valid, contrib, 0.0)
+        return total
+
+    new_pos, _, ok = _centroid(profiles, pos, sigma_w, subtract=contamination)
+    return new_pos, ok & live[None, :]
+
+
+# --------------------------------------------------------------------------------------------
+# smooth fit along columns, regularised across fibers
+# --------------------------------------------------------------------------------------------
+def _batched_wls(design: np.ndarray, weight: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Weighted least squares per fiber: design (n, m), weight/values (n, n_fib) -> (n_fib, m)."""
+    normal = np.einsum("jm,jk,jn->kmn", design, weight, design)
+    rhs = np.einsum("jm,jk->km", design, weight * np.nan_to_num(values))
+    normal += 1e-12 * np.eye(design.shape[1])
+    return np.linalg.solve(normal, rhs[..., None])[..., 0]
+
+
+def _robust_sigma(res: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """1.4826 MAD of the weighted-in residuals of every column (NaN for empty columns)."""
+    used = weight > 0
+    empty = ~used.any(0)
+    r = np.where(used, res, np.nan)
+    r[:, empty] = 0.0
+    sig = 1.4826 * np.nanmedian(np.abs(r - np.nanmedian(r, 0)), 0)
+    return np.where(empty, np.nan, sig)
+
+
+def fit_along_columns(pos: np.ndarray, ok: np.ndarray, centres: np.ndarray, n_cols: int,
+                      degree: int, fiber_rows: np.ndarray, live: np.ndarray,
+                      free_orders: int = 2, cross_degree: int = 3
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Robust Legendre fit of each fiber's chunk positions.
+
+    Orders >= ``free_orders`` are replaced by a robust polynomial (degree ``cross_degree``) in
+    the fiber's row across the live fibers; the lower orders stay free per fiber.
+    Returns (coef (n_fib, degree + 1), rms (n_fib,), weights used (n_chunks, n_fib)).
+    """
+    design = legendre.legvander(2.0 * centres / (n_cols - 1) - 1.0, degree)
+    weight = (ok & live[None, :]).astype(float)
+    for _ in range(4):
+        coef = _batched_wls(design, weight, pos)
+        res = pos - design @ coef.T
+        sig = np.maximum(_robust_sigma(res, weight), 0.002)
+        weight = (ok & live[None, :] & (np.abs(res) < 4.0 * sig[None, :])).astype(float)
+    if free_orders <= degree and live.sum() > 3 * (cross_degree + 1):
+        yu = (fiber_rows - fiber_rows.mean()) / max(np.ptp(fiber_rows), 1.0) * 2.0
+        cross = legendre.legvander(yu, cross_degree)
+        use = live.copy()
+        smooth = np.zeros_like(coef[:, free_orders:])
+        for _ in range(3):
+            sol, *_ = np.linalg.lstsq(cross[use], coef[use, free_orders:], rcond=None)
+            smooth = cross @ sol
+            dev = np.abs(coef[:, free_orders:] - smooth)
+            scale = 1.4826 * np.median(dev[live], 0) + 1e-6
+            use = live & np.all(dev < 5.0 * scale, axis=1)
+        target = pos - design[:, free_orders:] @ smooth.T
+        low = _batched_wls(design[:, :free_orders], weight, target)
+        coef = np.hstack([low, smooth])
+    res = pos - design @ coef.T
+    rms = _robust_sigma(res, weight)
+    return coef, rms, weight
+
+
+# --------------------------------------------------------------------------------------------
+# public kernels
+# --------------------------------------------------------------------------------------------
+def _half_width(table: np.ndarray) -> float:
+    """Half width at half maximum (px) of a tabulated symmetric profile."""
+    below = np.flatnonzero(table < 0.5 * table[0])
+    if below.size == 0 or below[0] == 0:
+        return float("nan")
+    i = below[0]
+    frac = (table[i - 1] - 0.5 * table[0]) / (table[i - 1] - table[i])
+    return float(PROFILE_NODES[i - 1] + frac * (PROFILE_NODES[i] - PROFILE_NODES[i - 1]))
+
+
+def fit_trace(master_flat: np.ndarray, variance: np.ndarray | None = None,
+              mask: np.ndarray | None = None, n_fibers: int = 112,
+              reference_y: np.ndarray | None = None, dead: np.ndarray | None = None, *,
+              n_chunks: int = 43, degree: int = 4, groups: tuple[int, ...] = SLIT_GROUPS,
+              gap_pitches: float = GAP_PITCHES, dead_threshold: float = 0.15,
+              n_deblend: int = 2, n_profile: int = 3, relax: float = 1.3) -> TraceResult:
+    """Trace the fibers of a master flat (electrons, scattered light may still be in).
+
+    ``reference_y``/``dead`` come from the optional fiber-location file; without them peaks are
+    numbered through the slit pattern ``groups``.  Fibers with less than ``dead_threshold`` of
+    their neighbours' flux are flagged dead and placed by the pattern / reference.
+    Raises CalibrationError when the peaks cannot be assigned or the fit fails.
+    """
+    image = np.asarray(master_flat, dtype=float)
+    if image.ndim != 2:
+        raise CalibrationError(f"master flat must be 2-D, got shape {image.shape}")
+    n_rows, n_cols = image.shape
+    if not np.isfinite(image).any() or np.nanmax(image) <= 0:
+        raise CalibrationError("master flat is empty: no fiber light to trace")
+    profiles, centres = chunk_profiles(image, variance, mask, n_chunks)
+    jc = n_chunks // 2
+    peaks = find_peaks(profiles[jc])
+    if reference_y is not None:
+        ref = np.asarray(reference_y, dtype=float)
+        if ref.size != n_fibers:
+            raise CalibrationError(f"fiber-location reference has {ref.size} fibers, expected {n_fibers}")
+        ref_dead = np.zeros(n_fibers, bool) if dead is None else np.asarray(dead, dtype=bool)
+        fiber, pred, qa = assign_by_reference(peaks, ref, ref_dead)
+    else:
+        fiber, pred, qa = assign_by_pattern(peaks, n_fibers, groups, gap_pitches)
+    found = fiber >= 0
+    start = pred.copy()
+    start[fiber[found]] = peaks[found]
+    live = np.zeros(n_fibers, dtype=bool)
+    live[fiber[found]] = True
+
+    sigma_w = 1.4
+    pos, amp, ok = _track(profiles, start, live, sigma_w)
+    level = np.median(np.where(ok, amp, -np.inf), axis=0)  # -inf for fibers never found
+    ref_level = np.nanmedian(level[live]) if live.any() else 0.0
+    faint = ~(level > dead_threshold * ref_level)
+    live &= ~faint
+    if live.sum() < 0.8 * n_fibers:
+        raise CalibrationError(f"only {live.sum()} of {n_fibers} fibers carry light on the flat")
+
+    # empirical profile + background + amplitudes, alternated with deblended centroids; the
+    # profile update is over-relaxed (the wing/background trade-off converges slowly otherwise)
+    before = pos.copy()
+    table = initial_profile()
+    fibers = fit_amplitudes_and_background(profiles, pos, table, centres, n_cols)
+    for round_ in range(n_profile):
+        sel = ok & live[None, :] & (fibers.amp > 0.05 * np.median(fibers.amp[:, live]))
+        new = fit_profile_and_background(profiles, pos, fibers, table, sel, centres, n_cols)
+        table = table + relax * (new - table)
+        table = table / profile_integral(table)
+        fibers = fit_amplitudes_and_background(profiles, pos, table, centres, n_cols)
+        hwhm = _half_width(table)
+        if np.isfinite(hwhm):
+            sigma_w = float(np.clip(hwhm / 1.1774, 0.8, 2.5))
+        if round_ < n_deblend:
+            pos, ok = _deblend(profiles, pos, fibers, live, table, sigma_w)
+            fibers = fit_amplitudes_and_background(profiles, pos, table, centres, n_cols)
+    deblend_shift = np.abs(pos - before)[ok]
+
+    coef, rms, weight = fit_along_columns(pos, ok, centres, n_cols, degree, pos[jc], live)
+    coef = _place_dead(coef, live, pred, centres[jc], n_cols, degree)
+    trace = coef @ legendre.legvander(2.0 * np.arange(n_cols) / (n_cols - 1) - 1.0, degree).T
+    if not np.all(np.isfinite(trace)) or trace.min() < 0 or trace.max() > n_rows - 1:
+        raise CalibrationError("trace fit failed: non-finite or off-chip fiber positions")
+    dead_out = ~live
+    rms = np.where(live, rms, np.nan)
+    qa.update(n_chunks=n_chunks, degree=degree, sigma_window=sigma_w,
+              profile_fwhm=2.0 * _half_width(table),
+              n_dead=int(dead_out.sum()), dead_fibers=",".join(map(str, np.flatnonzero(dead_out))),
+              rms_median=float(np.nanmedian(rms)), rms_max=float(np.nanmax(rms)),
+              rejected_chunk_fraction=float(1.0 - weight[:, live].mean()),
+              deblend_shift_max=float(deblend_shift.max()) if deblend_shift.size else 0.0)
+    return TraceResult(trace=trace, dead=dead_out, rms=rms, qa=qa, profile=table)
+
+
+def _place_dead(coef: np.ndarray, live: np.ndarray, pred: np.ndarray, x_centre: float, n_cols: int,
+                degree: int) -> np.ndarray:
+    """Coefficients of dead fibers: shape terms interpolated from live neighbours, position at the
+    central column from the pattern / reference plus the neighbours' offset from it."""
+    if live.all():
+        return coef
+    k = np.arange(coef.shape[0])
+    coef = coef.copy()
+    for m in range(1, degree + 1):
+        coef[~live, m] = np.interp(k[~live], k[live], coef[live, m])
+    basis = legendre.legvander(np.array([2.0 * x_centre / (n_cols - 1) - 1.0]), degree)[0]
+    at_centre = coef @ basis
+    offset = np.interp(k[~live], k[live], at_centre[live] - pred[live])
+    target = pred[~live] + offset
+    coef[~live, 0] = target - coef[~live, 1:] @ basis[1:]
+    return coef
+
+
+def measure_trace_shift(image: np.ndarray, variance: np.ndarray | None, mask: np.ndarray | None,
+                        trace: np.ndarray, *, n_chunks: int = 43, chunk_step: int = 2,
+                        sigma_w: float = 1.4, min_snr: float = 5.0) -> float:
+    """Global cross-dispersion shift (px) of a frame against the calibration trace:
+    ``row_in_frame = trace + shift``.
+
+    Windowed centroids of every fiber in column chunks, on unbinned pixels (all sub-pixel phases),
+    after replacing masked pixels and cosmic rays by the chunk's median fiber profile; the
+    per-chunk estimates are combined with inverse-variance weights and 4-sigma clipping.  Every
+    ``chunk_step``-th chunk is used (the statistical error is far below the 0.03 px needed).
+    """
+    img = np.asarray(image, dtype=float)
+    n_rows, n_cols = img.shape
+    n_fib = trace.shape[0]
+    var = np.abs(img) + 9.0 if variance is None else np.asarray(variance, dtype=float)
+    width = n_cols // n_chunks
+    chunk_ids = np.arange(0, n_chunks, max(chunk_step, 1))
+    n_chunks = chunk_ids.size
+    cols = (chunk_ids[:, None] * width + np.arange(width)).ravel()
+    t = trace[:, cols]
+    base = np.round(t).astype(int)
+    rows = np.clip(base[..., None] + np.arange(-HALF_WINDOW, HALF_WINDOW + 1), 0, n_rows - 1)
+    vals = img[rows, cols[None, :, None]]
+    v = var[rows, cols[None, :, None]]
+    bad = ~np.isfinite(vals) | ~np.isfinite(v)
+    if mask is not None:
+        bad |= mask[rows, cols[None, :, None]]
+    shape = (n_fib, n_chunks, width, rows.shape[-1])
+    vals, v, bad = vals.reshape(shape), v.reshape(shape), bad.reshape(shape)
+    vals = np.where(bad, 0.0, vals)
+    # cosmic rays / bad pixels: compare each column with the chunk's median normalised profile
+    for _ in range(2):
+        good = ~bad
+        colsum = np.where(good, vals, 0.0).sum(-1, keepdims=True)
+        with np.errstate(all="ignore"):
+            frac = vals / colsum
+            fill = (frac * good).sum(2, keepdims=True) / np.maximum(good.sum(2, keepdims=True), 1)
+            shape_med = np.median(np.where(good, frac, fill), axis=2, keepdims=True)
+        model = np.nan_to_num(shape_med * colsum)
+        new_bad = bad | ((vals - model) > 5.0 * np.sqrt(np.maximum(v, 1.0)) + 0.3 * np.abs(model))
+        vals = np.where(new_bad, model, vals)
+        if not (new_bad & ~bad).any():
+            break
+        bad = new_bad
+    offsets = (rows.reshape(shape) - t.reshape(n_fib, n_chunks, width, 1))
+    vals = vals.reshape(n_fib, n_chunks, -1)
+    offsets = offsets.reshape(n_fib, n_chunks, -1)
+    v = np.where(bad, 0.0, v).reshape(n_fib, n_chunks, -1)
+    s, flux, ok = windowed_centroid(vals, offsets, sigma_w, n_iter=3)
+    r = offsets - s[..., None]
+    w = np.exp(-0.5 * r * r / sigma_w**2)
+    fprime = (w * vals * (r * r / sigma_w**2 - 1.0)).sum(-1)
+    with np.errstate(all="ignore"):
+        err = np.sqrt((w * w * r * r * v).sum(-1)) / np.abs(fprime)
+        snr = flux / np.sqrt((w * w * v).sum(-1))
+    ok &= np.isfinite(err) & (err > 0) & (snr > min_snr) & (np.abs(s) < 1.5)
+    if ok.sum() < 10:
+        raise CalibrationError(f"trace shift: only {ok.sum()} usable fiber chunks (too little light)")
+    s, err = s[ok], err[ok]
+    keep = np.ones(s.size, dtype=bool)
+    mean = np.median(s)
+    for _ in range(5):
+        wgt = 1.0 / err[keep] ** 2
+        mean = float(np.sum(wgt * s[keep]) / wgt.sum())
+        chi = (s - mean) / err
+        scale = max(1.4826 * np.median(np.abs(chi - np.median(chi))), 1.0)
+        keep = np.abs(chi) < 4.0 * scale
+    return mean
