@@ -30,6 +30,8 @@ density units times Angstrom (e.g. 1e-17 erg/s/cm^2).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from astropy.table import Table
 from scipy import ndimage, optimize, sparse
@@ -212,6 +214,9 @@ def detect_emission_lines(
     grid_step: float = 0.5,
     continuum_window: int = 21,
     continuum_error: float = 0.05,
+    sky: np.ndarray | None = None,
+    sky_error: float = 0.01,
+    subtract_residual_sky: bool = True,
     merge_radius: float = 2.5,
     merge_dwave: float = 8.0,
     fwhm_range: tuple[float, float] = (3.0, 16.0),
@@ -221,7 +226,10 @@ def detect_emission_lines(
     """Find emission lines in one IFU's fiber spectra (all exposures): see the module doc.
 
     ``flux, error, mask`` (n_fiber, n_wave), mask True = bad; ``psf`` one :class:`RadialPSF` or one
-    per exposure (``exposure`` 0-based).  ``line_fwhm`` (A) is the matched-filter line width
+    per exposure (``exposure`` 0-based).  With the subtracted ``sky`` (n_fiber, n_wave), a fraction
+    ``sky_error`` of it is added to the noise of the matched filter (residuals of bright sky lines).
+    With ``subtract_residual_sky`` the median continuum-subtracted spectrum of each exposure's
+    fibers (a residual common to all fibers) is removed first.  ``line_fwhm`` (A) is the matched-filter line width
     (VIRUS resolution).  Returns a Table, one row per detection sorted by S/N: ``x, y`` (arcsec),
     ``wave``, ``wave_err``, ``flux``, ``flux_err`` (integrated), ``fwhm`` (A), ``sn`` (matched
     filter), ``sn_fit`` (flux / flux_err), ``continuum`` (fitted flux density at the line),
@@ -236,6 +244,7 @@ def detect_emission_lines(
     fiber_x = np.asarray(fiber_x, dtype=float)
     fiber_y = np.asarray(fiber_y, dtype=float)
     n_wave = flux.shape[1]
+    groups = np.zeros(flux.shape[0], int) if exposure is None else np.asarray(exposure)
     if isinstance(psf, RadialPSF):
         exposure = None
     good_in = good_pixels(flux, error, mask)
@@ -243,10 +252,24 @@ def detect_emission_lines(
     good = good_in & np.isfinite(cont)
     if not good.any():
         raise CalibrationError("detect_emission_lines: no unmasked data")
-    resid = np.where(good, flux - np.where(good, cont, 0.0), 0.0)
+    resid = np.where(good, flux - np.where(good, cont, 0.0), np.nan)
+    if subtract_residual_sky:
+        flux = flux.copy()  # never modify the caller's array
+        # what all fibers of an exposure share (sky-subtraction residuals) is not a point source
+        for g in np.unique(groups):
+            rows = groups == g
+            if rows.sum() >= 20:
+                with warnings.catch_warnings():  # fully masked wavelengths: nothing shared
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    shared = np.nan_to_num(np.nanmedian(resid[rows], axis=0))
+                resid[rows] -= shared
+                flux[rows] -= shared
+    resid = np.where(good, resid, 0.0)
     # a continuum model is good to a few per cent of the continuum: add that to the noise so that
     # residual features of bright stars do not pass as lines
     var = np.where(good, error, 1.0) ** 2 + (continuum_error * np.where(good, cont, 0.0)) ** 2
+    if sky is not None:  # sky-subtraction residuals scale with the subtracted sky (bright lines)
+        var += (sky_error * np.where(good, np.nan_to_num(np.asarray(sky, dtype=float)), 0.0)) ** 2
     ivar = np.where(good, 1.0 / var, 0.0)
     dxy = dar_xy(dar, n_wave)
     step = float(np.median(np.diff(wave)))

@@ -153,3 +153,15 @@ def test_masks_and_error_scale(ifu):
     assert len(small) == 1 and small["sn"][0] == pytest.approx(good["sn"][0], rel=0.03)
     with pytest.raises(CalibrationError):
         detect_emission_lines(flux, err, np.ones(flux.shape, bool), fx, fy, psf, dar=dar)
+
+
+def test_sky_line_residuals_are_not_lines(ifu):
+    """A 2% residual of a bright sky line in every fiber is no detection when the sky is given."""
+    fx, fy, dar, psf = ifu
+    rng = np.random.default_rng(8)
+    sky = np.full((fx.size, DEF_WAVE.size), 3.0) + 300.0 * line_profile(5460.75, 5.6)[None, :] * 2.0
+    flux = rng.normal(size=sky.shape) * SIGMA + 0.02 * (sky - 3.0) * rng.uniform(0.5, 1.5, (fx.size, 1))
+    err = np.full_like(flux, SIGMA)
+    assert np.any(np.abs(detect_emission_lines(flux, err, None, fx, fy, psf, dar=dar)["wave"] - 5461) < 5)
+    with_sky = detect_emission_lines(flux, err, None, fx, fy, psf, dar=dar, sky=sky)
+    assert not np.any(np.abs(with_sky["wave"] - 5461) < 5)
