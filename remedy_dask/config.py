@@ -57,7 +57,7 @@ class ObservationConfig:
     )
     catalog_radius_deg: float = 0.25
     detect: bool = True
-    detection_threshold: float = 5.0
+    detection_threshold: float = 5.4  # matched-filter S/N: ~0.3 false detections per IFU
     make_cube: bool = True
     cube_pixscale: float = 0.5  # arcsec
 

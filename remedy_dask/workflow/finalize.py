@@ -15,7 +15,7 @@ from remedy_dask.config import PipelineConfig
 from remedy_dask.io import store
 from remedy_dask.workflow.observation import (
     Conditions, _calibrated, fit_field, fit_psf, flux_calibration, ifu_sources, ifu_stars,
-    load_ifu, psf_tables, star_cutouts,
+    load_ifu, psf_tables, refine_field, star_cutouts,
 )
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def ifu_detect(work_root: str, exposures: list[int], slot: int, cond: Conditions
         return {}
     table = detect_emission_lines(c["flux"], c["error"], c["bad"], c["ifu_x"], c["ifu_y"],
                                   psf_tables(psf), dar=geometry.dar_offsets(),
-                                  exposure=c["exp_index"],
+                                  exposure=c["exp_index"], sky=c["sky"],
                                   threshold=config.observation.detection_threshold)
     dx = float(np.median(c["fx"] - c["ifu_x"]))
     dy = float(np.median(c["fy"] - c["ifu_y"]))
@@ -126,7 +126,7 @@ def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_roo
     flags = list(plan.skipped) + [f"{k} exp{s['exp']:02d}: {v}" for s in exposure_summaries
                                   for k, v in s.get("failed", {}).items()]
     prov = {**provenance, "notes": notes, "flags": flags, "astrometry": astro.get("note", ""),
-            "psf": {k: v for k, v in psf.items()}, "fluxcal": fluxcal,
+            "psf": {k: v for k, v in psf.items() if not k.startswith("star_")}, "fluxcal": fluxcal,
             "exposure_qa": [{k: s.get(k) for k in ("exp", "sky_qa", "error_check", "mask_counts",
                                                       "shifts")} for s in exposure_summaries],
             "fits_products": [p for ps in fits_paths for p in ps]}
@@ -214,6 +214,8 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
                                                   dask_key_name=f"ifu-psf-stars-{s:03d}")
            for s in slots]
     psf = dask.delayed(fit_psf, pure=False)(cut, cond, dask_key_name="seeing")
+    astro = dask.delayed(refine_field, pure=False)(astro, psf, catalog,
+                                                   dask_key_name="astrometry-refine")
     srcs = [dask.delayed(ifu_sources, pure=False)(work_root, exps, s, cond, catalog, astro, psf,
                                                   dask_key_name=f"ifu-sources-{s:03d}")
             for s in slots]

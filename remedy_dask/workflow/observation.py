@@ -194,9 +194,34 @@ def fit_psf(cutouts: list[dict[str, Any] | None], cond: Conditions) -> dict[str,
     norm = np.ones(len(cond.exposures))
     fwhm[fit.exposure_ids] = fit.fwhm
     norm[fit.exposure_ids] = fit.norm
+    used = np.asarray(fit.star_used, bool)
     return {"fwhm": fwhm.tolist(), "norm": norm.tolist(), "n_stars": fit.n_stars,
             "fitted": bool(fit.success), "chi2": fit.chi2, "dar_scale": list(fit.dar_scale),
-            "note": "" if fit.success else fit.message}
+            "note": "" if fit.success else fit.message,
+            "star_fx": np.asarray(fit.star_x)[used], "star_fy": np.asarray(fit.star_y)[used],
+            "star_cat_index": cat("cat_index")[used]}
+
+
+def refine_field(astro: dict[str, Any], psf: dict[str, Any], catalog: Any) -> dict[str, Any]:
+    """Final astrometric fit on the PSF-fitted star positions (much more precise than the
+    collapsed-image centroids); the first solution is kept if too few stars were fitted."""
+    from remedy_dask.astrometry import fit_astrometry
+
+    idx = np.asarray(psf.get("star_cat_index", []), int)
+    if not psf.get("fitted") or idx.size < 3:
+        return astro
+    try:
+        res = fit_astrometry(psf["star_fx"], psf["star_fy"],
+                             np.asarray(catalog["raMean"], float)[idx],
+                             np.asarray(catalog["decMean"], float)[idx],
+                             astro["ra"], astro["dec"], astro["rotation"])
+    except CalibrationError as exc:
+        log.warning("astrometry refinement failed (%s): first solution kept", exc)
+        return astro
+    return {**astro, "ra": res.ra0, "dec": res.dec0, "rotation": res.rotation,
+            "n_stars": res.n_stars, "rms": res.rms, "ra_err": res.ra0_err,
+            "dec_err": res.dec0_err, "rotation_err": res.rotation_err, "refined": True,
+            "residuals": res.residuals[res.used]}
 
 
 def psf_tables(psf: dict[str, Any]) -> list[Any]:
