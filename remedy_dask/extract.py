@@ -6,10 +6,10 @@ and solves the weighted linear least-squares for all 112 fiber fluxes of the col
 The normal matrix is banded (a fiber overlaps only its nearest neighbours at the 8.7 px pitch),
 so each column costs a banded Cholesky; the compiled kernel loops over columns.
 
-Weights and errors use the *model* variance ``v = v0 + max(model, 0)`` where
-``v0 = variance - max(image, 0)`` is the non-Poisson part of the CCD variance (read noise, dark,
-subtracted scattered light); with data-derived weights the estimator would be biased low at
-low counts.  Errors are sqrt(diag((A^T W A)^-1)) (neighbour covariance included), from a
+Weights and errors use the *model* variance ``v = v0 + max(model, 0)`` where ``v0`` is the
+non-signal part of the CCD variance (read noise, dark, subtracted scattered light: given, or
+estimated smoothly by :func:`estimate_noise_floor`); with data-derived weights the estimator
+would be biased low at low counts.  Errors are sqrt(diag((A^T W A)^-1)) (neighbour covariance included), from a
 selected inversion of the band.  Outlier pixels (cosmic rays) are rejected iteratively on
 ``|data - model| / sqrt(v + (profile_error * model)^2)``, one local maximum at a time, then the
 rejected pixels are dilated by one pixel (3x3) and the affected columns refitted.
@@ -245,6 +245,8 @@ def _extract_amp(
     f = np.zeros(nf)
     sg = np.array([-3.0, 12.0, 17.0, 12.0, -3.0]) / 35.0
     n_rej = np.zeros(n_cols, np.int64)
+    lost1 = np.zeros((nf, n_cols))
+    fvk = np.zeros(nf)
     for cstep in range(n_cols + 2):
         c = cstep
         if c < n_cols:  # ---- stage 1
@@ -292,6 +294,13 @@ def _extract_amp(
                             w[r] = 0.0
                 for k in range(nf):
                     flux1[k, c] = f[k]
+                    tot = 0.0
+                    gone = 0.0
+                    for m in range(nr[s, k]):
+                        tot += prof[s, k, m]
+                        if w[r0[s, k] + m] == 0.0:
+                            gone += prof[s, k, m]
+                    lost1[k, c] = gone / tot if tot > 0.0 else 1.0
             if do_reject:  # rows outside every fiber window: outliers against their median
                 _reject_outside(image[c], var_base[c], bad[c], rmin, rmax, reject_sigma, rejected[c])
         c2 = cstep - 2
@@ -323,9 +332,36 @@ def _extract_amp(
                 fv = 0.0
                 for j in range(5):
                     fv += sg[j] * flux1[k, c2 - 2 + j]
+            fvk[k] = fv
             for m in range(nr[s, k]):
                 cov[r0[s, k] + m] += prof[s, k, m]
                 vflux[r0[s, k] + m] += fv * prof[s, k, m]
+        if do_reject and c2 >= 2 and c2 <= n_cols - 3:
+            # a fiber-column that lost much of its profile to outliers may have fitted the rest
+            # of a cosmic-ray track as signal: test its core against the flux interpolated
+            # from the neighbouring columns (leave-one-out quadratic through c-2..c+2)
+            for k in range(nf):
+                tot = 0.0
+                gone = 0.0
+                for m in range(nr[s, k]):
+                    tot += prof[s, k, m]
+                    if badc[r0[s, k] + m]:
+                        gone += prof[s, k, m]
+                if max(lost1[k, c2], gone / max(tot, 1e-300)) <= 0.3:
+                    continue
+                fp = (2.0 / 3.0) * (flux1[k, c2 - 1] + flux1[k, c2 + 1]) - (1.0 / 6.0) * (
+                    flux1[k, c2 - 2] + flux1[k, c2 + 2]
+                )
+                for m in range(nr[s, k]):
+                    r = r0[s, k] + m
+                    if badc[r] or abs(r - trace[k, c2]) > chi2_half:
+                        continue
+                    pred = vflux[r] + (fp - fvk[k]) * prof[s, k, m]
+                    mv = max(pred, 0.0)
+                    v = var_base[c2, r] + (mv if poisson else 0.0) + (profile_error * mv) ** 2
+                    if (image[c2, r] - pred) > reject_sigma * np.sqrt(v):
+                        badc[r] = True
+                        rejected[c2, r] = 1
         for r in range(rmin, rmax + 1):
             if badc[r] or cov[r] <= 0.0:
                 w[r] = 0.0
@@ -359,6 +395,36 @@ def _extract_amp(
             if tot <= 0.0 or gone >= tot:
                 flux[k, c2] = np.nan
                 var_out[k, c2] = np.nan
+
+
+def estimate_noise_floor(
+    image: np.ndarray, variance: np.ndarray, bad: np.ndarray, block: int = 16, quantile: float = 0.2
+) -> np.ndarray:
+    """Non-signal variance v0 (read noise^2 + dark + subtracted scattered light) per pixel.
+
+    With ``variance = rn^2 + max(raw, 0)`` from the CCD step and ``image = raw - background``,
+    ``variance - image`` equals v0 exactly wherever raw >= 0 and exceeds it elsewhere; a pixel-
+    wise ``variance - max(image, 0)`` would instead follow the noise of faint pixels and bias
+    the fluxes low (weights correlated with the data).  So take a low quantile of
+    ``variance - image`` over ``block`` x ``block`` pixel blocks (bad pixels excluded).
+    """
+    n_rows, n_cols = image.shape
+    d = np.where(bad, np.inf, variance - image)
+    pr, pc = -n_rows % block, -n_cols % block
+    d = np.pad(d, ((0, pr), (0, pc)), mode="edge")
+    nb_r, nb_c = d.shape[0] // block, d.shape[1] // block
+    tiles = d.reshape(nb_r, block, nb_c, block).transpose(0, 2, 1, 3).reshape(nb_r, nb_c, -1)
+    n_good = np.sum(np.isfinite(tiles), axis=-1)
+    kth = int(quantile * block * block)
+    part = np.partition(tiles, kth, axis=-1)
+    low = part[..., kth]
+    # tiles with few good pixels: fall back to the median of the good tiles
+    usable = (n_good > 2 * kth) & np.isfinite(low)
+    fill = float(np.median(low[usable])) if usable.any() else float(np.median(variance))
+    low = np.where(usable, low, fill)
+    floor = max(1e-3, 0.1 * fill)
+    full = np.repeat(np.repeat(np.maximum(low, floor), block, axis=0), block, axis=1)
+    return np.ascontiguousarray(full[:n_rows, :n_cols])
 
 
 def _check_inputs(image, variance, mask, trace):
@@ -395,12 +461,16 @@ def extract_optimal(
     chi2_half_width: float = 3.5,
     max_lost: float = 0.5,
     smooth_variance: bool = True,
+    noise_floor: np.ndarray | float | None = None,
 ) -> Extraction:
     """Simultaneous profile fit of all fibers per column (see module docstring).
 
     ``poisson=True`` (science, arcs, twilight; ``variance`` = v0 + max(image, 0) as from the
     CCD step): final weights and errors from the model variance v0 + model; ``False`` (master
     frames whose variance is not Poisson): weights from ``variance`` as given.
+    ``noise_floor``: the variance of everything but the fiber light (read noise^2 + dark +
+    subtracted scattered light, e-^2; scalar or image); pass it when known, otherwise it is
+    estimated from ``variance - image`` (:func:`estimate_noise_floor`).
     ``smooth_variance``: the model entering the variance uses fluxes smoothed along the
     wavelength (5-column quadratic Savitzky-Golay), which keeps errors from correlating with
     the noise they describe (without it the pulls of faint spectra are ~2% too wide).
@@ -412,10 +482,12 @@ def extract_optimal(
     prof = padded(profile)
     n_fib, n_cols = trace.shape
     if poisson:
-        v0 = variance - np.maximum(image, 0.0)
-        sample = v0[::7, ::7][~bad[::7, ::7]]
-        floor = max(0.25 * float(np.median(sample)) if sample.size else 1.0, 1e-3)
-        var_base = np.maximum(v0, floor)
+        if noise_floor is None:
+            var_base = estimate_noise_floor(image, variance, bad)
+        else:
+            var_base = np.broadcast_to(np.asarray(noise_floor, dtype=np.float64), image.shape)
+            if not np.all(var_base > 0):
+                raise CalibrationError("extraction: noise_floor must be positive")
     else:
         var_base = variance
     gi, gw = _bracket(prof.group_centers, np.arange(n_fib, dtype=float))

@@ -419,10 +419,14 @@ def measure_profile(
         tables = np.empty((n_chunks, n_groups, offsets.size))
         for ic in range(n_chunks):
             cols = np.arange(edges[ic], edges[ic + 1])
+            usable = (np.isfinite(amplitude[:, cols]).mean(axis=0) > 0.8) & (
+                np.nansum(amplitude[:, cols], axis=0) > 0
+            )
+            if usable.sum() < 0.5 * cols.size:
+                raise CalibrationError(f"profile: flat unusable in columns {cols[0]}-{cols[-1]}")
+            cols = cols[usable]  # e.g. a masked bad column drops out of its chunk
             amp = amplitude[:, cols]
             total = np.nansum(amp, axis=0)
-            if not np.all(total > 0):
-                raise CalibrationError(f"profile: flat has no positive flux in columns {cols[0]}-{cols[-1]}")
             scale = total / total.mean()
             fiber_amp = np.nan_to_num(np.nanmedian(amp / scale, axis=1))
             _, knot_tables[ic] = _fit_chunk(
