@@ -104,10 +104,12 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
 def _setup_logging(debug: bool, quiet: bool) -> None:
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+        level=max(level, logging.INFO), datefmt="%H:%M:%S",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("distributed", "bokeh", "tornado", "numba", "fsspec", "asyncio"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    logging.getLogger("remedy_dask").setLevel(level)
+    for noisy in ("distributed", "bokeh", "tornado", "numba", "fsspec", "asyncio", "numcodecs"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def run(args: argparse.Namespace) -> int:

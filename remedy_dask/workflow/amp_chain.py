@@ -8,7 +8,7 @@ chain; only the rectified spectra leave it, through the zarr store.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,26 @@ class AmpExposure:
     notes: list[str] = field(default_factory=list)
 
 
+def chain_step(func: Any) -> Any:
+    """Skip failed amp-exposures; turn an exception into a flagged failure of this amp only."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(ax: AmpExposure, *args: Any) -> Any:
+        if ax.failed:
+            return ax
+        ax = replace(ax, notes=list(ax.notes))  # never mutate a task's input
+        try:
+            return func(ax, *args)
+        except Exception as exc:  # flagged in the products, never turned into zeros
+            log.exception("amp %s exp%02d failed in %s", ax.key, ax.exp, func.__name__)
+            ax.failed = f"{func.__name__}: {type(exc).__name__}: {exc}"
+            ax.image = ax.variance = None
+            return ax
+
+    return wrapper
+
+
 def load_calibration(calfile_path: str, key: str) -> calfile.AmpCalibration:
     """Read one amp's calibration once; it is shared by all exposures of that amp."""
     return calfile.read_amp(calfile_path, key)
@@ -74,9 +94,10 @@ def ccd(ref: FrameRef, cal: calfile.AmpCalibration, exp: int) -> AmpExposure:
     )
 
 
+@chain_step
 def trace_shift(ax: AmpExposure, config: ReductionConfig) -> AmpExposure:
     """Measure the frame's trace offset from the calibration and shift the trace."""
-    if ax.failed or not config.measure_trace_shift:
+    if not config.measure_trace_shift:
         return ax
     from remedy_dask.trace import measure_trace_shift
 
@@ -86,8 +107,9 @@ def trace_shift(ax: AmpExposure, config: ReductionConfig) -> AmpExposure:
     return ax
 
 
+@chain_step
 def scattered(ax: AmpExposure, config: ReductionConfig) -> AmpExposure:
-    if ax.failed or not config.subtract_scattered_light:
+    if not config.subtract_scattered_light:
         return ax
     from remedy_dask.scatter import scattered_light
 
@@ -95,9 +117,8 @@ def scattered(ax: AmpExposure, config: ReductionConfig) -> AmpExposure:
     return ax
 
 
+@chain_step
 def extract(ax: AmpExposure, cal: calfile.AmpCalibration, config: ReductionConfig) -> AmpExposure:
-    if ax.failed:
-        return ax
     from remedy_dask.extract import extract_aperture, extract_optimal
     from remedy_dask.profile import ProfileModel
 
@@ -120,8 +141,9 @@ def shifted_wavelength(wavelength: np.ndarray, shift: float) -> np.ndarray:
     return wavelength[:, i0] * (1 - frac) + wavelength[:, i0 + 1] * frac
 
 
+@chain_step
 def wave_shift(ax: AmpExposure, config: ReductionConfig) -> AmpExposure:
-    if ax.failed or not config.measure_wavelength_shift:
+    if not config.measure_wavelength_shift:
         return ax
     from remedy_dask.wavelength import measure_wavelength_shift
 

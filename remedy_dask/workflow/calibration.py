@@ -69,9 +69,13 @@ def stage(func: Callable[..., AmpWork]) -> Callable[..., AmpWork]:
         except (CalibrationError, RawDataError) as exc:
             reason = f"{func.__name__.removeprefix('cal_')}: {exc}"
             log.error("amp %s failed: %s", work.key, reason)
-            out = work.but(failed=reason)
-            out.flags.append(reason)
-            return out
+        except Exception as exc:  # a bug must not cost the other amps; it is flagged, not hidden
+            reason = (f"{func.__name__.removeprefix('cal_')}: internal error "
+                      f"{type(exc).__name__}: {exc}")
+            log.exception("amp %s failed with an internal error", work.key)
+        out = work.but(failed=reason)
+        out.flags.append(reason)
+        return out
 
     wrapper.__name__ = func.__name__
     wrapper.__doc__ = func.__doc__
@@ -186,10 +190,11 @@ def cal_flat(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig,
     ex = extract_optimal(flat, flat_var, mask, tr.trace, profile)
     work.data.update(pixel_mask=mask, trace=tr.trace, dead=tr.dead, profile=profile,
                      flat_spectra=ex.spectrum)
+    work.qa.update(_prefixed("trace", tr.qa))
+    work.qa.update({f"mask_{k}": v for k, v in mask_stats.items() if np.isscalar(v)})
     work.qa.update(n_flt=len(frames), trace_rms_median=float(np.nanmedian(tr.rms)),
                    trace_rms_max=float(np.nanmax(tr.rms)), n_dead=int(tr.dead.sum()),
-                   masked_pixel_fraction=float(mask.mean()),
-                   **{f"mask_{k}": v for k, v in mask_stats.items()}, **_prefixed("trace", tr.qa))
+                   masked_pixel_fraction=float(mask.mean()))
     work.data["qa_trace_rms"] = tr.rms
     return work
 
@@ -220,8 +225,9 @@ def cal_arc(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig) -> A
     sol = solve_wavelength(ex.spectrum, ex.error, dead=work.data["dead"])
     work.data.update(wavelength=sol.wavelength, arc_spectra=ex.spectrum, qa_arc_rms=sol.rms,
                      qa_n_lines=sol.n_lines)
-    work.qa.update(arc_rms_median=float(np.nanmedian(sol.rms)), arc_rms_max=float(np.nanmax(sol.rms)),
-                   arc_lamps=sorted(by_lamp), **_prefixed("arc", sol.qa))
+    work.qa.update(_prefixed("arc", sol.qa))
+    work.qa.update(arc_rms_median=float(np.nanmedian(sol.rms)),
+                   arc_rms_max=float(np.nanmax(sol.rms)), arc_lamps=sorted(by_lamp))
     return work
 
 
@@ -401,8 +407,16 @@ def run_calibrate(args: Any) -> Path:
         archive, dates, Path(args.out), config, positions, ifuslots=ifuslots, fplane=fplane,
         fiber_loc_dir=args.fiber_locations,
     )
-    with open_client(args.cluster, args.workers, getattr(args, "cluster_config", None)):
-        path = dask.compute(final)[0]
+    with open_client(args.cluster, args.workers, getattr(args, "cluster_config", None)) as client:
+        if client is None:
+            path = dask.compute(final, scheduler="sync")[0]
+        else:
+            from distributed import progress
+
+            future = client.compute(final)
+            progress(future, notebook=False)
+            print()
+            path = future.result()
     from remedy_dask.qa.calibration import calibration_report
 
     statuses = calfile.amp_statuses(path)
