@@ -5,6 +5,7 @@ bookkeeping, determinism and truth.  Readers here are written from virus-raw-for
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 import tarfile
 from pathlib import Path
@@ -22,7 +23,7 @@ from remedy_dask.sim.files import tar_observations
 from remedy_dask.sim.inmemory import find_frame
 from remedy_dask.sim.light import fiber_light
 from remedy_dask.sim.light import science_conversion, sky_flam
-from remedy_dask.sim.render import dark_image, upsample_scattered
+from remedy_dask.sim.render import AmpCache, dark_image, render_amp_frame, upsample_scattered
 from remedy_dask.sim.scene import make_plan
 
 SMALL = SimConfig(n_zro=1, n_drk=1, n_flt=1, n_cmp_hg=1, n_cmp_cd=1, n_twi=1, n_sci=3)
@@ -313,6 +314,43 @@ def test_science_star_and_line_flux(plan):
     assert line_meas == pytest.approx(line_true, rel=0.005)
     fill = spectra.FIBER_AREA_ARCSEC2 / (geometry.IFU_FIBER_PITCH * geometry.IFU_ROW_PITCH)
     assert fill_sum / 3 == pytest.approx(fill, rel=0.05)  # 3 dithers ~ uniform coverage
+
+
+def test_science_drift_sign_convention(plan):
+    """Science features sit at trace + trace_shift rows and at columns x_cal + wavelength_shift
+    (geometry's convention: wavelength_sci(x) = wavelength_cal(x - shift))."""
+    model = make_amp_model(plan, 48, "RU")
+    frame = find_frame(plan, "sci", 2)
+    still = dataclasses.replace(model, wave_shift=np.zeros(3), trace_shift=np.zeros(3))
+    moved = fiber_light(plan, model, frame).counts
+    ref = fiber_light(plan, still, frame).counts
+    dx = model.wave_shift[1]
+    assert abs(dx) > 0.04
+    x = np.arange(1032.0)
+
+    def centroid(counts: np.ndarray, i: int) -> float:
+        win = slice(i - 6, i + 7)
+        cont = np.interp(x[win], [i - 6, i + 6], counts[[i - 6, i + 6]])
+        line = counts[win] - cont
+        return float((line * x[win]).sum() / line.sum())
+
+    lam = still.wavelength()
+    for k in (5, 50, 100):
+        for line in (4358.335, 5460.750):  # sky lines
+            i = int(round(np.interp(line, lam[k], x)))
+            assert centroid(moved[k], i) - centroid(ref[k], i) == pytest.approx(dx, abs=0.01)
+        # smooth continuum: the shifted spectrum is the reference moved right by dx
+        back = np.interp(x[600:700] - dx, x, ref[k])
+        np.testing.assert_allclose(moved[k, 600:700], back, rtol=1e-3)
+    dy = model.trace_shift[1]
+    cache = AmpCache()
+    render_amp_frame(plan, model, frame, cache)
+    index, weights = cache.profiles[1]  # profile of science exposure 2
+    rows = index // 1032
+    centre = (weights * rows).sum(1) / weights.sum(1)  # (112, 1032)
+    assert abs(dy) > 0.04
+    np.testing.assert_allclose(centre[1:-1], (model.trace + dy)[1:-1], atol=1e-4)
+    np.testing.assert_allclose(weights.sum(1), 1.0, atol=1e-6)
 
 
 # --- auxiliary files and truth -----------------------------------------------------------------

@@ -77,8 +77,8 @@ class SimConfig:
     profile_half_window: int = 16  # rows rendered either side of the trace
 
     # --- wavelength -------------------------------------------------------------------------
-    wave_centre: float = 4507.0  # A at the central column (515.5)
-    wave_halfspan: float = 1058.0  # linear term over half the chip
+    wave_centre: float = 4510.0  # A at the central column (515.5)
+    wave_halfspan: float = 1063.0  # linear term over half the chip
     wave_quadratic: float = -12.0
     wave_cubic: float = 8.0
     wave_smile: float = 3.0  # A, quadratic in slit position
@@ -116,6 +116,8 @@ class SimConfig:
     seeing_range: tuple[float, float] = (1.4, 2.2)  # FWHM arcsec
     moffat_beta: float = 3.5
     stars_per_ifu: int = 5  # placed inside each IFU footprint
+    bright_stars_per_ifu: int = 2  # of them, with g uniform in bright_star_g_range
+    bright_star_g_range: tuple[float, float] = (16.0, 19.0)
     star_density_per_deg2: float = 3000.0  # background stars over the catalogue area
     star_g_range: tuple[float, float] = (15.0, 22.0)
     star_teff_range: tuple[float, float] = (4000.0, 9000.0)

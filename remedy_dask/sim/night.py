@@ -104,6 +104,13 @@ def simulate_night(out: str | Path, date: str = "20190822",
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
+    for s in slots:  # fail fast, before any rendering, if a drawn solution misses the range
+        for amp in geometry.AMPS:
+            try:
+                check_coverage(make_amp_model(plan, s, amp))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+
     out = Path(out)
     raw_root = out / "raw"
     virus_dir = raw_root / date / "virus"

@@ -49,8 +49,12 @@ def profile_weights(trace: np.ndarray, sigma_core: np.ndarray, wing_fraction: fl
     base = np.rint(trace).astype(np.int32)
     offs = np.arange(-half_window, half_window + 2, dtype=np.int32)
     edge = (base[:, None, :] + offs[None, :, None]) - 0.5 - trace[:, None, :]
-    cdf = (1.0 - wing_fraction) * ndtr(edge / sigma_core[:, None, :])
-    cdf += wing_fraction * ndtr(edge / sigma_wing)
+    cdf = wing_fraction * ndtr(edge / sigma_wing)
+    # the core is exactly 0 / 1 (to < 1e-15) beyond 8 sigma: evaluate it only near the trace
+    reach = min(half_window, int(np.ceil(8.0 * float(sigma_core.max()))))
+    inner = slice(half_window - reach, half_window + reach + 2)
+    cdf[:, inner] += (1.0 - wing_fraction) * ndtr(edge[:, inner] / sigma_core[:, None, :])
+    cdf[:, half_window + reach + 2:] += 1.0 - wing_fraction
     weights = np.diff(cdf, axis=1)
     rows = base[:, None, :] + offs[None, :-1, None]
     valid = (rows >= 0) & (rows < NR)

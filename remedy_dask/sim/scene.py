@@ -213,6 +213,10 @@ def _make_stars(plan: NightPlan) -> dict[str, np.ndarray]:
     k = 0.25 * np.log(10.0)
     u = rng.uniform(0.0, 1.0, n)
     g = g_lo + np.log1p(u * np.expm1(k * (g_hi - g_lo))) / k
+    nb = min(cfg.bright_stars_per_ifu, cfg.stars_per_ifu)
+    bright = (np.arange(n) < len(plan.ifuslots) * cfg.stars_per_ifu) & (
+        np.arange(n) % max(cfg.stars_per_ifu, 1) < nb)
+    g[bright] = rng.uniform(*cfg.bright_star_g_range, int(bright.sum()))
     teff = rng.uniform(*cfg.star_teff_range, n)
     ra, dec = geometry.focal_to_sky(fx, fy, plan.ra0, plan.dec0, plan.rotation)
     scale, mags = spectra.star_norm_and_colors(teff, g) if n else (np.zeros(0), np.zeros((0, 5)))
