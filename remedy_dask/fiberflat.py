@@ -187,8 +187,9 @@ def fiber_to_fiber(
     ftf = filled @ smooth_interpolator(n_wave, edges).T
     measurable = frac_good >= min_good_bins
     ftf[~measurable] = np.nan
+    med = np.full(n, np.nan)
+    med[measurable] = np.nanmedian(ftf[measurable], axis=1)
     with np.errstate(invalid="ignore"):
-        med = np.nanmedian(ftf, axis=1)
         dead = ~measurable | ~(med >= dead_threshold)
         resid = rel[use] - 1.0
     return FiberFlat(
