@@ -172,6 +172,8 @@ def assign_by_pattern(peaks: np.ndarray, n_fibers: int, groups: tuple[int, ...] 
         raise CalibrationError(f"only {peaks.size} fiber peaks found on the flat")
     pitch = np.median(spacing)
     pitch = np.median(spacing[spacing < 1.4 * pitch])
+    # refine with the whole span (a median spacing biased by 0.5% drifts by a pitch over 112)
+    pitch = (peaks[-1] - peaks[0]) / np.maximum(np.round(spacing / pitch), 1).sum()
     k_all = np.arange(n_fibers)
     bounds = np.cumsum(groups)[:-1]
     design_all = _pattern_design(k_all, groups)
@@ -182,7 +184,7 @@ def assign_by_pattern(peaks: np.ndarray, n_fibers: int, groups: tuple[int, ...] 
             pred = peaks[0] + pitch * (u_all - u_all[k0])
             fiber = _nearest_assign(peaks, pred, 0.45 * pitch)
             coef = None
-            for _ in range(4):
+            for _ in range(6):
                 use = fiber >= 0
                 if use.sum() < 8:
                     break
