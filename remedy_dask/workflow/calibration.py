@@ -27,6 +27,7 @@ from remedy_dask.errors import CalibrationError, RawDataError, RemedyError
 from remedy_dask.io import calfile
 from remedy_dask.io.raw import FrameRef, RawArchive
 from remedy_dask.workflow.cluster import open_client
+from remedy_dask.workflow.nodes import gather, gather_dict
 from remedy_dask.workflow.frames import ReducedFrame, reduce_frames
 
 log = logging.getLogger(__name__)
@@ -349,14 +350,14 @@ def build_calibration_graph(
         w = node(cal_twilight, w, kinds["twi"], cc, step="twilight")
         works.append(w)
         pieces[key] = node(twilight_piece, w, step="twilight-piece")
-    ftf = dask.delayed(cal_fiber_to_fiber, pure=False)(pieces, positions, cc,
-                                                       dask_key_name="cal-fiber-to-fiber")
+    ftf = dask.delayed(cal_fiber_to_fiber, pure=False)(
+        gather_dict(pieces, "cal-twilight-all"), positions, cc, dask_key_name="cal-fiber-to-fiber")
     parts = [
         dask.delayed(write_amp_part, pure=False)(w, ftf, parts_dir, dask_key_name=f"cal-write-amp-{k}")
         for w, k in zip(works, keys)
     ]
     attrs = {"window": dates, "config": config.to_yaml(), "code_version": __version__}
-    final = dask.delayed(calfile.merge_parts, pure=False)(parts, out, attrs,
+    final = dask.delayed(calfile.merge_parts, pure=False)(gather(parts, "cal-parts"), out, attrs,
                                                           dask_key_name="cal-merge")
     return final, keys
 

@@ -17,6 +17,7 @@ import xarray as xr
 from remedy_dask import __version__, geometry
 from remedy_dask.config import PipelineConfig
 from remedy_dask.io import calfile, store
+from remedy_dask.workflow.nodes import gather
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,6 @@ def build_exposure_graph(plan: Any, summaries: dict[int, list[Any]], cal_path: P
         ikey = store.input_key(sorted(plan.cal_keys), exp, str(cal_path),
                                config.section_hash("reduction"), __version__)
         out[exp] = dask.delayed(reduce_exposure, pure=False)(
-            summaries[exp], exp, str(cal_path), str(work_root), fibers_of, config, ikey,
+            gather(summaries[exp], f"amps-done-exp{exp:02d}"), exp, str(cal_path), str(work_root), fibers_of, config, ikey,
             dask_key_name=f"sky-exp{exp:02d}")
     return out

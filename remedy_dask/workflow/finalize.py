@@ -13,6 +13,7 @@ import numpy as np
 from remedy_dask import __version__, geometry
 from remedy_dask.config import PipelineConfig
 from remedy_dask.io import store
+from remedy_dask.workflow.nodes import gather
 from remedy_dask.workflow.observation import (
     Conditions, _calibrated, fit_field, fit_psf, flux_calibration, ifu_sources, ifu_stars,
     load_ifu, psf_tables, refine_field, star_cutouts,
@@ -202,23 +203,26 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
         pointing = (0.0, 0.0, 0.0)
     work_root = str(out / "work" / f"{plan.date}_{plan.obs:07d}.zarr")
     exps = list(plan.exposures)
-    deps = [exposures[e] for e in exps]
+    deps = gather([exposures[e] for e in exps], "exposures-done")
     slots = sorted({int(k[:3]) for k in plan.cal_keys})
 
     def node(func: Any, *a: Any, name: str) -> Any:
         return dask.delayed(_run, pure=False)(func, deps, *a, dask_key_name=name)
 
     stars = [node(ifu_stars, work_root, exps, s, cond, name=f"ifu-stars-{s:03d}") for s in slots]
+    stars = gather(stars, "ifu-stars-all")
     astro = dask.delayed(fit_field, pure=False)(stars, catalog, pointing, dask_key_name="astrometry")
     cut = [dask.delayed(star_cutouts, pure=False)(work_root, exps, s, cond, catalog, astro,
                                                   dask_key_name=f"ifu-psf-stars-{s:03d}")
            for s in slots]
-    psf = dask.delayed(fit_psf, pure=False)(cut, cond, dask_key_name="seeing")
+    psf = dask.delayed(fit_psf, pure=False)(gather(cut, "ifu-psf-stars-all"), cond,
+                                            dask_key_name="seeing")
     astro = dask.delayed(refine_field, pure=False)(astro, psf, catalog,
                                                    dask_key_name="astrometry-refine")
     srcs = [dask.delayed(ifu_sources, pure=False)(work_root, exps, s, cond, catalog, astro, psf,
                                                   dask_key_name=f"ifu-sources-{s:03d}")
             for s in slots]
+    srcs = gather(srcs, "ifu-sources-all")
     fcal = dask.delayed(flux_calibration, pure=False)(srcs, catalog, dask_key_name="fluxcal")
     dets = [dask.delayed(ifu_detect, pure=False)(work_root, exps, s, cond, psf, fcal, astro, config,
                                                  dask_key_name=f"ifu-detect-{s:03d}")
@@ -236,5 +240,6 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
                   "ifuslots": slots}
     return dask.delayed(write_products, pure=False)(
-        deps, plan, work_root, cond, astro, psf, fcal, srcs, dets, catalog, str(out), provenance,
-        cubes, dask_key_name="write-products")
+        deps, plan, work_root, cond, astro, psf, fcal, srcs, gather(dets, "ifu-detect-all"),
+        catalog, str(out), provenance, gather(cubes, "ifu-cube-all"),
+        dask_key_name="write-products")
