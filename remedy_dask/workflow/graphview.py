@@ -104,8 +104,8 @@ def render(title: str, collections: Any, scope: str) -> str:
         lines.append(f"    {_node(a)}[\"{a} x{counts[a]}\"] -->|{n}| {_node(b)}[\"{b} x{counts[b]}\"]")
     lines += ["```", "", "| task prefix | tasks | inputs from | outputs to |", "|---|---|---|---|"]
     for p in order:
-        ins = ", ".join(f"{a} ({n})" for (a, b), n in edges.items() if b == p) or "-"
-        outs = ", ".join(f"{b} ({n})" for (a, b), n in edges.items() if a == p) or "-"
+        ins = ", ".join(f"{a} ({n})" for (a, b), n in sorted(edges.items()) if b == p) or "-"
+        outs = ", ".join(f"{b} ({n})" for (a, b), n in sorted(edges.items()) if a == p) or "-"
         lines.append(f"| `{p}` | {counts[p]} | {ins} | {outs} |")
     return "\n".join(lines) + "\n"
 
