@@ -42,9 +42,10 @@ def night(tmp_path_factory) -> tuple:
 
 @pytest.fixture(scope="module")
 def tar_night(tmp_path_factory) -> tuple:
-    """The same night written tarred by two worker processes."""
+    """The science observation of the same night, written tarred by two worker processes."""
     out = tmp_path_factory.mktemp("tarnight")
-    return out, simulate_night(out, ifuslots=(47,), seed=3, config=SMALL, tar=True, n_workers=2)
+    return out, simulate_night(out, ifuslots=(47,), seed=3, config=SMALL, tar=True, n_workers=2,
+                               science_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ def test_tar_layout_and_identical_bytes_across_runs_and_workers(night, tar_night
     virus = tout / "raw/20190822/virus"
     assert not [p for p in virus.iterdir() if p.is_dir()]
     tars = sorted(virus.glob("virus*.tar"))
-    assert [t.name for t in tars] == [f"virus{o:07d}.tar" for o in (1, 2, 3, 4, 5, 6, 7)]
+    assert [t.name for t in tars] == ["virus0000007.tar"] == [t.name for t in tres.raw_files]
     n = 0
     for t in tars:
         with tarfile.open(t) as tf:
@@ -111,7 +112,7 @@ def test_tar_layout_and_identical_bytes_across_runs_and_workers(night, tar_night
                 data = tf.extractfile(member).read()
                 assert data == (out / "raw/20190822/virus" / member.name).read_bytes()
                 n += 1
-    assert n == 36
+    assert n == 12 and tres.exposures == [(7, 1), (7, 2), (7, 3)]
     # the truth does not depend on the worker count either
     with h5py.File(out / "truth/truth.h5") as a, h5py.File(tout / "truth/truth.h5") as b:
         for key in ("trace", "wavelength", "expected_sci", "cosmic_mask_sci"):
@@ -418,6 +419,11 @@ def test_truth_contents(night):
         e = h5["exposures"]
         assert np.all((e["transparency"][()] >= 0.85) & (e["transparency"][()] <= 1.0))
         assert np.all((e["seeing_fwhm"][()] >= 1.4) & (e["seeing_fwhm"][()] <= 2.2))
+        cont, conv = h5["sky/continuum"][()], h5["sky/flam_convolved"][()]
+        np.testing.assert_allclose(conv[:, 600], cont[:, 600], rtol=2e-3)  # 4670 A: no line
+        g_flux = 10 ** (-0.4 * (22.0 + 48.6)) * 2.99792458e18 / 4670.0**2 / 1e-17
+        assert np.median(cont[:, 600] / h5["exposures/sky_scale"][()]) == pytest.approx(
+            g_flux, rel=0.15)  # ~22 mag/arcsec^2 in g
         sky = h5["sky/e_per_A_fiber"][()]
         assert sky.shape == (3, 1036) and 30 < np.median(sky) < 200
         # expected science light = throughput x sky (+ sources) on average

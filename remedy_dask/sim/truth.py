@@ -168,6 +168,8 @@ def write_global(h5: h5py.File, plan: NightPlan, frames_written: list[Frame]) ->
                                      tot[None, :])[0]
         e_fiber.append(dens)
     g["e_per_A_fiber"] = np.array(e_fiber).reshape(n, -1)
+    g["flam_convolved"] = (g["e_per_A_fiber"][()] / conv / spectra.FIBER_AREA_ARCSEC2 / 1e-17
+                           if n else np.zeros((0, wave.size)))
 
     g = h5.create_group("flux_to_counts")
     g["wave"] = wave
@@ -282,7 +284,8 @@ edges (wavelength at x-0.5 .. x+0.5, shifted for science) spread over rows by th
   `guider_iq` (the values in the gc1 guider frames, every 30 s).
 - `sky`: `wave` (DEF_WAVE); `continuum` (n_sci,1036) 1e-17 erg/s/cm^2/A/arcsec^2 (intrinsic);
   `line_wave`, `line_flux` (1e-17 erg/s/cm^2/arcsec^2, multiply by `exposures/sky_scale`);
-  `e_per_A_fiber` (n_sci,1036) expected e-/A in a fiber of throughput 1 (LSF-convolved, lines in).
+  `e_per_A_fiber` (n_sci,1036) expected e-/A in a fiber of throughput 1 (LSF-convolved, lines in);
+  `flam_convolved` (n_sci,1036) the same in 1e-17 erg/s/cm^2/A/arcsec^2 (LSF-convolved sky).
 - `flux_to_counts`: `e_per_A_per_flam17` (n_sci,1036): e-/A per 1e-17 erg/s/cm^2/A for a source
   entirely in a fiber of throughput 1; attribute `formula`.
 - `throughput`: `wave`, `throughput` (the curve written to throughput.txt).
