@@ -8,7 +8,6 @@ import copy
 import dataclasses
 import re
 import tarfile
-from pathlib import Path
 
 import h5py
 import numpy as np
