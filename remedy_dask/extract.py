@@ -465,9 +465,11 @@ def extract_optimal(
 ) -> Extraction:
     """Simultaneous profile fit of all fibers per column (see module docstring).
 
-    ``poisson=True`` (science, arcs, twilight; ``variance`` = v0 + max(image, 0) as from the
-    CCD step): final weights and errors from the model variance v0 + model; ``False`` (master
-    frames whose variance is not Poisson): weights from ``variance`` as given.
+    ``poisson=True`` (single or summed frames: science, arcs, twilight, with ``variance`` =
+    v0 + max(raw, 0) as from the CCD step): final weights and errors from the model variance
+    v0 + model; ``False`` (averaged / median master frames, whose variance is not Poisson in
+    the image units): weights from ``variance`` as given.  A Poisson extraction of a frame
+    whose variance is far below its electrons raises CalibrationError.
     ``noise_floor``: the variance of everything but the fiber light (read noise^2 + dark +
     subtracted scattered light, e-^2; scalar or image); pass it when known, otherwise it is
     estimated from ``variance - image`` (:func:`estimate_noise_floor`).
@@ -482,6 +484,12 @@ def extract_optimal(
     prof = padded(profile)
     n_fib, n_cols = trace.shape
     if poisson:
+        bright = ~bad & (image > 100.0)
+        if bright.sum() > 1000 and np.mean(variance[bright] < 0.5 * image[bright]) > 0.5:
+            raise CalibrationError(
+                "extraction: variance is far below the image (an averaged master frame?): "
+                "use poisson=False for frames whose variance is not rn^2 + electrons"
+            )
         if noise_floor is None:
             var_base = estimate_noise_floor(image, variance, bad)
         else:

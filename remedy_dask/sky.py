@@ -80,8 +80,10 @@ def select_sky_fibers(
     """
     f = np.where(np.asarray(mask, bool) | ~np.isfinite(flux), np.nan, flux)
     sel = (wave >= window[0]) & (wave <= window[1])
-    with np.errstate(invalid="ignore"):
-        level = np.nanmedian(f[:, sel], axis=1) if sel.any() else np.nanmedian(f, axis=1)
+    part = f[:, sel] if sel.any() else f
+    level = np.full(f.shape[0], np.nan)
+    has = np.isfinite(part).any(axis=1)
+    level[has] = np.nanmedian(part[has], axis=1)
     masked = np.mean(np.isnan(f), axis=1)
     ok = np.isfinite(level) & (masked <= max_masked)
     if ok.sum() < 3:

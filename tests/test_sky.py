@@ -145,19 +145,22 @@ def test_simulator_truth_one_ifu():
         return img - background, model.read_noise**2 + np.maximum(img, 0), model, rendered
 
     def master(kind, amp):
+        """Mean of three frames (variance of the mean), and their sum (Poisson-like variance)."""
         frames = [frame(amp, kind, e) for e in (1, 2, 3)]
-        return np.mean([f[0] for f in frames], 0), np.mean([f[1] for f in frames], 0) / 3, frames[0][2]
+        img = np.sum([f[0] for f in frames], 0)
+        var = np.sum([f[1] for f in frames], 0)
+        return img / 3, var / 9, img, var, frames[0][2]
 
     models, twi, sci = [], [], {1: [], 2: [], 3: []}
     for amp in geometry.AMPS:
-        flat, flat_var, model = master("flt", amp)
+        flat, flat_var, _, _, model = master("flt", amp)
         pixmask = np.zeros(n * n, bool)
         pixmask[model.hot_index] = True
         pixmask = pixmask.reshape(n, n)
         pixmask[:, model.bad_column] = True
         pixmask[model.trap_row - 3 :, model.trap_col] = True
         profile = measure_profile(flat, flat_var, pixmask, model.trace)
-        t_img, t_var, _ = master("twi", amp)
+        _, _, t_img, t_var, _ = master("twi", amp)  # summed: Poisson extraction applies
         ext = extract_optimal(t_img, t_var, pixmask, model.trace, profile)
         twi.append(rectify(ext.spectrum, ext.error, ext.mask, model.wavelength()))
         for exp in (1, 2, 3):
