@@ -5,8 +5,8 @@ Datasets per group (shapes for one amp; units in each dataset's ``units`` attrib
 =====================  ==================  ===============================================
 ``trace``              (112, 1032) f8      row of each fiber centre per column (px)
 ``wavelength``         (112, 1032) f8      wavelength per fiber and column (A)
-``bias``               (1032, 1032) f4     master bias (e-), stored quantised to 0.01 e-
-``dark_rate``          (1032, 1032) f4     dark current (e-/s), quantised to 1e-4 e-/s
+``bias``               (1032, 1032) f4     bias model (e-): column pattern + smooth 2-D structure
+``dark_rate``          (1032, 1032) f4     dark-current model (e-/s), same form (hot pixels masked)
 ``pixel_mask``         (1032, 1032) u1     non-zero = bad pixel
 ``fiber_to_fiber``     (112, 1036) f4      relative fiber throughput on DEF_WAVE
 ``dead``               (112,) u1           dead or missing fiber
@@ -44,8 +44,8 @@ FORMAT_VERSION = "1.0"
 _ARRAYS: dict[str, tuple[str, str, float | None]] = {
     "trace": ("f8", "pixel", None),
     "wavelength": ("f8", "Angstrom", None),
-    "bias": ("f4", "electron", 0.01),
-    "dark_rate": ("f4", "electron / s", 1e-4),
+    "bias": ("f4", "electron", 0.001),
+    "dark_rate": ("f4", "electron / s", 1e-6),
     "pixel_mask": ("u1", "", None),
     "fiber_to_fiber": ("f4", "", None),
     "dead": ("u1", "", None),

@@ -7,6 +7,7 @@ chain; only the rectified spectra leave it, through the zarr store.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,6 +43,7 @@ class AmpExposure:
     trace_shift: float = 0.0
     wave_shift: float = 0.0
     extraction: Any = None
+    mask_counts: dict[str, Any] = field(default_factory=dict)
     failed: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -154,6 +156,28 @@ def wave_shift(ax: AmpExposure, config: ReductionConfig) -> AmpExposure:
     return ax
 
 
+@chain_step
+def mask_spectra(ax: AmpExposure, cal: calfile.AmpCalibration, config: ReductionConfig
+                 ) -> AmpExposure:
+    """Spectral mask on the native grid: chi2 (cosmics, bad columns), dead and low-throughput
+    fibers, fibers and the amp with too much masked."""
+    from remedy_dask.fiberflat import ftf_on_native
+    from remedy_dask.masking import spectral_mask
+
+    ex = ax.extraction
+    ftf = ftf_on_native(cal["fiber_to_fiber"], ax.wavelength)
+    ftf[np.asarray(cal["dead"], bool)] = 0.0
+    mask, counts = spectral_mask(
+        ex.chi2, ex.mask, ftf, chi2_max=config.chi2_threshold,
+        max_fiber_fraction=config.max_masked_fiber_fraction,
+        max_amp_fraction=config.max_masked_amp_fraction,
+    )
+    ax.extraction = replace(ex, mask=mask)
+    ax.mask_counts = {k: (int(v) if np.isscalar(v) else np.asarray(v).tolist())
+                      for k, v in counts.items()}
+    return ax
+
+
 def rectify_and_store(ax: AmpExposure, root: str, key: str
                       ) -> dict[str, Any]:
     """Rectify onto DEF_WAVE (e-/s/A), write the zarr checkpoint, return a small summary."""
@@ -164,7 +188,6 @@ def rectify_and_store(ax: AmpExposure, root: str, key: str
 
     ex = ax.extraction
     flux, error, mask = rectify(ex.spectrum, ex.error, ex.mask, ax.wavelength)
-    chi2_flux, _, _ = rectify(ex.chi2, np.zeros_like(ex.chi2), ex.mask, ax.wavelength)
     rate = 1.0 / ax.exptime if ax.exptime > 0 else np.nan
     n = geometry.N_FIBERS_AMP
     ds = xr.Dataset(
@@ -174,7 +197,6 @@ def rectify_and_store(ax: AmpExposure, root: str, key: str
             "error": (("fiber", "wave"), (error * rate).astype(np.float32),
                       {"units": "electron / (s Angstrom)"}),
             "mask": (("fiber", "wave"), np.asarray(mask, np.uint8)),
-            "chi2": (("fiber", "wave"), np.asarray(chi2_flux, np.float32)),
             "native_flux": (("fiber", "column"), np.asarray(ex.spectrum, np.float32),
                             {"units": "electron"}),
             "native_error": (("fiber", "column"), np.asarray(ex.error, np.float32)),
@@ -186,6 +208,7 @@ def rectify_and_store(ax: AmpExposure, root: str, key: str
             "ifuslot": int(ax.key[:3]), "amp": ax.key[3:], "exp": ax.exp,
             "exptime": ax.exptime, "trace_shift": ax.trace_shift, "wave_shift": ax.wave_shift,
             "frame": ax.ref.name if ax.ref else "", "notes": "; ".join(ax.notes),
+            "mask_counts": json.dumps(ax.mask_counts),
             **{f"header_{k}": (v if v is not None else "") for k, v in ax.header.items()},
         },
     )

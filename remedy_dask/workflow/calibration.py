@@ -128,11 +128,12 @@ def cal_identify(work: AmpWork, refs: list[FrameRef], expected: tuple[int, int] 
 
 @stage
 def cal_bias(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig) -> AmpWork:
+    from remedy_dask.ccd import smooth_master
     from remedy_dask.masters import master_bias
 
     work, frames = _reduce_checked(work, refs, "zro", config.min_bias_frames)
     bias, read_noise = master_bias(np.stack([f.image for f in frames]))
-    work.data["bias"] = bias
+    work.data["bias"], work.qa["bias_residual_rms"] = smooth_master(bias)
     work.read_noise = float(read_noise)
     work.qa["read_noise"] = float(read_noise)
     work.qa["n_zro"] = len(frames)
@@ -141,12 +142,14 @@ def cal_bias(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig) -> 
 
 @stage
 def cal_dark(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig) -> AmpWork:
+    from remedy_dask.ccd import smooth_master
     from remedy_dask.masters import master_dark
 
     work, frames = _reduce_checked(work, refs, "drk", config.min_dark_frames, work.read_noise)
     exptimes = np.array([f.header.exptime for f in frames])
-    work.data["dark_rate"] = master_dark(np.stack([f.image for f in frames]), work.data["bias"],
-                                         exptimes)
+    rate = master_dark(np.stack([f.image for f in frames]), work.data["bias"], exptimes)
+    work.data["dark_rate_raw"] = rate  # per pixel: finds hot pixels; not stored
+    work.data["dark_rate"], work.qa["dark_residual_rms"] = smooth_master(rate)
     work.qa["n_drk"] = len(frames)
     return work
 
@@ -173,7 +176,7 @@ def cal_flat(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig,
 
     work, frames = _reduce_checked(work, refs, "flt", config.min_flat_frames, work.read_noise)
     flat, flat_var = _master(work, frames, config)
-    mask, mask_stats = pixel_mask(work.data["dark_rate"], flat)
+    mask, mask_stats = pixel_mask(work.data["dark_rate_raw"], flat)
     ref_y = dead = None
     if fiber_loc_dir is not None:
         from remedy_dask.io.fiberloc import find_fiber_location_file, read_fiber_locations
@@ -188,7 +191,7 @@ def cal_flat(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig,
     tr = fit_trace(flat, flat_var, mask, n_fibers=geometry.N_FIBERS_AMP, reference_y=ref_y, dead=dead)
     flat = flat - scattered_light(flat, tr.trace, mask)
     profile = measure_profile(flat, flat_var, mask, tr.trace)
-    ex = extract_optimal(flat, flat_var, mask, tr.trace, profile)
+    ex = extract_optimal(flat, flat_var, mask, tr.trace, profile, poisson=False)
     work.data.update(pixel_mask=mask, trace=tr.trace, dead=tr.dead, profile=profile,
                      flat_spectra=ex.spectrum)
     work.qa.update(_prefixed("trace", tr.qa))
@@ -222,7 +225,7 @@ def cal_arc(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig) -> A
         arc_var += var
     trace, mask = work.data["trace"], work.data["pixel_mask"]
     arc = arc - scattered_light(arc, trace, mask)
-    ex = extract_optimal(arc, arc_var, mask, trace, work.data["profile"])
+    ex = extract_optimal(arc, arc_var, mask, trace, work.data["profile"], poisson=False)
     sol = solve_wavelength(ex.spectrum, ex.error, dead=work.data["dead"])
     work.data.update(wavelength=sol.wavelength, arc_spectra=ex.spectrum, qa_arc_rms=sol.rms,
                      qa_n_lines=sol.n_lines)
@@ -242,7 +245,7 @@ def cal_twilight(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig)
     twi, twi_var = _master(work, frames, config, normalize=True)
     trace, mask = work.data["trace"], work.data["pixel_mask"]
     twi = twi - scattered_light(twi, trace, mask)
-    ex = extract_optimal(twi, twi_var, mask, trace, work.data["profile"])
+    ex = extract_optimal(twi, twi_var, mask, trace, work.data["profile"], poisson=False)
     flux, error, rmask = rectify(ex.spectrum, ex.error, ex.mask, work.data["wavelength"])
     work.data.update(twilight_spectra=ex.spectrum, twi_flux=flux, twi_error=error, twi_mask=rmask)
     return work
@@ -274,7 +277,11 @@ def cal_fiber_to_fiber(pieces: dict[str, dict[str, Any] | None],
     cat = lambda name: np.concatenate([pieces[k][name] for k in good])  # noqa: E731
     fx = np.concatenate([positions[k][0] for k in good])
     fy = np.concatenate([positions[k][1] for k in good])
-    ff = fiber_to_fiber(cat("twi_flux"), cat("twi_error"), cat("twi_mask"), fx, fy)
+    n_ifus = len({k[:3] for k in good})
+    # the focal-plane illumination is only separable from per-IFU throughput with many IFUs
+    degree = config.illumination_degree if n_ifus > 2 else 0
+    ff = fiber_to_fiber(cat("twi_flux"), cat("twi_error"), cat("twi_mask"), fx, fy,
+                        illumination_degree=degree, dead_threshold=config.dead_fiber_threshold)
     n = geometry.N_FIBERS_AMP
     return {
         k: (ff.ftf[i * n:(i + 1) * n], np.asarray(pieces[k]["dead"], bool) | ff.dead[i * n:(i + 1) * n])

@@ -21,7 +21,7 @@ from remedy_dask.workflow.nodes import gather
 
 log = logging.getLogger(__name__)
 
-_AMP_ARRAYS = ("flux", "error", "mask", "chi2")
+_AMP_ARRAYS = ("flux", "error", "mask")
 
 
 def fiber_table(keys: list[str], exp: int, fplane: dict | None, ifucen: Any,
@@ -55,7 +55,6 @@ def fiber_table(keys: list[str], exp: int, fplane: dict | None, ifucen: Any,
 def reduce_exposure(summaries: list[dict[str, Any]], exp: int, cal_path: str, work_root: str,
                     fibers_of: Any, config: PipelineConfig, input_key: str) -> dict[str, Any]:
     """Fan in the amps of exposure ``exp``: ftf, masking, sky; write ``expNN/sky``."""
-    from remedy_dask.masking import spectral_mask
     from remedy_dask.sky import error_check, sky_model
 
     keys = [s["key"] for s in summaries if not s.get("failed")]
@@ -76,18 +75,21 @@ def reduce_exposure(summaries: list[dict[str, Any]], exp: int, cal_path: str, wo
     flux = np.concatenate(arrays["flux"]).astype(np.float64)
     error = np.concatenate(arrays["error"]).astype(np.float64)
     mask = np.concatenate(arrays["mask"]).astype(bool)
-    chi2 = np.concatenate(arrays["chi2"])
     ftf = np.concatenate(ftf).astype(np.float64)
     dead = np.concatenate(dead)
     group = np.repeat(np.arange(len(keys)), geometry.N_FIBERS_AMP)
-    mask, mask_counts = spectral_mask(chi2, mask, ftf, dead=dead, group=group,
-                                      chi2_threshold=config.reduction.chi2_threshold)
+    mask |= dead[:, None] | ~(ftf > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         flux = flux / ftf
         error = error / ftf
     mask |= ~np.isfinite(flux) | ~np.isfinite(error)
-    sky = sky_model(flux, error, mask, group, quick=config.reduction.quick_sky)
+    fiber_index = np.tile(np.arange(geometry.N_FIBERS_AMP), len(keys))
+    if config.reduction.quick_sky:  # one global sky spectrum, no per-amp terms
+        sky = sky_model(flux, error, mask, group, max_adjust=0.0, slit_degree=0)
+    else:
+        sky = sky_model(flux, error, mask, group, fiber_index=fiber_index)
     residual = flux - sky.sky
+    error = np.sqrt(error**2 + sky.sky_error**2)  # the sky model's own uncertainty
     check = error_check(residual, error, sky.is_sky, group)
     fibers = fibers_of(keys, exp)
     ds = xr.Dataset(
@@ -104,7 +106,7 @@ def reduce_exposure(summaries: list[dict[str, Any]], exp: int, cal_path: str, wo
         attrs={"exp": exp, "units": "electron / (s Angstrom)", "code_version": __version__},
     )
     store.write_dataset(work_root, exp, "sky", ds, input_key)
-    return {"exp": exp, "keys": keys, "failed": failed, "mask_counts": _plain(mask_counts),
+    return {"exp": exp, "keys": keys, "failed": failed,
             "sky_qa": _plain(sky.qa), "error_check": _plain(check), "shifts": shifts}
 
 

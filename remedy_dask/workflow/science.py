@@ -116,6 +116,7 @@ def build_amp_graph(plan: ObservationPlan, cal_path: Path, work_root: Path,
             ax = node(amp_chain.scattered, ax, rc, step="scattered-light")
             ax = node(amp_chain.extract, ax, cal, rc, step="extract")
             ax = node(amp_chain.wave_shift, ax, rc, step="wave-shift")
+            ax = node(amp_chain.mask_spectra, ax, cal, rc, step="mask")
             summaries[exp].append(node(amp_chain.rectify_and_store, ax, str(work_root), ikey,
                                        step="rectify"))
     return summaries, n_done

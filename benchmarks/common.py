@@ -1,0 +1,60 @@
+"""Shared helpers of the benchmark scripts: wall time, peak memory of a process tree."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+
+
+class PeakMemory:
+    """Sample the RSS of this process and all its children (Dask workers) every 0.2 s."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_gb(self) -> float:
+        return self.peak / 1e9
+
+
+@contextmanager
+def timed(results: dict, name: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    with PeakMemory() as mem:
+        yield
+    results[name] = {"seconds": round(time.perf_counter() - t0, 2), "peak_gb": round(mem.peak_gb, 2)}
+    print(f"{name}: {results[name]}", flush=True)
+
+
+def save(results: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(results, indent=2))
+    print(f"results written to {path}")
