@@ -44,8 +44,8 @@ FORMAT_VERSION = "1.0"
 _ARRAYS: dict[str, tuple[str, str, float | None]] = {
     "trace": ("f8", "pixel", None),
     "wavelength": ("f8", "Angstrom", None),
-    "bias": ("f4", "electron", 0.001),
-    "dark_rate": ("f4", "electron / s", 1e-6),
+    "bias": ("f4", "electron", 0.01),
+    "dark_rate": ("f4", "electron / s", 1e-5),
     "pixel_mask": ("u1", "", None),
     "fiber_to_fiber": ("f4", "", None),
     "dead": ("u1", "", None),
