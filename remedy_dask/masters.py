@@ -24,17 +24,19 @@ def _median_variance_factor(n: int) -> float:
 
 
 def noise_model(stack: np.ndarray, centre: np.ndarray, n_bins: int = 30) -> tuple[float, float]:
-    """Fit per-pixel variance = a * level + b across the frames of ``stack`` (n >= 2) around the
-    per-pixel ``centre``: robust (medians of sample variances in level bins, chi2-corrected)."""
+    """Fit per-pixel variance = a * level + b across the frames of ``stack`` (n >= 2), binned by
+    the per-pixel ``centre`` level: robust (medians of sample variances in level bins, chi2-corrected).
+    When the levels span too little to fit a slope, a = 1 (Poisson in electrons)."""
     n = stack.shape[0]
     flat_centre = centre.ravel()
     step = max(flat_centre.size // 100_000, 1)  # a regular subsample is plenty for two numbers
     sub = slice(0, None, step)
     level = flat_centre[sub]
-    v = ((stack.reshape(n, -1)[:, sub] - level) ** 2).sum(0) / (n - 1)
+    samples = stack.reshape(n, -1)[:, sub]
+    v = samples.var(axis=0, ddof=1)  # about the mean (outliers are handled by the bin medians)
     finite = np.isfinite(level) & np.isfinite(v)
     level, v = level[finite], v[finite]
-    edges = np.unique(np.percentile(level, np.linspace(0.5, 99.5, n_bins + 1)))
+    edges = np.unique(np.percentile(level, np.r_[np.linspace(0.5, 99.5, n_bins), 99.99]))
     which = np.digitize(level, edges) - 1
     med_factor = chi2.median(n - 1) / (n - 1)  # median of s^2 / sigma^2
     xs, ys, ws = [], [], []
@@ -45,8 +47,10 @@ def noise_model(stack: np.ndarray, centre: np.ndarray, n_bins: int = 30) -> tupl
         xs.append(np.median(level[sel]))
         ys.append(np.median(v[sel]) / med_factor)
         ws.append(np.sqrt(sel.sum()) / max(ys[-1], 1e-6))
-    if len(xs) < 2 or np.ptp(xs) < 1e-6:
-        return 0.0, float(np.median(v) / med_factor)
+    b0 = float(np.median(v) / med_factor)
+    if len(xs) < 2 or np.ptp(xs) < 10.0 * np.sqrt(b0):
+        # levels too alike to fit a slope (bias, dark): images are in electrons -> Poisson
+        return 1.0, max(b0 - max(float(np.median(level)), 0.0), 1e-6)
     a, b = np.polyfit(xs, ys, 1, w=ws)
     return float(max(a, 0.0)), float(max(b, 1e-6))
 
@@ -121,18 +125,46 @@ def master_bias(zero_stack: np.ndarray) -> tuple[np.ndarray, float]:
     return bias, float(read_noise)
 
 
-def master_dark(dark_stack: np.ndarray, bias: np.ndarray, exptimes: np.ndarray) -> np.ndarray:
+def master_dark(dark_stack: np.ndarray, bias: np.ndarray, exptimes: np.ndarray,
+                denoise: bool = True, keep_sigma: float = 5.0) -> np.ndarray:
     """Dark current (e-/s per pixel): bias-subtracted frames over their exposure times, combined
-    with the clipped mean (the median for two frames would keep half of every cosmic ray)."""
+    with the clipped mean (the median for two frames would keep half of every cosmic ray).
+
+    ``denoise``: the per-pixel noise of a few combined darks (~2 e- per 360 s) would otherwise
+    be subtracted from every science frame of the night, correlated between its exposures.  The
+    result keeps the measured value only where it deviates from a smooth dark (block medians,
+    interpolated) by more than ``keep_sigma`` (hot pixels, trap glow) and uses the smooth dark
+    elsewhere.
+    """
     frames = np.asarray(dark_stack, dtype=float)
     times = np.asarray(exptimes, dtype=float).reshape(-1)
     if frames.ndim == 2:
         frames = frames[None]
     if times.size != frames.shape[0] or np.any(~(times > 0)):
         raise CalibrationError(f"dark exposure times must be > 0 for every frame, got {times}")
-    rates = (frames - bias[None]) / times[:, None, None]
-    rate, _ = combine_frames(rates, "mean_clipped" if frames.shape[0] > 1 else "median")
-    return rate
+    # combine in electrons (scaled to the median exposure time) so the Poisson model applies
+    t_ref = float(np.median(times))
+    scaled = (frames - bias[None]) * (t_ref / times)[:, None, None]
+    combined, _ = combine_frames(scaled, "mean_clipped" if frames.shape[0] > 1 else "median")
+    rate = combined / t_ref
+    return smooth_dark(rate, keep_sigma) if denoise else rate
+
+
+def smooth_dark(rate: np.ndarray, keep_sigma: float = 5.0, block: int = 24) -> np.ndarray:
+    """Smooth dark (medians of ``block`` x ``block`` pixels, bilinearly interpolated) plus the
+    pixels deviating from it by more than ``keep_sigma`` robust sigma."""
+    n_rows, n_cols = rate.shape
+    nb_r, nb_c = n_rows // block, n_cols // block
+    core = rate[:nb_r * block, :nb_c * block].reshape(nb_r, block, nb_c, block)
+    med = np.median(core.transpose(0, 2, 1, 3).reshape(nb_r, nb_c, -1), axis=2)
+    centres_r = (np.arange(nb_r) + 0.5) * block - 0.5
+    centres_c = (np.arange(nb_c) + 0.5) * block - 0.5
+    rows, cols = np.arange(n_rows), np.arange(n_cols)
+    tmp = np.stack([np.interp(cols, centres_c, m) for m in med])  # (nb_r, n_cols)
+    smooth = np.stack([np.interp(rows, centres_r, tmp[:, j]) for j in range(n_cols)], axis=1)
+    dev = rate - smooth
+    sig = 1.4826 * np.median(np.abs(dev - np.median(dev)))
+    return np.where(np.abs(dev) > keep_sigma * sig, rate, smooth)
 
 
 def _column_runs(flag: np.ndarray, min_blocks: int) -> np.ndarray:
@@ -176,7 +208,10 @@ def pixel_mask(dark_rate: np.ndarray, master_flat: np.ndarray, trace: np.ndarray
     # --- dark: hot pixels and columns ---
     dark_local = median_filter(dark, size=(1, 9), mode="mirror")
     excess = dark - dark_local
-    sig = 1.4826 * np.median(np.abs(excess - np.median(excess))) + 1e-12
+    sig = 1.4826 * np.median(np.abs(excess - np.median(excess)))
+    # a denoised dark (master_dark default) is exactly smooth except at deviant pixels: floor
+    # the noise at 1 e- per dark exposure
+    sig = max(sig, 1.0 / dark_exptime)
     hot = (excess > hot_sigma * sig) & (excess * dark_exptime > 1.0)
     seg = np.mean(np.clip(excess[:rows_used], -5 * sig, 5 * sig).reshape(n_blocks, block, n_cols),
                   axis=1)  # clipped mean: hot pixels do not make a column

@@ -51,8 +51,8 @@ HALF_WINDOW = 7  # rows gathered on each side of a fiber for the windowed centro
 @dataclass
 class TraceResult:
     """Trace of one amp: ``trace`` (n_fibers, n_cols) rows, ``dead`` (n_fibers,), ``rms`` (px),
-    ``profile``: the empirical cross-dispersion profile at |r| = ``scatter.PROFILE_NODES`` (unit
-    integral, wings included; pass it to ``scatter.scattered_light(profile_table=...)``)."""
+    ``profile``: the empirical mean cross-dispersion profile at |r| = ``scatter.PROFILE_NODES``
+    (unit integral, wings included) used for deblending (QA / diagnostics)."""
 
     trace: np.ndarray
     dead: np.ndarray

@@ -179,14 +179,20 @@ def line_centroids(spectra: np.ndarray, variance: np.ndarray, start: np.ndarray,
 def stacked_offset(spectra: np.ndarray, variance: np.ndarray, pred: np.ndarray, sigma_w: float,
                    use: np.ndarray, n_iter: int = 8, side_max: int = 20
                    ) -> tuple[float, float, float]:
-    """One common offset of a line from its predicted columns ``pred`` (n_spec,) in all spectra
-    ``use``: the root of sum_k sum_r w(r - s) (r - s) line_k(r).  Returns (offset, error, S/N)."""
+    """One common offset of a line from its predicted columns ``pred`` (n_spec,) in the spectra
+    ``use``: the root of sum_k v_k^-1 sum_r w(r - s) (r - s) line_k(r), each spectrum weighted by
+    its inverse noise level v_k in the window.  Returns (offset, error, S/N)."""
     line, r, var, _, ok = _line_windows(spectra[use], variance[use], pred[use, None], side_max)
     line, r, var = line[ok[:, 0], 0], r[ok[:, 0], 0], var[ok[:, 0], 0]
     if line.shape[0] == 0:
         return float("nan"), float("inf"), 0.0
-    s, _, good = windowed_centroid(line.ravel()[None, :], r.ravel()[None, :], sigma_w, n_iter)
-    err, snr = _centroid_error(line.ravel(), r.ravel(), var.ravel(), s[0], sigma_w, axis=(0,))
+    inner = np.abs(r) < 49
+    level = (var * inner).sum(-1, keepdims=True) / np.maximum(inner.sum(-1, keepdims=True), 1)
+    wgt = 1.0 / np.maximum(level, 1e-12)
+    wgt = wgt / wgt.mean()
+    line_w, var_w = line * wgt, var * wgt**2
+    s, _, good = windowed_centroid(line_w.ravel()[None, :], r.ravel()[None, :], sigma_w, n_iter)
+    err, snr = _centroid_error(line_w.ravel(), r.ravel(), var_w.ravel(), s[0], sigma_w, axis=(0,))
     if not good[0] or not np.isfinite(err):
         return float("nan"), float("inf"), 0.0
     return float(s[0]), float(err), float(snr)
@@ -341,6 +347,44 @@ def _missing_message(lines: np.ndarray, found: np.ndarray, min_lines: int) -> st
 # --------------------------------------------------------------------------------------------
 # per-exposure shift from sky lines
 # --------------------------------------------------------------------------------------------
+def sky_line_offsets(spectra: np.ndarray, wavelength: np.ndarray, mask: np.ndarray | None = None,
+                     lines: tuple[float, ...] = geometry.SKY_LINES, *,
+                     error: np.ndarray | None = None, lsf_fwhm: float = LSF_FWHM
+                     ) -> list[dict[str, float]]:
+    """Per sky line: the common offset (px) of the line from its calibration column in all
+    fibers, its error, total S/N and the number of fibers used (outlying fibers rejected)."""
+    spec = np.asarray(spectra, dtype=float)
+    n_fib, n_cols = spec.shape
+    var = (np.abs(np.nan_to_num(spec)) + 25.0 if error is None
+           else np.asarray(error, dtype=float) ** 2)
+    if mask is not None:
+        spec = np.where(mask, np.nan, spec)
+    disp = np.nanmedian(np.gradient(wavelength, axis=1))
+    sigma_w = float(np.clip(lsf_fwhm / 2.3548 / disp, 0.7, 3.0))
+    out = []
+    for wave in lines:
+        inside = (wavelength[:, 20] < wave) & (wavelength[:, -21] > wave)
+        if inside.sum() < 5:
+            continue
+        pred = np.array([np.interp(wave, wavelength[k], np.arange(n_cols)) if inside[k] else np.nan
+                         for k in range(n_fib)])
+        # per-fiber centroids and line fluxes only to reject outlying fibers (cosmic rays,
+        # source lines near the sky line); sky lines are alike in all fibers
+        x, err, snr = line_centroids(spec, var, pred[:, None], sigma_w)
+        d, e, s = (x - pred[:, None])[:, 0], err[:, 0], snr[:, 0]
+        ok = np.isfinite(d) & (s > 1.0)
+        if ok.sum() < 5:
+            continue
+        chi = (d - np.median(d[ok])) / e
+        scale = max(1.4826 * np.median(np.abs(chi[ok])), 1.0)
+        s_med, s_mad = np.median(s[ok]), 1.4826 * np.median(np.abs(s[ok] - np.median(s[ok])))
+        use = ok & (np.abs(chi) < 4.0 * scale) & (np.abs(s - s_med) < 5.0 * max(s_mad, 1.0))
+        shift, error_px, total_snr = stacked_offset(spec, var, pred, sigma_w, use)
+        out.append({"wave": float(wave), "shift": shift, "error": error_px, "snr": total_snr,
+                    "n_fibers": int(use.sum())})
+    return out
+
+
 def measure_wavelength_shift(spectra: np.ndarray, wavelength: np.ndarray,
                              mask: np.ndarray | None = None,
                              lines: tuple[float, ...] = geometry.SKY_LINES, *,
@@ -350,38 +394,15 @@ def measure_wavelength_shift(spectra: np.ndarray, wavelength: np.ndarray,
     ``wavelength_sci(x) = wavelength_cal(x - shift)``.
 
     Per line, one windowed centroid of all fibers together (a common offset from each fiber's
-    predicted column, local linear continuum removed, outlying fibers rejected); the lines are
-    combined with inverse-variance weights.  Raises CalibrationError if no line is measurable.
+    predicted column, local linear continuum removed, outlying fibers rejected; see
+    ``sky_line_offsets``); lines with total S/N >= ``min_snr`` are combined with inverse-variance
+    weights.  ``error`` (sigma of the spectra) sets the weights; without it a Poisson estimate is
+    used.  Raises CalibrationError if no line is measurable.
     """
-    spec = np.asarray(spectra, dtype=float)
-    n_fib, n_cols = spec.shape
-    var = (np.abs(np.nan_to_num(spec)) + 25.0 if error is None
-           else np.asarray(error, dtype=float) ** 2)
-    if mask is not None:
-        spec = np.where(mask, np.nan, spec)
-    disp = np.nanmedian(np.gradient(wavelength, axis=1))
-    sigma_w = float(np.clip(lsf_fwhm / 2.3548 / disp, 0.7, 3.0))
-    shifts, errors = [], []
-    for wave in lines:
-        inside = (wavelength[:, 20] < wave) & (wavelength[:, -21] > wave)
-        if inside.sum() < 5:
-            continue
-        pred = np.array([np.interp(wave, wavelength[k], np.arange(n_cols)) if inside[k] else np.nan
-                         for k in range(n_fib)])
-        # per-fiber centroids only to reject outlying fibers (cosmic rays, stellar features)
-        x, err, snr = line_centroids(spec, var, pred[:, None], sigma_w)
-        d, e = (x - pred[:, None])[:, 0], err[:, 0]
-        ok = np.isfinite(d) & (snr[:, 0] > 1.0)
-        if ok.sum() < 5:
-            continue
-        chi = (d - np.median(d[ok])) / e
-        scale = max(1.4826 * np.median(np.abs(chi[ok])), 1.0)
-        use = ok & (np.abs(chi) < 4.0 * scale)
-        shift, error, total_snr = stacked_offset(spec, var, pred, sigma_w, use)
-        if np.isfinite(shift) and total_snr >= min_snr and abs(shift) < 2.0:
-            shifts.append(shift)
-            errors.append(error)
-    if not shifts:
+    per_line = [m for m in sky_line_offsets(spectra, wavelength, mask, lines, error=error,
+                                            lsf_fwhm=lsf_fwhm)
+                if np.isfinite(m["shift"]) and m["snr"] >= min_snr and abs(m["shift"]) < 2.0]
+    if not per_line:
         raise CalibrationError(f"wavelength shift: no sky line of {lines} measurable")
-    w = 1.0 / np.asarray(errors) ** 2
-    return float(np.sum(w * np.asarray(shifts)) / w.sum())
+    w = np.array([1.0 / m["error"] ** 2 for m in per_line])
+    return float(np.sum(w * np.array([m["shift"] for m in per_line])) / w.sum())
