@@ -17,6 +17,7 @@ against the calibration wavelengths with a windowed centroid stacked over all fi
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
@@ -198,6 +199,14 @@ def stacked_offset(spectra: np.ndarray, variance: np.ndarray, pred: np.ndarray, 
     return float(s[0]), float(err), float(snr)
 
 
+def _nan_stat(func, values: np.ndarray) -> np.ndarray:
+    """``func`` (nanmedian / nanmean) over axis 0; all-NaN columns (masked columns) give NaN
+    silently."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return func(values, axis=0)
+
+
 def _block_positions(spectra: np.ndarray, variance: np.ndarray, live: np.ndarray, start: np.ndarray,
                      sigma_w: float, block: int = 8) -> np.ndarray:
     """Line positions followed across the slit on median stacks of ``block`` fibers, walking out
@@ -206,10 +215,9 @@ def _block_positions(spectra: np.ndarray, variance: np.ndarray, live: np.ndarray
     edges = np.arange(0, n_fib + block, block)[: n_fib // block + 1]
     edges[-1] = n_fib
     n_blk = edges.size - 1
-    stacks = np.stack([np.nanmedian(np.where(live[a:b, None], spectra[a:b], np.nan), axis=0)
-                       if live[a:b].any() else np.full(spectra.shape[1], np.nan)
+    stacks = np.stack([_nan_stat(np.nanmedian, np.where(live[a:b, None], spectra[a:b], np.nan))
                        for a, b in zip(edges[:-1], edges[1:])])
-    svar = np.stack([np.nanmean(variance[a:b], axis=0) / max(int(live[a:b].sum()), 1)
+    svar = np.stack([_nan_stat(np.nanmean, variance[a:b]) / max(int(live[a:b].sum()), 1)
                      for a, b in zip(edges[:-1], edges[1:])])
     pos = np.full((n_blk, start.size), np.nan)
     centre = n_blk // 2
@@ -262,7 +270,7 @@ def solve_wavelength(arc_spectra: np.ndarray, arc_error: np.ndarray | None = Non
         raise CalibrationError(f"arc spectra: only {live.sum()} fibers carry light")
     # 1. identification on the central stack
     centre = np.flatnonzero(live)[np.argsort(np.abs(np.flatnonzero(live) - n_fib / 2))[:16]]
-    stack = np.nanmedian(spectra[centre], axis=0)
+    stack = _nan_stat(np.nanmedian, spectra[centre])
     peaks, _ = find_lines(stack)
     match, coef = identify_lines(peaks, lines_arr, n_cols)
     found = match >= 0

@@ -69,8 +69,8 @@ def test_master_bias_and_read_noise(detector):
 
 def test_master_dark_rejects_cosmics_and_keeps_hot_pixels(detector):
     bias, _ = master_bias(detector["zeros"])
-    raw = master_dark(detector["darks"], bias, np.full(3, 360.0), denoise=False)
-    dark = master_dark(detector["darks"], bias, np.full(3, 360.0))
+    raw = master_dark(detector["darks"], bias, np.full(3, 360.0))
+    dark = master_dark(detector["darks"], bias, np.full(3, 360.0), denoise=True)
     rate, hot = detector["rate"], detector["hot_idx"]
     assert abs(np.median(dark) - 0.01) < 0.0005
     hot = hot[hot % N != TRAP_COL]  # the trap eats 250 e- above its row
@@ -107,6 +107,9 @@ def test_pixel_mask_finds_defects_without_masking_good_pixels(detector):
     flat, _ = combine_frames(detector["flats"], "median")
     mask, stats = pixel_mask(dark, flat, detector["trace"])
     truth = detector["truth"]
+    # a denoised dark finds the same defects
+    mask_d, _ = pixel_mask(master_dark(detector["darks"], bias, np.full(3, 360.0), denoise=True), flat)
+    assert mask_d[truth].mean() >= 0.95 and mask_d[~truth].mean() < 0.005
     assert mask[truth].mean() >= 0.95  # project target; measured 1.000
     assert mask[~truth].mean() < 0.005  # project target; measured ~0.0004
     assert mask.ravel()[detector["hot_idx"]].mean() > 0.99
@@ -124,3 +127,18 @@ def test_frame_quality_reasons(detector):
     assert "saturated" in frame_quality(saturated, "flt")
     assert "no arc lines" in frame_quality(detector["zeros"][0] + 20.0, "cmp")
     assert "non-finite" in frame_quality(np.full((N, N), np.nan), "sci")
+
+
+def test_simulator_truth_read_noise_dark_and_mask():
+    from synth_calib import simulated_calibration
+
+    cal = simulated_calibration("LL")
+    model, mask = cal["model"], cal["mask"]
+    assert abs(cal["read_noise"] / model.read_noise - 1.0) < 0.02  # measured 3.001 vs 2.990
+    assert abs(np.median(cal["dark_raw"]) / model.dark_current - 1.0) < 0.05
+    truth = np.zeros(mask.shape, bool)
+    truth.ravel()[model.hot_index] = True
+    truth[:, model.bad_column] = True
+    truth[max(model.trap_row - 2, 0):, model.trap_col] = True  # glow + charge lost above
+    assert mask[truth].mean() >= 0.95  # measured 1.000
+    assert mask[~truth].mean() < 0.005  # measured 0.0002
