@@ -26,7 +26,7 @@ from remedy_dask.config import CalibrationConfig, PipelineConfig, load_config
 from remedy_dask.errors import CalibrationError, RawDataError, RemedyError
 from remedy_dask.io import calfile
 from remedy_dask.io.raw import FrameRef, RawArchive
-from remedy_dask.workflow.cluster import open_client
+from remedy_dask.workflow.cluster import compute, open_client
 from remedy_dask.workflow.nodes import gather, gather_dict
 from remedy_dask.workflow.frames import ReducedFrame, reduce_frames
 
@@ -416,15 +416,7 @@ def run_calibrate(args: Any) -> Path:
         fiber_loc_dir=args.fiber_locations,
     )
     with open_client(args.cluster, args.workers, getattr(args, "cluster_config", None)) as client:
-        if client is None:
-            path = dask.compute(final, scheduler="sync")[0]
-        else:
-            from distributed import progress
-
-            future = client.compute(final)
-            progress(future, notebook=False)
-            print()
-            path = future.result()
+        path = compute(final, client)
     from remedy_dask.qa.calibration import calibration_report
 
     statuses = calfile.amp_statuses(path)

@@ -72,6 +72,9 @@ def open_client(
         return
     from distributed import Client, LocalCluster
 
+    if not log.isEnabledFor(logging.DEBUG):  # distributed configures its own loggers on import
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+
     if cluster.startswith("tcp://") or cluster.startswith("tls://"):
         client = Client(cluster, timeout="30s")
         _announce(client, quiet)
@@ -98,7 +101,7 @@ def open_client(
         lc = LocalCluster(
             n_workers=n, threads_per_worker=settings["threads_per_worker"],
             memory_limit=settings["memory_limit"], dashboard_address=address,
-            processes=True,
+            processes=True, silence_logs=logging.WARNING,
         )
     else:
         lc = _jobqueue_cluster(cluster, settings, workers)
@@ -128,6 +131,24 @@ def _jobqueue_cluster(kind: str, settings: dict[str, Any], workers: int | None) 
         lc.adapt(**settings["adaptive"])
     log.info("dask-jobqueue job script:\n%s", lc.job_script())
     return lc
+
+
+def compute(obj: Any, client: Any) -> Any:
+    """Compute ``obj`` on ``client`` (or synchronously without one), with a progress bar in a
+    terminal (plain output, e.g. a batch log, gets no bar)."""
+    import sys
+
+    import dask
+
+    if client is None:
+        return dask.compute(obj, scheduler="sync")[0]
+    future = client.compute(obj)
+    if sys.stdout.isatty():
+        from distributed import progress
+
+        progress(future, notebook=False)
+        print()
+    return future.result()
 
 
 def _announce(client: Any, quiet: bool) -> None:

@@ -48,8 +48,9 @@ def run_demo(out: Path, workers: int | None = None) -> Path:
           f"reduce {t3 - t2:.0f} s)")
     print(f"  calibration file : {cal}")
     print(f"  observation file : {product}")
-    qa = Path(product).with_name(Path(product).stem + "_qa.html")
-    if qa.exists():
-        print(f"  QA report        : {qa}")
+    qa = Path(product).with_name(Path(product).stem + "_qa") / "index.html"
+    print(f"  QA report        : {qa}")
+    print(f"  calibration QA   : {cal.with_name(cal.stem + '_qa') / 'index.html'}")
+    print(f"  IFU FITS / cube  : {', '.join(str(p) for p in sorted(Path(product).parent.glob('*.fits')))}")
     print(f"  truth            : {sim_dir / 'truth'}")
     return Path(product)

@@ -43,7 +43,7 @@ def fiber_table(keys: list[str], exp: int, fplane: dict | None, ifucen: Any,
             row, col = geometry.slot_row_col(slot)
             x0, y0 = (col - 5) * 100.0, (row - 5.5) * 100.0
         cols["ifuslot"].append(np.full(n, slot))
-        cols["amp"].append(np.full(n, amp))
+        cols["amp"].append(np.full(n, geometry.AMPS.index(amp), np.uint8))  # code: zarr-safe
         cols["fiber_id"].append(geometry.fiber_ids(amp))
         cols["ifu_x"].append(x + dx)
         cols["ifu_y"].append(y + dy)

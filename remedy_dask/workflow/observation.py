@@ -69,7 +69,9 @@ def load_ifu(work_root: str, exposures: list[int], slot: int, columns: tuple[str
         parts.setdefault("exp_index", []).append(np.full(rows.size, i))
     if not parts:
         return None
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    out = {k: np.concatenate(v) for k, v in parts.items()}
+    out["amp"] = np.asarray(geometry.AMPS)[out["amp"].astype(int)]  # stored as codes
+    return out
 
 
 def _calibrated(d: dict[str, np.ndarray], cond: Conditions, factor: float = 1.0) -> dict[str, np.ndarray]:

@@ -149,8 +149,15 @@ def run_reduce(args: Any) -> Path:
                                     pointing)
     with open_client(args.cluster, args.workers, getattr(args, "cluster_config", None)) as client:
         product = _compute_with_progress(final, client, out, plan)
+    t1 = time.perf_counter()
+    from remedy_dask.qa.observation import observation_report
+
+    report = observation_report(product, catalog=catalog)
     print(f"reduced {len(plan.cal_keys)} amps x {len(plan.exposures)} exposures "
-          f"in {time.perf_counter() - t0:.1f} s: {product}")
+          f"in {t1 - t0:.1f} s: {product}")
+    for reason in plan.skipped:
+        print(f"  left out: {reason}")
+    print(f"QA report: {report} ({time.perf_counter() - t1:.1f} s)")
     return Path(product)
 
 
@@ -203,17 +210,13 @@ def prepare_observation(plan: ObservationPlan, archive: RawArchive, args: Any,
 
 
 def _compute_with_progress(final: Any, client: Any, out: Path, plan: ObservationPlan) -> Any:
-    """Compute with a terminal progress bar and a saved Dask performance report."""
-    if client is None:
-        from dask.diagnostics import ProgressBar
+    """Compute (progress bar in a terminal) and save a Dask performance report."""
+    from remedy_dask.workflow.cluster import compute
 
-        with ProgressBar(minimum=1.0):
-            return dask.compute(final, scheduler="sync")[0]
-    from distributed import performance_report, progress
+    if client is None:
+        return compute(final, None)
+    from distributed import performance_report
 
     report = out / f"{plan.date}_{plan.obs:07d}_dask-report.html"
     with performance_report(filename=str(report)):
-        future = client.compute(final)
-        progress(future, notebook=False)
-        print()
-        return future.result()
+        return compute(final, client)
