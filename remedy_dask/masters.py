@@ -9,7 +9,6 @@ itself too noisy to weight with.
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import median_filter
 from scipy.stats import chi2
 
 from remedy_dask import geometry
@@ -154,18 +153,49 @@ def master_dark(dark_stack: np.ndarray, bias: np.ndarray, exptimes: np.ndarray,
 def smooth_dark(rate: np.ndarray, keep_sigma: float = 5.0, block: int = 24) -> np.ndarray:
     """Smooth dark (medians of ``block`` x ``block`` pixels, bilinearly interpolated) plus the
     pixels deviating from it by more than ``keep_sigma`` robust sigma."""
-    n_rows, n_cols = rate.shape
+    smooth = block_smooth(rate, block)
+    dev = rate - smooth
+    sig = _mad_sigma(dev)
+    return np.where(np.abs(dev) > keep_sigma * sig, rate, smooth)
+
+
+def block_smooth(image: np.ndarray, block: int = 24) -> np.ndarray:
+    """Medians of ``block`` x ``block`` pixel blocks, bilinearly interpolated to every pixel."""
+    n_rows, n_cols = image.shape
     nb_r, nb_c = n_rows // block, n_cols // block
-    core = rate[:nb_r * block, :nb_c * block].reshape(nb_r, block, nb_c, block)
+    core = image[:nb_r * block, :nb_c * block].reshape(nb_r, block, nb_c, block)
     med = np.median(core.transpose(0, 2, 1, 3).reshape(nb_r, nb_c, -1), axis=2)
     centres_r = (np.arange(nb_r) + 0.5) * block - 0.5
     centres_c = (np.arange(nb_c) + 0.5) * block - 0.5
-    rows, cols = np.arange(n_rows), np.arange(n_cols)
-    tmp = np.stack([np.interp(cols, centres_c, m) for m in med])  # (nb_r, n_cols)
-    smooth = np.stack([np.interp(rows, centres_r, tmp[:, j]) for j in range(n_cols)], axis=1)
-    dev = rate - smooth
-    sig = 1.4826 * np.median(np.abs(dev - np.median(dev)))
-    return np.where(np.abs(dev) > keep_sigma * sig, rate, smooth)
+    return _bilinear(med, centres_r, centres_c, n_rows, n_cols)
+
+
+def _bilinear(grid: np.ndarray, centres_r: np.ndarray, centres_c: np.ndarray, n_rows: int,
+              n_cols: int) -> np.ndarray:
+    """Bilinear interpolation of a coarse grid (held constant beyond the outer centres)."""
+    def weights(centres: np.ndarray, n: int) -> np.ndarray:
+        x = np.arange(n)
+        i = np.clip(np.searchsorted(centres, x) - 1, 0, centres.size - 2)
+        t = np.clip((x - centres[i]) / (centres[i + 1] - centres[i]), 0.0, 1.0)
+        m = np.zeros((n, centres.size))
+        m[x, i], m[x, i + 1] = 1.0 - t, t
+        return m
+
+    return weights(centres_r, n_rows) @ grid @ weights(centres_c, n_cols).T
+
+
+def _mad_sigma(values: np.ndarray, max_samples: int = 150_000) -> float:
+    """1.4826 x median absolute deviation, on a regular subsample of large arrays."""
+    v = np.ravel(values)
+    v = v[:: max(v.size // max_samples, 1)]
+    return float(1.4826 * np.median(np.abs(v - np.median(v))))
+
+
+def _row_median9(image: np.ndarray) -> np.ndarray:
+    """Running median of 9 columns along every row (mirror edges), by partition."""
+    padded = np.pad(image, ((0, 0), (4, 4)), mode="reflect")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, 9, axis=1)
+    return np.partition(windows, 4, axis=-1)[..., 4]
 
 
 def _column_runs(flag: np.ndarray, min_blocks: int) -> np.ndarray:
@@ -188,8 +218,8 @@ def pixel_mask(dark_rate: np.ndarray, master_flat: np.ndarray, trace: np.ndarray
                ) -> tuple[np.ndarray, dict[str, float]]:
     """Bad-pixel mask (True = bad) from the master dark rate and the master flat.
 
-    * hot pixels: dark-rate excess over the local median (9 columns) above ``hot_sigma`` robust
-      sigma (and more than 1 e- in ``dark_exptime``);
+    * hot pixels: dark-rate excess over the smooth dark (24 x 24 block medians) above
+      ``hot_sigma`` robust sigma (and more than 1 e- in ``dark_exptime``);
     * hot / charge-trap columns: runs of ``block``-row segments whose median dark excess is
       ``column_sigma`` sigma off (the segments plus one block of margin are masked);
     * bad / low columns and trap trails from the flat: the flat over its median along the row
@@ -207,9 +237,8 @@ def pixel_mask(dark_rate: np.ndarray, master_flat: np.ndarray, trace: np.ndarray
     rows_used = n_blocks * block
 
     # --- dark: hot pixels and columns ---
-    dark_local = median_filter(dark, size=(1, 9), mode="mirror")
-    excess = dark - dark_local
-    sig = 1.4826 * np.median(np.abs(excess - np.median(excess)))
+    excess = dark - block_smooth(dark)  # the dark is smooth apart from its defects
+    sig = _mad_sigma(excess)
     # a denoised dark (master_dark default) is exactly smooth except at deviant pixels: floor
     # the noise at 1 e- per dark exposure
     sig = max(sig, 1.0 / dark_exptime)
@@ -219,10 +248,10 @@ def pixel_mask(dark_rate: np.ndarray, master_flat: np.ndarray, trace: np.ndarray
     dark_cols = _column_runs(np.abs(seg - np.median(seg)) > column_sigma * sig / np.sqrt(block), 2)
 
     # --- flat: bad columns, trap trails, dead pixels ---
-    flat_local = median_filter(flat, size=(1, 9), mode="mirror")
+    flat_local = _row_median9(flat)
     bright = flat_local > flat_level * np.nanpercentile(flat_local, 99)
     z = (flat - flat_local) / np.sqrt(np.clip(flat_local, 1.0, None))
-    zs = 1.4826 * np.median(np.abs(z[bright] - np.median(z[bright]))) + 1e-12
+    zs = _mad_sigma(z[bright]) + 1e-12
     z = np.where(bright, z / zs, np.nan)
     zb = z[:rows_used].reshape(n_blocks, block, n_cols)
     enough = np.isfinite(zb).sum(1) >= 4

@@ -39,39 +39,51 @@ KNOT_SPACING_ROWS = 64.0
 KNOT_SPACING_COLS = 96.0
 
 
+def _nan_median_last(values: np.ndarray) -> np.ndarray:
+    """Median over the last axis ignoring NaN (NaN where all are NaN), by one sort."""
+    srt = np.sort(values, axis=-1)  # NaN sort last
+    n = np.isfinite(values).sum(-1)
+    lo = np.take_along_axis(srt, np.maximum((n - 1) // 2, 0)[..., None], -1)[..., 0]
+    hi = np.take_along_axis(srt, np.maximum(n // 2, 0)[..., None], -1)[..., 0]
+    return np.where(n > 0, 0.5 * (lo + np.where(n % 2 == 1, lo, hi)), np.nan)
+
+
 def chunk_profiles(image: np.ndarray, variance: np.ndarray | None, mask: np.ndarray | None,
                    n_chunks: int) -> tuple[np.ndarray, np.ndarray]:
     """Robust mean of each row over column chunks: ``(profiles (n_chunks, n_rows), centres)``.
 
     Pixels masked or more than 6 sigma (+15%) from the chunk-row median are left out; rows with
-    no usable pixel are NaN.
+    no usable pixel are NaN.  The last ``n_cols % n_chunks`` columns are not used.
     """
     n_rows, n_cols = image.shape
-    edges = np.linspace(0, n_cols, n_chunks + 1).round().astype(int)
-    profiles = np.full((n_chunks, n_rows), np.nan)
-    centres = 0.5 * (edges[:-1] + edges[1:] - 1)
-    for j in range(n_chunks):
-        sl = slice(edges[j], edges[j + 1])
-        d = np.asarray(image[:, sl], dtype=float)
-        bad = ~np.isfinite(d)
-        if mask is not None:
-            bad |= mask[:, sl]
-        d = np.where(bad, np.nan, d)
-        with np.errstate(all="ignore"):
-            med = np.nanmedian(d, axis=1, keepdims=True)
-            var = (np.nanmedian(variance[:, sl], axis=1, keepdims=True) if variance is not None
-                   else np.abs(med) + 10.0)
-            tol = 6.0 * np.sqrt(np.maximum(var, 1.0)) + 0.15 * np.abs(med)
-            good = ~bad & (np.abs(d - med) <= tol)
-            n = good.sum(1)
-            profiles[j] = np.where(n > 0, np.where(good, d, 0.0).sum(1) / np.maximum(n, 1), np.nan)
+    width = n_cols // n_chunks
+    used = width * n_chunks
+    d = np.array(image[:, :used], dtype=float)
+    bad = ~np.isfinite(d)
+    if mask is not None:
+        bad |= mask[:, :used]
+    d[bad] = np.nan
+    d = d.reshape(n_rows, n_chunks, width)
+    bad = bad.reshape(n_rows, n_chunks, width)
+    med = _nan_median_last(d)[..., None]
+    if variance is not None:
+        var = _nan_median_last(np.where(bad, np.nan, variance[:, :used].reshape(d.shape)))[..., None]
+    else:
+        var = np.abs(med) + 10.0
+    with np.errstate(invalid="ignore"):
+        tol = 6.0 * np.sqrt(np.maximum(np.nan_to_num(var, nan=1.0), 1.0)) + 0.15 * np.abs(med)
+        good = ~bad & (np.abs(d - med) <= tol)
+    n = good.sum(-1)
+    profiles = np.where(n > 0, np.where(good, d, 0.0).sum(-1) / np.maximum(n, 1), np.nan).T
+    centres = np.arange(n_chunks) * width + 0.5 * (width - 1)
     return profiles, centres
 
 
 def chunk_positions(trace: np.ndarray, n_chunks: int) -> np.ndarray:
-    """Mean trace row of every fiber over each column chunk: (n_chunks, n_fibers)."""
-    edges = np.linspace(0, trace.shape[1], n_chunks + 1).round().astype(int)
-    return (np.add.reduceat(trace, edges[:-1], axis=1) / np.diff(edges)).T
+    """Mean trace row of every fiber over each column chunk (as ``chunk_profiles``):
+    (n_chunks, n_fibers)."""
+    width = trace.shape[1] // n_chunks
+    return trace[:, :width * n_chunks].reshape(trace.shape[0], n_chunks, width).mean(-1).T
 
 
 def profile_eval(table: np.ndarray, r: np.ndarray) -> np.ndarray:

@@ -412,7 +412,7 @@ def fit_trace(master_flat: np.ndarray, variance: np.ndarray | None = None,
               reference_y: np.ndarray | None = None, dead: np.ndarray | None = None, *,
               n_chunks: int = 43, degree: int = 4, groups: tuple[int, ...] = SLIT_GROUPS,
               gap_pitches: float = GAP_PITCHES, dead_threshold: float = 0.15,
-              n_deblend: int = 2, n_profile: int = 3, relax: float = 1.3) -> TraceResult:
+              n_deblend: int = 2, n_profile: int = 2, relax: float = 1.3) -> TraceResult:
     """Trace the fibers of a master flat (electrons, scattered light may still be in).
 
     ``reference_y``/``dead`` come from the optional fiber-location file; without them peaks are
