@@ -14,3 +14,38 @@ def sci_night(tmp_path_factory):
     simulate_night(root / "plain", ifuslots=(47,), seed=3, science_only=True)
     simulate_night(root / "tarred", ifuslots=(47,), seed=3, science_only=True, tar=True)
     return root
+
+
+E2E_SLOTS = (47, 48)
+
+
+@pytest.fixture(scope="session")
+def e2e(tmp_path_factory):
+    """A simulated 2-IFU night, calibrated and reduced through the command line (LocalCluster,
+    2 workers): paths of the simulation, calibration file and products."""
+    import time
+
+    from remedy_dask import cli
+    from remedy_dask.sim import simulate_night
+
+    root = tmp_path_factory.mktemp("e2e")
+    sim, cal, out = root / "sim", root / "cal.h5", root / "reduced"
+    timings = {}
+    t0 = time.perf_counter()
+    simulate_night(sim, ifuslots=E2E_SLOTS, seed=11, tar=True, n_workers=2)
+    timings["simulate"] = time.perf_counter() - t0
+    common = ["--fplane", str(sim / "fplane.txt"), "--ifucen", str(sim / "IFUcen_HETDEX.txt")]
+    t0 = time.perf_counter()
+    assert cli.main(["--quiet", "calibrate", str(sim / "raw"), "--date", "20190822", "--out",
+                     str(cal), "--fiber-locations", str(sim / "fiber_loc"), "--workers", "2",
+                     *common]) == 0
+    timings["calibrate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    assert cli.main(["--quiet", "reduce", "20190822", "7", "47", str(cal), "--rootdir",
+                     str(sim / "raw"), "--out", str(out), "--catalog",
+                     str(sim / "ps1_catalog.csv"), "--all-ifus", "--workers", "2", *common]) == 0
+    timings["reduce"] = time.perf_counter() - t0
+    print(f"e2e timings: {timings}")
+    return {"sim": sim, "truth": sim / "truth" / "truth.h5", "cal": cal, "out": out,
+            "product": out / "20190822_0000007.h5", "work": out / "work" / "20190822_0000007.zarr",
+            "timings": timings}

@@ -1,0 +1,82 @@
+"""Calibration accuracy against the simulator's truth (issue 4 targets), on a 2-IFU night."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from remedy_dask.io import calfile
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def cal_vs_truth(e2e):
+    rows = []
+    with h5py.File(e2e["truth"]) as truth:
+        for key in calfile.list_amps(e2e["cal"]):
+            cal = calfile.read_amp(e2e["cal"], key)
+            t = truth[key]
+            rows.append({
+                "key": key, "cal": cal, "dead": t["dead"][...].astype(bool),
+                "trace": t["trace"][...], "wavelength": t["wavelength"][...],
+                "throughput": t["fiber_throughput"][...], "hot": t["hot_pixel_mask"][...],
+                "bad_column": int(t.attrs["bad_column"]),
+            })
+    return rows
+
+
+def test_every_amp_calibrated(cal_vs_truth):
+    assert len(cal_vs_truth) == 8
+    assert all(r["cal"].ok for r in cal_vs_truth), [r["cal"].flags for r in cal_vs_truth]
+
+
+def test_trace_accuracy(cal_vs_truth):
+    err = np.concatenate([(r["cal"]["trace"] - r["trace"])[~r["dead"]] for r in cal_vs_truth])
+    per_fiber = np.sqrt(np.mean(err**2, axis=1))
+    assert np.sqrt(np.mean(err**2)) <= 0.01  # Remedy: 0.0105 px
+    assert per_fiber.max() <= 0.02
+
+
+def test_wavelength_accuracy(cal_vs_truth):
+    err = np.concatenate([(r["cal"]["wavelength"] - r["wavelength"])[~r["dead"]]
+                          for r in cal_vs_truth])
+    per_fiber = np.sqrt(np.mean(err**2, axis=1))
+    assert np.sqrt(np.mean(err**2)) <= 0.05  # A; Remedy: 0.25 A
+    assert per_fiber.max() <= 0.15  # Remedy: 0.8 A
+
+
+def test_fiber_to_fiber_and_dead_fibers(cal_vs_truth):
+    ratios = []
+    for r in cal_vs_truth:
+        ftf = np.nanmedian(r["cal"]["fiber_to_fiber"][:, 100:950], axis=1)
+        good = ~r["dead"]
+        ratios.append(ftf[good] / r["throughput"][good])
+        np.testing.assert_array_equal(r["cal"]["dead"].astype(bool), r["dead"])
+    ratio = np.concatenate(ratios)
+    ratio /= np.median(ratio)
+    assert np.std(ratio) <= 0.01
+    assert sum(r["dead"].sum() for r in cal_vs_truth) >= 1  # the simulator has dead fibers
+
+
+def test_pixel_mask(cal_vs_truth):
+    found_hot, found_col, false = [], [], []
+    for r in cal_vs_truth:
+        mask = r["cal"]["pixel_mask"].astype(bool)
+        found_hot.append(mask[r["hot"]].mean())
+        found_col.append(mask[:, r["bad_column"]].mean())
+        good = ~r["hot"]
+        good[:, r["bad_column"]] = False
+        false.append(mask[good].mean())
+    assert np.mean(found_hot) >= 0.95 and np.mean(found_col) >= 0.95
+    assert np.mean(false) < 0.005
+
+
+def test_calibration_file_is_compact_and_has_provenance(e2e):
+    size_per_amp = e2e["cal"].stat().st_size / 8
+    assert size_per_amp <= 10e6
+    attrs = calfile.file_attrs(e2e["cal"])
+    assert attrs["format_version"] and "window" in attrs and "config" in attrs
+    cal = calfile.read_amp(e2e["cal"], "047LL")
+    assert len(cal.inputs) >= 15 and cal.qa["trace_rms_median"] < 0.05
