@@ -49,9 +49,10 @@ ARC_LINES: dict[str, tuple[float, ...]] = {
     "Cd-A": (3610.508, 4678.149, 4799.912, 5085.822),
 }
 
-# Night-sky emission lines inside the VIRUS range that are bright enough to measure a per-exposure
-# wavelength zero point (air, A): Hg I light pollution.
-SKY_LINES: tuple[float, ...] = (4046.565, 4358.335, 5460.750)
+# Night-sky emission lines inside the VIRUS range used to measure a per-exposure wavelength zero
+# point (air, A): N2+ 3914.4 (aurora/airglow band head), Hg I 4046.565, 4358.335, 5460.750
+# (light pollution) and the [N I] 5197.9/5200.3 blend (5198.5).
+SKY_LINES: tuple[float, ...] = (3914.4, 4046.565, 4358.335, 5198.5, 5460.750)
 
 # Sign convention of drifts between calibration and science frames (trace and wavelength): a
 # feature at calibration position p appears at p + shift in the science frame, so

@@ -150,7 +150,7 @@ def wave_shift(ax: AmpExposure, config: ReductionConfig) -> AmpExposure:
     from remedy_dask.wavelength import measure_wavelength_shift
 
     ex = ax.extraction
-    shift = float(measure_wavelength_shift(ex.spectrum, ax.wavelength, ex.mask))
+    shift = float(measure_wavelength_shift(ex.spectrum, ax.wavelength, ex.mask, error=ex.error))
     ax.wave_shift = shift
     ax.wavelength = shifted_wavelength(ax.wavelength, shift)
     return ax
@@ -202,6 +202,9 @@ def rectify_and_store(ax: AmpExposure, root: str, key: str
             "native_error": (("fiber", "column"), np.asarray(ex.error, np.float32)),
             "native_mask": (("fiber", "column"), np.asarray(ex.mask, np.uint8)),
             "wavelength_native": (("fiber", "column"), ax.wavelength.astype(np.float32)),
+            "rejected_pixels": ("rejected", _rejected_indices(ex),
+                                {"description": "flat indices row*1032+col of CCD pixels "
+                                                "rejected as outliers (cosmic rays)"}),
         },
         coords={"wave": geometry.DEF_WAVE, "fiber": np.arange(n)},
         attrs={
@@ -216,6 +219,13 @@ def rectify_and_store(ax: AmpExposure, root: str, key: str
     summary.update(trace_shift=ax.trace_shift, wave_shift=ax.wave_shift,
                    masked_fraction=float(np.mean(mask)))
     return summary
+
+
+def _rejected_indices(extraction: Any) -> np.ndarray:
+    rejected = getattr(extraction, "rejected", None)
+    if rejected is None:
+        return np.zeros(0, np.int32)
+    return np.flatnonzero(np.asarray(rejected)).astype(np.int32)
 
 
 def frame_input_key(ref: FrameRef, calfile_path: Path, config_hash: str, version: str) -> str:

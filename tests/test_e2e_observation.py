@@ -1,0 +1,126 @@
+"""Observation-level accuracy against the truth (issue 6 targets) and the products' layout."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from remedy_dask import geometry
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def prod(e2e):
+    with h5py.File(e2e["product"]) as P, h5py.File(e2e["truth"]) as T:
+        yield P, T
+
+
+def test_product_layout_follows_the_interface(prod):
+    P, _ = prod
+    assert P["wavelength"].shape == (1036,) and P["wavelength"][-1] == 5540.0
+    n = P["fibers/spectrum"].shape[0]
+    assert n == 2 * 448 * 3
+    for name in ("spectrum", "error", "sky"):
+        assert P[f"fibers/{name}"].shape == (n, 1036) and P[f"fibers/{name}"].dtype == np.float32
+        assert "erg" in P[f"fibers/{name}"].attrs["units"]
+    for name in ("ra", "dec", "ifuslot", "amp", "fiber_id", "exposure"):
+        assert P[f"fibers/{name}"].shape == (n,)
+    assert P["fibers/dar_ra"].shape == (1036,)
+    assert set(P["fibers/fiber_id"][...]) == set(range(1, 449))
+    for name in ("exptime", "transparency", "fwhm", "flux_scale"):
+        assert P[f"exposures/{name}"].shape == (3,)
+    for name in ("ra", "dec", "rotation", "n_stars", "rms"):
+        assert name in P["astrometry"].attrs
+    for name in ("ra", "dec", "gmag_catalog", "gmag_virus", "spectrum", "error"):
+        assert name in P["sources"]
+    for name in ("ra", "dec", "wave", "flux", "flux_err", "sn", "fwhm", "ifuslot"):
+        assert name in P["detections"]
+    assert "config" in P.attrs and "calibration_file" in P.attrs
+
+
+def test_astrometry(prod):
+    P, T = prod
+    a, t = P["astrometry"].attrs, T["astrometry"].attrs
+    cosd = np.cos(np.deg2rad(t["dec"]))
+    offset = np.hypot((a["ra"] - t["ra"]) * cosd, a["dec"] - t["dec"]) * 3600
+    assert offset <= 0.05  # Remedy: 0.05"
+    assert abs(a["rotation"] - t["rotation"]) <= 0.01  # Remedy: 0.018 deg
+    exp = P["fibers/exposure"][...]
+    fid = P["fibers/fiber_id"][...]
+    slot = P["fibers/ifuslot"][...]
+    errs = []
+    for s in (47, 48):
+        for e in (1, 2, 3):
+            rows = np.flatnonzero((slot == s) & (exp == e))
+            true_ra = T[f"{s:03d}LL"]  # any amp group of the IFU holds its fibers' truth
+            for amp in geometry.AMPS:
+                g = T[f"{s:03d}{amp}"]
+                ids = g["fiber_id"][...]
+                sel = rows[np.isin(fid[rows], ids)]
+                order = np.argsort(ids)
+                k = order[np.searchsorted(ids[order], fid[sel])]
+                dra = (P["fibers/ra"][...][sel] - g["fiber_ra"][e - 1][k]) * np.cos(np.deg2rad(t["dec"]))
+                ddec = P["fibers/dec"][...][sel] - g["fiber_dec"][e - 1][k]
+                errs.append(np.hypot(dra, ddec) * 3600)
+            del true_ra
+    assert np.sqrt(np.mean(np.concatenate(errs) ** 2)) <= 0.03
+
+
+def test_flux_calibration_of_stars(prod):
+    P, T = prod
+    ra, dec = P["sources/ra"][...], P["sources/dec"][...]
+    tra, tdec, g = T["stars/cat_ra"][...], T["stars/cat_dec"][...], T["stars/g"][...]
+    w = (geometry.DEF_WAVE > 4000) & (geometry.DEF_WAVE < 5400)
+    ratios = []
+    for i in range(len(ra)):
+        j = np.argmin(np.hypot((tra - ra[i]) * np.cos(np.deg2rad(dec[i])), tdec - dec[i]))
+        if g[j] < 19:
+            ratios.append(np.nanmedian(P["sources/spectrum"][i][w] / T["stars/spectrum"][j][w]))
+    assert len(ratios) >= 3
+    assert abs(np.median(ratios) - 1) <= 0.03
+    assert np.std(ratios) <= 0.05
+
+
+def test_emission_lines(prod):
+    P, T = prod
+    ls, D = T["line_sources"], P["detections"]
+    dra, ddec, dwave = D["ra"][...], D["dec"][...], D["wave"][...]
+    strong = ls["flux"][...] >= 10.0  # 1e-16 erg/s/cm^2
+    found, flux_ratio, matched = 0, [], set()
+    for i in np.flatnonzero(strong):
+        sep = np.hypot((dra - ls["ra"][i]) * np.cos(np.deg2rad(ls["dec"][i])),
+                       ddec - ls["dec"][i]) * 3600
+        ok = np.flatnonzero((sep < 1.5) & (np.abs(dwave - ls["wave"][i]) < 3))
+        if ok.size:
+            found += 1
+            flux_ratio.append(D["flux"][ok[0]] / ls["flux"][i])
+    assert strong.sum() >= 4
+    assert found / strong.sum() >= 0.9
+    assert abs(np.median(flux_ratio) - 1) <= 0.10
+    for k in range(len(dra)):  # false detections: near no injected line at all
+        sep = np.hypot((ls["ra"][...] - dra[k]) * np.cos(np.deg2rad(ddec[k])),
+                       ls["dec"][...] - ddec[k]) * 3600
+        if np.any((sep < 1.5) & (np.abs(ls["wave"][...] - dwave[k]) < 3)):
+            matched.add(k)
+    assert len(dra) - len(matched) <= 2  # at most 1 false detection per IFU
+
+
+def test_cube_and_ifu_fits(e2e, prod):
+    from remedy_dask.cube import ImageGrid, aperture_weights
+    from remedy_dask.psf import fiber_integrated_moffat
+
+    P, T = prod
+    cube_path = e2e["out"] / "20190822_0000007_047_cube.fits"
+    with fits.open(cube_path) as hdul:
+        w = WCS(hdul[0].header)
+        cube = hdul[0].data
+        assert w.naxis == 3 and w.has_celestial and cube.shape[0] == 1036
+        assert hdul["ERROR"].data.shape == cube.shape
+    with fits.open(e2e["out"] / "20190822_0000007_047.fits") as hdul:
+        assert hdul["SPECTRUM"].data.shape == (448 * 3, 1036)
+        assert WCS(hdul["GIMAGE"].header).has_celestial
+    assert cube.dtype.kind == "f" and np.isfinite(cube).mean() > 0.5
