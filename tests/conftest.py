@@ -16,12 +16,12 @@ def sci_night(tmp_path_factory):
     return root
 
 
-E2E_SLOTS = (47, 48)
+E2E_SLOTS = (47, 48, 57, 58)
 
 
 @pytest.fixture(scope="session")
 def e2e(tmp_path_factory):
-    """A simulated 2-IFU night, calibrated and reduced through the command line (LocalCluster,
+    """A simulated 4-IFU night, calibrated and reduced through the command line (LocalCluster,
     2 workers): paths of the simulation, calibration file and products."""
     import time
 

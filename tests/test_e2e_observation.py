@@ -23,7 +23,7 @@ def test_product_layout_follows_the_interface(prod):
     P, _ = prod
     assert P["wavelength"].shape == (1036,) and P["wavelength"][-1] == 5540.0
     n = P["fibers/spectrum"].shape[0]
-    assert n == 2 * 448 * 3
+    assert n == 4 * 448 * 3
     for name in ("spectrum", "error", "sky"):
         assert P[f"fibers/{name}"].shape == (n, 1036) and P[f"fibers/{name}"].dtype == np.float32
         assert "erg" in P[f"fibers/{name}"].attrs["units"]
@@ -53,7 +53,7 @@ def test_astrometry(prod):
     fid = P["fibers/fiber_id"][...]
     slot = P["fibers/ifuslot"][...]
     errs = []
-    for s in (47, 48):
+    for s in (47, 48, 57, 58):
         for e in (1, 2, 3):
             rows = np.flatnonzero((slot == s) & (exp == e))
             true_ra = T[f"{s:03d}LL"]  # any amp group of the IFU holds its fibers' truth
@@ -106,21 +106,43 @@ def test_emission_lines(prod):
                        ls["dec"][...] - ddec[k]) * 3600
         if np.any((sep < 1.5) & (np.abs(ls["wave"][...] - dwave[k]) < 3)):
             matched.add(k)
-    assert len(dra) - len(matched) <= 2  # at most 1 false detection per IFU
+    assert len(dra) - len(matched) <= 4  # at most 1 false detection per IFU
 
 
 def test_cube_and_ifu_fits(e2e, prod):
-    from remedy_dask.cube import ImageGrid, aperture_weights
+    from remedy_dask.cube import ImageGrid, aperture_correction, aperture_sum, aperture_weights
+    from remedy_dask.cube import CubeResult
     from remedy_dask.psf import fiber_integrated_moffat
 
     P, T = prod
-    cube_path = e2e["out"] / "20190822_0000007_047_cube.fits"
-    with fits.open(cube_path) as hdul:
+    with fits.open(e2e["out"] / "20190822_0000007_047_cube.fits") as hdul:
         w = WCS(hdul[0].header)
-        cube = hdul[0].data
+        h = hdul[0].header
+        cube = hdul[0].data.astype(float)
         assert w.naxis == 3 and w.has_celestial and cube.shape[0] == 1036
         assert hdul["ERROR"].data.shape == cube.shape
     with fits.open(e2e["out"] / "20190822_0000007_047.fits") as hdul:
         assert hdul["SPECTRUM"].data.shape == (448 * 3, 1036)
         assert WCS(hdul["GIMAGE"].header).has_celestial
-    assert cube.dtype.kind == "f" and np.isfinite(cube).mean() > 0.5
+    # a star's 3" aperture flux in the cube equals its extracted spectrum (aperture-corrected)
+    grid = ImageGrid(h["CUBEX0"], h["CUBEY0"], cube.shape[2], cube.shape[1], h["CUBEPIX"])
+    a = P["astrometry"].attrs
+    slot = P["fibers/ifuslot"][...]
+    rows = slot == 47
+    fx, fy = geometry.sky_to_focal(P["sources/ra"][...], P["sources/dec"][...], a["ra"], a["dec"],
+                                   a["rotation"])
+    x, y = fx - h["IFUFX"], fy - h["IFUFY"]
+    inside = (P["sources/ifuslot"][...] == 47) & (P["sources/gmag_catalog"][...] < 19.5) \
+        & (np.abs(x) < 18) & (np.abs(y) < 18)
+    assert inside.any(), "the simulation puts bright stars into every IFU"
+    i = np.flatnonzero(inside)[0]
+    psf = [fiber_integrated_moffat(f) for f in P["exposures/fwhm"][...]]
+    ap = aperture_weights(grid, x[i], y[i], 3.0)
+    corr = aperture_correction(P["fibers/mask"][...][rows].astype(bool),
+                               P["fibers/ifu_x"][...][rows], P["fibers/ifu_y"][...][rows],
+                               x[i], y[i], psf, ap, grid, dar=geometry.dar_offsets(),
+                               exposure=P["fibers/exposure"][...][rows] - 1)
+    cube_flux = aperture_sum(CubeResult(cube, cube, cube, grid, geometry.DEF_WAVE), ap) / corr
+    wave = (geometry.DEF_WAVE > 4000) & (geometry.DEF_WAVE < 5400)
+    ratio = np.nanmedian(cube_flux[wave] / P["sources/spectrum"][i][wave])
+    assert abs(ratio - 1) <= 0.02

@@ -1,4 +1,4 @@
-"""Science-reduction accuracy against the simulator's truth (issue 5 targets), 2-IFU night."""
+"""Science-reduction accuracy against the simulator's truth (issue 5 targets), 4-IFU night."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import zarr
 from remedy_dask import geometry
 
 pytestmark = pytest.mark.e2e
-KEYS = [f"{s:03d}{a}" for s in (47, 48) for a in geometry.AMPS]
+KEYS = [f"{s:03d}{a}" for s in (47, 48, 57, 58) for a in geometry.AMPS]
 
 
 def _amp(e2e, exp, key):

@@ -83,8 +83,14 @@ def ifu_cube(work_root: str, exposures: list[int], slot: int, cond: Conditions,
         res = make_cube(c["flux"], c["error"], c["bad"], c["ifu_x"], c["ifu_y"],
                         dar=geometry.dar_offsets(), pixscale=config.observation.cube_pixscale)
         wcs = cube_wcs(astro["ra"], astro["dec"], astro["rotation"], res.grid, dx, dy)
+        grid_cards = {"CUBEX0": (res.grid.x0, "IFU-frame x (arcsec) of the first pixel centre"),
+                      "CUBEY0": (res.grid.y0, "IFU-frame y (arcsec) of the first pixel centre"),
+                      "CUBEPIX": (res.grid.pixscale, "pixel size (arcsec)"),
+                      "IFUFX": (dx, "focal-plane x (arcsec) of the IFU centre"),
+                      "IFUFY": (dy, "focal-plane y (arcsec) of the IFU centre")}
         paths.append(str(write_cube_fits(Path(outdir) / f"{prefix}_{slot:03d}_cube.fits",
-                                         res.cube, res.error, cube_header(wcs), cards)))
+                                         res.cube, res.error, cube_header(wcs),
+                                         {**cards, **grid_cards})))
     img = collapsed_image(c["flux"], c["bad"], c["ifu_x"], c["ifu_y"], dar=geometry.dar_offsets())
     gwcs = celestial_wcs(astro["ra"], astro["dec"], astro["rotation"], img.grid, dx, dy)
     ra, dec = geometry.focal_to_sky(c["fx"], c["fy"], astro["ra"], astro["dec"], astro["rotation"])
