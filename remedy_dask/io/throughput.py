@@ -39,18 +39,17 @@ def default_throughput(wave: np.ndarray | None = None) -> tuple[np.ndarray, np.n
     return wave, np.exp(ln_t0 + b * u**2 + c * u**3)
 
 
-def read_throughput(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read a two-column (wavelength A, throughput) file and interpolate it onto ``DEF_WAVE``.
+def read_two_columns(path: str | os.PathLike, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(wavelength, value) rows of a two-column text file, strictly increasing in wavelength.
 
     Leading header lines that are not two numbers (e.g. ``wavelength throughput`` and a
-    ``----`` rule) and ``#`` lines are skipped.  The table must be increasing in wavelength,
-    cover 3470-5540 A and be positive there; anything else raises :class:`InputFileError`.
+    ``----`` rule) and ``#`` lines are skipped; anything else raises :class:`InputFileError`.
     """
     path = Path(path)
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputFileError(str(path), f"cannot read throughput file: {exc}") from None
+        raise InputFileError(str(path), f"cannot read {what} file: {exc}") from None
     waves: list[float] = []
     values: list[float] = []
     for number, line in enumerate(lines, start=1):
@@ -65,18 +64,27 @@ def read_throughput(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             if not waves:
                 continue  # header line before the data
             raise InputFileError(
-                str(path), f"line {number}: expected two numbers (wavelength throughput): "
+                str(path), f"line {number}: expected two numbers (wavelength {what}): "
                 f"{line.strip()!r}",
             ) from None
         waves.append(w)
         values.append(t)
     if len(waves) < 2:
-        raise InputFileError(str(path), "throughput file has fewer than two data rows")
-    wave, thr = np.array(waves), np.array(values)
-    if not (np.all(np.isfinite(wave)) and np.all(np.isfinite(thr))):
-        raise InputFileError(str(path), "throughput file holds non-finite values")
+        raise InputFileError(str(path), f"{what} file has fewer than two data rows")
+    wave, value = np.array(waves), np.array(values)
+    if not (np.all(np.isfinite(wave)) and np.all(np.isfinite(value))):
+        raise InputFileError(str(path), f"{what} file holds non-finite values")
     if np.any(np.diff(wave) <= 0):
         raise InputFileError(str(path), "wavelengths must increase strictly")
+    return wave, value
+
+
+def read_throughput(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a two-column (wavelength A, throughput) file and interpolate it onto ``DEF_WAVE``.
+
+    The table must cover 3470-5540 A and be positive there.
+    """
+    wave, thr = read_two_columns(path, "throughput")
     lo, hi = geometry.WAVE_MIN, geometry.WAVE_MAX
     if wave[0] > lo + 1e-6 or wave[-1] < hi - 1e-6:
         raise InputFileError(
@@ -86,6 +94,13 @@ def read_throughput(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if np.any(out <= 0):
         raise InputFileError(str(path), "throughput must be > 0 over 3470-5540 A (it divides)")
     return geometry.DEF_WAVE.copy(), out
+
+
+def read_source_spectrum(path: str | os.PathLike) -> np.ndarray:
+    """A spectrum to inject (two columns: wavelength A, F_lambda erg/s/cm^2/A, Remedy's format)
+    on ``DEF_WAVE`` in 1e-17 erg/s/cm^2/A; zero outside the file's range."""
+    wave, flam = read_two_columns(path, "source spectrum")
+    return np.interp(geometry.DEF_WAVE, wave, flam, left=0.0, right=0.0) * 1e17
 
 
 def write_throughput(path: str | os.PathLike, wave: np.ndarray, throughput: np.ndarray) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,25 @@ def final_factor(d: dict[str, np.ndarray], psf: dict[str, Any], fluxcal: dict[st
     return fluxcal["factor"] / np.asarray(psf["norm"])[d["exp_index"]][:, None]
 
 
+@dataclass(frozen=True)
+class Injection:
+    """A simulated point source added to the calibrated fibers of one IFU (``--source-file``)."""
+
+    ifuslot: int
+    x: float  # IFU-frame arcsec
+    y: float
+    seeing: float  # FWHM arcsec
+    spectrum: np.ndarray  # (1036,) 1e-17 erg/s/cm^2/A, total flux
+
+    def describe(self) -> dict[str, Any]:
+        return {"ifuslot": self.ifuslot, "x": self.x, "y": self.y, "seeing": self.seeing,
+                "g_band_mean_flux": float(np.mean(self.spectrum[400:900]))}
+
+
 def calibrated_ifu(work_root: str, exposures: list[int], slot: int, cond: Conditions,
-                   psf: dict[str, Any], fluxcal: dict[str, Any]) -> dict[str, np.ndarray] | None:
+                   psf: dict[str, Any], fluxcal: dict[str, Any],
+                   injection: Injection | None = None) -> dict[str, np.ndarray] | None:
+    """One IFU's fibers in 1e-17 erg/s/cm^2/A (and the injected source, if any)."""
     d = load_ifu(work_root, exposures, slot)
     if d is None:
         return None
@@ -37,16 +55,24 @@ def calibrated_ifu(work_root: str, exposures: list[int], slot: int, cond: Condit
     k = final_factor(d, psf, fluxcal)
     for name in ("flux", "error", "sky"):
         c[name] = c[name] * k
+    if injection is not None and injection.ifuslot == slot:
+        from remedy_dask.psf import fiber_integrated_moffat
+        from remedy_dask.sources import inject_source
+
+        c["flux"] = inject_source(c["flux"], c["ifu_x"], c["ifu_y"], injection.x, injection.y,
+                                  injection.spectrum, fiber_integrated_moffat(injection.seeing),
+                                  geometry.dar_offsets(), c["exp_index"])
     return c
 
 
 def ifu_detect(work_root: str, exposures: list[int], slot: int, cond: Conditions,
                psf: dict[str, Any], fluxcal: dict[str, Any], astro: dict[str, Any],
-               config: PipelineConfig) -> dict[str, np.ndarray]:
+               config: PipelineConfig, injection: Injection | None = None
+               ) -> dict[str, np.ndarray]:
     """Emission-line detections of one IFU (IFU frame -> RA/Dec)."""
     from remedy_dask.detect import detect_emission_lines
 
-    c = calibrated_ifu(work_root, exposures, slot, cond, psf, fluxcal)
+    c = calibrated_ifu(work_root, exposures, slot, cond, psf, fluxcal, injection)
     if c is None or not config.observation.detect:
         return {}
     table = detect_emission_lines(c["flux"], c["error"], c["bad"], c["ifu_x"], c["ifu_y"],
@@ -66,13 +92,14 @@ def ifu_detect(work_root: str, exposures: list[int], slot: int, cond: Conditions
 
 def ifu_cube(work_root: str, exposures: list[int], slot: int, cond: Conditions,
              psf: dict[str, Any], fluxcal: dict[str, Any], astro: dict[str, Any], outdir: str,
-             prefix: str, config: PipelineConfig, header_cards: dict[str, Any]) -> list[str]:
+             prefix: str, config: PipelineConfig, header_cards: dict[str, Any],
+             injection: Injection | None = None) -> list[str]:
     """Cube and per-IFU FITS file of one IFU."""
     from remedy_dask.astrometry import collapsed_image
     from remedy_dask.cube import celestial_wcs, cube_header, cube_wcs, make_cube
     from remedy_dask.io.fitsproducts import write_cube_fits, write_ifu_fits
 
-    c = calibrated_ifu(work_root, exposures, slot, cond, psf, fluxcal)
+    c = calibrated_ifu(work_root, exposures, slot, cond, psf, fluxcal, injection)
     if c is None:
         return []
     dx = float(np.median(c["fx"] - c["ifu_x"]))
@@ -114,7 +141,8 @@ def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_roo
                    cond: Conditions, astro: dict[str, Any], psf: dict[str, Any],
                    fluxcal: dict[str, Any], sources: list[dict[str, np.ndarray]],
                    detections: list[dict[str, np.ndarray]], catalog: Any, outdir: str,
-                   provenance: dict[str, Any], fits_paths: list[list[str]]) -> str:
+                   provenance: dict[str, Any], fits_paths: list[list[str]],
+                   injection: Injection | None = None) -> str:
     """Stream the observation HDF5: fibers IFU by IFU, then exposures, astrometry, sources,
     detections; provenance with every substitution and flag."""
     from remedy_dask.io.products import ObservationWriter, observation_path
@@ -141,7 +169,7 @@ def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_roo
     try:
         start = 0
         for slot in slots:
-            c = calibrated_ifu(work_root, plan.exposures, slot, cond, psf, fluxcal)
+            c = calibrated_ifu(work_root, plan.exposures, slot, cond, psf, fluxcal, injection)
             if c is None:
                 continue
             ra, dec = geometry.focal_to_sky(c["fx"], c["fy"], astro["ra"], astro["dec"],
@@ -198,7 +226,7 @@ def _run(func: Any, deps: Any, *args: Any) -> Any:
 def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path, out: Path,
                             args: Any, config: PipelineConfig, cond: Conditions | None = None,
                             catalog: Any = None, pointing: tuple[float, float, float] | None = None,
-                            dry: bool = False) -> Any:
+                            dry: bool = False, injection: Injection | None = None) -> Any:
     """Delayed product path of the whole observation."""
     from astropy.table import Table
 
@@ -231,21 +259,22 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
     srcs = gather(srcs, "ifu-sources-all")
     fcal = dask.delayed(flux_calibration, pure=False)(srcs, catalog, dask_key_name="fluxcal")
     dets = [dask.delayed(ifu_detect, pure=False)(work_root, exps, s, cond, psf, fcal, astro, config,
-                                                 dask_key_name=f"ifu-detect-{s:03d}")
+                                                 injection, dask_key_name=f"ifu-detect-{s:03d}")
             for s in slots]
     cube_slots = slots if getattr(args, "all_cubes", False) else [s for s in slots if s == plan.target_slot]
     prefix = f"{plan.date}_{plan.obs:07d}"
     cards = {"OBJECT": "", "DATE-OBS": plan.date, "OBSID": plan.obs, "ORIGIN": "remedy-dask",
              "PIPEVER": __version__}
     cubes = [dask.delayed(ifu_cube, pure=False)(work_root, exps, s, cond, psf, fcal, astro,
-                                                str(out), prefix, config, cards,
+                                                str(out), prefix, config, cards, injection,
                                                 dask_key_name=f"ifu-cube-{s:03d}")
              for s in cube_slots]
     provenance = {"date": plan.date, "obs": plan.obs, "target_ifuslot": plan.target_slot,
                   "calibration_file": str(cal_path), "config": config.to_yaml(),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
-                  "ifuslots": slots}
+                  "ifuslots": slots,
+                  "injection": injection.describe() if injection else "none"}
     return dask.delayed(write_products, pure=False)(
         deps, plan, work_root, cond, astro, psf, fcal, srcs, gather(dets, "ifu-detect-all"),
-        catalog, str(out), provenance, gather(cubes, "ifu-cube-all"),
+        catalog, str(out), provenance, gather(cubes, "ifu-cube-all"), injection,
         dask_key_name="write-products")

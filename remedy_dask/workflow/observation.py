@@ -165,6 +165,7 @@ def star_cutouts(work_root: str, exposures: list[int], slot: int, cond: Conditio
         return None
     offset = (float(np.median(d["fx"] - d["ifu_x"])), float(np.median(d["fy"] - d["ifu_y"])))
     idx, x, y = _catalog_in_ifu(catalog, astro, offset, half=22.0, gmax=gmax)
+    idx, x, y = _isolated(catalog, idx, x, y)
     if idx.size == 0:
         return None
     near = np.zeros(d["fx"].size, bool)
@@ -174,6 +175,21 @@ def star_cutouts(work_root: str, exposures: list[int], slot: int, cond: Conditio
     return {"flux": c["flux"], "error": c["error"], "bad": c["bad"], "fx": d["fx"][near],
             "fy": d["fy"][near], "exp_index": d["exp_index"][near],
             "star_fx": x + offset[0], "star_fy": y + offset[1], "cat_index": idx}
+
+
+def _isolated(catalog: Any, idx: np.ndarray, x: np.ndarray, y: np.ndarray,
+              radius: float = 4.0, dmag: float = 4.0) -> tuple[np.ndarray, ...]:
+    """Keep stars without a catalogue neighbour within ``radius`` arcsec that is less than
+    ``dmag`` fainter: blends bias the PSF-fitted positions and fluxes."""
+    ra = np.asarray(catalog["raMean"], float)
+    dec = np.asarray(catalog["decMean"], float)
+    g = np.asarray(catalog["gMeanApMag"], float)
+    keep = np.ones(idx.size, bool)
+    for k, i in enumerate(idx):
+        sep = np.hypot((ra - ra[i]) * np.cos(np.deg2rad(dec[i])), dec - dec[i]) * 3600
+        near = (sep < radius) & (sep > 0) & ~(g > g[i] + dmag)
+        keep[k] = not near.any()
+    return idx[keep], x[keep], y[keep]
 
 
 def fit_psf(cutouts: list[dict[str, Any] | None], cond: Conditions) -> dict[str, Any]:
@@ -216,7 +232,7 @@ def refine_field(astro: dict[str, Any], psf: dict[str, Any], catalog: Any) -> di
         res = fit_astrometry(psf["star_fx"], psf["star_fy"],
                              np.asarray(catalog["raMean"], float)[idx],
                              np.asarray(catalog["decMean"], float)[idx],
-                             astro["ra"], astro["dec"], astro["rotation"])
+                             astro["ra"], astro["dec"], astro["rotation"], clip=3.5, floor=0.01)
     except CalibrationError as exc:
         log.warning("astrometry refinement failed (%s): first solution kept", exc)
         return astro

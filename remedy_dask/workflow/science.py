@@ -146,7 +146,7 @@ def run_reduce(args: Any) -> Path:
     exposures = build_exposure_graph(plan, summaries, cal_path, work_root, args, config)
     cond, catalog, pointing = prepare_observation(plan, archive, args, config, out)
     final = build_observation_graph(plan, exposures, cal_path, out, args, config, cond, catalog,
-                                    pointing)
+                                    pointing, injection=_injection(args, plan))
     with open_client(args.cluster, args.workers, getattr(args, "cluster_config", None)) as client:
         product = _compute_with_progress(final, client, out, plan)
     t1 = time.perf_counter()
@@ -159,6 +159,21 @@ def run_reduce(args: Any) -> Path:
         print(f"  left out: {reason}")
     print(f"QA report: {report} ({time.perf_counter() - t1:.1f} s)")
     return Path(product)
+
+
+def _injection(args: Any, plan: ObservationPlan) -> Any:
+    """The ``--source-file/--source-x/--source-y/--source-seeing`` injection, if requested."""
+    if not getattr(args, "source_file", None):
+        return None
+    from remedy_dask.io.throughput import read_source_spectrum
+    from remedy_dask.workflow.finalize import Injection
+
+    if args.source_x is None or args.source_y is None:
+        raise RemedyError("--source-file needs --source-x and --source-y (IFU-frame arcsec)")
+    spectrum = read_source_spectrum(args.source_file)
+    log.info("injecting %s at (%.2f, %.2f)\" in IFU %03d, seeing %.2f\"", args.source_file,
+             args.source_x, args.source_y, plan.target_slot, args.source_seeing)
+    return Injection(plan.target_slot, args.source_x, args.source_y, args.source_seeing, spectrum)
 
 
 def prepare_observation(plan: ObservationPlan, archive: RawArchive, args: Any,

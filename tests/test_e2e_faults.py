@@ -1,0 +1,93 @@
+"""Faults and reruns: resume from the zarr intermediates (also after a kill), a corrupt amp
+flagged while the rest is reduced, and source injection recovered by the detection."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from remedy_dask import cli
+
+pytestmark = pytest.mark.e2e
+
+
+def _reduce_args(e2e, out, *extra):
+    sim = e2e["sim"]
+    return ["--quiet", "reduce", "20190822", "7", "47", str(e2e["cal"]), "--rootdir",
+            str(sim / "raw"), "--out", str(out), "--catalog", str(sim / "ps1_catalog.csv"),
+            "--fplane", str(sim / "fplane.txt"), "--ifucen", str(sim / "IFUcen_HETDEX.txt"),
+            "--workers", "2", *extra]
+
+
+def test_injected_line_is_detected_and_resume_skips_finished_amps(e2e, tmp_path, capsys):
+    out = tmp_path / "inj"
+    shutil.copytree(e2e["out"] / "work", out / "work")
+    wave = np.arange(3400.0, 5600.0, 0.5)
+    flam = 4e-16 / (np.sqrt(2 * np.pi) * 2.4) * np.exp(-0.5 * ((wave - 4500.0) / 2.4) ** 2)
+    src = tmp_path / "line.txt"
+    np.savetxt(src, np.column_stack([wave, flam]))
+    args = _reduce_args(e2e, out, "--all-ifus", "--source-file", str(src), "--source-x", "4.0",
+                        "--source-y", "-6.0", "--source-seeing", "1.7")
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "resuming: 48 amp-exposure(s) already reduced" in printed
+    with h5py.File(out / "20190822_0000007.h5") as P:
+        d = P["detections"]
+        a = P["astrometry"].attrs
+        on = (d["ifuslot"][...] == 47) & (np.abs(d["wave"][...] - 4500.0) < 3)
+        assert on.any(), "the injected line must be found"
+        k = np.flatnonzero(on)[np.argmax(d["sn"][...][on])]
+        assert np.hypot(d["ifu_x"][k] - 4.0, d["ifu_y"][k] + 6.0) < 1.5
+        assert abs(d["flux"][k] / 40.0 - 1) < 0.15  # 4e-16 erg/s/cm^2 = 40 in product units
+        assert "injection" in P.attrs and a["n_stars"] > 0
+
+
+def test_killed_run_resumes_without_redoing_finished_work(e2e, tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "remedy_dask", *_reduce_args(e2e, out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    work = out / "work" / "20190822_0000007.zarr"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(work.glob("exp*/0*"))) < 4:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.relative_to(work) for p in work.glob("exp*/0*"))
+    assert 4 <= len(done) < 12, "the run should be killed midway"
+    stamps = {p: (work / p / "zarr.json").stat().st_mtime_ns for p in done}
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"resuming: {len(done)} amp-exposure(s) already reduced" in rerun.stdout
+    assert all((work / p / "zarr.json").stat().st_mtime_ns == t for p, t in stamps.items())
+    assert len(list(work.glob("exp*/0*"))) == 12 and not list(work.glob("exp*/.*tmp"))
+    with h5py.File(out / "20190822_0000007.h5") as P:
+        assert P["fibers/spectrum"].shape[0] == 448 * 3
+
+
+def test_corrupt_amp_is_flagged_and_the_rest_reduced(e2e, tmp_path, capsys):
+    root = tmp_path / "raw"
+    night = root / "20190822" / "virus"
+    night.mkdir(parents=True)
+    with tarfile.open(e2e["sim"] / "raw" / "20190822" / "virus" / "virus0000007.tar") as tar:
+        tar.extractall(night, filter="data")
+    victim = next((night / "virus0000007" / "exp02" / "virus").glob("*047RU_sci.fits"))
+    victim.write_bytes(victim.read_bytes()[: 2880 * 3])  # truncated mid-data
+    args = _reduce_args(e2e, tmp_path / "out")
+    args[args.index("--rootdir") + 1] = str(root)
+    assert cli.main(args) == 0
+    with h5py.File(tmp_path / "out" / "20190822_0000007.h5") as P:
+        n = P["fibers/spectrum"].shape[0]
+        assert n == 448 * 3 - 112  # every other amp-exposure of IFU 047 is there
+        flags = P.attrs["flags"]
+        assert victim.name in flags and "truncated" in flags.lower()
