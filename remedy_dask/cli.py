@@ -81,6 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-seeing", type=float, default=1.5)
     _add_cluster_args(p)
 
+    p = sub.add_parser("reduce-night", help="reduce every science observation of a night")
+    p.add_argument("rootdir", type=Path)
+    p.add_argument("date", type=_date)
+    p.add_argument("calfile", type=Path)
+    p.add_argument("--fplane", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--observations", type=_int_list, help="only these observation numbers")
+    p.add_argument("--catalog", type=Path)
+    p.add_argument("--throughput", type=Path)
+    p.add_argument("--ifucen", type=Path)
+    _add_cluster_args(p)
+    p.set_defaults(neighbor_dist=0, source_file=None, source_x=None, source_y=None,
+                   source_seeing=1.5)
+
     p = sub.add_parser("demo", help="simulate, calibrate and reduce a small night")
     p.add_argument("out", type=Path, nargs="?", default=Path("demo_out"))
     p.add_argument("--workers", type=int, default=None)
@@ -136,6 +150,11 @@ def run(args: argparse.Namespace) -> int:
 
         run_reduce(args)
         return 0
+    if args.command == "reduce-night":
+        from remedy_dask.workflow.science import run_reduce_night
+
+        results = run_reduce_night(args)
+        return 0 if all(not str(r).startswith("failed") for r in results.values()) else 1
     if args.command == "demo":
         from remedy_dask.workflow.demo import run_demo
 

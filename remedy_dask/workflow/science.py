@@ -122,15 +122,23 @@ def build_amp_graph(plan: ObservationPlan, cal_path: Path, work_root: Path,
     return summaries, n_done
 
 
-def run_reduce(args: Any) -> Path:
-    """``remedy-dask reduce``: plan, build the graph, run it, write the products."""
+@dataclass
+class Reduction:
+    """One observation's graph, ready to compute."""
+
+    plan: ObservationPlan
+    final: Any
+    out: Path
+    catalog: Any
+    n_resumed: int
+
+
+def build_reduction(args: Any, config: PipelineConfig, archive: RawArchive) -> Reduction:
+    """Plan one observation and build its whole graph (amp chains, exposures, observation)."""
     from remedy_dask.workflow.exposure import build_exposure_graph
     from remedy_dask.workflow.finalize import build_observation_graph
 
-    config = load_config(getattr(args, "config", None))
     cal_path = Path(args.calfile)
-    archive = RawArchive(args.rootdir)
-    t0 = time.perf_counter()
     plan = plan_observation(archive, args.date, args.obs, args.ifuslot, cal_path,
                             args.neighbor_dist, args.all_ifus)
     if not plan.cal_keys:
@@ -147,18 +155,81 @@ def run_reduce(args: Any) -> Path:
     cond, catalog, pointing = prepare_observation(plan, archive, args, config, out)
     final = build_observation_graph(plan, exposures, cal_path, out, args, config, cond, catalog,
                                     pointing, injection=_injection(args, plan))
-    with open_client(args.cluster, args.workers, getattr(args, "cluster_config", None)) as client:
-        product = _compute_with_progress(final, client, out, plan)
-    t1 = time.perf_counter()
+    return Reduction(plan, final, out, catalog, n_done)
+
+
+def report(red: Reduction, product: str, seconds: float) -> Path:
+    """QA page and the closing lines of a reduction."""
     from remedy_dask.qa.observation import observation_report
 
-    report = observation_report(product, catalog=catalog)
-    print(f"reduced {len(plan.cal_keys)} amps x {len(plan.exposures)} exposures "
-          f"in {t1 - t0:.1f} s: {product}")
-    for reason in plan.skipped:
+    t1 = time.perf_counter()
+    page = observation_report(product, catalog=red.catalog)
+    print(f"reduced {len(red.plan.cal_keys)} amps x {len(red.plan.exposures)} exposures "
+          f"in {seconds:.1f} s: {product}")
+    for reason in red.plan.skipped:
         print(f"  left out: {reason}")
-    print(f"QA report: {report} ({time.perf_counter() - t1:.1f} s)")
+    print(f"QA report: {page} ({time.perf_counter() - t1:.1f} s)")
+    return page
+
+
+def run_reduce(args: Any) -> Path:
+    """``remedy-dask reduce``: plan, build the graph, run it, write the products."""
+    config = load_config(getattr(args, "config", None))
+    t0 = time.perf_counter()
+    red = build_reduction(args, config, RawArchive(args.rootdir))
+    with open_client(args.cluster, args.workers, getattr(args, "cluster_config", None)) as client:
+        product = _compute_with_progress(red.final, client, red.out, red.plan)
+    report(red, product, time.perf_counter() - t0)
     return Path(product)
+
+
+def run_reduce_night(args: Any) -> dict[int, str]:
+    """``remedy-dask reduce-night``: every science observation of a night in one cluster, each
+    isolated (one failing observation does not stop the others), and a summary table."""
+    import copy
+
+    from remedy_dask.workflow.cluster import compute
+
+    config = load_config(getattr(args, "config", None))
+    archive = RawArchive(args.rootdir)
+    observations = args.observations or [
+        o for o in archive.observations(args.date) if archive.frames(args.date, o, kind="sci")]
+    if not observations:
+        raise RemedyError(f"no science observations on {args.date} under {args.rootdir}")
+    results: dict[int, str] = {}
+    reductions: dict[int, Reduction] = {}
+    t0 = time.perf_counter()
+    for obs in observations:
+        a = copy.copy(args)
+        a.obs, a.all_ifus = obs, True
+        a.ifuslot = archive.ifuslots(args.date, obs, "sci")[0] if archive.ifuslots(
+            args.date, obs, "sci") else 0
+        try:
+            reductions[obs] = build_reduction(a, config, archive)
+        except RemedyError as exc:
+            results[obs] = f"failed: {exc}"
+    with open_client(args.cluster, args.workers, getattr(args, "cluster_config", None)) as client:
+        # all observations share the cluster: submitted together, collected one by one
+        pending = {obs: (client.compute(red.final) if client is not None else red.final)
+                   for obs, red in reductions.items()}
+        for obs, job in pending.items():
+            try:
+                results[obs] = job.result() if client is not None else compute(job, None)
+            except Exception as exc:  # one failing observation does not stop the others
+                log.exception("observation %07d failed", obs)
+                results[obs] = f"failed: {type(exc).__name__}: {exc}"
+    for obs, red in reductions.items():
+        if not str(results[obs]).startswith("failed"):
+            from remedy_dask.qa.observation import observation_report
+
+            observation_report(results[obs], catalog=red.catalog)
+    print(f"\nnight {args.date}: {len(observations)} observation(s) in "
+          f"{time.perf_counter() - t0:.0f} s")
+    print(f"{'obs':>8}  {'amps':>5}  result")
+    for obs in observations:
+        n = len(reductions[obs].plan.cal_keys) if obs in reductions else 0
+        print(f"{obs:08d}  {n:5d}  {results[obs]}")
+    return results
 
 
 def _injection(args: Any, plan: ObservationPlan) -> Any:
