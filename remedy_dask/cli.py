@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-file", type=Path)
     p.add_argument("--source-x", type=float)
     p.add_argument("--source-y", type=float)
-    p.add_argument("--source-seeing", type=float, default=1.5)
+    p.add_argument("--source-seeing", type=float, default=None,
+                   help="FWHM (arcsec) of the injected source; default: each exposure's fitted PSF")
     _add_cluster_args(p)
 
     p = sub.add_parser("reduce-night", help="reduce every science observation of a night")
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ifucen", type=Path)
     _add_cluster_args(p)
     p.set_defaults(neighbor_dist=0, source_file=None, source_x=None, source_y=None,
-                   source_seeing=1.5)
+                   source_seeing=None)
 
     p = sub.add_parser("demo", help="simulate, calibrate and reduce a small night")
     p.add_argument("out", type=Path, nargs="?", default=Path("demo_out"))

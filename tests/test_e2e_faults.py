@@ -25,7 +25,7 @@ def _reduce_args(e2e, out, *extra):
     return ["--quiet", "reduce", "20190822", "7", "47", str(e2e["cal"]), "--rootdir",
             str(sim / "raw"), "--out", str(out), "--catalog", str(sim / "ps1_catalog.csv"),
             "--fplane", str(sim / "fplane.txt"), "--ifucen", str(sim / "IFUcen_HETDEX.txt"),
-            "--workers", "2", *extra]
+            "--neighbor-dist", "0", "--workers", "2", *extra]
 
 
 def test_injected_line_is_detected_and_resume_skips_finished_amps(e2e, tmp_path, capsys):
@@ -36,7 +36,7 @@ def test_injected_line_is_detected_and_resume_skips_finished_amps(e2e, tmp_path,
     src = tmp_path / "line.txt"
     np.savetxt(src, np.column_stack([wave, flam]))
     args = _reduce_args(e2e, out, "--all-ifus", "--source-file", str(src), "--source-x", "4.0",
-                        "--source-y", "-6.0", "--source-seeing", "1.7")
+                        "--source-y", "-6.0")
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
     assert "resuming: 48 amp-exposure(s) already reduced" in printed

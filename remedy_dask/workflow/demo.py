@@ -40,7 +40,7 @@ def run_demo(out: Path, workers: int | None = None) -> Path:
         date=DEMO_DATE, obs=DEMO_OBS, ifuslot=DEMO_SLOTS[0], calfile=cal, rootdir=sim_dir / "raw",
         fplane=sim_dir / "fplane.txt", out=out / "reduced", catalog=sim_dir / "ps1_catalog.csv",
         throughput=None, ifucen=sim_dir / "IFUcen_HETDEX.txt", neighbor_dist=1, all_ifus=True,
-        source_file=None, source_x=None, source_y=None, source_seeing=1.5, cluster="local",
+        source_file=None, source_x=None, source_y=None, source_seeing=None, cluster="local",
         workers=workers, config=None, cluster_config=None,
     ))
     t3 = time.perf_counter()

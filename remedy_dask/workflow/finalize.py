@@ -36,7 +36,7 @@ class Injection:
     ifuslot: int
     x: float  # IFU-frame arcsec
     y: float
-    seeing: float  # FWHM arcsec
+    seeing: float | None  # FWHM arcsec; None: the fitted PSF of each exposure
     spectrum: np.ndarray  # (1036,) 1e-17 erg/s/cm^2/A, total flux
 
     def describe(self) -> dict[str, Any]:
@@ -59,9 +59,11 @@ def calibrated_ifu(work_root: str, exposures: list[int], slot: int, cond: Condit
         from remedy_dask.psf import fiber_integrated_moffat
         from remedy_dask.sources import inject_source
 
+        table = (psf_tables(psf) if injection.seeing is None
+                 else fiber_integrated_moffat(injection.seeing))
         c["flux"] = inject_source(c["flux"], c["ifu_x"], c["ifu_y"], injection.x, injection.y,
-                                  injection.spectrum, fiber_integrated_moffat(injection.seeing),
-                                  geometry.dar_offsets(), c["exp_index"])
+                                  injection.spectrum, table, geometry.dar_offsets(),
+                                  c["exp_index"])
     return c
 
 

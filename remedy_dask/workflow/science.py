@@ -242,8 +242,8 @@ def _injection(args: Any, plan: ObservationPlan) -> Any:
     if args.source_x is None or args.source_y is None:
         raise RemedyError("--source-file needs --source-x and --source-y (IFU-frame arcsec)")
     spectrum = read_source_spectrum(args.source_file)
-    log.info("injecting %s at (%.2f, %.2f)\" in IFU %03d, seeing %.2f\"", args.source_file,
-             args.source_x, args.source_y, plan.target_slot, args.source_seeing)
+    log.info("injecting %s at (%.2f, %.2f)\" in IFU %03d, seeing %s", args.source_file,
+             args.source_x, args.source_y, plan.target_slot, args.source_seeing or "fitted PSF")
     return Injection(plan.target_slot, args.source_x, args.source_y, args.source_seeing, spectrum)
 
 
