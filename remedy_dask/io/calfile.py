@@ -95,6 +95,15 @@ def _quantised(values: np.ndarray, step: float | None) -> tuple[np.ndarray, dict
     return out, {"quantisation_step": step}
 
 
+def _write_file_attrs(h5: h5py.File, attrs: dict[str, Any] | None) -> None:
+    """Format version, code version, creation time and the caller's provenance."""
+    h5.attrs["format_version"] = FORMAT_VERSION
+    h5.attrs["code_version"] = __version__
+    h5.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    for key, value in (attrs or {}).items():
+        h5.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
+
+
 def write_calibration(
     path: str | Path, amps: list[AmpCalibration], attrs: dict[str, Any] | None = None
 ) -> Path:
@@ -103,11 +112,7 @@ def write_calibration(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with h5py.File(tmp, "w") as h5:
-        h5.attrs["format_version"] = FORMAT_VERSION
-        h5.attrs["code_version"] = __version__
-        h5.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-        for key, value in (attrs or {}).items():
-            h5.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
+        _write_file_attrs(h5, attrs)
         for cal in amps:
             g = h5.create_group(cal.key)
             g.attrs.update(
@@ -140,11 +145,7 @@ def merge_parts(parts: list[Path], path: str | Path, attrs: dict[str, Any] | Non
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with h5py.File(tmp, "w") as out:
-        out.attrs["format_version"] = FORMAT_VERSION
-        out.attrs["code_version"] = __version__
-        out.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-        for key, value in (attrs or {}).items():
-            out.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
+        _write_file_attrs(out, attrs)
         for part in parts:
             with h5py.File(part, "r") as src:
                 for key in src:
