@@ -12,7 +12,7 @@
    higher orders a smooth polynomial across the slit; inverse-variance weights, robust rejection.
 
 ``measure_wavelength_shift`` measures the offset of known night-sky lines in the science spectra
-against the calibration wavelengths with a windowed centroid stacked over all fibers.
+against the calibration wavelengths (joint maximum-likelihood fit, :mod:`remedy_dask.skyshift`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from scipy.ndimage import gaussian_filter1d, median_filter
 
 from remedy_dask import geometry
 from remedy_dask.errors import CalibrationError
+from remedy_dask.skyshift import fit_wavelength_shift
 from remedy_dask.trace import windowed_centroid
 
 ALL_ARC_LINES: tuple[float, ...] = tuple(sorted(w for lamp in geometry.ARC_LINES.values() for w in lamp))
@@ -175,28 +176,6 @@ def line_centroids(spectra: np.ndarray, variance: np.ndarray, start: np.ndarray,
     err, snr = _centroid_error(line, r, var, s[..., None], sigma_w)
     good = ok & ok0 & np.isfinite(err)
     return np.where(good, start + s, np.nan), np.where(good, err, np.nan), np.where(good, snr, 0.0)
-
-
-def stacked_offset(spectra: np.ndarray, variance: np.ndarray, pred: np.ndarray, sigma_w: float,
-                   use: np.ndarray, n_iter: int = 8, side_max: int = 20
-                   ) -> tuple[float, float, float]:
-    """One common offset of a line from its predicted columns ``pred`` (n_spec,) in the spectra
-    ``use``: the root of sum_k v_k^-1 sum_r w(r - s) (r - s) line_k(r), each spectrum weighted by
-    its inverse noise level v_k in the window.  Returns (offset, error, S/N)."""
-    line, r, var, _, ok = _line_windows(spectra[use], variance[use], pred[use, None], side_max)
-    line, r, var = line[ok[:, 0], 0], r[ok[:, 0], 0], var[ok[:, 0], 0]
-    if line.shape[0] == 0:
-        return float("nan"), float("inf"), 0.0
-    inner = np.abs(r) < 49
-    level = (var * inner).sum(-1, keepdims=True) / np.maximum(inner.sum(-1, keepdims=True), 1)
-    wgt = 1.0 / np.maximum(level, 1e-12)
-    wgt = wgt / wgt.mean()
-    line_w, var_w = line * wgt, var * wgt**2
-    s, _, good = windowed_centroid(line_w.ravel()[None, :], r.ravel()[None, :], sigma_w, n_iter)
-    err, snr = _centroid_error(line_w.ravel(), r.ravel(), var_w.ravel(), s[0], sigma_w, axis=(0,))
-    if not good[0] or not np.isfinite(err):
-        return float("nan"), float("inf"), 0.0
-    return float(s[0]), float(err), float(snr)
 
 
 def _nan_stat(func, values: np.ndarray) -> np.ndarray:
@@ -355,44 +334,6 @@ def _missing_message(lines: np.ndarray, found: np.ndarray, min_lines: int) -> st
 # --------------------------------------------------------------------------------------------
 # per-exposure shift from sky lines
 # --------------------------------------------------------------------------------------------
-def sky_line_offsets(spectra: np.ndarray, wavelength: np.ndarray, mask: np.ndarray | None = None,
-                     lines: tuple[float, ...] = geometry.SKY_LINES, *,
-                     error: np.ndarray | None = None, lsf_fwhm: float = LSF_FWHM
-                     ) -> list[dict[str, float]]:
-    """Per sky line: the common offset (px) of the line from its calibration column in all
-    fibers, its error, total S/N and the number of fibers used (outlying fibers rejected)."""
-    spec = np.asarray(spectra, dtype=float)
-    n_fib, n_cols = spec.shape
-    var = (np.abs(np.nan_to_num(spec)) + 25.0 if error is None
-           else np.asarray(error, dtype=float) ** 2)
-    if mask is not None:
-        spec = np.where(mask, np.nan, spec)
-    disp = np.nanmedian(np.gradient(wavelength, axis=1))
-    sigma_w = float(np.clip(lsf_fwhm / 2.3548 / disp, 0.7, 3.0))
-    out = []
-    for wave in lines:
-        inside = (wavelength[:, 20] < wave) & (wavelength[:, -21] > wave)
-        if inside.sum() < 5:
-            continue
-        pred = np.array([np.interp(wave, wavelength[k], np.arange(n_cols)) if inside[k] else np.nan
-                         for k in range(n_fib)])
-        # per-fiber centroids and line fluxes only to reject outlying fibers (cosmic rays,
-        # source lines near the sky line); sky lines are alike in all fibers
-        x, err, snr = line_centroids(spec, var, pred[:, None], sigma_w)
-        d, e, s = (x - pred[:, None])[:, 0], err[:, 0], snr[:, 0]
-        ok = np.isfinite(d) & (s > 1.0)
-        if ok.sum() < 5:
-            continue
-        chi = (d - np.median(d[ok])) / e
-        scale = max(1.4826 * np.median(np.abs(chi[ok])), 1.0)
-        s_med, s_mad = np.median(s[ok]), 1.4826 * np.median(np.abs(s[ok] - np.median(s[ok])))
-        use = ok & (np.abs(chi) < 4.0 * scale) & (np.abs(s - s_med) < 5.0 * max(s_mad, 1.0))
-        shift, error_px, total_snr = stacked_offset(spec, var, pred, sigma_w, use)
-        out.append({"wave": float(wave), "shift": shift, "error": error_px, "snr": total_snr,
-                    "n_fibers": int(use.sum())})
-    return out
-
-
 def measure_wavelength_shift(spectra: np.ndarray, wavelength: np.ndarray,
                              mask: np.ndarray | None = None,
                              lines: tuple[float, ...] = geometry.SKY_LINES, *,
@@ -401,16 +342,12 @@ def measure_wavelength_shift(spectra: np.ndarray, wavelength: np.ndarray,
     """Shift (px) of sky emission lines in science spectra against the calibration wavelengths:
     ``wavelength_sci(x) = wavelength_cal(x - shift)``.
 
-    Per line, one windowed centroid of all fibers together (a common offset from each fiber's
-    predicted column, local linear continuum removed, outlying fibers rejected; see
-    ``sky_line_offsets``); lines with total S/N >= ``min_snr`` are combined with inverse-variance
-    weights.  ``error`` (sigma of the spectra) sets the weights; without it a Poisson estimate is
-    used.  Raises CalibrationError if no line is measurable.
+    Joint maximum-likelihood fit of all ``lines`` in all fibers with one common shift (per-fiber
+    linear continuum and line amplitude, pixel-integrated Gaussian LSF of ``lsf_fwhm`` A, bright
+    sources and outlying fibers left out; lines with S/N < ``min_snr`` dropped): see
+    :mod:`remedy_dask.skyshift`, whose ``fit_wavelength_shift`` also returns the formal error
+    and per-line values for QA.  ``error`` (sigma of the spectra) sets the weights; without it a
+    Poisson estimate is used.  Raises CalibrationError if no line is measurable.
     """
-    per_line = [m for m in sky_line_offsets(spectra, wavelength, mask, lines, error=error,
-                                            lsf_fwhm=lsf_fwhm)
-                if np.isfinite(m["shift"]) and m["snr"] >= min_snr and abs(m["shift"]) < 2.0]
-    if not per_line:
-        raise CalibrationError(f"wavelength shift: no sky line of {lines} measurable")
-    w = np.array([1.0 / m["error"] ** 2 for m in per_line])
-    return float(np.sum(w * np.array([m["shift"] for m in per_line])) / w.sum())
+    return fit_wavelength_shift(spectra, wavelength, mask, lines, error=error, lsf_fwhm=lsf_fwhm,
+                                min_snr=min_snr, per_line=False).shift
