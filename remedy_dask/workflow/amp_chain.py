@@ -42,6 +42,7 @@ class AmpExposure:
     header: dict[str, Any] = field(default_factory=dict)
     trace_shift: float = 0.0
     wave_shift: float = 0.0
+    wave_shift_error: float = float("nan")
     extraction: Any = None
     mask_counts: dict[str, Any] = field(default_factory=dict)
     failed: str | None = None
@@ -147,11 +148,12 @@ def shifted_wavelength(wavelength: np.ndarray, shift: float) -> np.ndarray:
 def wave_shift(ax: AmpExposure, config: ReductionConfig) -> AmpExposure:
     if not config.measure_wavelength_shift:
         return ax
-    from remedy_dask.wavelength import measure_wavelength_shift
+    from remedy_dask.skyshift import fit_wavelength_shift
 
     ex = ax.extraction
-    shift = float(measure_wavelength_shift(ex.spectrum, ax.wavelength, ex.mask, error=ex.error))
-    ax.wave_shift = shift
+    fit = fit_wavelength_shift(ex.spectrum, ax.wavelength, ex.mask, error=ex.error)
+    shift = float(fit.shift)
+    ax.wave_shift, ax.wave_shift_error = shift, float(fit.error)
     ax.wavelength = shifted_wavelength(ax.wavelength, shift)
     return ax
 
@@ -210,6 +212,7 @@ def rectify_and_store(ax: AmpExposure, root: str, key: str
         attrs={
             "ifuslot": int(ax.key[:3]), "amp": ax.key[3:], "exp": ax.exp,
             "exptime": ax.exptime, "trace_shift": ax.trace_shift, "wave_shift": ax.wave_shift,
+            "wave_shift_error": ax.wave_shift_error,
             "frame": ax.ref.name if ax.ref else "", "notes": "; ".join(ax.notes),
             "mask_counts": json.dumps(ax.mask_counts),
             **{f"header_{k}": (v if v is not None else "") for k, v in ax.header.items()},
