@@ -21,13 +21,14 @@ shared empirical profile plus per-fiber width terms, on a tensor-B-spline backgr
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.fft as sfft
 from scipy import sparse
 from scipy.interpolate import BSpline
 from scipy.linalg import solveh_banded
-from scipy.optimize import lsq_linear
 
 from remedy_dask.errors import CalibrationError
 
@@ -39,13 +40,19 @@ KNOT_SPACING_ROWS = 64.0
 KNOT_SPACING_COLS = 96.0
 
 
-def _nan_median_last(values: np.ndarray) -> np.ndarray:
-    """Median over the last axis ignoring NaN (NaN where all are NaN), by one sort."""
+def _nan_median_last(values: np.ndarray, n_valid: np.ndarray | None = None) -> np.ndarray:
+    """Median over the last axis ignoring NaN (NaN where all are NaN), by one sort.
+    ``n_valid``: the number of finite values along the last axis, if known."""
     srt = np.sort(values, axis=-1)  # NaN sort last
-    n = np.isfinite(values).sum(-1)
+    n = np.isfinite(values).sum(-1) if n_valid is None else n_valid
+    if np.ndim(n) == 0:  # same count everywhere: plain indexing
+        n = int(n)
+        if n == 0:
+            return np.full(values.shape[:-1], np.nan)
+        return 0.5 * (srt[..., (n - 1) // 2] + srt[..., n // 2])
     lo = np.take_along_axis(srt, np.maximum((n - 1) // 2, 0)[..., None], -1)[..., 0]
     hi = np.take_along_axis(srt, np.maximum(n // 2, 0)[..., None], -1)[..., 0]
-    return np.where(n > 0, 0.5 * (lo + np.where(n % 2 == 1, lo, hi)), np.nan)
+    return np.where(n > 0, 0.5 * (lo + hi), np.nan)
 
 
 def chunk_profiles(image: np.ndarray, variance: np.ndarray | None, mask: np.ndarray | None,
@@ -58,25 +65,33 @@ def chunk_profiles(image: np.ndarray, variance: np.ndarray | None, mask: np.ndar
     n_rows, n_cols = image.shape
     width = n_cols // n_chunks
     used = width * n_chunks
-    d = np.array(image[:, :used], dtype=float)
+    shape = (n_rows, n_chunks, width)
+    d = np.asarray(image, dtype=float)[:, :used]
     bad = ~np.isfinite(d)
     if mask is not None:
         bad |= mask[:, :used]
-    d[bad] = np.nan
-    d = d.reshape(n_rows, n_chunks, width)
-    bad = bad.reshape(n_rows, n_chunks, width)
-    med = _nan_median_last(d)[..., None]
+    if bad.any():
+        d = np.where(bad, np.nan, d).reshape(shape)
+        n_valid: np.ndarray | int = width - bad.reshape(shape).sum(-1)
+    else:
+        d = d.reshape(shape)
+        n_valid = width
+    med = _nan_median_last(d, n_valid)[..., None]
     if variance is not None:
-        var = _nan_median_last(np.where(bad, np.nan, variance[:, :used].reshape(d.shape)))[..., None]
+        v = np.asarray(variance, dtype=float)[:, :used].reshape(shape)
+        if not np.isscalar(n_valid):
+            v = np.where(bad.reshape(shape), np.nan, v)
+        var = _nan_median_last(v, n_valid)[..., None]
     else:
         var = np.abs(med) + 10.0
     with np.errstate(invalid="ignore"):
         tol = 6.0 * np.sqrt(np.maximum(np.nan_to_num(var, nan=1.0), 1.0)) + 0.15 * np.abs(med)
-        good = ~bad & (np.abs(d - med) <= tol)
+        good = (d >= med - tol) & (d <= med + tol)  # False at NaN (bad) pixels
     n = good.sum(-1)
-    profiles = np.where(n > 0, np.where(good, d, 0.0).sum(-1) / np.maximum(n, 1), np.nan).T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        profiles = np.where(good, d, 0.0).sum(-1) / n  # NaN where no pixel is usable
     centres = np.arange(n_chunks) * width + 0.5 * (width - 1)
-    return profiles, centres
+    return np.ascontiguousarray(profiles.T), centres
 
 
 def chunk_positions(trace: np.ndarray, n_chunks: int) -> np.ndarray:
@@ -257,6 +272,7 @@ def initial_profile() -> np.ndarray:
 # scattered light from gaps and edges with halo templates
 # --------------------------------------------------------------------------------------------
 HALO_R0 = (25.0, 70.0, 200.0)  # px, core radii of the halo kernels (1 + (r/r0)^2)^-1.5
+HALO_ROW_BIN = 4  # px, row step of the light map the halo kernels are applied on
 WING_NODES = np.arange(6.0, 15.0, 1.0)  # px, far-wing nodes (W = 0 at the last)
 MIN_DISTANCE = 6.0  # px, rows closer than this to a fiber are not used
 
@@ -272,44 +288,144 @@ def core_amplitudes(profiles: np.ndarray, pos: np.ndarray, background: np.ndarra
 
 
 def _light_map(pos: np.ndarray, amp: np.ndarray, n_rows: int) -> np.ndarray:
-    """Fiber amplitudes deposited at their rows (linear split between two rows): (n_chunks, n_rows)."""
+    """Fiber amplitudes deposited at rows ``pos`` (linear split between the two nearest rows,
+    which keeps the light's centroid): (n_chunks, n_rows)."""
     n_chunks = pos.shape[0]
     lo = np.clip(np.floor(pos).astype(int), 0, n_rows - 2)
     frac = np.clip(pos - lo, 0.0, 1.0)
-    chunk = np.broadcast_to(np.arange(n_chunks)[:, None], pos.shape)
-    out = np.zeros((n_chunks, n_rows))
-    np.add.at(out, (chunk, lo), amp * (1 - frac))
-    np.add.at(out, (chunk, lo + 1), amp * frac)
+    flat = (np.arange(n_chunks)[:, None] * n_rows + lo).ravel()
+    out = np.bincount(flat, (amp * (1 - frac)).ravel(), n_chunks * n_rows)
+    out[1:] += np.bincount(flat, (amp * frac).ravel(), n_chunks * n_rows)[:-1]
+    return out.reshape(n_chunks, n_rows)
+
+
+def _fft_shape(n_chunks: int, n_coarse: int) -> tuple[int, int]:
+    """Zero-padded FFT grid of a light map: at least twice its size (linear convolution with
+    the kernels' full extent), rounded up to fast FFT lengths."""
+    return sfft.next_fast_len(2 * n_chunks, real=True), sfft.next_fast_len(2 * n_coarse, real=True)
+
+
+@functools.lru_cache(maxsize=16)
+def halo_kernel_spectra(shape: tuple[int, int], col_step: float, row_step: float,
+                        r0s: tuple[float, ...] = HALO_R0) -> np.ndarray:
+    """rfft2 of the (1 + (r/r0)^2)^-1.5 kernels on a periodic grid of ``shape`` (chunks x
+    coarse rows, steps in px): (n_kernels, shape[0], shape[1] // 2 + 1), read-only (cached)."""
+    dx = np.fft.fftfreq(shape[0], 1.0 / shape[0]) * col_step
+    dy = np.fft.fftfreq(shape[1], 1.0 / shape[1]) * row_step
+    r2 = dx[:, None] ** 2 + dy[None, :] ** 2
+    out = np.stack([sfft.rfft2((1.0 + r2 / r0**2) ** -1.5) for r0 in r0s])
+    out.flags.writeable = False
     return out
 
 
-def halo_templates(light: np.ndarray, centres: np.ndarray, r0s: tuple[float, ...] = HALO_R0
-                   ) -> np.ndarray:
-    """The light map (n_chunks, n_rows) on uniformly spaced chunk centres convolved in 2-D with
-    (1 + (r/r0)^2)^-1.5 kernels (FFT, zero padded).  Returns (n_kernels, n_chunks, n_rows), each
-    normalised to the total light."""
-    n_chunks, n_rows = light.shape
-    step = (centres[-1] - centres[0]) / max(n_chunks - 1, 1)
-    shape = (2 * n_chunks, 2 * n_rows)
-    dx = np.fft.fftfreq(shape[0], 1.0 / shape[0]) * step
-    dy = np.fft.fftfreq(shape[1], 1.0 / shape[1])
-    r2 = dx[:, None] ** 2 + dy[None, :] ** 2
-    spec = np.fft.rfft2(light, shape)
-    out = []
-    for r0 in r0s:
-        kernel = (1.0 + r2 / r0**2) ** -1.5
-        conv = np.fft.irfft2(spec * np.fft.rfft2(kernel), shape)[:n_chunks, :n_rows]
-        out.append(conv / max(conv.sum(), 1e-30) * light.sum())
-    return np.stack(out)
+def halo_templates(light: np.ndarray, kernel_spectra: np.ndarray) -> np.ndarray:
+    """The light map (n_chunks, n_coarse) convolved in 2-D with the halo kernels given by their
+    spectra on the grid ``_fft_shape`` (see :func:`halo_kernel_spectra`).  Returns
+    (n_kernels, n_chunks, n_coarse), each normalised to the total light."""
+    n_chunks, n_coarse = light.shape
+    shape = _fft_shape(n_chunks, n_coarse)
+    conv = sfft.irfft2(sfft.rfft2(light, shape)[None] * kernel_spectra, shape,
+                       axes=(1, 2))[:, :n_chunks, :n_coarse]
+    return conv * (light.sum() / np.maximum(conv.sum(axis=(1, 2)), 1e-30))[:, None, None]
+
+
+def _row_interpolation(n_rows: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lower coarse node and weight of the upper one for every row (coarse node i at row i*step)."""
+    q = np.arange(n_rows) / step
+    lo = np.floor(q).astype(int)
+    return lo, q - lo
+
+
+def bounded_lstsq(design: np.ndarray, data: np.ndarray, nonneg: np.ndarray,
+                  start: np.ndarray | None = None, max_iter: int = 200) -> np.ndarray:
+    """Least squares ``design @ x ~ data`` with ``x[nonneg] >= 0`` (the others free).
+
+    Lawson-Hanson active set on the triangular factor R of the column-scaled design (QR once:
+    every step is a tiny solve with the conditioning of the design, not of its normal
+    equations); ``start`` (bool, optional) guesses the variables off their bound, e.g. from a
+    previous fit.  Raises CalibrationError on non-finite input."""
+    scale = np.sqrt(np.mean(design**2, axis=0)) + 1e-30
+    if not (np.all(np.isfinite(design)) and np.all(np.isfinite(data))):
+        raise CalibrationError("scattered light: non-finite values in the background fit")
+    q, r = np.linalg.qr(design / scale)
+    c = q.T @ data
+    n = c.size
+    tol = 1e-10 * max(float(np.abs(r.T @ c).max()), 1e-30)
+
+    def solve(passive: np.ndarray) -> np.ndarray:
+        z = np.zeros(n)
+        idx = np.flatnonzero(passive)
+        z[idx] = np.linalg.lstsq(r[:, idx], c, rcond=1e-10)[0]
+        return z
+
+    passive = ~nonneg
+    x = solve(passive)
+    if start is not None:  # warm start, kept only if feasible
+        z = solve(passive | start)
+        if np.all(z[nonneg & start] > 0):
+            passive, x = passive | start, z
+    for _ in range(max_iter):
+        grad = r.T @ (c - r @ x)
+        cand = np.flatnonzero(nonneg & ~passive & (grad > tol))
+        if cand.size == 0:
+            break
+        passive[cand[np.argmax(grad[cand])]] = True
+        for _ in range(n + 1):
+            z = solve(passive)
+            neg = passive & nonneg & (z <= 0)
+            if not neg.any():
+                x = z
+                break
+            # step from x towards z up to the first bound, drop the variables that hit it
+            alpha = np.min(x[neg] / np.maximum(x[neg] - z[neg], 1e-300))
+            x = x + alpha * (z - x)
+            passive &= ~(nonneg & (x <= 1e-12 * np.abs(x).max()))
+            x[~passive] = 0.0
+    return x / scale
+
+
+def _free_rows(pos: np.ndarray, n_rows: int, min_distance: float
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Distances (n_chunks, n_rows, 4) to the 4 fibers around every (chunk, row) (inf where
+    there is no fiber) and those fibers' indices; ``pos`` (n_chunks, n_fib)."""
+    n_chunks, n_fib = pos.shape
+    rows = np.arange(n_rows)
+    order = np.argsort(pos, axis=1)
+    spos = np.take_along_axis(pos, order, axis=1)
+    above = np.stack([np.searchsorted(spos[j], rows) for j in range(n_chunks)])  # (nc, nr)
+    near = above[..., None] + np.arange(-2, 2)  # (nc, nr, 4)
+    exists = (near >= 0) & (near < n_fib)
+    near = np.clip(near, 0, n_fib - 1)
+    chunk = np.arange(n_chunks)[:, None, None]
+    dist = np.where(exists, np.abs(rows[None, :, None] - spos[chunk, near]), np.inf)
+    return dist, order[chunk, near]
+
+
+def _wing_design(dist: np.ndarray, amp_near: np.ndarray) -> np.ndarray:
+    """Far-wing columns (n, n_w): the near fibers' amplitudes on hat functions of the distance."""
+    n_w = WING_NODES.size - 1
+    x = np.clip(np.nan_to_num((dist - WING_NODES[0]) / (WING_NODES[1] - WING_NODES[0]),
+                              posinf=n_w), 0.0, n_w)
+    g = np.floor(x).astype(int)
+    frac = x - g
+    out = np.zeros(dist.shape[0] * (n_w + 1))
+    base = (np.arange(dist.shape[0]) * (n_w + 1))[:, None]
+    for node, wgt in ((g, 1 - frac), (g + 1, frac)):
+        out += np.bincount((base + np.minimum(node, n_w)).ravel(), (amp_near * wgt).ravel(),
+                           out.size)
+    return out.reshape(-1, n_w + 1)[:, :n_w]  # the node at the last (W = 0) is dropped
 
 
 def scattered_light(image: np.ndarray, trace: np.ndarray, mask: np.ndarray | None = None, *,
                     variance: np.ndarray | None = None, n_chunks: int = 43,
-                    min_distance: float = MIN_DISTANCE, n_iter: int = 2) -> np.ndarray:
+                    min_distance: float = MIN_DISTANCE, n_iter: int = 2,
+                    row_bin: int = HALO_ROW_BIN) -> np.ndarray:
     """Smooth scattered-light image (e-) under the fibers of ``image`` traced by ``trace``.
 
-    Fitted on the rows at least ``min_distance`` px from every fiber (see the module docstring).
-    Raises CalibrationError if the trace does not fit the image or too few rows are free.
+    Fitted on the rows at least ``min_distance`` px from every fiber (see the module docstring);
+    the halo convolutions run on a light map of ``row_bin``-row steps (the kernels are >= 25 px
+    wide), interpolated back to every row.  Raises CalibrationError if the trace does not fit
+    the image or too few rows are free.
     """
     img = np.asarray(image, dtype=float)
     n_rows, n_cols = img.shape
@@ -317,59 +433,47 @@ def scattered_light(image: np.ndarray, trace: np.ndarray, mask: np.ndarray | Non
         raise CalibrationError("scattered light: trace missing, non-finite or of the wrong width")
     profiles, centres = chunk_profiles(img, variance, mask, n_chunks)
     pos = chunk_positions(trace, n_chunks)
-    rows = np.arange(n_rows)
-    # the 4 fibers around every (chunk, row): indices and distances (pos is sorted per chunk)
-    order = np.argsort(pos, axis=1)
-    spos = np.take_along_axis(pos, order, axis=1)
-    above = np.stack([np.searchsorted(spos[j], rows) for j in range(n_chunks)])  # (nc, nr)
-    near = above[..., None] + np.arange(-2, 2)  # (nc, nr, 4)
-    exists = (near >= 0) & (near < pos.shape[1])
-    near = np.clip(near, 0, pos.shape[1] - 1)
-    chunk = np.arange(n_chunks)[:, None, None]
-    near_fiber = order[chunk, near]
-    dist = np.where(exists, np.abs(rows[None, :, None] - spos[chunk, near]), np.inf)
+    dist, near_fiber = _free_rows(pos, n_rows, min_distance)
     free = (dist.min(-1) >= min_distance) & np.isfinite(profiles)
     if free.sum() < 10 * n_chunks:
         raise CalibrationError(f"scattered light: only {free.sum()} rows free of fiber light")
     jj, yy = np.nonzero(free)
     data = profiles[jj, yy]
     dsel, fsel = dist[jj, yy], near_fiber[jj, yy]  # (n, 4)
-    n_w = WING_NODES.size - 1
-    wing = np.zeros((jj.size, n_w))
-    x = np.clip(np.nan_to_num((dsel - WING_NODES[0]) / (WING_NODES[1] - WING_NODES[0]),
-                              posinf=n_w), 0.0, n_w)
-    g = np.floor(x).astype(int)
-    frac = x - g
+    rows = np.arange(n_rows)
+    xu_chunk = 2.0 * centres / (n_cols - 1) - 1.0
+    yu_row = 2.0 * rows / (n_rows - 1) - 1.0
+    # halo convolutions on a coarse row grid (node i at row i * row_bin)
+    n_coarse = (n_rows - 1) // row_bin + 2
+    step = (centres[-1] - centres[0]) / max(n_chunks - 1, 1)
+    spectra = halo_kernel_spectra(_fft_shape(n_chunks, n_coarse), float(step), float(row_bin))
+    lo, fr = _row_interpolation(n_rows, row_bin)
+    n_t, n_w = spectra.shape[0], WING_NODES.size - 1
+    nonneg = np.r_[np.ones(n_t, bool), np.zeros(3, bool), np.ones(n_w, bool)]
     background = np.zeros_like(profiles)
-    xu = 2.0 * centres[jj] / (n_cols - 1) - 1.0
-    yu = 2.0 * yy / (n_rows - 1) - 1.0
-    coef = np.zeros(0)
     keep = np.ones(jj.size, dtype=bool)
+    coef = None
     for _ in range(n_iter):
         amp = core_amplitudes(profiles, pos, background)
-        a = amp[jj[:, None], fsel]  # (n, 4)
-        wing[:] = 0.0
-        for node, wgt in ((g, 1 - frac), (g + 1, frac)):
-            ok = node < n_w
-            np.add.at(wing, (np.nonzero(ok)[0], node[ok]), (a * wgt)[ok])
-        templates = halo_templates(_light_map(pos, amp, n_rows), centres)
-        tcols = templates[:, jj, yy].T  # (n, n_kernels)
-        design = np.column_stack([tcols, np.ones_like(xu), xu, yu, wing])
-        n_t = templates.shape[0]
+        coarse = halo_templates(_light_map(pos / row_bin, amp, n_coarse), spectra)
+        templates = coarse[..., lo] * (1.0 - fr) + coarse[..., lo + 1] * fr  # (n_t, nc, nr)
+        design = np.column_stack([templates[:, jj, yy].T, np.ones(jj.size), xu_chunk[jj],
+                                  yu_row[yy], _wing_design(dsel, amp[jj[:, None], fsel])])
         # halo amplitudes and wing nodes are physically >= 0: the bounds remove the nearly
         # degenerate combinations of halo templates that noise would otherwise pick
-        lower = np.r_[np.zeros(n_t), -np.inf, -np.inf, -np.inf, np.zeros(n_w)]
         for _ in range(3):  # robust: clip outlying rows (residual cosmic rays, bad pixels)
-            scale = np.sqrt(np.mean(design[keep] ** 2, axis=0)) + 1e-30
-            coef = lsq_linear(design[keep] / scale, data[keep], bounds=(lower, np.inf)).x / scale
+            coef = bounded_lstsq(design[keep], data[keep], nonneg,
+                                 None if coef is None else coef != 0)
             res = data - design @ coef
             sig = 1.4826 * np.median(np.abs(res[keep])) + 1e-9
             keep = np.abs(res) < 5.0 * sig
         background = (np.tensordot(coef[:n_t], templates, axes=1) + coef[n_t]
-                      + coef[n_t + 1] * (2.0 * centres[:, None] / (n_cols - 1) - 1.0)
-                      + coef[n_t + 2] * (2.0 * rows[None, :] / (n_rows - 1) - 1.0))
+                      + coef[n_t + 1] * xu_chunk[:, None] + coef[n_t + 2] * yu_row[None, :])
     # to every column: linear interpolation between chunk centres (held beyond the end ones)
     cols = np.arange(n_cols)
     idx = np.clip(np.searchsorted(centres, cols) - 1, 0, n_chunks - 2)
     t = np.clip((cols - centres[idx]) / (centres[idx + 1] - centres[idx]), 0.0, 1.0)
-    return (background[idx] * (1 - t)[:, None] + background[idx + 1] * t[:, None]).T
+    weights = np.zeros((n_chunks, n_cols))
+    weights[idx, cols] = 1.0 - t
+    weights[idx + 1, cols] += t
+    return background.T @ weights
