@@ -108,3 +108,61 @@ def test_bad_trace_raises():
     trace = np.full((112, N), np.nan)
     with pytest.raises(CalibrationError):
         measure_profile(img, img, np.zeros((N, N), bool), trace)
+
+
+def test_statistics_normal_equations_match_pixel_jacobian():
+    """The Gauss-Newton system assembled from the chunk statistics equals J^T W J and
+    J^T W (y - m) of the explicit per-pixel Jacobian (small chunk, two slit groups)."""
+    from remedy_dask import profile as P
+    from remedy_dask import profile_kernels as pk
+
+    rng = np.random.default_rng(4)
+    n_fib, n_rows, ng = 6, 70, 2
+    cols = np.arange(10, 17)
+    trace = 12.0 + 8.9 * np.arange(n_fib)[:, None] + 0.01 * np.arange(30)[None, :]
+    trace += rng.normal(0, 0.2, (n_fib, 1))
+    basis = P._knot_basis(12.0, ng)
+    knots, nk = basis.knots, basis.knots.size
+    setup = P._chunk_setup(trace, cols, basis, n_rows)
+    y = rng.normal(100, 10, (n_rows, cols.size))
+    w = rng.uniform(0.5, 2.0, (n_rows, cols.size)) * (rng.random((n_rows, cols.size)) > 0.05)
+    scale = rng.uniform(0.8, 1.2, cols.size)
+    a = rng.uniform(50, 150, n_fib)
+    p = np.abs(rng.normal(0.1, 0.05, (ng, nk)))
+    gi, gw = P._bracket(np.array([1.0, 4.0]), np.arange(n_fib, dtype=float))
+    gi, gw = gi.astype(np.int64), gw.astype(float)
+    band = setup.lo_pair.shape[1]
+    g_self, v = np.zeros((n_fib, nk, 2)), np.zeros((n_fib, nk))
+    g_pair = np.zeros((n_fib, band, nk, setup.width))
+    pk.accumulate_stats(y, w, scale, *setup.geometry, setup.lo_pair, g_self, g_pair, v)
+    npar = n_fib + ng * nk
+    lhs, half = np.empty((npar, npar)), np.empty((npar, npar))
+    rhs = pk.normal_equations(g_self, g_pair, setup.lo_pair, setup.span, v, a, p, gi, gw, half, lhs)
+    # explicit Jacobian, pixel by pixel
+    beta = np.zeros((n_fib, ng))
+    beta[np.arange(n_fib), gi] = 1 - gw
+    beta[np.arange(n_fib), gi + 1] += gw
+    jac = np.zeros((n_rows, cols.size, npar))
+    model = np.zeros((n_rows, cols.size))
+    for k in range(n_fib):
+        for ic, c in enumerate(cols):
+            d = np.arange(n_rows) - trace[k, c]
+            inside = np.abs(d) < 12.0
+            i = np.clip(np.searchsorted(knots, d, side="right") - 1, 0, nk - 2)
+            f = (d - knots[i]) / (knots[i + 1] - knots[i])
+            basis_k = np.zeros((n_rows, nk))
+            basis_k[np.arange(n_rows), i] = 1 - f
+            basis_k[np.arange(n_rows), i + 1] += f
+            basis_k[~inside] = 0.0
+            prof = basis_k @ (beta[k] @ p)
+            model[:, ic] += scale[ic] * a[k] * prof
+            jac[:, ic, k] = scale[ic] * prof
+            for g in range(ng):
+                knot_cols = slice(n_fib + g * nk, n_fib + (g + 1) * nk)
+                jac[:, ic, knot_cols] += scale[ic] * a[k] * beta[k, g] * basis_k
+    jw = jac * w[..., None]
+    expected_lhs = np.einsum("rcp,rcq->pq", jw, jac)
+    expected_rhs = np.einsum("rcp,rc->p", jw, y - model)
+    scale_lhs = np.abs(expected_lhs).max()
+    np.testing.assert_allclose(lhs, expected_lhs, rtol=1e-10, atol=1e-10 * scale_lhs)
+    np.testing.assert_allclose(rhs, expected_rhs, rtol=1e-9, atol=1e-9 * np.abs(expected_rhs).max())
