@@ -21,6 +21,9 @@ Two stages per column, pipelined in one compiled pass over the amp:
 estimated by :func:`estimate_noise_floor`).  With data-derived weights the fluxes come out
 ~4% low at sky levels of ~100 e-; here they are unbiased to < 0.3%.  Errors are
 sqrt(diag((A^T W A)^-1)), neighbour covariance included, from a selected inversion of the band.
+
+The compiled parts: :mod:`remedy_dask.extract_inputs` (one pass over the frame: transposed
+image, bad pixels, noise floor) and :mod:`remedy_dask.extract_kernels` (the two stages).
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit
 
+from remedy_dask import extract_kernels as ek
 from remedy_dask.errors import CalibrationError
+from remedy_dask.extract_inputs import prepare_inputs
 from remedy_dask.profile import ProfileModel, _bracket, padded
 
 
@@ -55,357 +59,12 @@ class Extraction:
     qa: dict = field(default_factory=dict)
 
 
-@njit(cache=True)
-def _band_cholesky(nb, lb, band):  # pragma: no cover - compiled
-    """Cholesky factor of a banded SPD matrix: nb[i, j] = N[i, i+j], lb[i, j] = L[i+j, i]
-    for j >= 1 and lb[i, 0] = 1 / L[i, i] (the reciprocal saves divisions downstream)."""
-    nf = nb.shape[0]
-    for i in range(nf):
-        s = nb[i, 0]
-        for p in range(max(0, i - band), i):
-            s -= lb[p, i - p] ** 2
-        inv = 1.0 / np.sqrt(max(s, 1e-300))
-        lb[i, 0] = inv
-        for j in range(1, band + 1):
-            row = i + j
-            if row >= nf:
-                lb[i, j] = 0.0
-                continue
-            s = nb[i, j]
-            for p in range(max(0, row - band), i):
-                s -= lb[p, row - p] * lb[p, i - p]
-            lb[i, j] = s * inv
-
-
-@njit(cache=True)
-def _band_solve(lb, rhs, y, f, band):  # pragma: no cover - compiled
-    nf = lb.shape[0]
-    for i in range(nf):
-        s = rhs[i]
-        for p in range(max(0, i - band), i):
-            s -= lb[p, i - p] * y[p]
-        y[i] = s * lb[i, 0]
-    for i in range(nf - 1, -1, -1):
-        s = y[i]
-        for q in range(i + 1, min(nf, i + band + 1)):
-            s -= lb[i, q - i] * f[q]
-        f[i] = s * lb[i, 0]
-
-
-@njit(cache=True)
-def _band_inverse_diagonal(lb, zb, band):  # pragma: no cover - compiled
-    """Selected inversion: zb[i, j] = (N^-1)[i, i+j] inside the band, from the Cholesky factor
-    (Takahashi recurrence on L^T Z = L^-1, last row first)."""
-    nf = lb.shape[0]
-    for i in range(nf - 1, -1, -1):
-        inv = lb[i, 0]
-        for j in range(band, 0, -1):
-            col = i + j
-            if col >= nf:
-                zb[i, j] = 0.0
-                continue
-            s = 0.0
-            for m in range(i + 1, min(nf, i + band + 1)):
-                zmc = zb[m, col - m] if m <= col else zb[col, m - col]
-                s += lb[i, m - i] * zmc
-            zb[i, j] = -s * inv
-        s = 0.0
-        for m in range(i + 1, min(nf, i + band + 1)):
-            s += lb[i, m - i] * zb[i, m - i]
-        zb[i, 0] = (inv - s) * inv
-
-
-@njit(cache=True)
-def _column_profile(
-    c, trace, tables, chunk_centers, fiber_group, fiber_gweight, grid0, step, half_width,
-    n_rows, tcol, prof, r0, nr,
-):  # pragma: no cover - compiled
-    """Profile of every fiber on its window of rows at column ``c``; returns (rmin, rmax)."""
-    nf = trace.shape[0]
-    ngroup, ngrid = tables.shape[1], tables.shape[2]
-    nwin = prof.shape[1]
-    nchunk = chunk_centers.size
-    per_pixel = int(round(1.0 / step))
-    ic = 0
-    while ic < nchunk - 2 and chunk_centers[ic + 1] <= c:
-        ic += 1
-    wc = (c - chunk_centers[ic]) / (chunk_centers[ic + 1] - chunk_centers[ic])
-    wc = min(max(wc, 0.0), 1.0)
-    for g in range(ngroup):
-        for i in range(ngrid):
-            tcol[g, i] = (1.0 - wc) * tables[ic, g, i] + wc * tables[ic + 1, g, i]
-    rmin = n_rows
-    rmax = -1
-    for k in range(nf):
-        t = trace[k, c]
-        lo = max(int(np.ceil(t - half_width)), 0)
-        hi = min(int(np.floor(t + half_width)), n_rows - 1)
-        n = min(max(hi - lo + 1, 0), nwin)
-        r0[k] = lo
-        nr[k] = n
-        g0 = fiber_group[k]
-        wg = fiber_gweight[k]
-        x0 = (lo - t - grid0) / step  # grid position of the first window row
-        i0 = int(np.floor(x0))
-        fx = x0 - i0
-        for m in range(n):
-            i = i0 + m * per_pixel  # rows are per_pixel grid steps apart: same fraction fx
-            if i < 0 or i + 1 > ngrid - 1:
-                prof[k, m] = 0.0
-                continue
-            a0 = tcol[g0, i] * (1.0 - fx) + tcol[g0, i + 1] * fx
-            a1 = tcol[g0 + 1, i] * (1.0 - fx) + tcol[g0 + 1, i + 1] * fx
-            prof[k, m] = (1.0 - wg) * a0 + wg * a1
-        if n > 0:
-            rmin = min(rmin, lo)
-            rmax = max(rmax, lo + n - 1)
-    return rmin, rmax
-
-
-@njit(cache=True)
-def _fit_column(data, w, prof, r0, nr, rmin, rmax, band, nb, lb, rhs, y, f, model):  # pragma: no cover
-    """Weighted least-squares fluxes ``f`` of all fibers of one column, and the ``model``."""
-    nf = prof.shape[0]
-    for k in range(nf):
-        lo = r0[k]
-        n = nr[k]
-        acc_r = 0.0
-        acc_d = 0.0
-        for m in range(n):
-            wp = w[lo + m] * prof[k, m]
-            acc_r += wp * data[lo + m]
-            acc_d += wp * prof[k, m]
-        rhs[k] = acc_r
-        nb[k, 0] = acc_d
-        for j in range(1, band + 1):
-            k2 = k + j
-            acc = 0.0
-            if k2 < nf:
-                a = max(lo, r0[k2])
-                b = min(lo + n, r0[k2] + nr[k2])
-                for r in range(a, b):
-                    acc += w[r] * prof[k, r - lo] * prof[k2, r - r0[k2]]
-            nb[k, j] = acc
-    for i in range(nf):
-        if nb[i, 0] <= 0.0:  # fiber without any usable pixel: pin it to 0
-            nb[i, 0] = 1.0
-            rhs[i] = 0.0
-    _band_cholesky(nb, lb, band)
-    _band_solve(lb, rhs, y, f, band)
-    for r in range(rmin, rmax + 1):
-        model[r] = 0.0
-    for k in range(nf):
-        for m in range(nr[k]):
-            model[r0[k] + m] += f[k] * prof[k, m]
-
-
-@njit(cache=True)
-def _reject_outside(data, var, bad, rmin, rmax, reject_sigma, rejected):  # pragma: no cover
-    """Flag positive outliers in the rows below ``rmin`` and above ``rmax`` of one column."""
-    n = data.size
-    for lo, hi in ((0, min(rmin, n)), (max(rmax + 1, 0), n)):
-        if hi - lo < 3:
-            continue
-        vals = data[lo:hi][~bad[lo:hi]]
-        if vals.size < 3:
-            continue
-        med = np.median(vals)
-        for r in range(lo, hi):
-            if not bad[r] and (data[r] - med) > reject_sigma * np.sqrt(var[r] + max(med, 0.0)):
-                rejected[r] = 1
-
-
-@njit(cache=True)
-def _extract_amp(
-    image, var_base, poisson, bad, trace, tables, chunk_centers, fiber_group, fiber_gweight,
-    grid0, step, half_width, do_reject, reject_sigma, reject_rel, max_iter, dilate,
-    profile_error, chi2_half, band, smooth_variance, flux, var_out, chi2, lost, rejected, flux1,
-):  # pragma: no cover - compiled
-    """Two-stage extraction of a whole amp; images come *transposed* ([column, row]).
-
-    Stage 1 (column c): fit with weights independent of the data (1 / v0, or 1 / variance when
-    ``poisson`` is False), reject outliers and refit.  Stage 2 (column c - 2, pipelined so that
-    the neighbours' stage-1 results exist): bad pixels = mask + rejected pixels dilated by one
-    pixel; weights 1 / (v0 + model) with the model built from stage-1 fluxes smoothed along the
-    wavelength (Savitzky-Golay, 5 columns, quadratic); final fluxes, errors, chi^2.
-    """
-    n_cols, n_rows = image.shape
-    nf = trace.shape[0]
-    nwin = int(np.ceil(2.0 * half_width)) + 2
-    ring = 3
-    prof = np.zeros((ring, nf, nwin))
-    r0 = np.zeros((ring, nf), np.int64)
-    nr = np.zeros((ring, nf), np.int64)
-    rlim = np.zeros((ring, 2), np.int64)
-    tcol = np.zeros((tables.shape[1], tables.shape[2]))
-    w = np.zeros(n_rows)
-    model = np.zeros(n_rows)
-    vflux = np.zeros(n_rows)
-    z = np.zeros(n_rows)
-    cov = np.zeros(n_rows)
-    badc = np.zeros(n_rows, np.bool_)
-    nb = np.zeros((nf, band + 1))
-    lb = np.zeros((nf, band + 1))
-    zb = np.zeros((nf, band + 1))
-    rhs = np.zeros(nf)
-    y = np.zeros(nf)
-    f = np.zeros(nf)
-    sg = np.array([-3.0, 12.0, 17.0, 12.0, -3.0]) / 35.0
-    n_rej = np.zeros(n_cols, np.int64)
-    lost1 = np.zeros((nf, n_cols))
-    fvk = np.zeros(nf)
-    for cstep in range(n_cols + 2):
-        c = cstep
-        if c < n_cols:  # ---- stage 1
-            s = c % ring
-            rmin, rmax = _column_profile(
-                c, trace, tables, chunk_centers, fiber_group, fiber_gweight, grid0, step,
-                half_width, n_rows, tcol, prof[s], r0[s], nr[s],
-            )
-            rlim[s, 0] = rmin
-            rlim[s, 1] = rmax
-            if rmax >= 0:
-                for r in range(rmin, rmax + 1):
-                    cov[r] = 0.0
-                for k in range(nf):
-                    for m in range(nr[s, k]):
-                        cov[r0[s, k] + m] += prof[s, k, m]
-                for r in range(rmin, rmax + 1):
-                    ok = (not bad[c, r]) and cov[r] > 0.0
-                    w[r] = 1.0 / var_base[c, r] if ok else 0.0
-                for it in range(max_iter + 1):
-                    _fit_column(image[c], w, prof[s], r0[s], nr[s], rmin, rmax, band, nb, lb, rhs, y, f, model)
-                    if not do_reject or it == max_iter:
-                        break
-                    for r in range(rmin, rmax + 1):
-                        if w[r] == 0.0:
-                            z[r] = 0.0
-                            continue
-                        mv = max(model[r], 0.0)
-                        v = var_base[c, r] + (mv if poisson else 0.0) + (profile_error * mv) ** 2
-                        z[r] = abs(image[c, r] - model[r]) / np.sqrt(v)
-                    new = False
-                    for r in range(rmin, rmax + 1):
-                        if z[r] > reject_sigma:
-                            zmax = 0.0
-                            for q in range(max(rmin, r - 2), min(rmax, r + 2) + 1):
-                                zmax = max(zmax, z[q])
-                            if z[r] >= reject_rel * zmax:
-                                rejected[c, r] = 1
-                                n_rej[c] += 1
-                                new = True
-                    if not new:
-                        break
-                    for r in range(rmin, rmax + 1):
-                        if rejected[c, r]:
-                            w[r] = 0.0
-                for k in range(nf):
-                    flux1[k, c] = f[k]
-                    tot = 0.0
-                    gone = 0.0
-                    for m in range(nr[s, k]):
-                        tot += prof[s, k, m]
-                        if w[r0[s, k] + m] == 0.0:
-                            gone += prof[s, k, m]
-                    lost1[k, c] = gone / tot if tot > 0.0 else 1.0
-            if do_reject:  # rows outside every fiber window: outliers against their median
-                _reject_outside(image[c], var_base[c], bad[c], rmin, rmax, reject_sigma, rejected[c])
-        c2 = cstep - 2
-        if c2 < 0:
-            continue
-        s = c2 % ring  # ---- stage 2
-        rmin, rmax = rlim[s, 0], rlim[s, 1]
-        if rmax < 0:
-            continue
-        near = False
-        for cc in range(max(c2 - 1, 0), min(c2 + 2, n_cols)):
-            near = near or n_rej[cc] > 0
-        for r in range(rmin, rmax + 1):
-            b = bad[c2, r] or rejected[c2, r] == 1
-            if dilate and near and not b:
-                for cc in range(max(c2 - 1, 0), min(c2 + 2, n_cols)):
-                    for rr in range(max(r - 1, 0), min(r + 2, n_rows)):
-                        if rejected[cc, rr] == 1:
-                            b = True
-                            break
-            badc[r] = b
-            if b and not bad[c2, r] and rejected[c2, r] == 0:
-                rejected[c2, r] = 2  # grown around an outlier
-            cov[r] = 0.0
-            vflux[r] = 0.0
-        for k in range(nf):
-            fv = flux1[k, c2]
-            if smooth_variance and c2 >= 2 and c2 <= n_cols - 3:
-                fv = 0.0
-                for j in range(5):
-                    fv += sg[j] * flux1[k, c2 - 2 + j]
-            fvk[k] = fv
-            for m in range(nr[s, k]):
-                cov[r0[s, k] + m] += prof[s, k, m]
-                vflux[r0[s, k] + m] += fv * prof[s, k, m]
-        if do_reject and c2 >= 2 and c2 <= n_cols - 3:
-            # a fiber-column that lost much of its profile to outliers may have fitted the rest
-            # of a cosmic-ray track as signal: test its core against the flux interpolated
-            # from the neighbouring columns (leave-one-out quadratic through c-2..c+2)
-            for k in range(nf):
-                tot = 0.0
-                gone = 0.0
-                for m in range(nr[s, k]):
-                    tot += prof[s, k, m]
-                    if badc[r0[s, k] + m]:
-                        gone += prof[s, k, m]
-                if max(lost1[k, c2], gone / max(tot, 1e-300)) <= 0.3:
-                    continue
-                fp = (2.0 / 3.0) * (flux1[k, c2 - 1] + flux1[k, c2 + 1]) - (1.0 / 6.0) * (
-                    flux1[k, c2 - 2] + flux1[k, c2 + 2]
-                )
-                for m in range(nr[s, k]):
-                    r = r0[s, k] + m
-                    if badc[r] or abs(r - trace[k, c2]) > chi2_half:
-                        continue
-                    pred = vflux[r] + (fp - fvk[k]) * prof[s, k, m]
-                    mv = max(pred, 0.0)
-                    v = var_base[c2, r] + (mv if poisson else 0.0) + (profile_error * mv) ** 2
-                    if (image[c2, r] - pred) > reject_sigma * np.sqrt(v):
-                        badc[r] = True
-                        rejected[c2, r] = 1
-        for r in range(rmin, rmax + 1):
-            if badc[r] or cov[r] <= 0.0:
-                w[r] = 0.0
-            elif poisson:
-                w[r] = 1.0 / (var_base[c2, r] + max(vflux[r], 0.0))
-            else:
-                w[r] = 1.0 / var_base[c2, r]
-        _fit_column(image[c2], w, prof[s], r0[s], nr[s], rmin, rmax, band, nb, lb, rhs, y, f, model)
-        _band_inverse_diagonal(lb, zb, band)
-        for k in range(nf):
-            flux[k, c2] = f[k]
-            var_out[k, c2] = zb[k, 0]
-            tot = 0.0
-            gone = 0.0
-            csum = 0.0
-            nchi = 0
-            for m in range(nr[s, k]):
-                r = r0[s, k] + m
-                pk = prof[s, k, m]
-                tot += pk
-                if badc[r]:
-                    gone += pk
-                    continue
-                if abs(r - trace[k, c2]) <= chi2_half:
-                    mv = max(model[r], 0.0)
-                    v = var_base[c2, r] + (max(vflux[r], 0.0) if poisson else 0.0)
-                    csum += (image[c2, r] - model[r]) ** 2 / (v + (profile_error * mv) ** 2)
-                    nchi += 1
-            lost[k, c2] = gone / tot if tot > 0.0 else 1.0
-            chi2[k, c2] = csum / (nchi - 1) if nchi > 1 else np.nan
-            if tot <= 0.0 or gone >= tot:
-                flux[k, c2] = np.nan
-                var_out[k, c2] = np.nan
+NOISE_BLOCK, NOISE_QUANTILE = 16, 0.2  # noise-floor estimate: tiles and quantile
 
 
 def estimate_noise_floor(
-    image: np.ndarray, variance: np.ndarray, bad: np.ndarray, block: int = 16, quantile: float = 0.2
+    image: np.ndarray, variance: np.ndarray, bad: np.ndarray, block: int = NOISE_BLOCK,
+    quantile: float = NOISE_QUANTILE,
 ) -> np.ndarray:
     """Non-signal variance v0 (read noise^2 + dark + subtracted scattered light) per pixel.
 
@@ -414,30 +73,21 @@ def estimate_noise_floor(
     wise ``variance - max(image, 0)`` would instead follow the noise of faint pixels and bias
     the fluxes low (weights correlated with the data).  So take a low quantile of
     ``variance - image`` over ``block`` x ``block`` pixel blocks (bad pixels excluded).
+    Returns the per-pixel image (extraction itself uses the blocks).
     """
+    image, variance, bad = (
+        np.ascontiguousarray(a, dtype=t)
+        for a, t in ((image, float), (variance, float), (bad, bool))
+    )
+    low = prepare_inputs(image, variance, bad, False, int(block), float(quantile))[5]
     n_rows, n_cols = image.shape
-    d = np.where(bad, np.inf, variance - image)
-    pr, pc = -n_rows % block, -n_cols % block
-    d = np.pad(d, ((0, pr), (0, pc)), mode="edge")
-    nb_r, nb_c = d.shape[0] // block, d.shape[1] // block
-    tiles = d.reshape(nb_r, block, nb_c, block).transpose(0, 2, 1, 3).reshape(nb_r, nb_c, -1)
-    n_good = np.sum(np.isfinite(tiles), axis=-1)
-    kth = int(quantile * block * block)
-    part = np.partition(tiles, kth, axis=-1)
-    low = part[..., kth]
-    # tiles with few good pixels: fall back to the median of the good tiles
-    usable = (n_good > 2 * kth) & np.isfinite(low)
-    fill = float(np.median(low[usable])) if usable.any() else float(np.median(variance))
-    low = np.where(usable, low, fill)
-    floor = max(1e-3, 0.1 * fill)
-    full = np.repeat(np.repeat(np.maximum(low, floor), block, axis=0), block, axis=1)
-    return np.ascontiguousarray(full[:n_rows, :n_cols])
+    return np.ascontiguousarray(np.repeat(np.repeat(low, block, 0), block, 1)[:n_rows, :n_cols])
 
 
-def _check_inputs(image, variance, mask, trace):
+def _check_shapes(image, variance, mask, trace):
     image = np.ascontiguousarray(image, dtype=np.float64)
     variance = np.ascontiguousarray(variance, dtype=np.float64)
-    mask = np.asarray(mask, dtype=bool)
+    mask = np.ascontiguousarray(mask, dtype=bool)
     trace = np.ascontiguousarray(trace, dtype=np.float64)
     if image.ndim != 2 or variance.shape != image.shape or mask.shape != image.shape:
         raise CalibrationError("extraction: image, variance and mask must be 2-D of one shape")
@@ -447,6 +97,11 @@ def _check_inputs(image, variance, mask, trace):
         raise CalibrationError("extraction: trace contains non-finite values")
     if np.any(np.diff(trace, axis=0) <= 0):
         raise CalibrationError("extraction: fiber traces are not strictly increasing in row")
+    return image, variance, mask, trace
+
+
+def _check_inputs(image, variance, mask, trace):
+    image, variance, mask, trace = _check_shapes(image, variance, mask, trace)
     bad = mask | ~np.isfinite(image) | ~np.isfinite(variance) | ~(variance > 0)
     return image, variance, bad, trace
 
@@ -487,38 +142,45 @@ def extract_optimal(
     chi^2 only (an allowance for profile-model error at high S/N), not to the fit weights.
     Fiber-columns with more than ``max_lost`` of their profile on bad pixels are masked.
     """
-    image, variance, bad, trace = _check_inputs(image, variance, mask, trace)
+    image, variance, mask, trace = _check_shapes(image, variance, mask, trace)
     prof = padded(profile)
     n_fib, n_cols = trace.shape
-    if poisson:
-        bright = ~bad & (image > 100.0)
-        if bright.sum() > 1000 and np.mean(variance[bright] < 0.5 * image[bright]) > 0.5:
+    estimate = poisson and noise_floor is None
+    image_t, bad_t, var_t, n_bright, n_low, low = prepare_inputs(  # tiles of 32 without floor
+        image, variance, mask, not poisson, NOISE_BLOCK if estimate else 32,
+        NOISE_QUANTILE if estimate else 0.0,
+    )
+    if not poisson:  # weights from the variance as given, per pixel
+        v0, block = var_t, 1
+    else:
+        if n_bright > 1000 and n_low > 0.5 * n_bright:
             raise CalibrationError(
                 "extraction: variance is far below the image (an averaged master frame?): "
                 "use poisson=False for frames whose variance is not rn^2 + electrons"
             )
-        if noise_floor is None:
-            var_base = estimate_noise_floor(image, variance, bad)
+        if estimate:
+            v0, block = np.ascontiguousarray(low.T), NOISE_BLOCK
         else:
-            var_base = np.broadcast_to(np.asarray(noise_floor, dtype=np.float64), image.shape)
-            if not np.all(var_base > 0):
+            floor = np.asarray(noise_floor, dtype=np.float64)
+            if not np.all(floor > 0):
                 raise CalibrationError("extraction: noise_floor must be positive")
-    else:
-        var_base = variance
+            if floor.ndim == 0:
+                v0, block = np.full((1, 1), float(floor)), max(image.shape)
+            else:
+                v0 = np.ascontiguousarray(np.broadcast_to(floor, image.shape).T)
+                block = 1
     gi, gw = _bracket(prof.group_centers, np.arange(n_fib, dtype=float))
     band = 1  # largest fiber-index distance at which two profile windows overlap
     while band < n_fib - 1 and np.any(trace[band + 1 :] - trace[: -band - 1] < 2 * prof.half_width):
         band += 1
-    image_t = np.ascontiguousarray(image.T)
-    var_t = np.ascontiguousarray(var_base.T)
     rejected_t = np.zeros(image_t.shape, np.uint8)
-    flux, var, chi2, lost, flux1 = (np.full((n_fib, n_cols), np.nan) for _ in range(5))
-    _extract_amp(
-        image_t, var_t, poisson, np.ascontiguousarray(bad.T), trace,
+    flux, var, chi2, lost = (np.full((n_fib, n_cols), np.nan) for _ in range(4))
+    ek.extract_amp(
+        image_t, v0, int(block), poisson, bad_t, trace,
         np.ascontiguousarray(prof.tables), prof.chunk_centers, gi.astype(np.int64),
         gw.astype(np.float64), float(prof.offsets[0]), prof.step, prof.half_width, reject,
         reject_sigma, reject_rel, int(max_iter), dilate, profile_error, chi2_half_width, band,
-        smooth_variance, flux, var, chi2, lost, rejected_t, flux1,
+        smooth_variance, flux, var, chi2, lost, rejected_t,
     )
     rej = rejected_t.T > 0
     n_cr = int(np.count_nonzero(rejected_t == 1))
