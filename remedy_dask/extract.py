@@ -238,16 +238,14 @@ def extract_aperture(
     """
     image, variance, bad, trace = _check_inputs(image, variance, mask, trace)
     n_fib, n_cols = trace.shape
-    rows, wts = aperture_weights(trace, half_width, image.shape[0])
-    cols = np.broadcast_to(np.arange(n_cols)[None, :, None], rows.shape)
-    data = image[rows, cols]
-    var = variance[rows, cols]
-    badpix = bad[rows, cols] & (wts > 0)
-    w = np.where(badpix, 0.0, wts)
-    spectrum = np.sum(w * np.where(badpix, 0.0, data), axis=-1)
-    error = np.sqrt(np.sum(w**2 * np.where(badpix, 0.0, var), axis=-1))
+    spectrum, error, any_bad, lost = ek.aperture_sums(image, variance, bad, trace, half_width)
     chi2 = np.full((n_fib, n_cols), np.nan)
     if profile is not None:
+        rows, wts = aperture_weights(trace, half_width, image.shape[0])
+        cols = np.broadcast_to(np.arange(n_cols)[None, :, None], rows.shape)
+        data = image[rows, cols]
+        var = variance[rows, cols]
+        w = np.where(bad[rows, cols] & (wts > 0), 0.0, wts)
         fib = np.broadcast_to(np.arange(n_fib)[:, None, None], rows.shape)
         p = profile.evaluate(rows - trace[..., None], cols, fib)
         frac = np.sum(w * p, axis=-1)
@@ -261,8 +259,7 @@ def extract_aperture(
             chi2 = np.where(
                 n > 1, np.sum(np.where(good, resid**2 / np.where(good, v, 1), 0), -1) / (n - 1), np.nan
             )
-    fmask = badpix.any(axis=-1) | ~np.isfinite(spectrum)
-    lost = np.sum(wts * badpix, axis=-1) / np.maximum(np.sum(wts, axis=-1), 1e-12)
+    fmask = any_bad | ~np.isfinite(spectrum)
     return Extraction(
         spectrum=spectrum,
         error=error,
