@@ -23,7 +23,7 @@ to the calibration trace with the same windowed estimator on the unbinned pixels
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from numpy.polynomial import legendre
@@ -32,7 +32,9 @@ from scipy.ndimage import gaussian_filter1d, minimum_filter1d
 from remedy_dask.errors import CalibrationError
 from remedy_dask.scatter import (
     PROFILE_NODES,
+    BackgroundBasis,
     FiberFit,
+    FiberWindows,
     chunk_profiles,
     fit_amplitudes_and_background,
     fit_profile_and_background,
@@ -40,6 +42,7 @@ from remedy_dask.scatter import (
     profile_eval,
     profile_integral,
     width_derivative,
+    window_image,
 )
 
 SLIT_GROUPS: tuple[int, ...] = (37, 38, 37)  # fibers per slit group, by increasing row
@@ -65,33 +68,47 @@ class TraceResult:
 # windowed centroid
 # --------------------------------------------------------------------------------------------
 def windowed_centroid(values: np.ndarray, offsets: np.ndarray, sigma_w: float, n_iter: int = 8,
-                      max_step: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      max_step: float = 0.5, tol: float = 1e-9
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gaussian-windowed centroid along the last axis.
 
     ``values`` and ``offsets`` are (..., n): samples and their positions relative to the initial
-    guess.  Solves ``sum w(r - s) (r - s) v = 0`` for ``s`` by Newton steps (clipped to
-    ``max_step``).  Returns ``(s, windowed_flux, ok)``; NaN samples must be zeroed by the caller.
+    guess.  Solves ``sum w(r - s) (r - s) v = 0`` for ``s`` by at most ``n_iter`` Newton steps
+    (clipped to ``max_step``; stops when all steps are below ``tol`` px).  Returns
+    ``(s, windowed_flux, ok)``; NaN samples must be zeroed by the caller.
+
+    The window is factorised, w(o - s) = w(o) exp(o s / sigma^2) exp(-s^2 / 2 sigma^2), so a
+    step costs one exp and the moments sum(w v e o^k), k = 0, 1, 2.
     """
-    s = np.zeros(values.shape[:-1])
     inv_var = 1.0 / sigma_w**2
-    ok = np.ones(s.shape, dtype=bool)
+    o2 = offsets * offsets
+    wv0 = np.exp(-0.5 * inv_var * o2) * values
+    s = np.zeros(values.shape[:-1])
+
+    def moments(s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """windowed flux, f(s) = sum w v r and f'(s) at s."""
+        e = np.minimum(offsets * (inv_var * s)[..., None], 700.0)  # (wv0 ~ 0 where clipped)
+        np.exp(e, out=e)
+        e *= wv0
+        m0 = e.sum(-1)
+        m1 = np.einsum("...i,...i->...", e, offsets)
+        m2 = np.einsum("...i,...i->...", e, o2)
+        scale = np.exp(-0.5 * inv_var * s * s)
+        flux = m0 * scale
+        return flux, (m1 - s * m0) * scale, inv_var * (m2 - 2 * s * m1 + s * s * m0) * scale - flux
+
     for _ in range(n_iter):
-        r = offsets - s[..., None]
-        wv = np.exp(-0.5 * r * r * inv_var) * values
-        f = (wv * r).sum(-1)
-        fprime = (wv * (r * r * inv_var - 1.0)).sum(-1)
-        flux = wv.sum(-1)
+        flux, f, fprime = moments(s)
         newton = fprime < 0
         with np.errstate(divide="ignore", invalid="ignore"):
             step = np.where(newton, -f / np.where(newton, fprime, 1.0),
                             2.0 * f / np.where(flux > 0, flux, 1.0))
         step = np.clip(np.nan_to_num(step), -max_step, max_step)
         s = s + step
-    r = offsets - s[..., None]
-    wv = np.exp(-0.5 * r * r * inv_var) * values
-    flux = wv.sum(-1)
-    fprime = (wv * (r * r * inv_var - 1.0)).sum(-1)
-    ok &= (flux > 0) & (fprime < 0) & np.isfinite(s)
+        if np.all(np.abs(step) <= tol):
+            break
+    flux, _, fprime = moments(s)
+    ok = (flux > 0) & (fprime < 0) & np.isfinite(s)
     return s, flux, ok
 
 
@@ -263,75 +280,94 @@ def assign_by_reference(peaks: np.ndarray, reference_y: np.ndarray, ref_dead: np
 # --------------------------------------------------------------------------------------------
 # following fibers across chunks, empirical profile, deblending
 # --------------------------------------------------------------------------------------------
-def _gather(profiles: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows around ``pos`` (n_chunks, n_fib): (rows, values with NaN -> 0, finite flags)."""
-    n_rows = profiles.shape[1]
-    centre = np.round(np.nan_to_num(pos)).astype(int)
-    rows = np.clip(centre[..., None] + np.arange(-HALF_WINDOW, HALF_WINDOW + 1), 0, n_rows - 1)
-    vals = profiles[np.arange(profiles.shape[0])[:, None, None], rows]
-    finite = np.isfinite(vals)
-    return rows, np.where(finite, vals, 0.0), finite
-
-
-def _centroid(profiles: np.ndarray, pos: np.ndarray, sigma_w: float, subtract: np.ndarray | None = None
+def _centroid(profiles: np.ndarray, pos: np.ndarray, sigma_w: float,
+              subtract: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Windowed centroids of every fiber of every chunk near ``pos`` (two gathering passes)."""
-    for _ in range(2):
-        rows, vals, finite = _gather(profiles, pos)
+    """Windowed centroids of every fiber of every chunk near ``pos`` (n_chunks, n_fib): rows
+    within HALF_WINDOW of the rounded position, re-gathered once around the new position
+    where that moved the window (or the first solution failed).  ``subtract(chunk, fiber,
+    rows)`` gives light to remove from the gathered values.  Returns (pos, flux, ok)."""
+    n_chunks, n_rows = profiles.shape
+    chunk = np.repeat(np.arange(n_chunks), pos.shape[1])
+    fiber = np.tile(np.arange(pos.shape[1]), n_chunks)
+    p = pos.astype(float).ravel()
+    flux, last_step = np.zeros(p.size), np.zeros(p.size)
+    ok, window_ok = np.zeros(p.size, dtype=bool), np.zeros(p.size, dtype=bool)
+    todo = np.arange(p.size)
+    for pass_ in range(2):
+        centre = np.round(np.nan_to_num(p[todo])).astype(np.intp)
+        rows = np.clip(centre[:, None] + np.arange(-HALF_WINDOW, HALF_WINDOW + 1), 0, n_rows - 1)
+        vals = profiles[chunk[todo, None], rows]
+        finite = np.isfinite(vals)
+        vals = np.where(finite, vals, 0.0)
         if subtract is not None:
-            vals = vals - subtract(rows)
-        s, flux, ok = windowed_centroid(vals, rows - pos[..., None], sigma_w)
-        pos = pos + s
-    r = rows - pos[..., None]
-    ok &= np.all(finite | (np.abs(r) > 3.5 * sigma_w), axis=-1) & (np.abs(s) < 0.5)
-    return pos, flux, ok
+            vals -= subtract(chunk[todo], fiber[todo], rows)
+        s, f, good = windowed_centroid(vals, rows - p[todo, None], sigma_w)
+        p[todo] += s
+        flux[todo], ok[todo], last_step[todo] = f, good, s
+        window_ok[todo] = np.all(finite | (np.abs(rows - p[todo, None]) > 3.5 * sigma_w), axis=-1)
+        if pass_ == 0:  # same window again would give the same root (a step of ~0)
+            again = (np.round(np.nan_to_num(p[todo])) != centre) | ~good
+            last_step[todo[~again]] = 0.0
+            todo = todo[again]
+            if todo.size == 0:
+                break
+    ok &= window_ok & (np.abs(last_step) < 0.5)
+    return p.reshape(pos.shape), flux.reshape(pos.shape), ok.reshape(pos.shape)
 
 
-def _track(profiles: np.ndarray, start: np.ndarray, live: np.ndarray, sigma_w: float
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Follow the fibers from the central chunk outwards.  Returns pos, flux, ok (n_chunks, n_fib)."""
+def _track(profiles: np.ndarray, start: np.ndarray, live: np.ndarray, sigma_w: float,
+           stride: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Follow the fibers from the central chunk outwards, every ``stride``-th chunk in turn
+    (both directions in step), then centroid the chunks in between at once from the
+    interpolated positions.  Returns pos, flux, ok (n_chunks, n_fib)."""
     n_chunks = profiles.shape[0]
     jc = n_chunks // 2
     pos = np.full((n_chunks, start.size), np.nan)
     flux = np.zeros_like(pos)
     ok = np.zeros(pos.shape, dtype=bool)
-    order = list(range(jc, n_chunks)) + list(range(jc - 1, -1, -1))
-    for j in order:
-        if j == jc:
-            guess = start
-        else:
-            step = 1 if j > jc else -1
-            prev = pos[j - step]
-            guess = prev if abs(j - jc) < 2 else prev + np.clip(prev - pos[j - 2 * step], -0.5, 0.5)
-        c, f, good = _centroid(profiles[j:j + 1], guess[None, :], sigma_w)
-        good = good[0] & live & (np.abs(c[0] - guess) < 1.0)
-        pos[j] = np.where(good, c[0], guess)
-        flux[j] = f[0]
-        ok[j] = good
+
+    def solve(js: np.ndarray, guess: np.ndarray) -> None:
+        c, f, good = _centroid(profiles[js], guess, sigma_w)
+        good &= live & (np.abs(c - guess) < 1.0)
+        pos[js] = np.where(good, c, guess)
+        flux[js] = f
+        ok[js] = good
+
+    for dist in range(0, max(jc, n_chunks - 1 - jc) + 1, stride):
+        js = np.array(sorted({j for j in (jc - dist, jc + dist) if 0 <= j < n_chunks}))
+        if dist == 0:
+            solve(js, start[None, :])
+            continue
+        step = stride * np.sign(js - jc)
+        prev = pos[js - step]
+        back = np.clip(js - 2 * step, 0, n_chunks - 1)
+        solve(js, prev if dist < 2 * stride else prev + np.clip(prev - pos[back], -0.5, 0.5))
+    done = np.flatnonzero(np.isfinite(pos[:, 0]))
+    rest = np.setdiff1d(np.arange(n_chunks), done)
+    if rest.size:
+        guess = np.stack([np.interp(rest, done, pos[done, k]) for k in range(start.size)], -1)
+        solve(rest, guess)
     return pos, flux, ok
 
 
 def _deblend(profiles: np.ndarray, pos: np.ndarray, fibers: FiberFit, live: np.ndarray,
              table: np.ndarray, sigma_w: float) -> tuple[np.ndarray, np.ndarray]:
     """Re-centroid every fiber after removing the background and the light (profile and width
-    term) of its two neighbours on each side from its window.  Returns (pos, ok)."""
-    n_fib = pos.shape[1]
+    term) of the other live fibers from its window: the model of all of them minus its own.
+    Returns (pos, ok)."""
+    n_rows = profiles.shape[1]
+    q_table = width_derivative(table)
     a_live = np.where(live, fibers.amp, 0.0)
     c_live = np.where(live, fibers.width, 0.0)
-    q_table = width_derivative(table)
-    chunk = np.arange(pos.shape[0])[:, None, None]
-
-    def contamination(rows: np.ndarray) -> np.ndarray:
-        total = fibers.chunk_background[chunk, rows]
-        for d in (-2, -1, 1, 2):
-            k = np.arange(n_fib) + d
-            valid = ((k >= 0) & (k < n_fib))[None, :, None]
-            kc = np.clip(k, 0, n_fib - 1)
-            r = rows - pos[:, kc, None]
-            contrib = (a_live[:, kc, None] * profile_eval(table, r)
-                       + c_live[:, kc, None] * profile_eval(q_table, r))
-            total = total + np.where(valid, contrib, 0.0)
-        return total
+    win = FiberWindows.around(pos, np.ones(profiles.shape, dtype=bool))
+    model = fibers.chunk_background + window_image(
+        win, a_live[..., None] * profile_eval(table, win.r)
+        + c_live[..., None] * profile_eval(q_table, win.r), n_rows)
+    def contamination(chunk: np.ndarray, fiber: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        r = rows - pos[chunk, fiber][:, None]
+        return (model[chunk[:, None], rows] - a_live[chunk, fiber, None] * profile_eval(table, r)
+                - c_live[chunk, fiber, None] * profile_eval(q_table, r))
 
     new_pos, _, ok = _centroid(profiles, pos, sigma_w, subtract=contamination)
     return new_pos, ok & live[None, :]
@@ -456,19 +492,24 @@ def fit_trace(master_flat: np.ndarray, variance: np.ndarray | None = None,
     # profile update is over-relaxed (the wing/background trade-off converges slowly otherwise)
     before = pos.copy()
     table = initial_profile()
-    fibers = fit_amplitudes_and_background(profiles, pos, table, centres, n_cols)
+    basis = BackgroundBasis.build(profiles, centres, n_cols)
+    fibers = fit_amplitudes_and_background(profiles, pos, table, centres, n_cols, basis)
     for round_ in range(n_profile):
+        last = round_ == n_profile - 1
         sel = ok & live[None, :] & (fibers.amp > 0.05 * np.median(fibers.amp[:, live]))
-        new = fit_profile_and_background(profiles, pos, fibers, table, sel, centres, n_cols)
+        new = fit_profile_and_background(profiles, pos, fibers, table, sel, centres, n_cols, basis)
         table = table + relax * (new - table)
         table = table / profile_integral(table)
-        fibers = fit_amplitudes_and_background(profiles, pos, table, centres, n_cols)
         hwhm = _half_width(table)
         if np.isfinite(hwhm):
             sigma_w = float(np.clip(hwhm / 1.1774, 0.8, 2.5))
+        if round_ < n_deblend or not last:  # (the fibers of the last round are not used)
+            fibers = fit_amplitudes_and_background(profiles, pos, table, centres, n_cols, basis)
         if round_ < n_deblend:
             pos, ok = _deblend(profiles, pos, fibers, live, table, sigma_w)
-            fibers = fit_amplitudes_and_background(profiles, pos, table, centres, n_cols)
+            if not last:
+                fibers = fit_amplitudes_and_background(profiles, pos, table, centres, n_cols,
+                                                       basis)
     deblend_shift = np.abs(pos - before)[ok]
 
     coef, rms, weight = fit_along_columns(pos, ok, centres, n_cols, degree, pos[jc], live)
