@@ -81,3 +81,119 @@ def test_simulator_truth_scattered_light():
     trace = cal["model"].trace
     rel = (_at_fibers(model, trace) - _at_fibers(truth, trace)) / _at_fibers(truth, trace)
     assert abs(rel.mean()) < 0.05 and np.sqrt(np.mean(rel**2)) < 0.07  # measured -0.03 / 0.034
+
+
+# --- the fast solvers behind the kernels, against direct dense solutions ---------------------
+def test_bounded_lstsq_matches_scipy_lsq_linear():
+    from scipy.optimize import lsq_linear
+
+    from remedy_dask.scatter import bounded_lstsq
+
+    rng = np.random.default_rng(1)
+    for trial in range(60):
+        n, m = int(rng.integers(20, 400)), int(rng.integers(3, 15))
+        a = rng.normal(size=(n, m)) * 10 ** rng.uniform(-3, 3, m)
+        if trial % 3 == 0:  # nearly collinear columns, like the broad halo templates
+            a[:, 1] = 2 * a[:, 0] + 1e-6 * rng.normal(size=n)
+        b = rng.normal(size=n)
+        nonneg = rng.random(m) < 0.6
+        start = (rng.random(m) < 0.5) if trial % 2 else None
+        x = bounded_lstsq(a, b, nonneg, start)
+        ref = lsq_linear(a, b, bounds=(np.where(nonneg, 0.0, -np.inf), np.inf), tol=1e-14,
+                         lsq_solver="exact").x
+        assert np.all(x[nonneg] >= 0)
+        cost, cost_ref = np.sum((a @ x - b) ** 2), np.sum((a @ ref - b) ** 2)
+        assert cost <= cost_ref * (1 + 1e-7) + 1e-12, (trial, cost, cost_ref)
+
+
+def test_profile_eval_is_linear_interpolation_of_the_nodes():
+    from remedy_dask.scatter import PROFILE_NODES, profile_eval
+
+    rng = np.random.default_rng(2)
+    r = np.r_[rng.uniform(-16, 16, 20000), PROFILE_NODES, -PROFILE_NODES, 14.0 + 1e-9]
+    for size in (PROFILE_NODES.size, 50):
+        table = rng.normal(size=size)
+        ref = np.interp(np.abs(r), PROFILE_NODES[:size], table, right=0.0)
+        assert np.abs(profile_eval(table, r) - ref).max() < 1e-12
+
+
+def _small_fiber_problem(seed: int = 3):
+    """5 chunks x 240 rows with 24 fibers (one dead), a smooth background and NaN rows."""
+    from remedy_dask.scatter import initial_profile, profile_eval
+
+    rng = np.random.default_rng(seed)
+    n_chunks, n_rows, n_cols = 5, 240, 120
+    centres = np.arange(n_chunks) * 24 + 11.5
+    pos = 12.0 + 8.7 * np.arange(24)[None, :] + 0.3 * np.arange(n_chunks)[:, None]
+    pos = pos + rng.normal(0, 0.2, pos.shape)
+    amp = rng.uniform(500, 1000, pos.shape)
+    amp[:, 7] = 0.0
+    rows = np.arange(n_rows)
+    light = (amp[..., None] * profile_eval(initial_profile() * 1.1, rows - pos[..., None])).sum(1)
+    profiles = light + 20 + 5 * np.sin(rows / 40.0)[None, :] + rng.normal(0, 2, light.shape)
+    profiles[2, 100:103] = np.nan
+    return profiles, pos, centres, n_cols
+
+
+def test_fiber_amplitude_fit_is_the_exact_least_squares_solution():
+    from remedy_dask.scatter import (BackgroundBasis, fit_amplitudes_and_background,
+                                     initial_profile, profile_eval, width_derivative)
+
+    profiles, pos, centres, n_cols = _small_fiber_problem()
+    n_chunks, n_rows = profiles.shape
+    table = initial_profile()
+    fit = fit_amplitudes_and_background(profiles, pos, table, centres, n_cols)
+    # dense design: per chunk and fiber the profile and width terms, then the tensor background
+    basis = BackgroundBasis.build(profiles, centres, n_cols)
+    good = np.isfinite(profiles).ravel()
+    rows = np.arange(n_rows)
+    cols = []
+    for j in range(n_chunks):
+        for k in range(pos.shape[1]):
+            for shape in (table, width_derivative(table)):
+                col = np.zeros((n_chunks, n_rows))
+                col[j] = profile_eval(shape, rows - pos[j, k])
+                cols.append(col.ravel())
+    background = np.einsum("ja,rb->jrab", basis.bx, basis.by).reshape(n_chunks * n_rows, -1)
+    design = np.column_stack(cols + [background])[good]
+    sol = np.linalg.lstsq(design, profiles.ravel()[good], rcond=None)[0]
+    n_fib_terms = len(cols)
+    amp = sol[:n_fib_terms:2].reshape(pos.shape)
+    model_bg = (background @ sol[n_fib_terms:]).reshape(n_chunks, n_rows)
+    assert np.abs(fit.amp - amp).max() < 1e-6 * np.abs(amp).max()
+    assert np.abs(fit.width - sol[1:n_fib_terms:2].reshape(pos.shape)).max() < 1e-6 * np.abs(amp).max()
+    assert np.abs(fit.chunk_background - model_bg).max() < 1e-6 * np.abs(model_bg).max()
+
+
+def test_profile_fit_is_the_exact_least_squares_solution():
+    from remedy_dask.scatter import (PROFILE_NODES, PROFILE_RADIUS, BackgroundBasis,
+                                     fit_amplitudes_and_background, fit_profile_and_background,
+                                     initial_profile, profile_eval, profile_integral,
+                                     width_derivative)
+
+    profiles, pos, centres, n_cols = _small_fiber_problem(4)
+    n_chunks, n_rows = profiles.shape
+    table = initial_profile()
+    fibers = fit_amplitudes_and_background(profiles, pos, table, centres, n_cols)
+    use = fibers.amp > 50.0
+    new = fit_profile_and_background(profiles, pos, fibers, table, use, centres, n_cols)
+    # dense reference: hat functions of the profile nodes (the last one fixed at zero)
+    basis = BackgroundBasis.build(profiles, centres, n_cols)
+    good = np.isfinite(profiles)
+    rows = np.arange(n_rows)
+    r = rows[None, None, :] - pos[..., None]  # (chunk, fiber, row)
+    width_img = (fibers.width[..., None] * profile_eval(width_derivative(table), r)).sum(1)
+    data = (np.where(good, profiles, 0.0) - width_img)[good]
+    n_nodes = PROFILE_NODES.size - 1
+    inside = (np.abs(r) < PROFILE_RADIUS) & (np.abs(rows - np.round(pos)[..., None]) <= 14)
+    weight = np.where(inside & use[..., None], fibers.amp[..., None], 0.0)
+    hats = np.stack([(weight * np.interp(np.abs(r), PROFILE_NODES, np.eye(n_nodes + 1)[n])).sum(1)
+                     for n in range(n_nodes)], -1)[good]
+    background = np.einsum("ja,rb->jrab", basis.bx, basis.by)[good].reshape(good.sum(), -1)
+    pp = hats.T @ hats
+    d2 = np.diff(np.eye(n_nodes), 2, axis=0) * np.sqrt(1e-6 * np.trace(pp) / n_nodes)
+    design = np.block([[hats, background], [d2, np.zeros((d2.shape[0], background.shape[1]))]])
+    sol = np.linalg.lstsq(design, np.r_[data, np.zeros(d2.shape[0])], rcond=None)[0]
+    ref = np.r_[sol[:n_nodes], 0.0]
+    ref /= profile_integral(ref)
+    assert np.abs(new - ref).max() < 1e-6 * ref.max()
