@@ -1,4 +1,4 @@
-"""Time and check the CCD-level kernels: ``scattered_light``, ``fit_trace``, ``measure_trace_shift``.
+"""Time and check the CCD-level kernels: scattered_light, fit_trace, measure_trace_shift.
 
 Plain script: renders simulated amp frames in memory (flat, twilight, science), adds Poisson and
 read noise, removes the expected dark, and runs the three kernels, printing a table of CPU time
@@ -9,7 +9,12 @@ per call (best of ``--repeat``, one thread) and accuracy against the simulator's
 * scattered light: mean and rms of (model - truth) / truth at the fiber centres (flt, twi) and
   rms in e- (sci, where it is ~1 e-).
 
-Usage: ``OMP_NUM_THREADS=1 /root/venv/bin/python benchmarks/bench_kernels_ccd.py [--amps LL RU]``
+Usage: ``/root/venv/bin/python benchmarks/bench_kernels_ccd.py [--amps LL RU] [--repeat 3]``
+
+BLAS/OpenMP threads are pinned to 1 (as ``workflow.cluster`` does for Dask workers) unless the
+environment sets them: with several OpenBLAS threads on a busy machine the small dense solves
+inside the kernels can stall for 0.1 s and more (spin-waiting threads), which is what makes
+unpinned timings 5-10x slower and erratic.
 """
 
 from __future__ import annotations
@@ -29,7 +34,12 @@ from remedy_dask.scatter import scattered_light  # noqa: E402
 from remedy_dask.sim.config import SimConfig  # noqa: E402
 from remedy_dask.sim.inmemory import find_frame  # noqa: E402
 from remedy_dask.sim.amp import make_amp_model  # noqa: E402
-from remedy_dask.sim.render import AmpCache, dark_image, render_amp_frame, upsample_scattered  # noqa: E402
+from remedy_dask.sim.render import (  # noqa: E402
+    AmpCache,
+    dark_image,
+    render_amp_frame,
+    upsample_scattered,
+)
 from remedy_dask.sim.scene import make_plan  # noqa: E402
 from remedy_dask.trace import fit_trace, measure_trace_shift  # noqa: E402
 
@@ -79,9 +89,10 @@ def run_amp(amp: str, ifuslot: int, repeat: int) -> list[tuple[str, str, float, 
     for kind, image, scat in (("flt", flat, flat_scat),
                               ("twi", *noisy_frame(plan, model, "twi", 1, rng, cache)[::2])):
         sl, t = cpu_time(scattered_light, image, model.trace, repeat=repeat)
-        rel = (at_fibers(sl, model.trace) - at_fibers(scat, model.trace)) / at_fibers(scat, model.trace)
-        rows.append((amp, f"scattered_light {kind}", t,
-                     f"rel mean {rel[live].mean():+.4f}, rel rms {np.sqrt(np.mean(rel[live]**2)):.4f}"))
+        truth = at_fibers(scat, model.trace)
+        rel = (at_fibers(sl, model.trace) - truth) / truth
+        rows.append((amp, f"scattered_light {kind}", t, f"rel mean {rel[live].mean():+.4f}, "
+                     f"rel rms {np.sqrt(np.mean(rel[live]**2)):.4f}"))
     for i in range(min(plan.n_sci, 2)):
         image, var, scat, frame = noisy_frame(plan, model, "sci", i + 1, rng, cache)
         shift, t = cpu_time(measure_trace_shift, image, var, None, model.trace, repeat=repeat)
@@ -92,8 +103,9 @@ def run_amp(amp: str, ifuslot: int, repeat: int) -> list[tuple[str, str, float, 
         sl, t = cpu_time(scattered_light, image, trace, repeat=repeat)
         err = at_fibers(sl, trace) - at_fibers(scat, trace)
         rows.append((amp, f"scattered_light sci{i + 1}", t,
-                     f"err mean {err[live].mean():+.3f} e-, rms {np.sqrt(np.mean(err[live]**2)):.3f}"
-                     f" e- (truth mean {at_fibers(scat, trace)[live].mean():.2f} e-)"))
+                     f"err mean {err[live].mean():+.3f} e-, rms "
+                     f"{np.sqrt(np.mean(err[live]**2)):.3f} e- (truth mean "
+                     f"{at_fibers(scat, trace)[live].mean():.2f} e-)"))
     return rows
 
 

@@ -117,20 +117,29 @@ def _row_interpolation(n_rows: int, step: int) -> tuple[np.ndarray, np.ndarray]:
     return lo, q - lo
 
 
+def _r_factor(a: np.ndarray, block: int = 512) -> np.ndarray:
+    """R of the QR decomposition of a tall, narrow ``a`` (up to signs), block by block
+    (TSQR): small factorisations, which also keeps threaded BLAS out of the way."""
+    if a.shape[0] <= block:
+        return np.linalg.qr(a, mode="r")
+    parts = [np.linalg.qr(a[i:i + block], mode="r") for i in range(0, a.shape[0], block)]
+    return _r_factor(np.vstack(parts), block)
+
+
 def bounded_lstsq(design: np.ndarray, data: np.ndarray, nonneg: np.ndarray,
                   start: np.ndarray | None = None, max_iter: int = 200) -> np.ndarray:
     """Least squares ``design @ x ~ data`` with ``x[nonneg] >= 0`` (the others free).
 
-    Lawson-Hanson active set on the triangular factor R of the column-scaled design (QR once:
-    every step is a tiny solve with the conditioning of the design, not of its normal
-    equations); ``start`` (bool, optional) guesses the variables off their bound, e.g. from a
+    Lawson-Hanson active set on the triangular factor R of the column-scaled design (one QR of
+    [design, data]: every step is a tiny solve with the conditioning of the design, not of its
+    normal equations); ``start`` (bool, optional) guesses the variables off their bound, e.g. from a
     previous fit.  Raises CalibrationError on non-finite input."""
     scale = np.sqrt(np.mean(design**2, axis=0)) + 1e-30
     if not (np.all(np.isfinite(design)) and np.all(np.isfinite(data))):
         raise CalibrationError("scattered light: non-finite values in the background fit")
-    q, r = np.linalg.qr(design / scale)
-    c = q.T @ data
-    n = c.size
+    n = design.shape[1]
+    r_aug = _r_factor(np.column_stack([design / scale, data]))  # [A b] = Q [[R, c], [0, rho]]
+    r, c = r_aug[:, :n], r_aug[:, n]
     tol = 1e-10 * max(float(np.abs(r.T @ c).max()), 1e-30)
 
     def solve(passive: np.ndarray) -> np.ndarray:
@@ -245,10 +254,10 @@ def scattered_light(image: np.ndarray, trace: np.ndarray, mask: np.ndarray | Non
         for _ in range(3):  # robust: clip outlying rows (residual cosmic rays, bad pixels)
             coef = bounded_lstsq(design[keep], data[keep], nonneg,
                                  None if coef is None else coef != 0)
-            res = data - design @ coef
+            res = data - np.einsum("ij,j->i", design, coef)  # (no threaded BLAS)
             sig = 1.4826 * np.median(np.abs(res[keep])) + 1e-9
             keep = np.abs(res) < 5.0 * sig
-        background = (np.tensordot(coef[:n_t], templates, axes=1) + coef[n_t]
+        background = (np.einsum("k,kjr->jr", coef[:n_t], templates) + coef[n_t]
                       + coef[n_t + 1] * xu_chunk[:, None] + coef[n_t + 2] * yu_row[None, :])
     # to every column: linear interpolation between chunk centres (held beyond the end ones)
     cols = np.arange(n_cols)
