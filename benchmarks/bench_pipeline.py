@@ -11,8 +11,12 @@ Results go to OUT/bench_<mode>.json; the numbers in the README come from these r
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # one thread per worker process, as the CLI does
 from collections import defaultdict
 from pathlib import Path
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # as in the pipeline's workers (see remedy_dask/cli.py)
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
