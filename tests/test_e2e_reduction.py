@@ -30,10 +30,11 @@ def test_trace_and_wavelength_shifts(e2e):
     assert np.max(np.abs(errs_t)) <= 0.03
     # The wavelength shift is photon-noise limited by the five faint night-sky lines of the
     # simulated dark sky (Cramer-Rao bound ~0.015 px per amp-exposure, see the issue note):
-    # the target 0.03 px is met in rms (with margin) and each error within 3 formal sigmas.
+    # the target 0.03 px is met in rms (with margin) and every error lies within 4 formal sigmas
+    # (with 48 amp-exposures, 3 sigma would be exceeded by chance 12 % of the time; 4: 0.3 %).
     errs_w, formal = np.abs(errs_w), np.asarray(formal)
     assert np.sqrt(np.mean(errs_w**2)) <= 0.02
-    assert np.all(errs_w <= 3 * formal) and np.all(formal < 0.03)
+    assert np.all(errs_w <= 4 * formal) and np.all(formal < 0.03)
 
 
 def test_extracted_flux_equals_truth(e2e):
