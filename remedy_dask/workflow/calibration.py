@@ -86,6 +86,8 @@ def stage(func: Callable[..., AmpWork]) -> Callable[..., AmpWork]:
 def _reduce_checked(work: AmpWork, refs: list[FrameRef], kind: str, minimum: int,
                     read_noise: float | None = None) -> tuple[AmpWork, list[ReducedFrame]]:
     """Reduce the frames of one kind, dropping unreadable ones and frames of another IFU."""
+    from remedy_dask.masters import frame_quality
+
     frames, dropped = reduce_frames(refs, read_noise)
     work = work.but()
     work.flags.extend(dropped)
@@ -97,6 +99,11 @@ def _reduce_checked(work: AmpWork, refs: list[FrameRef], kind: str, minimum: int
                 f"dropped {f.ref.name}: SPECID/IFUID/IFUSLOT {h.specid:03d}/{h.ifuid:03d}/"
                 f"{h.ifuslot:03d} do not match {work.specid:03d}/{work.ifuid:03d}/{work.ifuslot:03d}"
             )
+            continue
+        reason = frame_quality(f.image, kind)
+        if reason is not None:  # empty, saturated or the wrong level for its kind
+            log.warning("amp %s: dropping %s: %s", work.key, f.ref.name, reason)
+            work.flags.append(f"dropped {f.ref.name}: {reason}")
             continue
         kept.append(f)
         work.inputs.append(f.ref.name)
