@@ -359,3 +359,16 @@ def test_known_bundle_wiring_is_applied_per_ifuid():
     np.testing.assert_array_equal(reversed_.x[224:], std.x[224:][::-1])
     np.testing.assert_array_equal(reversed_.x[:224], std.x[:224])
     np.testing.assert_array_equal(for_ifuid(std, 24).x, std.x)
+
+
+def test_amp_fiber_positions_use_the_fplane_swap_or_report_the_nominal_grid():
+    from types import SimpleNamespace
+
+    from remedy_dask.io.ifucen import amp_fiber_positions, standard_ifucen
+
+    std = standard_ifucen()
+    fplane = {47: SimpleNamespace(ifuid=24, x_fp=-150.0, y_fp=200.0)}
+    x, y, fx0, fy0, note = amp_fiber_positions(std, fplane, "047LL")
+    assert (fx0, fy0, note) == (200.0, -150.0, None) and x.shape == (112,)
+    _, _, fx0, fy0, note = amp_fiber_positions(std, None, "047LL")
+    assert (fx0, fy0) == (200.0, -150.0) and "nominal grid" in note

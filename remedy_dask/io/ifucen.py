@@ -91,6 +91,21 @@ def amp_positions(ifucen: IfuCen, amp: str) -> tuple[np.ndarray, np.ndarray]:
     return ifucen.x[idx], ifucen.y[idx]
 
 
+def amp_fiber_positions(ifucen: IfuCen, fplane: dict | None, key: str
+                        ) -> tuple[np.ndarray, np.ndarray, float, float, str | None]:
+    """IFU-frame (x, y) of amp ``key``'s fibers (``047LL``; the slot's bundle wiring applied) and
+    the focal-plane centre (fx0, fy0) of its IFU: (Y_FP, X_FP) of the fplane (Remedy's swap), or
+    the nominal IHMP grid (100" pitch) with a note when the slot is not in the fplane."""
+    slot, amp = int(key[:3]), key[3:]
+    entry = fplane.get(slot) if fplane else None
+    x, y = amp_positions(for_ifuid(ifucen, entry.ifuid) if entry else ifucen, amp)
+    if entry is not None:
+        return x, y, entry.y_fp, entry.x_fp, None
+    row, col = geometry.slot_row_col(slot)
+    note = f"IFU slot {slot:03d} not in an fplane: nominal grid position used"
+    return x, y, (col - 5) * 100.0, (row - 5.5) * 100.0, note
+
+
 def read_ifucen(path: str | os.PathLike, header_lines: int = HEADER_LINES) -> IfuCen:
     """Read an IFUcen file; :class:`InputFileError` naming the line on a malformed row."""
     path = Path(path)

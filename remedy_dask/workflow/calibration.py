@@ -380,19 +380,13 @@ def focal_positions(keys: list[str], fplane: dict | None, ifucen: Any
                     ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
     """Focal-plane (x, y) arcsec of each amp's fibers; slots missing from the fplane are
     placed on the nominal IHMP grid (100" pitch) and reported."""
-    from remedy_dask.io.ifucen import amp_positions, for_ifuid
+    from remedy_dask.io.ifucen import amp_fiber_positions
 
     notes, out = [], {}
     for key in keys:
-        slot, amp = int(key[:3]), key[3:]
-        bundle = for_ifuid(ifucen, fplane[slot].ifuid) if fplane and slot in fplane else ifucen
-        x, y = amp_positions(bundle, amp)
-        if fplane is not None and slot in fplane:
-            x0, y0 = fplane[slot].y_fp, fplane[slot].x_fp  # Remedy's swap: fx = Y_FP, fy = X_FP
-        else:
-            row, col = geometry.slot_row_col(slot)
-            x0, y0 = (col - 5) * 100.0, (row - 5.5) * 100.0
-            notes.append(f"IFU slot {slot:03d} not in an fplane: nominal grid position used")
+        x, y, x0, y0, note = amp_fiber_positions(ifucen, fplane, key)
+        if note:
+            notes.append(note)
         out[key] = (x + x0, y + y0)
     return out, sorted(set(notes))
 

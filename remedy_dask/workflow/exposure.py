@@ -27,7 +27,7 @@ _AMP_ARRAYS = ("flux", "error", "mask")
 def fiber_table(keys: list[str], exp: int, fplane: dict | None, ifucen: Any,
                 dither: list[list[float]]) -> dict[str, np.ndarray]:
     """Per-fiber identity and positions (IFU frame with dither, focal plane) of ``keys``."""
-    from remedy_dask.io.ifucen import amp_positions, for_ifuid
+    from remedy_dask.io.ifucen import amp_fiber_positions
 
     dx, dy = dither[exp - 1] if exp - 1 < len(dither) else (0.0, 0.0)
     cols: dict[str, list[np.ndarray]] = {k: [] for k in
@@ -35,13 +35,9 @@ def fiber_table(keys: list[str], exp: int, fplane: dict | None, ifucen: Any,
     n = geometry.N_FIBERS_AMP
     for key in keys:
         slot, amp = int(key[:3]), key[3:]
-        bundle = for_ifuid(ifucen, fplane[slot].ifuid) if fplane and slot in fplane else ifucen
-        x, y = amp_positions(bundle, amp)
-        if fplane is not None and slot in fplane:
-            x0, y0 = fplane[slot].y_fp, fplane[slot].x_fp
-        else:
-            row, col = geometry.slot_row_col(slot)
-            x0, y0 = (col - 5) * 100.0, (row - 5.5) * 100.0
+        x, y, x0, y0, note = amp_fiber_positions(ifucen, fplane, key)
+        if note:
+            log.warning(note)
         cols["ifuslot"].append(np.full(n, slot))
         cols["amp"].append(np.full(n, geometry.AMPS.index(amp), np.uint8))  # code: zarr-safe
         cols["fiber_id"].append(geometry.fiber_ids(amp))
