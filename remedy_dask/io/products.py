@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,67 @@ UNITS = {
     "fx": "arcsec", "fy": "arcsec", "gmag_catalog": "mag(AB)", "gmag_virus": "mag(AB)",
     "wave_err": "Angstrom", "x": "arcsec", "y": "arcsec",
 }
+
+
+# fiber rows per HDF5 chunk of the 2-D fiber arrays: one amp, so that every IFU block (whole amps)
+# starts on a chunk boundary and its chunks can be compressed in parallel by the IFU's own task
+FIBER_CHUNK = geometry.N_FIBERS_AMP
+GZIP_LEVEL = 4
+
+
+def hdf5_chunks(values: np.ndarray, rows: int = FIBER_CHUNK, level: int = GZIP_LEVEL
+                ) -> list[bytes]:
+    """Chunks of ``values`` (n, n_wave), n a multiple of ``rows``, encoded exactly as HDF5's
+    shuffle + deflate filters store them (byte shuffle, then a zlib stream), for
+    :meth:`ObservationWriter.write_fiber_chunks`."""
+    values = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<"))
+    if values.ndim != 2 or values.shape[0] % rows:
+        raise ValueError(f"hdf5_chunks: shape {values.shape} is not whole chunks of {rows} rows")
+    size = values.dtype.itemsize
+    out = []
+    for start in range(0, values.shape[0], rows):
+        raw = np.frombuffer(values[start:start + rows].tobytes(), np.uint8)
+        shuffled = raw.reshape(-1, size).T.tobytes() if size > 1 else raw.tobytes()
+        out.append(zlib.compress(shuffled, level))
+    return out
+
+
+def save_fiber_block(path: str | Path, arrays: dict[str, np.ndarray],
+                     columns: dict[str, np.ndarray]) -> Path:
+    """Encode the 2-D ``arrays`` of one IFU block into HDF5 chunks and save them with the 1-D
+    ``columns`` (atomically) as an .npz that :func:`load_fiber_block` reads back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload: dict[str, np.ndarray] = {}
+    for name, values in arrays.items():
+        encoded = hdf5_chunks(np.asarray(values))
+        payload[f"chunks.{name}"] = np.frombuffer(b"".join(encoded), np.uint8)
+        payload[f"sizes.{name}"] = np.array([len(e) for e in encoded], np.int64)
+        payload[f"dtype.{name}"] = np.array(np.asarray(values).dtype.str)
+    payload.update({f"column.{name}": np.asarray(v) for name, v in columns.items()})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **payload)
+    os.replace(tmp, path)
+    return path
+
+
+def load_fiber_block(path: str | Path
+                     ) -> tuple[dict[str, list[bytes]], dict[str, np.dtype], dict[str, np.ndarray]]:
+    """(chunks, dtypes, columns) saved by :func:`save_fiber_block`."""
+    chunks: dict[str, list[bytes]] = {}
+    dtypes: dict[str, np.dtype] = {}
+    columns: dict[str, np.ndarray] = {}
+    with np.load(path, allow_pickle=False) as z:
+        for key in z.files:
+            kind, name = key.split(".", 1)
+            if kind == "chunks":
+                data = z[key].tobytes()
+                ends = np.cumsum(z[f"sizes.{name}"])
+                chunks[name] = [data[a:b] for a, b in zip(np.r_[0, ends[:-1]], ends)]
+                dtypes[name] = np.dtype(str(z[f"dtype.{name}"]))
+            elif kind == "column":
+                columns[name] = z[key]
+    return chunks, dtypes, columns
 
 
 def observation_path(outdir: str | Path, date: str, obs: int) -> Path:
@@ -68,8 +130,9 @@ class ObservationWriter:
         elif dtype.kind == "f":
             kwargs["fillvalue"] = np.nan
         if len(dims) == 2 and n_rows > 0:
-            kwargs.update(compression="gzip", compression_opts=4, shuffle=True,
-                          chunks=(min(448, n_rows), geometry.N_WAVE))
+            rows = min(FIBER_CHUNK if group is self.fibers else 448, n_rows)
+            kwargs.update(compression="gzip", compression_opts=GZIP_LEVEL, shuffle=True,
+                          chunks=(rows, geometry.N_WAVE))
         var = group.create_variable(name, dims, dtype, **kwargs)
         if name in UNITS:
             var.attrs["units"] = UNITS[name]
@@ -84,6 +147,29 @@ class ObservationWriter:
                 self._variable(self.fibers, name, dims, values.dtype, self.n_fibers)
         n = len(next(iter(block.values())))
         for name, values in block.items():
+            values = np.asarray(values)
+            self.fibers.variables[name][start:start + n] = (
+                values.astype(object) if values.dtype.kind == "U" else values)
+
+    def write_fiber_chunks(self, start: int, chunks: dict[str, list[bytes]],
+                           dtypes: dict[str, np.dtype], columns: dict[str, np.ndarray]) -> None:
+        """Write rows ``start:`` from pre-encoded chunks (:func:`hdf5_chunks`) of the 2-D arrays
+        and plain 1-D ``columns``; ``start`` must be a multiple of FIBER_CHUNK."""
+        if start % FIBER_CHUNK:
+            raise ValueError(f"write_fiber_chunks: start {start} is not on a chunk boundary")
+        if not self.fibers.variables:
+            for name in chunks:
+                self._variable(self.fibers, name, ("fiber", "wave"), np.dtype(dtypes[name]),
+                               self.n_fibers)
+            for name, values in columns.items():
+                self._variable(self.fibers, name, ("fiber",), np.asarray(values).dtype,
+                               self.n_fibers)
+        for name, encoded in chunks.items():
+            dataset = self.fibers.variables[name]._h5ds
+            for i, data in enumerate(encoded):
+                dataset.id.write_direct_chunk((start + i * FIBER_CHUNK, 0), data)
+        n = len(next(iter(columns.values())))
+        for name, values in columns.items():
             values = np.asarray(values)
             self.fibers.variables[name][start:start + n] = (
                 values.astype(object) if values.dtype.kind == "U" else values)

@@ -22,6 +22,9 @@ import xarray as xr
 from zarr.codecs import BloscCodec
 
 _COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+# fiber rows per chunk of 2-D arrays: one IFU (4 amps x 112 fibers), so that reading one IFU of
+# an exposure-wide group touches only its own chunks
+FIBER_CHUNK_ROWS = 448
 
 
 def input_key(*parts: Any) -> str:
@@ -54,7 +57,7 @@ def write_dataset(root: str | Path, exp: int, amp_key: str, ds: xr.Dataset, key:
     ds = ds.copy()
     ds.attrs["input_key"] = key
     encoding = {
-        name: {"compressors": [_COMPRESSOR]}
+        name: {"compressors": [_COMPRESSOR], "chunks": _chunks(var.shape)}
         for name, var in ds.variables.items()
         if var.dtype.kind in "fiub" and var.ndim > 0
     }
@@ -63,6 +66,13 @@ def write_dataset(root: str | Path, exp: int, amp_key: str, ds: xr.Dataset, key:
         shutil.rmtree(final)
     os.replace(tmp, final)
     return final
+
+
+def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Whole rows of FIBER_CHUNK_ROWS fibers for 2-D arrays; 1-D arrays in one chunk."""
+    if len(shape) == 2:
+        return (max(1, min(FIBER_CHUNK_ROWS, shape[0])), max(1, shape[1]))
+    return tuple(max(1, n) for n in shape)
 
 
 def read_dataset(root: str | Path, exp: int, amp_key: str) -> xr.Dataset:

@@ -13,7 +13,6 @@ import numpy as np
 
 from remedy_dask import __version__, geometry
 from remedy_dask.config import PipelineConfig
-from remedy_dask.io import store
 from remedy_dask.workflow.nodes import gather
 from remedy_dask.workflow.observation import (
     Conditions, _calibrated, fit_field, fit_psf, flux_calibration, ifu_sources, ifu_stars,
@@ -65,6 +64,29 @@ def calibrated_ifu(work_root: str, exposures: list[int], slot: int, cond: Condit
                                   injection.spectrum, table, geometry.dar_offsets(),
                                   c["exp_index"])
     return c
+
+
+def ifu_fibers(work_root: str, exposures: list[int], slot: int, cond: Conditions,
+               psf: dict[str, Any], fluxcal: dict[str, Any], astro: dict[str, Any],
+               block_dir: str, injection: Injection | None = None) -> dict[str, Any] | None:
+    """Final fiber arrays of one IFU, encoded as HDF5 chunks into ``block_dir`` so that the
+    compression runs in parallel and ``write-products`` only copies bytes."""
+    from remedy_dask.io.products import save_fiber_block
+
+    c = calibrated_ifu(work_root, exposures, slot, cond, psf, fluxcal, injection)
+    if c is None:
+        return None
+    ra, dec = geometry.focal_to_sky(c["fx"], c["fy"], astro["ra"], astro["dec"], astro["rotation"])
+    path = save_fiber_block(Path(block_dir) / f"{slot:03d}.npz", {
+        "spectrum": c["flux"].astype(np.float32), "error": c["error"].astype(np.float32),
+        "sky": c["sky"].astype(np.float32), "mask": c["bad"].astype(np.uint8),
+    }, {
+        "ra": ra, "dec": dec, "ifuslot": c["ifuslot"].astype(np.int32),
+        "amp": c["amp"].astype("U2"), "fiber_id": c["fiber_id"].astype(np.int32),
+        "exposure": (c["exp_index"] + 1).astype(np.int32), "ifu_x": c["ifu_x"],
+        "ifu_y": c["ifu_y"], "fx": c["fx"], "fy": c["fy"],
+    })
+    return {"slot": slot, "path": str(path), "n": len(c["flux"])}
 
 
 def ifu_detect(work_root: str, exposures: list[int], slot: int, cond: Conditions,
@@ -144,21 +166,13 @@ def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_roo
                    fluxcal: dict[str, Any], sources: list[dict[str, np.ndarray]],
                    detections: list[dict[str, np.ndarray]], catalog: Any, outdir: str,
                    provenance: dict[str, Any], fits_paths: list[list[str]],
-                   injection: Injection | None = None) -> str:
-    """Stream the observation HDF5: fibers IFU by IFU, then exposures, astrometry, sources,
-    detections; provenance with every substitution and flag."""
-    from remedy_dask.io.products import ObservationWriter, observation_path
+                   fiber_blocks: list[dict[str, Any] | None]) -> str:
+    """Stream the observation HDF5: fibers IFU by IFU (from the ``ifu-fibers`` blocks), then
+    exposures, astrometry, sources, detections; provenance with every substitution and flag."""
+    from remedy_dask.io.products import ObservationWriter, load_fiber_block, observation_path
 
-    slots = sorted({int(k[:3]) for s in exposure_summaries for k in s["keys"]})
-    counts = {}
-    for exp in plan.exposures:
-        import zarr
-
-        g = zarr.open_group(str(store.group_path(work_root, exp, "sky")), mode="r")
-        ifuslot = g["ifuslot"][...]
-        for slot in slots:
-            counts[slot] = counts.get(slot, 0) + int(np.sum(ifuslot == slot))
-    n = sum(counts.values())
+    blocks = sorted((b for b in fiber_blocks if b), key=lambda b: b["slot"])
+    n = sum(b["n"] for b in blocks)
     notes = list(cond.notes) + [x for x in (astro.get("note"), psf.get("note"), fluxcal.get("note")) if x]
     flags = list(plan.skipped) + [f"{k} exp{s['exp']:02d}: {v}" for s in exposure_summaries
                                   for k, v in s.get("failed", {}).items()]
@@ -170,21 +184,9 @@ def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_roo
     writer = ObservationWriter(observation_path(outdir, plan.date, plan.obs), n, prov)
     try:
         start = 0
-        for slot in slots:
-            c = calibrated_ifu(work_root, plan.exposures, slot, cond, psf, fluxcal, injection)
-            if c is None:
-                continue
-            ra, dec = geometry.focal_to_sky(c["fx"], c["fy"], astro["ra"], astro["dec"],
-                                            astro["rotation"])
-            writer.write_fibers(start, {
-                "spectrum": c["flux"].astype(np.float32), "error": c["error"].astype(np.float32),
-                "sky": c["sky"].astype(np.float32), "mask": c["bad"].astype(np.uint8),
-                "ra": ra, "dec": dec, "ifuslot": c["ifuslot"].astype(np.int32),
-                "amp": c["amp"].astype("U2"), "fiber_id": c["fiber_id"].astype(np.int32),
-                "exposure": (c["exp_index"] + 1).astype(np.int32), "ifu_x": c["ifu_x"],
-                "ifu_y": c["ifu_y"], "fx": c["fx"], "fy": c["fy"],
-            })
-            start += len(c["flux"])
+        for block in blocks:  # encoded in parallel by the ifu-fibers tasks: copied, not recompressed
+            writer.write_fiber_chunks(start, *load_fiber_block(block["path"]))
+            start += block["n"]
         dar_ra, dar_dec = dar_on_sky(astro["rotation"])
         writer.write_wave_columns("fibers", {"dar_ra": dar_ra, "dar_dec": dar_dec})
         writer.write_table("exposures", "exposure", {
@@ -217,6 +219,8 @@ def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_roo
     except BaseException:
         writer.abort()
         raise
+    for block in blocks:
+        Path(block["path"]).unlink(missing_ok=True)
     return str(path)
 
 
@@ -271,6 +275,11 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
                                                 str(out), prefix, config, cards, injection,
                                                 dask_key_name=f"ifu-cube-{s:03d}")
              for s in cube_slots]
+    block_dir = str(out / "work" / f"{prefix}_fibers")
+    fibers = [dask.delayed(ifu_fibers, pure=False)(work_root, exps, s, cond, psf, fcal, astro,
+                                                   block_dir, injection,
+                                                   dask_key_name=f"ifu-fibers-{s:03d}")
+              for s in slots]
     provenance = {"date": plan.date, "obs": plan.obs, "target_ifuslot": plan.target_slot,
                   "calibration_file": str(cal_path), "config": config.to_yaml(),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
@@ -278,5 +287,5 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
                   "injection": injection.describe() if injection else "none"}
     return dask.delayed(write_products, pure=False)(
         deps, plan, work_root, cond, astro, psf, fcal, srcs, gather(dets, "ifu-detect-all"),
-        catalog, str(out), provenance, gather(cubes, "ifu-cube-all"), injection,
-        dask_key_name="write-products")
+        catalog, str(out), provenance, gather(cubes, "ifu-cube-all"),
+        gather(fibers, "ifu-fibers-all"), dask_key_name="write-products")
