@@ -4,6 +4,7 @@ stream, peak memory of the whole process tree, the raw-read floor and worker sca
     python benchmarks/bench_pipeline.py night  OUT            # 4-IFU night (the demo's size)
     python benchmarks/bench_pipeline.py full   OUT            # 78 IFUs, 936 science amp frames
     python benchmarks/bench_pipeline.py full   OUT --workers 1 2
+    python benchmarks/bench_pipeline.py full   OUT --reduce-only   # reuse OUT/cal_<n>w.h5
 
 Results go to OUT/bench_<mode>.json; the numbers in the README come from these runs.
 """
@@ -14,6 +15,8 @@ import argparse
 import os
 import sys
 import time
+
+import numpy as np
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # one thread per worker process, as the CLI does
@@ -40,6 +43,22 @@ def step_shares(client, since: float) -> dict[str, float]:
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
+def step_spans(client, since: float) -> dict[str, list[float]]:
+    """[first start, last stop] of each task prefix in seconds after ``since``: the timeline
+    (e.g. when the last ``sky`` task ends, the spectra of every exposure are done)."""
+    from dask.utils import key_split
+
+    spans: dict[str, list[float]] = {}
+    for task in client.get_task_stream(start=since):
+        for ss in task.get("startstops", []):
+            if ss["action"] == "compute":
+                span = spans.setdefault(key_split(task["key"]), [np.inf, -np.inf])
+                span[0] = min(span[0], ss["start"] - since)
+                span[1] = max(span[1], ss["stop"] - since)
+    return {k: [round(a, 1), round(b, 1)] for k, (a, b) in sorted(spans.items(),
+                                                                     key=lambda kv: kv[1][0])}
+
+
 def io_floor(raw: Path) -> dict[str, float]:
     """Seconds to read every science amp frame once (header + data), the reduction's floor."""
     from remedy_dask.io.raw import RawArchive, read_raw_amp
@@ -51,7 +70,7 @@ def io_floor(raw: Path) -> dict[str, float]:
     return {"frames": len(refs), "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def run(mode: str, out: Path, workers: list[int]) -> dict:
+def run(mode: str, out: Path, workers: list[int], reduce_only: bool = False) -> dict:
     from distributed import Client, LocalCluster
 
     from remedy_dask.sim import SimConfig, simulate_night, standard_ifuslots
@@ -76,23 +95,35 @@ def run(mode: str, out: Path, workers: list[int]) -> dict:
                 Client(lc) as client:
             address = lc.scheduler_address
             cal = out / f"cal_{n}w.h5"
-            t0 = time.time()
-            with PeakMemory() as mem:
-                assert cli.main(["--quiet", "calibrate", str(sim / "raw"), "--date", DATE,
-                                 "--out", str(cal), "--fiber-locations", str(sim / "fiber_loc"),
-                                 "--cluster", address, *common]) == 0
-            results[f"calibrate_{n}w"] = {"seconds": round(time.time() - t0, 1),
-                                          "peak_gb": round(mem.peak_gb, 2),
-                                          "steps": step_shares(client, t0)}
+            if not reduce_only:
+                t0 = time.time()
+                with PeakMemory() as mem:
+                    assert cli.main(["--quiet", "calibrate", str(sim / "raw"), "--date", DATE,
+                                     "--out", str(cal), "--fiber-locations",
+                                     str(sim / "fiber_loc"), "--cluster", address, *common]) == 0
+                results[f"calibrate_{n}w"] = {"seconds": round(time.time() - t0, 1),
+                                              "peak_gb": round(mem.peak_gb, 2),
+                                              "steps": step_shares(client, t0)}
+            if not cal.exists():
+                raise SystemExit(f"{cal} does not exist: run without --reduce-only first")
+            red = out / f"red_{n}w"
+            if red.exists():  # a fresh reduction, not a resumed one
+                import shutil
+
+                shutil.rmtree(red)
             t0 = time.time()
             with PeakMemory() as mem:
                 assert cli.main(["--quiet", "reduce", DATE, str(OBS), "47", str(cal),
-                                 "--rootdir", str(sim / "raw"), "--out", str(out / f"red_{n}w"),
+                                 "--rootdir", str(sim / "raw"), "--out", str(red),
                                  "--catalog", str(sim / "ps1_catalog.csv"), "--all-ifus",
                                  "--cluster", address, *common]) == 0
-            steps = step_shares(client, t0)
-            results[f"reduce_{n}w"] = {"seconds": round(time.time() - t0, 1),
-                                       "peak_gb": round(mem.peak_gb, 2), "steps": steps,
+            seconds = round(time.time() - t0, 1)
+            spans = step_spans(client, t0)
+            results[f"reduce_{n}w"] = {"seconds": seconds,
+                                       "peak_gb": round(mem.peak_gb, 2),
+                                       "peak_process_gb": round(mem.peak_single_gb, 2),
+                                       "spectra_done_s": spans.get("sky", [0, np.nan])[1],
+                                       "steps": step_shares(client, t0), "spans": spans,
                                        "tasks": len(client.get_task_stream(start=t0))}
     frames = results["io_floor"]["frames"]
     for n in workers:
@@ -107,9 +138,12 @@ def main() -> None:
     parser.add_argument("mode", choices=["night", "full"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--workers", type=int, nargs="+", default=[2])
+    parser.add_argument("--reduce-only", action="store_true",
+                        help="skip the calibration and reuse OUT/cal_<n>w.h5")
     args = parser.parse_args()
-    results = run(args.mode, args.out, args.workers)
-    save(results, args.out / f"bench_{args.mode}.json")
+    results = run(args.mode, args.out, args.workers, args.reduce_only)
+    name = f"bench_{args.mode}{'_reduce' if args.reduce_only else ''}.json"
+    save(results, args.out / name)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ class PeakMemory:
     def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
         self.peak = 0
+        self.peak_single = 0  # the largest single process (a worker, or the client)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -27,9 +28,11 @@ class PeakMemory:
             total = 0
             for p in [me, *me.children(recursive=True)]:
                 try:
-                    total += p.memory_info().rss
+                    rss = p.memory_info().rss
                 except psutil.Error:
-                    pass
+                    continue
+                total += rss
+                self.peak_single = max(self.peak_single, rss)
             self.peak = max(self.peak, total)
             time.sleep(self.interval)
 
@@ -44,6 +47,10 @@ class PeakMemory:
     @property
     def peak_gb(self) -> float:
         return self.peak / 1e9
+
+    @property
+    def peak_single_gb(self) -> float:
+        return self.peak_single / 1e9
 
 
 @contextmanager
