@@ -86,6 +86,7 @@ def test_calibration_file_round_trip(tmp_path):
                 "pixel_mask": np.zeros((1032, 1032), bool)},
         qa={"trace_rms": 0.004, "nan": float("nan")}, flags=["example"],
         profile={"offsets": np.linspace(-6, 6, 121)}, inputs=["a_zro.fits"],
+        qa_arrays={"trace_rms": np.full(112, 0.003)},
     )
     path = calfile.write_calibration(tmp_path / "cal.h5", [cal], attrs={"window": ["20190822"]})
     assert calfile.list_amps(path) == ["047LL"]
@@ -96,6 +97,10 @@ def test_calibration_file_round_trip(tmp_path):
     assert back.read_noise == pytest.approx(3.1)
     assert back.flags == ["example"] and back.qa["nan"] is None
     assert back.inputs == ["a_zro.fits"]
+    part = calfile.read_amp(path, "047LL", arrays=("trace",), qa=False)  # what a chain needs
+    assert set(back.qa_arrays) == {"trace_rms"}
+    assert set(part.arrays) == {"trace"} and part.qa_arrays == {}
+    np.testing.assert_array_equal(part.profile["offsets"], cal.profile["offsets"])
     assert calfile.file_attrs(path)["format_version"] == calfile.FORMAT_VERSION
     with pytest.raises(Exception, match="no calibration for amp 047LU"):
         calfile.read_amp(path, "047LU")

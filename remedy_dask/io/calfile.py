@@ -192,8 +192,10 @@ def file_attrs(path: str | Path) -> dict[str, Any]:
         return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in h5.attrs.items()}
 
 
-def read_amp(path: str | Path, key: str) -> AmpCalibration:
-    """Read one amp group (``047LL``) completely."""
+def read_amp(path: str | Path, key: str, arrays: tuple[str, ...] | None = None,
+             qa: bool = True) -> AmpCalibration:
+    """Read one amp group (``047LL``): every array, or only ``arrays`` (the profile always);
+    the QA arrays only with ``qa``."""
     with _open(path) as h5:
         if key not in h5:
             raise InputFileError(str(path), f"no calibration for amp {key}")
@@ -205,11 +207,11 @@ def read_amp(path: str | Path, key: str) -> AmpCalibration:
             read_noise=float(a.get("read_noise", np.nan)), status=str(a.get("status", "ok")),
             flags=json.loads(a.get("flags", "[]")), qa=json.loads(a.get("qa", "{}")),
         )
-        for name in _ARRAYS:
+        for name in _ARRAYS if arrays is None else arrays:
             if name in g:
                 cal.arrays[name] = g[name][...]
         for sub, target in (("profile", cal.profile), ("qa", cal.qa_arrays)):
-            if sub in g:
+            if sub in g and (qa or sub != "qa"):
                 for name, ds in g[sub].items():
                     target[name] = ds[...]
         if "inputs" in g:

@@ -69,9 +69,13 @@ def chain_step(func: Any) -> Any:
     return wrapper
 
 
+# what the chain uses of an amp's calibration (not the QA spectra of the flat, arc, twilight)
+CHAIN_ARRAYS = ("bias", "dark_rate", "pixel_mask", "trace", "wavelength", "fiber_to_fiber", "dead")
+
+
 def load_calibration(calfile_path: str, key: str) -> calfile.AmpCalibration:
     """Read one amp's calibration once; it is shared by all exposures of that amp."""
-    return calfile.read_amp(calfile_path, key)
+    return calfile.read_amp(calfile_path, key, arrays=CHAIN_ARRAYS, qa=False)
 
 
 def ccd(ref: FrameRef, cal: calfile.AmpCalibration, exp: int) -> AmpExposure:
