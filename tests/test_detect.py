@@ -165,3 +165,116 @@ def test_sky_line_residuals_are_not_lines(ifu):
     assert np.any(np.abs(detect_emission_lines(flux, err, None, fx, fy, psf, dar=dar)["wave"] - 5461) < 5)
     with_sky = detect_emission_lines(flux, err, None, fx, fy, psf, dar=dar, sky=sky)
     assert not np.any(np.abs(with_sky["wave"] - 5461) < 5)
+
+
+# --- kernels against direct (slow) implementations --------------------------------------------
+
+
+def test_remove_continuum_matches_direct_implementation():
+    """Chunk-median fill (np.interp per row) + scipy median_filter with end windows."""
+    from scipy import ndimage
+
+    from remedy_dask.detect import remove_continuum
+
+    rng = np.random.default_rng(12)
+    flux = rng.normal(size=(60, 400)) + np.linspace(0, 5, 400)
+    good = rng.uniform(size=flux.shape) > 0.1
+    good[:, 150:200] = False  # a masked band: chunks without enough data
+    good[3] = False  # a dead fiber
+    good[4, :120] = False  # no data at the start ...
+    good[5, 300:] = False  # ... or at the end
+    good[6, 5::2] = False  # half the pixels
+    for window in (21, 20, 1):
+        got = remove_continuum(flux, good, window, chunk=28)
+        n_chunk = 400 // 28
+        edges = np.linspace(0, 400, n_chunk + 1).astype(int)
+        centres = 0.5 * (edges[:-1] + edges[1:] - 1)
+        want = np.full(flux.shape, np.nan)
+        for i in range(len(flux)):
+            med = [np.median(flux[i, a:b][good[i, a:b]]) if good[i, a:b].sum() >= 0.3 * (b - a)
+                   else np.nan for a, b in zip(edges[:-1], edges[1:])]
+            ok = np.isfinite(med)
+            if not ok.any():
+                continue
+            coarse = np.interp(np.arange(400), centres[ok], np.array(med)[ok])
+            if window <= 1:
+                want[i] = coarse
+                continue
+            row = np.where(good[i], flux[i], coarse)
+            want[i] = ndimage.median_filter(row, window, mode="nearest")
+            want[i, : window // 2] = np.median(row[:window])
+            want[i, -(window // 2) :] = np.median(row[-window:])
+        assert np.isnan(got[3]).all()
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_matched_filter_cube_matches_direct_sums(ifu):
+    """num and den against the module-doc definition: PSF weights per DAR chunk, then the line
+    profile along wavelength on the grid."""
+    from scipy import ndimage
+
+    from remedy_dask.cube import ImageGrid, dar_chunks
+    from remedy_dask.detect import _line_kernel, matched_filter_cube
+    from remedy_dask.psf import evaluate_psf
+
+    fx, fy, _, _ = ifu
+    rng = np.random.default_rng(13)
+    sel = np.flatnonzero(np.hypot(fx, fy) < 6)
+    x, y = fx[sel], fy[sel]
+    exposure = rng.integers(0, 3, sel.size)
+    psfs = [fiber_integrated_moffat(f) for f in (1.6, 1.9, 2.3)]
+    n_wave = 90
+    dxy = np.vstack([np.linspace(1.0, -0.4, n_wave) ** 3, np.linspace(0.2, -0.3, n_wave)])
+    resid = rng.normal(size=(sel.size, n_wave))
+    ivar = rng.uniform(0.5, 2.0, resid.shape) * (rng.uniform(size=resid.shape) > 0.05)
+    grid = ImageGrid(-5.0, -4.0, 19, 17, 0.5)
+    num, den = matched_filter_cube(resid, ivar, x, y, grid, psfs, dxy, 2.4, 2.0, exposure)
+    px, py = grid.points()
+    w = np.zeros((n_wave, px.size, sel.size))
+    chunks = dar_chunks(dxy, 0.1)
+    assert len(chunks) > 5
+    for sl in chunks:
+        d = dxy[:, sl].mean(axis=1)
+        r = np.hypot(px[:, None] + d[0] - x[None, :], py[:, None] + d[1] - y[None, :])
+        ww = evaluate_psf(psfs, r.T, np.zeros(1), exposure).T
+        w[sl] = np.where(r <= 3.5, ww, 0.0)
+    g = _line_kernel(2.4, 2.0)
+    n0 = ndimage.correlate1d(np.einsum("jpi,ij->pj", w, resid * ivar), g, axis=1, mode="constant")
+    d0 = ndimage.correlate1d(np.einsum("jpi,ij->pj", w**2, ivar), g**2, axis=1, mode="constant")
+    np.testing.assert_allclose(num.reshape(px.size, n_wave), n0, rtol=0, atol=2e-6 * np.abs(n0).max())
+    np.testing.assert_allclose(den.reshape(px.size, n_wave), d0, rtol=0, atol=2e-6 * d0.max())
+
+
+def test_radial_lookup_matches_evaluate_psf():
+    from remedy_dask.detect import _radial_lookup
+    from remedy_dask.psf import evaluate_psf
+
+    rng = np.random.default_rng(14)
+    psfs = [fiber_integrated_moffat(f) for f in (1.7, 2.4, 3.0)]  # r_max 10, 12, 15
+    r = np.concatenate([rng.uniform(0, 17, 20000), [0.0, 0.02, 10.0, 12.0, 15.0, 15.01]])
+    e = rng.integers(0, 3, r.size)
+    want = evaluate_psf(psfs, r, np.zeros(1), e)
+    np.testing.assert_allclose(_radial_lookup(psfs, e)(r, e), want, rtol=0, atol=1e-15)
+    want = evaluate_psf(psfs[1], r, np.zeros(1))
+    np.testing.assert_allclose(_radial_lookup(psfs[1], None)(r, None), want, rtol=0, atol=1e-15)
+    assert _radial_lookup(psfs[1], None)(np.array([12.01]), None)[0] == 0.0
+
+
+def test_region_peaks_match_ndimage_label():
+    from scipy import ndimage
+
+    from remedy_dask.detect import _region_peaks
+
+    rng = np.random.default_rng(15)
+    for _ in range(20):
+        shape = tuple(rng.integers(3, 25, 3))
+        cube = np.round(ndimage.gaussian_filter(rng.normal(size=shape), 1.0) * 20) / 20  # ties
+        thr = np.quantile(cube, rng.uniform(0.6, 0.99))
+        labels, n = ndimage.label(cube > thr)
+        want = np.array([
+            np.unravel_index(np.argmax(np.where(labels[box] == lab, cube[box], -np.inf)),
+                             labels[box].shape) + np.array([b.start for b in box])
+            for lab, box in enumerate(ndimage.find_objects(labels), start=1)
+        ]).reshape(-1, 3)
+        np.testing.assert_array_equal(_region_peaks(cube, thr), want)
+    assert _region_peaks(np.zeros((3, 3, 3)), 1.0).shape == (0, 3)

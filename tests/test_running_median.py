@@ -1,0 +1,56 @@
+"""The compiled running median against scipy.ndimage.median_filter and np.median."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from remedy_dask.running_median import running_median
+
+
+@pytest.mark.parametrize("window", [1, 2, 5, 20, 21])
+def test_equals_scipy_median_filter(window):
+    rng = np.random.default_rng(window)
+    a = rng.normal(size=(40, 300))
+    a[:, 100:140] += 30.0  # a step
+    a[5, 50:80] = 1.0  # ties
+    a[7] = np.round(a[7])  # many ties
+    got = running_median(a, window)
+    ref = ndimage.median_filter(a, size=(1, window), mode="nearest")
+    h = window // 2
+    assert got.shape == (40, 300 - window + 1)
+    np.testing.assert_array_equal(got, ref[:, h : h + got.shape[1]])
+
+
+def test_odd_window_is_the_median_of_each_window():
+    rng = np.random.default_rng(3)
+    a = rng.standard_t(2, size=(6, 90))
+    got = running_median(a, 11)
+    ref = np.median(np.lib.stride_tricks.sliding_window_view(a, 11, axis=1), axis=-1)
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_rejects_bad_input():
+    with pytest.raises(ValueError):
+        running_median(np.array([[1.0, np.nan, 2.0]]), 3)
+    with pytest.raises(ValueError):
+        running_median(np.ones((2, 3)), 4)
+    with pytest.raises(ValueError):
+        running_median(np.ones(5), 3)
+
+
+def test_nanmedian_lastaxis_equals_numpy():
+    import warnings
+
+    from remedy_dask.running_median import nanmedian_lastaxis
+
+    rng = np.random.default_rng(11)
+    a = rng.normal(size=(200, 3, 29))
+    a[rng.uniform(size=a.shape) < 0.3] = np.nan
+    a[4] = np.nan  # rows without values
+    a[5, :, :2] = np.inf  # infinities are values
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ref = np.nanmedian(a, axis=-1)
+    got = nanmedian_lastaxis(a)
+    assert np.isnan(got[4]).all()
+    np.testing.assert_array_equal(got, ref)
