@@ -5,82 +5,267 @@ Gaussian-windowed centroids (the estimator of :func:`remedy_dask.trace.windowed_
 pixel-phase bias) of every fiber in every other column chunk, on the unbinned pixels, after
 replacing masked pixels and cosmic rays by the chunk's median fiber profile.
 
-Speed (~20 ms per amp on one core): the ~0.9 M window pixels are gathered through a sliding
-window view and processed in float32 with reused buffers; the Newton steps of the centroid use
-the factorised window w(o - s) = w(o) exp(o s / sigma^2) exp(-s^2 / 2 sigma^2) (one exp and
-three moments per pixel and step); the second cosmic-ray pass only revisits windows with hits.
+Speed (~5 ms per amp on one idle core, 4-5x the numpy version it replaced, same shifts to
+1e-8 px): one compiled pass per fiber gathers its windows (15 rows x a chunk's columns, stored
+[column, chunk * 16 + row] so that the rows of all chunks are SIMD lanes), replaces the outliers
+in float32 as the numpy version did (medians over the columns by a sorting network run
+on all lanes at once) and runs the centroids' Newton steps in float64 with the Gaussian window
+factorised into per-row and per-column exponentials (no exp per pixel).
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+from numba import njit
 
 from remedy_dask.errors import CalibrationError
 
 HALF_WINDOW = 7  # rows gathered on each side of a fiber for the windowed centroid
+_LANES = 16  # lanes per window in the kernel's work arrays (>= 2 * HALF_WINDOW + 1)
+_N_OUT = 5  # kernel outputs per window: s, flux, fprime, err, snr
+_U = np.uint64  # unsigned indices: no negative-index wrap-around checks in the hot loops
 
 
-def _median_last(values: np.ndarray) -> np.ndarray:
-    """Median over the last axis by one sort (NaN only where all values are NaN)."""
-    srt = np.sort(values, axis=-1)
-    n = values.shape[-1]
-    return 0.5 * (srt[..., (n - 1) // 2] + srt[..., n // 2])
+@functools.lru_cache(maxsize=8)
+def median_network(n: int) -> np.ndarray:
+    """Compare-exchange pairs (lower, upper) that put the two middle values of n values at
+    positions (n - 1) // 2 and n // 2: Batcher's merge-exchange sorting network (Knuth 5.2.2 M)
+    without the exchanges that cannot reach those positions.  (n_pairs, 2) int64."""
+    pairs: list[tuple[int, int]] = []
+    t = max(n - 1, 1).bit_length()
+    p = 1 << (t - 1) if n > 1 else 0
+    while p > 0:
+        q, r, d = 1 << (t - 1), 0, p
+        while True:
+            pairs += [(i, i + d) for i in range(n - d) if i & p == r]
+            if q == p:
+                break
+            d, q, r = q - p, q // 2, p
+        p //= 2
+    needed, kept = {(n - 1) // 2, n // 2}, []
+    for a, b in reversed(pairs):
+        if a in needed or b in needed:
+            kept.append((a, b))
+            needed |= {a, b}
+    return np.array(kept[::-1], dtype=np.int64).reshape(-1, 2)
 
 
-def _outlier_model(vals: np.ndarray, good: np.ndarray, threshold: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Model of fiber windows (n, n_window, n_columns): each column's flux (sum of its good
-    pixels) times the median normalised profile over the columns (columns without a usable
-    value at an offset take the mean of the others).  Returns (model, new outliers: good pixels
-    more than ``threshold`` + 0.3 |model| above the model)."""
-    with np.errstate(all="ignore"):
-        colsum = np.multiply(vals, good).sum(-2, keepdims=True)
-        frac = vals / colsum
-        unusable = ~good | ~np.isfinite(frac)
-        if unusable.any():
-            np.copyto(frac, 0, where=unusable)
-            fill = frac.sum(-1, keepdims=True) / (~unusable).sum(-1, keepdims=True)
-            np.copyto(frac, fill, where=unusable)  # NaN where no column is usable
-        model = np.nan_to_num(_median_last(frac))[..., None] * np.nan_to_num(
-            colsum, posinf=0.0, neginf=0.0)
-    limit = np.abs(model, out=frac)
-    limit *= np.float32(0.3)
-    limit += threshold
-    limit += model
-    return model, (vals > limit) & good
+@njit(cache=True, nogil=True)
+def _network_medians(buf, pairs, med):  # pragma: no cover - compiled
+    """med[j] = median of buf[:, j] for every lane j (buf (n, n_lanes) float32 without NaN,
+    reordered in place) by the compare-exchange ``pairs`` of :func:`median_network`."""
+    n, n_lanes = buf.shape
+    for p in range(pairs.shape[0]):
+        ra, rb = buf[_U(pairs[p, 0])], buf[_U(pairs[p, 1])]
+        for j in range(n_lanes):
+            x, y = ra[j], rb[j]
+            ra[j] = x if x < y else y
+            rb[j] = y if x < y else x
+    lo, hi = buf[(n - 1) // 2], buf[n // 2]
+    for j in range(n_lanes):
+        med[j] = np.float32(0.5) * (lo[j] + hi[j])
 
 
-def _replace_outliers(vals: np.ndarray, var: np.ndarray, bad: np.ndarray, n_iter: int = 2) -> None:
-    """Replace masked pixels and cosmic rays of fiber windows, in place, by the model of
-    :func:`_outlier_model` (5 sigma), iterated on the windows where new outliers were found.
-    ``vals``/``var``/``bad`` are (..., n_window, n_columns) float32 / float32 / bool; bad values
-    must be 0 on input and ``bad`` gets the rejected pixels."""
-    shape = vals.shape
-    v, b = vals.reshape((-1,) + shape[-2:]), bad.reshape((-1,) + shape[-2:])
-    threshold = np.sqrt(np.maximum(var.reshape(v.shape), 1, dtype=np.float32))
-    threshold *= np.float32(5)
-    model, new = _outlier_model(v, ~b, threshold)
-    b |= new
-    np.copyto(v, model, where=b)
-    groups = np.flatnonzero(new.any(axis=(1, 2)))
-    for _ in range(n_iter - 1):
-        if groups.size == 0:
-            break
-        sub_v, sub_b = v[groups], b[groups]
-        model, new = _outlier_model(sub_v, ~sub_b, threshold[groups])
-        sub_b |= new
-        np.copyto(sub_v, model, where=sub_b)
-        v[groups], b[groups] = sub_v, sub_b
-        groups = groups[new.any(axis=(1, 2))]
+@njit(cache=True, nogil=True, error_model="numpy")
+def _outlier_pass(vals, bad, thr, model, buf, pairs, hit):  # pragma: no cover - compiled
+    """One outlier pass on fiber windows stored (n_columns, n_windows * _LANES): each column's
+    flux (sum of its good pixels) times the median normalised profile over the columns (columns
+    without a usable value at an offset take the mean of the others; offsets without any give
+    0).  Good pixels more than ``thr`` + 0.3 |model| above the model become bad; all bad pixels
+    (old and new) are replaced by the model.  hit[k] tells whether window k got new ones.
+    Float32 as the numpy reference; ``model``/``buf`` are work space of the same shape."""
+    width, n_lanes = vals.shape
+    n_w = n_lanes // _LANES
+    colsum = np.zeros((width, n_w), np.float32)
+    total = np.zeros(n_lanes, np.float32)
+    count = np.zeros(n_lanes, np.int64)
+    for c in range(width):
+        for k in range(n_w):
+            s = np.float32(0.0)
+            for i in range(k * _LANES, (k + 1) * _LANES):
+                if not bad[c, i]:
+                    s += vals[c, i]
+            colsum[c, k] = s
+            for i in range(k * _LANES, (k + 1) * _LANES):
+                frac = vals[c, i] / s
+                usable = not bad[c, i] and np.isfinite(frac)
+                buf[c, i] = frac if usable else np.nan
+                if usable:
+                    total[i] += frac
+                    count[i] += 1
+    fill = np.zeros(n_lanes, np.float32)
+    for j in range(n_lanes):
+        if count[j] > 0:
+            fill[j] = np.float32(np.float64(total[j]) / count[j])
+    for c in range(width):
+        for j in range(n_lanes):
+            if np.isnan(buf[c, j]):
+                buf[c, j] = fill[j]
+    med = np.empty(n_lanes, np.float32)
+    _network_medians(buf, pairs, med)
+    for j in range(n_lanes):
+        if count[j] == 0 or np.isnan(med[j]):
+            med[j] = 0.0
+    hit[:] = False
+    for c in range(width):
+        for k in range(n_w):
+            cs = colsum[c, k] if np.isfinite(colsum[c, k]) else np.float32(0.0)
+            for i in range(k * _LANES, (k + 1) * _LANES):
+                m = med[i] * cs
+                model[c, i] = m
+                if not bad[c, i] and vals[c, i] > np.abs(m) * np.float32(0.3) + thr[c, i] + m:
+                    bad[c, i] = True
+                    hit[k] = True
+                if bad[c, i]:
+                    vals[c, i] = m
 
 
-def _gather_windows(image: np.ndarray, rows0: np.ndarray, cols: np.ndarray, n_window: int,
-                    dtype: type) -> np.ndarray:
-    """Pixels ``image[rows0 + i, cols]`` for i < n_window (``rows0`` within [0, n_rows -
-    n_window]), as an array of shape rows0.shape[:-1] + (n_window, rows0.shape[-1])."""
-    windows = np.lib.stride_tricks.sliding_window_view(np.asarray(image), n_window, axis=0)
-    out = windows[rows0, cols].astype(dtype, copy=False)  # (..., columns, window)
-    return np.ascontiguousarray(np.swapaxes(out, -1, -2))
+@njit(cache=True, nogil=True, error_model="numpy")
+def _moments(wv, d, e, step, col_acc):  # pragma: no cover - compiled
+    """sum wv exp(a o) o^k, k = 0, 1, 2, over one window wv[i, c] (offsets o = i - d[c]) given
+    e[c] = exp(-a d[c]) and step = exp(a): the sums over rows, sum_i step^i i^k wv, run on all
+    columns at once (col_acc (3, n_columns) work space), then o^k = sum_j binom i^j (-d)^(k-j)."""
+    n_win, width = wv.shape
+    col_acc[:] = 0.0
+    p = 1.0
+    for i in range(n_win):
+        pi, pii = p * i, p * i * i
+        for c in range(width):
+            col_acc[0, c] += p * wv[i, c]
+            col_acc[1, c] += pi * wv[i, c]
+            col_acc[2, c] += pii * wv[i, c]
+        p *= step
+    m0 = m1 = m2 = 0.0
+    for c in range(width):
+        t0, t1, t2 = col_acc[0, c], col_acc[1, c], col_acc[2, c]
+        m0 += e[c] * t0
+        m1 += e[c] * (t1 - d[c] * t0)
+        m2 += e[c] * (t2 - 2.0 * d[c] * t1 + d[c] * d[c] * t0)
+    return m0, m1, m2
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _centroid(vals, var, lane0, d, inv_var, n_iter, max_step, wv0, w2v0, col_work,
+              out):  # pragma: no cover - compiled
+    """Windowed centroid s of one window (rows i at offsets o = i - d[c] from the trace) by
+    Newton steps on f(s) = sum w(o - s) v (o - s), w Gaussian; out = (s, flux, d f/ds, error of
+    s, S/N of the flux), moments and errors taken before the last step (which moves s by
+    ~1e-4 px).  w(o - s) = w(o) exp(o s inv_var) exp(-s^2 inv_var / 2); w(o) by the recurrence
+    w(o + 1) = w(o) r, r <- r exp(-inv_var), run on all columns at once.  Work space, float64:
+    wv0/w2v0 (n_window, n_columns), col_work (6, n_columns)."""
+    n_win, width = wv0.shape
+    g, r, e = col_work[0], col_work[1], col_work[2]
+    col_acc = col_work[3:6]
+    decay = np.exp(-inv_var)
+    for c in range(width):
+        g[c] = np.exp(-0.5 * inv_var * d[c] * d[c])
+        r[c] = np.exp(-0.5 * inv_var * (1.0 - 2.0 * d[c]))
+    for i in range(n_win):
+        for c in range(width):
+            wv0[i, c] = g[c] * vals[c, lane0 + i]
+            w2v0[i, c] = g[c] * g[c] * var[c, lane0 + i]
+            g[c] *= r[c]
+            r[c] *= decay
+    s = s_now = flux = fprime = step_e = 0.0
+    for _ in range(n_iter):
+        a = inv_var * s
+        for c in range(width):
+            e[c] = np.exp(-a * d[c]) if a != 0.0 else 1.0
+        step_e = np.exp(a)
+        m0, m1, m2 = _moments(wv0, d, e, step_e, col_acc)
+        scale = np.exp(-0.5 * inv_var * s * s)
+        flux = m0 * scale
+        f = (m1 - s * m0) * scale
+        fprime = inv_var * (m2 - 2.0 * s * m1 + s * s * m0) * scale - flux
+        s_now = s
+        step = -f / fprime if fprime < 0 else 2.0 * f / (flux if flux > 0 else 1.0)
+        s += 0.0 if np.isnan(step) else min(max(step, -max_step), max_step)
+    for c in range(width):  # exp(-2 a d) at the last evaluated s
+        e[c] *= e[c]
+    q0, q1, q2 = _moments(w2v0, d, e, step_e * step_e, col_acc)
+    scale2 = np.exp(-inv_var * s_now * s_now)
+    out[0], out[1], out[2] = s, flux, fprime
+    out[3] = np.sqrt((q2 - 2.0 * s_now * q1 + s_now * s_now * q0) * scale2) / np.abs(fprime)
+    out[4] = flux / np.sqrt(q0 * scale2)
+
+
+@njit(cache=True, nogil=True)
+def _gather(image, variance, mask, n_cols, rows0, cols, vals, var, bad,
+            thr):  # pragma: no cover - compiled
+    """Windows of one fiber from the flat images: vals/var/bad[c, k * _LANES + i] = pixel
+    (rows0[k, c] + i, cols[k, c]); bad = non-finite or masked, vals 0 there; variance None
+    (size 0) -> |v| + 9; the spare lanes are bad; thr = 5 sqrt(max(var, 1))."""
+    n_chunks, width = rows0.shape
+    n_win = 2 * HALF_WINDOW + 1
+    has_var, has_mask = variance.size > 0, mask.size > 0
+    for k in range(n_chunks):  # plain copies (neighbouring columns: neighbouring addresses)
+        for c in range(width):
+            base = _U(rows0[k, c]) * _U(n_cols) + _U(cols[k, c])
+            j0 = k * _LANES
+            for i in range(n_win):
+                vals[c, j0 + i] = image[base + _U(i) * _U(n_cols)]
+            if has_var:
+                for i in range(n_win):
+                    var[c, j0 + i] = variance[base + _U(i) * _U(n_cols)]
+            if has_mask:
+                for i in range(n_win):
+                    bad[c, j0 + i] = mask[base + _U(i) * _U(n_cols)]
+            else:
+                bad[c, j0:j0 + n_win] = False
+            vals[c, j0 + n_win:j0 + _LANES] = 0.0
+            var[c, j0 + n_win:j0 + _LANES] = 0.0
+            bad[c, j0 + n_win:j0 + _LANES] = True
+    for c in range(width):  # flags and thresholds (SIMD)
+        for j in range(vals.shape[1]):
+            v = vals[c, j]
+            w = var[c, j] if has_var else np.abs(v) + np.float32(9)
+            b = bad[c, j] | (not np.isfinite(v)) | (not np.isfinite(w))
+            bad[c, j] = b
+            vals[c, j] = np.float32(0.0) if b else v
+            var[c, j] = w
+            thr[c, j] = np.sqrt(max(w, np.float32(1.0))) * np.float32(5.0)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _window_kernel(image, variance, mask, n_cols, rows0, cols, t, sigma_w, pairs,
+                   out):  # pragma: no cover - compiled
+    """Gather, outlier replacement (2 passes, the second on the windows with new outliers) and
+    centroid of every fiber window; images flat (``variance``/``mask`` of size 0: None),
+    rows0 (n_fib, n_chunks, width) first window row, cols (n_chunks, width), t (n_fib,
+    n_chunks, width) trace rows.  Fills out (n_fib, n_chunks, 5)."""
+    n_fib, n_chunks, width = rows0.shape
+    n_lanes = n_chunks * _LANES
+    vals = np.empty((width, n_lanes), np.float32)
+    var = np.empty_like(vals)
+    thr = np.empty_like(vals)
+    model = np.empty_like(vals)
+    buf = np.empty_like(vals)
+    bad = np.empty((width, n_lanes), np.bool_)
+    hit = np.empty(n_chunks, np.bool_)
+    wv0 = np.empty((2 * HALF_WINDOW + 1, width))
+    w2v0 = np.empty_like(wv0)
+    col_work = np.empty((6, width))
+    d = np.empty(width)
+    inv_var = 1.0 / sigma_w**2
+    for f in range(n_fib):
+        _gather(image, variance, mask, n_cols, rows0[f], cols, vals, var, bad, thr)
+        _outlier_pass(vals, bad, thr, model, buf, pairs, hit)
+        redo = np.flatnonzero(hit)
+        if redo.size:  # second pass on the windows with new outliers only
+            lanes = (redo[:, None] * _LANES + np.arange(_LANES)[None, :]).ravel()
+            sub_v, sub_b, sub_t = vals[:, lanes], bad[:, lanes], thr[:, lanes]
+            _outlier_pass(sub_v, sub_b, sub_t, model[:, :lanes.size], buf[:, :lanes.size],
+                          pairs, hit[:redo.size])
+            vals[:, lanes], bad[:, lanes] = sub_v, sub_b
+        for k in range(n_chunks):
+            for c in range(width):
+                d[c] = np.float32(t[f, k, c] - rows0[f, k, c])
+                for i in range(k * _LANES, (k + 1) * _LANES):
+                    if bad[c, i]:
+                        var[c, i] = 0.0
+            _centroid(vals, var, k * _LANES, d, inv_var, 3, 0.5, wv0, w2v0, col_work, out[f, k])
 
 
 def measure_trace_shift(image: np.ndarray, variance: np.ndarray | None, mask: np.ndarray | None,
@@ -93,8 +278,7 @@ def measure_trace_shift(image: np.ndarray, variance: np.ndarray | None, mask: np
     after replacing masked pixels and cosmic rays by the chunk's median fiber profile; the
     per-chunk estimates are combined with inverse-variance weights and 4-sigma clipping.  Every
     ``chunk_step``-th chunk is used (the statistical error is far below the 0.03 px needed).
-    The pixel windows are processed in float32 (centroids to ~1e-6 px), the combination in
-    float64.
+    The pixel windows are cleaned in float32, the centroids computed in float64.
     """
     img = np.asarray(image)
     n_rows, n_cols = img.shape
@@ -104,24 +288,14 @@ def measure_trace_shift(image: np.ndarray, variance: np.ndarray | None, mask: np
     t = np.asarray(trace, dtype=float)[:, cols]  # (n_fib, n_used, width)
     n_win = 2 * HALF_WINDOW + 1
     rows0 = np.clip(np.round(t).astype(np.intp) - HALF_WINDOW, 0, n_rows - n_win)
-    # (n_fib, n_used, n_window, width): the chunk's columns last (medians over columns)
-    vals = _gather_windows(img, rows0, cols, n_win, np.float32)
-    var = (np.abs(vals) + np.float32(9) if variance is None
-           else _gather_windows(variance, rows0, cols, n_win, np.float32))
-    bad = ~np.isfinite(vals)
-    bad |= ~np.isfinite(var)
-    if mask is not None:
-        bad |= _gather_windows(mask, rows0, cols, n_win, bool)
-    np.copyto(vals, 0, where=bad)
-    _replace_outliers(vals, var, bad)
-    np.copyto(var, 0, where=bad)
-    shape = t.shape[:2] + (-1,)
-    offsets = np.empty(vals.shape, dtype=np.float32)  # row - trace
-    np.subtract(np.arange(n_win, dtype=np.float32)[:, None],
-                (t - rows0).astype(np.float32)[:, :, None, :], out=offsets)
-    offsets = offsets.reshape(shape)
-    s, flux, fprime, err, snr = _window_centroids(vals.reshape(shape), var.reshape(shape),
-                                                  offsets, sigma_w)
+    flat_var = (np.zeros(0, np.float32) if variance is None
+                else np.ascontiguousarray(variance).reshape(-1))
+    flat_mask = (np.zeros(0, bool) if mask is None
+                 else np.ascontiguousarray(mask, dtype=bool).reshape(-1))
+    out = np.empty(t.shape[:2] + (_N_OUT,))
+    _window_kernel(np.ascontiguousarray(img).reshape(-1), flat_var, flat_mask, n_cols, rows0,
+                   cols, t, float(sigma_w), median_network(width), out)
+    s, flux, fprime, err, snr = (out[..., j].ravel() for j in range(_N_OUT))
     ok = ((flux > 0) & (fprime < 0) & np.isfinite(s) & np.isfinite(err) & (err > 0)
           & (snr > min_snr) & (np.abs(s) < 1.5))
     if ok.sum() < 10:
@@ -136,53 +310,3 @@ def measure_trace_shift(image: np.ndarray, variance: np.ndarray | None, mask: np
         scale = max(1.4826 * np.median(np.abs(chi - np.median(chi))), 1.0)
         keep = np.abs(chi) < 4.0 * scale
     return mean
-
-
-def _moments(weights: np.ndarray, x: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, ...]:
-    """sum(weights * x^k) over the last axis for k = 0, 1, 2 (float32 sums), as float64."""
-    return (weights.sum(-1).astype(np.float64),
-            np.einsum("...i,...i->...", weights, x).astype(np.float64),
-            np.einsum("...i,...i->...", weights, x2).astype(np.float64))
-
-
-def _window_centroids(vals: np.ndarray, var: np.ndarray, offsets: np.ndarray, sigma_w: float,
-                      n_iter: int = 3, max_step: float = 0.5) -> tuple[np.ndarray, ...]:
-    """:func:`windowed_centroid` of large float32 sample sets (..., n), plus its error.
-
-    The window is factorised, w(o - s) = w(o) exp(o s / sigma^2) exp(-s^2 / 2 sigma^2), so a
-    Newton step costs one exp and three moments sum(w v o^k) per sample.  Returns float64
-    (s, windowed flux, d f/ds (< 0 at a peak), error of s, S/N of the flux), the moments and
-    errors taken before the last step (which moves s by ~1e-4 px)."""
-    inv_var = np.float32(1.0 / sigma_w**2)
-    o2 = offsets * offsets
-    w0 = np.exp(np.float32(-0.5) * inv_var * o2)
-    wv0 = w0 * vals
-    w2v0 = np.multiply(w0, w0, out=w0)
-    w2v0 *= var  # w(o)^2 var
-    e = np.empty_like(vals)
-    s = np.zeros(vals.shape[:-1])
-    for _ in range(n_iter):
-        np.multiply(offsets, (inv_var * s)[..., None].astype(np.float32), out=e)
-        np.exp(e, out=e)
-        e *= wv0
-        m0, m1, m2 = _moments(e, offsets, o2)
-        scale = np.exp(-0.5 * inv_var * s * s)
-        flux = m0 * scale
-        f = (m1 - s * m0) * scale
-        fprime = inv_var * (m2 - 2 * s * m1 + s * s * m0) * scale - flux
-        s_now = s
-        newton = fprime < 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            step = np.where(newton, -f / np.where(newton, fprime, 1.0),
-                            2.0 * f / np.where(flux > 0, flux, 1.0))
-        s = s + np.clip(np.nan_to_num(step), -max_step, max_step)
-    # sum w(o - s)^2 v (o - s)^k at the last evaluated s
-    np.multiply(offsets, (2 * inv_var * s_now)[..., None].astype(np.float32), out=e)
-    np.exp(e, out=e)
-    e *= w2v0
-    q0, q1, q2 = _moments(e, offsets, o2)
-    scale2 = np.exp(-inv_var * s_now * s_now)
-    with np.errstate(all="ignore"):
-        err = np.sqrt((q2 - 2 * s_now * q1 + s_now * s_now * q0) * scale2) / np.abs(fprime)
-        snr = flux / np.sqrt(q0 * scale2)
-    return s, flux, fprime, err, snr

@@ -164,3 +164,32 @@ def test_windowed_centroid_far_samples_stay_finite():
     s, flux, ok = windowed_centroid(values, offsets, 1.4)
     assert ok.all() and np.all(np.isfinite(flux))
     assert np.abs(s - centre[:, 0]).max() < 1e-3
+
+
+def test_median_network_puts_the_middle_values_in_place():
+    from remedy_dask.trace_shift import median_network
+
+    rng = np.random.default_rng(4)
+    for n in range(1, 34):
+        pairs = median_network(n)
+        for values in (rng.integers(0, 4, (300, n)).astype(float), rng.normal(size=(300, n))):
+            x = values.T.copy()  # (n, lanes), as in the kernel
+            for a, b in pairs:
+                lo, hi = np.minimum(x[a], x[b]), np.maximum(x[a], x[b])
+                x[a], x[b] = lo, hi
+            srt = np.sort(values, axis=1)
+            assert np.array_equal(x[(n - 1) // 2], srt[:, (n - 1) // 2]), n
+            assert np.array_equal(x[n // 2], srt[:, n // 2]), n
+
+
+def test_measure_trace_shift_float32_frame_without_variance():
+    # the chain passes float32 images; without a variance the |value| + 9 noise model is used
+    truth = true_traces(seed=8)
+    x = np.arange(1032)
+    flux = np.tile(400 + 150 * np.sin(x / 60.0) ** 2, (112, 1))
+    for shift in (0.27, -0.08):
+        noisy, _ = add_noise(render_fibers(truth + shift, flux), seed=12)
+        est32 = measure_trace_shift(noisy.astype(np.float32), None, None, truth)
+        est64 = measure_trace_shift(noisy.astype(np.float32).astype(float), None, None, truth)
+        assert abs(est32 - shift) < 0.005, (est32, shift)
+        assert est32 == est64  # the windows are processed in float32 either way
