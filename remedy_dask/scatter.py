@@ -15,10 +15,12 @@ and A_k the fiber amplitudes measured on the cores.  All linear; the halo templa
 shape of the scattered light (dips at the gaps, fall-off at the chip edges) into the groups.
 The halo amplitudes and wing nodes are >= 0 (a small active-set least squares).
 
-Speed (~25 ms per amp on one core): the halo convolutions run by FFT on a light map of 4-row
-steps (the kernels are >= 25 px wide) with cached kernel spectra, and the bounded fit works on
-the QR factor of a ~14-column design.  The chunk cross-sections and the joint fiber model used by
-the trace live in :mod:`remedy_dask.fibermodel` (re-exported here).
+Speed (~20 ms per amp on one core, of which ~2/3 is ``chunk_profiles``): the halo convolutions
+run by FFT on a light map of 4-row steps (the kernels are >= 25 px wide) with cached kernel
+spectra, the bounded fit works on the QR factor of a ~14-column design, the free rows are found
+by counting fibers below every row, and the chunk model goes to every column by a compiled
+linear interpolation.  The chunk cross-sections and the joint fiber model used by the trace
+live in :mod:`remedy_dask.fibermodel` (re-exported here).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import functools
 
 import numpy as np
 import scipy.fft as sfft
+from numba import njit
+from scipy.linalg import lapack
 
 from remedy_dask.errors import CalibrationError
 from remedy_dask.fibermodel import (  # noqa: F401  (re-exported: the fiber model lived here)
@@ -60,12 +64,17 @@ MIN_DISTANCE = 6.0  # px, rows closer than this to a fiber are not used
 
 def core_amplitudes(profiles: np.ndarray, pos: np.ndarray, background: np.ndarray | float = 0.0,
                     half: int = 3) -> np.ndarray:
-    """Fiber light in +-``half`` rows of each fiber of each chunk, background removed."""
-    n_rows = profiles.shape[1]
-    rows = np.clip(np.round(pos).astype(int)[..., None] + np.arange(-half, half + 1), 0, n_rows - 1)
-    chunk = np.arange(profiles.shape[0])[:, None, None]
-    bg = background[chunk, rows] if np.ndim(background) == 2 else background
-    return np.nan_to_num(profiles[chunk, rows] - bg).sum(-1)
+    """Fiber light in +-``half`` rows of each fiber of each chunk, background removed (NaN
+    rows count 0)."""
+    n_chunks, n_rows = profiles.shape
+    rows = np.clip(np.round(pos).astype(np.intp)[..., None] + np.arange(-half, half + 1), 0,
+                   n_rows - 1)
+    values = np.nan_to_num(profiles - background).ravel()[
+        rows + (np.arange(n_chunks) * n_rows)[:, None, None]]
+    out = values[..., 0].copy()
+    for k in range(1, 2 * half + 1):  # (the order of a sum over the last axis)
+        out += values[..., k]
+    return out
 
 
 def _light_map(pos: np.ndarray, amp: np.ndarray, n_rows: int) -> np.ndarray:
@@ -119,11 +128,12 @@ def _row_interpolation(n_rows: int, step: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _r_factor(a: np.ndarray, block: int = 512) -> np.ndarray:
     """R of the QR decomposition of a tall, narrow ``a`` (up to signs), block by block
-    (TSQR): small factorisations, which also keeps threaded BLAS out of the way."""
+    (TSQR): small factorisations, which also keeps threaded BLAS out of the way (LAPACK geqrf
+    directly: numpy's qr wrapper costs more than the factorisation at these sizes)."""
     if a.shape[0] <= block:
-        return np.linalg.qr(a, mode="r")
-    parts = [np.linalg.qr(a[i:i + block], mode="r") for i in range(0, a.shape[0], block)]
-    return _r_factor(np.vstack(parts), block)
+        return np.triu(lapack.dgeqrf(a)[0][:a.shape[1]])
+    return _r_factor(np.vstack([_r_factor(a[i:i + block], block)
+                                for i in range(0, a.shape[0], block)]), block)
 
 
 def bounded_lstsq(design: np.ndarray, data: np.ndarray, nonneg: np.ndarray,
@@ -174,20 +184,37 @@ def bounded_lstsq(design: np.ndarray, data: np.ndarray, nonneg: np.ndarray,
     return x / scale
 
 
-def _free_rows(pos: np.ndarray, n_rows: int, min_distance: float
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Distances (n_chunks, n_rows, 4) to the 4 fibers around every (chunk, row) (inf where
-    there is no fiber) and those fibers' indices; ``pos`` (n_chunks, n_fib)."""
+def _free_rows(pos: np.ndarray, n_rows: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Distance (n_chunks, n_rows) of every (chunk, row) to the nearest fiber (inf without
+    fibers), with what :func:`_near_fibers` needs: the positions sorted per chunk, their order and
+    ``above`` (n_chunks, n_rows), the number of fibers below every row (``np.searchsorted``
+    of the sorted positions, counted: pos < row <=> floor(pos) + 1 <= row for integer rows)."""
     n_chunks, n_fib = pos.shape
     rows = np.arange(n_rows)
     order = np.argsort(pos, axis=1)
     spos = np.take_along_axis(pos, order, axis=1)
-    above = np.stack([np.searchsorted(spos[j], rows) for j in range(n_chunks)])  # (nc, nr)
-    near = above[..., None] + np.arange(-2, 2)  # (nc, nr, 4)
+    first = np.clip(np.floor(spos) + 1, 0, n_rows).astype(np.intp)  # first row above the fiber
+    flat = (np.arange(n_chunks)[:, None] * (n_rows + 1) + first).ravel()
+    above = np.cumsum(np.bincount(flat, minlength=n_chunks * (n_rows + 1))
+                      .reshape(n_chunks, n_rows + 1)[:, :n_rows], axis=1)
+    chunk = np.arange(n_chunks)[:, None]
+    below = np.where(above > 0, np.abs(rows - spos[chunk, np.maximum(above - 1, 0)]), np.inf)
+    upper = np.where(above < n_fib, np.abs(rows - spos[chunk, np.minimum(above, n_fib - 1)]),
+                     np.inf)
+    return np.minimum(below, upper), spos, order, above
+
+
+def _near_fibers(spos: np.ndarray, order: np.ndarray, above: np.ndarray, jj: np.ndarray,
+                 yy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distances (n, 4) from rows (jj, yy) (chunk, row) to the 4 fibers around them (inf where
+    there is none) and those fibers' indices (see :func:`_free_rows`)."""
+    n_fib = spos.shape[1]
+    near = above[jj, yy][:, None] + np.arange(-2, 2)  # (n, 4)
     exists = (near >= 0) & (near < n_fib)
     near = np.clip(near, 0, n_fib - 1)
-    chunk = np.arange(n_chunks)[:, None, None]
-    dist = np.where(exists, np.abs(rows[None, :, None] - spos[chunk, near]), np.inf)
+    chunk = jj[:, None]
+    dist = np.where(exists, np.abs(yy[:, None] - spos[chunk, near]), np.inf)
     return dist, order[chunk, near]
 
 
@@ -204,6 +231,20 @@ def _wing_design(dist: np.ndarray, amp_near: np.ndarray) -> np.ndarray:
         out += np.bincount((base + np.minimum(node, n_w)).ravel(), (amp_near * wgt).ravel(),
                            out.size)
     return out.reshape(-1, n_w + 1)[:, :n_w]  # the node at the last (W = 0) is dropped
+
+
+@njit(cache=True, nogil=True)
+def _interpolate_columns(chunk_rows, idx, t):  # pragma: no cover - compiled
+    """out[r, c] = chunk_rows[r, idx[c]] (1 - t[c]) + chunk_rows[r, idx[c] + 1] t[c]: the
+    (n_rows, n_chunks) chunk model linearly interpolated to every column (what the product
+    with the 2-nonzero weight matrix gave, at a third of its cost)."""
+    n_rows, n_cols = chunk_rows.shape[0], idx.size
+    out = np.empty((n_rows, n_cols))
+    for r in range(n_rows):
+        row = chunk_rows[r]
+        for c in range(n_cols):
+            out[r, c] = row[idx[c]] * (1.0 - t[c]) + row[idx[c] + 1] * t[c]
+    return out
 
 
 def scattered_light(image: np.ndarray, trace: np.ndarray, mask: np.ndarray | None = None, *,
@@ -223,13 +264,13 @@ def scattered_light(image: np.ndarray, trace: np.ndarray, mask: np.ndarray | Non
         raise CalibrationError("scattered light: trace missing, non-finite or of the wrong width")
     profiles, centres = chunk_profiles(img, variance, mask, n_chunks)
     pos = chunk_positions(trace, n_chunks)
-    dist, near_fiber = _free_rows(pos, n_rows, min_distance)
-    free = (dist.min(-1) >= min_distance) & np.isfinite(profiles)
+    dmin, spos, order, above = _free_rows(pos, n_rows)
+    free = (dmin >= min_distance) & np.isfinite(profiles)
     if free.sum() < 10 * n_chunks:
         raise CalibrationError(f"scattered light: only {free.sum()} rows free of fiber light")
     jj, yy = np.nonzero(free)
     data = profiles[jj, yy]
-    dsel, fsel = dist[jj, yy], near_fiber[jj, yy]  # (n, 4)
+    dsel, fsel = _near_fibers(spos, order, above, jj, yy)  # (n, 4)
     rows = np.arange(n_rows)
     xu_chunk = 2.0 * centres / (n_cols - 1) - 1.0
     yu_row = 2.0 * rows / (n_rows - 1) - 1.0
@@ -263,7 +304,4 @@ def scattered_light(image: np.ndarray, trace: np.ndarray, mask: np.ndarray | Non
     cols = np.arange(n_cols)
     idx = np.clip(np.searchsorted(centres, cols) - 1, 0, n_chunks - 2)
     t = np.clip((cols - centres[idx]) / (centres[idx + 1] - centres[idx]), 0.0, 1.0)
-    weights = np.zeros((n_chunks, n_cols))
-    weights[idx, cols] = 1.0 - t
-    weights[idx + 1, cols] += t
-    return background.T @ weights
+    return _interpolate_columns(np.ascontiguousarray(background.T), idx, t)

@@ -198,3 +198,50 @@ def test_profile_fit_is_the_exact_least_squares_solution():
     ref = np.r_[sol[:n_nodes], 0.0]
     ref /= profile_integral(ref)
     assert np.abs(new - ref).max() < 1e-6 * ref.max()
+
+
+def test_free_rows_match_a_brute_force_search():
+    from remedy_dask.scatter import _free_rows, _near_fibers
+
+    rng = np.random.default_rng(2)
+    n_rows = 200
+    pos = np.sort(rng.uniform(-5, n_rows + 5, (6, 30)), axis=1)
+    pos[0, 3], pos[1, 7] = 17.0, 0.0  # fibers exactly on a row
+    pos = pos[:, rng.permutation(30)]  # the kernel sorts
+    dmin, spos, order, above = _free_rows(pos, n_rows)
+    rows = np.arange(n_rows)
+    jj, yy = np.nonzero(np.ones((6, n_rows), bool))
+    dist, fiber = _near_fibers(spos, order, above, jj, yy)
+    for j in range(6):
+        d_all = np.abs(rows[:, None] - pos[j][None, :])  # (rows, fibers)
+        assert np.array_equal(dmin[j], d_all.min(1))
+        assert np.array_equal(above[j], np.searchsorted(np.sort(pos[j]), rows))
+        sel = jj == j
+        # the 4 fibers around a row are its 2 nearest below and 2 nearest above
+        for r in (0, 17, 18, 101, n_rows - 1):
+            got = {f for f, d in zip(fiber[sel][r], dist[sel][r]) if np.isfinite(d)}
+            below = np.flatnonzero(pos[j] < r)
+            upper = np.flatnonzero(pos[j] >= r)
+            want = (set(below[np.argsort(pos[j][below])][-2:])
+                    | set(upper[np.argsort(pos[j][upper])][:2]))
+            assert got == want, (j, r)
+            assert np.array_equal(np.sort(dist[sel][r][np.isfinite(dist[sel][r])]),
+                                  np.sort(np.abs(r - pos[j][list(want)])))
+
+
+def test_column_interpolation_equals_the_weight_matrix_product():
+    from remedy_dask.scatter import _interpolate_columns
+
+    rng = np.random.default_rng(3)
+    n_chunks, n_cols = 43, 1032
+    centres = np.arange(n_chunks) * 24 + 11.5
+    background = rng.normal(size=(n_chunks, 50))
+    cols = np.arange(n_cols)
+    idx = np.clip(np.searchsorted(centres, cols) - 1, 0, n_chunks - 2)
+    t = np.clip((cols - centres[idx]) / (centres[idx + 1] - centres[idx]), 0.0, 1.0)
+    weights = np.zeros((n_chunks, n_cols))
+    weights[idx, cols] = 1.0 - t
+    weights[idx + 1, cols] += t
+    got = _interpolate_columns(np.ascontiguousarray(background.T), idx, t)
+    np.testing.assert_allclose(got, background.T @ weights, rtol=0, atol=1e-14)
+    assert np.array_equal(got[:, 0], background[0]) and np.array_equal(got[:, -1], background[-1])
