@@ -16,11 +16,13 @@ from typing import Any
 
 import h5py
 import numpy as np
-from matplotlib.collections import EllipseCollection
 from scipy.optimize import least_squares
 from scipy.spatial import cKDTree
 
 from remedy_dask import geometry
+from remedy_dask.qa.observation_figures import (
+    PHOTOMETRY_GMAX, astrometry_figure, photometry_figure, recon_figure, robust_std, stamps_figure,
+)
 from remedy_dask.qa.report import Section, plt, save_figure, write_page
 
 G_BAND = (4600.0, 5400.0)  # A: collapsed "g-band-ish" fiber value
@@ -29,12 +31,9 @@ RATIO_RANGE = (4000.0, 5400.0)  # A: where the sky residual ratio is summarised
 SOURCE_RADIUS = 5.0  # arcsec: fibers closer to a source / detection are not "empty"
 CENTROID_RADIUS = 3.0  # arcsec: aperture of the fiber-weighted centroid
 CENTROID_GMAX = 20.0
-PHOTOMETRY_GMAX = 19.0
-IFU_HALF = 27.0  # arcsec: half width of a recon panel
 MAX_SAMPLE_FIBERS = 16384
 MAX_STAMPS = 12
 MAX_TABLE_ROWS = 1000
-STAMP_HALF = 40.0  # A
 
 
 @dataclass
@@ -53,13 +52,6 @@ class FiberSummary:
     spectrum: np.ndarray
     error: np.ndarray
     sky: np.ndarray
-
-
-def robust_std(x: np.ndarray) -> float:
-    """1.4826 x median absolute deviation of the finite values (NaN if none)."""
-    x = np.asarray(x, float)
-    x = x[np.isfinite(x)]
-    return float(1.4826 * np.median(np.abs(x - np.median(x)))) if x.size else float("nan")
 
 
 def _text(value: Any) -> Any:
@@ -214,90 +206,6 @@ def empty_fibers(fs: FiberSummary, positions: np.ndarray, radius: float = SOURCE
     return keep
 
 
-def _stretch(g: np.ndarray) -> tuple[np.ndarray, float]:
-    """asinh((g - median) / (3 robust sigma)) and the 99.5th percentile (at least 1)."""
-    if not np.isfinite(g).any():
-        return g, 1.0
-    soft = 3.0 * robust_std(g)
-    t = np.arcsinh((g - np.nanmedian(g)) / (soft if soft > 0 else 1.0))
-    return t, max(float(np.nanpercentile(t, 99.5)), 1.0)
-
-
-def _recon_figure(fs: FiberSummary, centres: dict[int, tuple[float, float]],
-                  marks: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> str:
-    """Per-IFU panels laid out by IHMP row (up) and column (right); fibers as 1.5" discs."""
-    t, vmax = _stretch(fs.gband)
-    rc = {s: geometry.slot_row_col(s) for s in centres}
-    rows = [r for r, _ in rc.values()]
-    cols = [c for _, c in rc.values()]
-    nr, nc = max(rows) - min(rows) + 1, max(cols) - min(cols) + 1
-    fig, axes = plt.subplots(nr, nc, figsize=(1.7 * nc + 1.2, 1.8 * nr + 0.4), squeeze=False,
-                             layout="compressed")
-    for ax in axes.ravel():
-        ax.axis("off")
-    styles = {"sources": dict(marker="x", color="lime", s=25, lw=1.0),
-              "catalog": dict(marker="o", facecolor="none", edgecolor="cyan", s=40, lw=0.8),
-              "detections": dict(marker="s", facecolor="none", edgecolor="red", s=30, lw=0.8)}
-    coll = None
-    for slot, (x0, y0) in centres.items():
-        r, c = rc[slot]
-        ax = axes[max(rows) - r, c - min(cols)]
-        ax.axis("on")
-        m = fs.ifuslot == slot
-        coll = EllipseCollection(geometry.FIBER_DIAMETER, geometry.FIBER_DIAMETER, 0.0, units="xy",
-                                 offsets=np.c_[fs.fx[m] - x0, fs.fy[m] - y0],
-                                 offset_transform=ax.transData, cmap="gray_r")
-        coll.set_array(t[m])
-        coll.set_clim(-1.0, vmax)
-        ax.add_collection(coll)
-        for name, (mx, my) in marks.items():
-            inside = (np.abs(mx - x0) < IFU_HALF) & (np.abs(my - y0) < IFU_HALF)
-            if inside.any():
-                ax.scatter(mx[inside] - x0, my[inside] - y0, **styles[name])
-        ax.set(xlim=(-IFU_HALF, IFU_HALF), ylim=(-IFU_HALF, IFU_HALF), aspect="equal", xticks=[],
-               yticks=[])
-        ax.set_title(f"{slot:03d}", fontsize=7, pad=2)
-    if coll is not None:
-        fig.colorbar(coll, ax=axes.ravel().tolist(), shrink=0.6,
-                     label="asinh((g - median) / 3 robust sigma)")
-    fig.suptitle("Collapsed 4600-5400 A per fiber (focal plane: fx right, fy up); "
-                 "x source, o catalogue, [] detection", fontsize=8)
-    return save_figure(fig, path)
-
-
-def _astrometry_figure(dra: np.ndarray, ddec: np.ndarray, path: Path) -> str:
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot(dra, ddec, "o", ms=4)
-    ax.axhline(0, color="0.7", lw=0.8)
-    ax.axvline(0, color="0.7", lw=0.8)
-    if np.isfinite(dra).any():
-        ax.plot(np.nanmedian(dra), np.nanmedian(ddec), "r+", ms=14, mew=2, label="median")
-        ax.legend(fontsize=8)
-    lim = max(1.5, float(np.nanmax(np.abs(np.r_[dra, ddec, 0.0]))) * 1.1)
-    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", ylabel="dDec (arcsec)",
-           xlabel="measured - catalogue: dRA cos(Dec) (arcsec)")
-    return save_figure(fig, path)
-
-
-def _photometry_figure(gcat: np.ndarray, delta: np.ndarray, med: float, scatter: float,
-                       path: Path) -> str:
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    bright = gcat < PHOTOMETRY_GMAX
-    ax.plot(gcat[~bright], delta[~bright], ".", color="0.6", label=f"g >= {PHOTOMETRY_GMAX:g}")
-    ax.plot(gcat[bright], delta[bright], "o", ms=4, color="C0", label=f"g < {PHOTOMETRY_GMAX:g}")
-    if np.isfinite(med):
-        ax.axhline(med, color="C3", label=f"median {med:+.3f}, robust sigma {scatter:.3f}")
-        ax.axhspan(med - scatter, med + scatter, color="C3", alpha=0.15)
-    ax.axhline(0, color="k", lw=0.6)
-    ax.set(xlabel="g catalogue (AB)", ylabel="g catalogue - g VIRUS (mag)")
-    fin = delta[np.isfinite(delta)]
-    if fin.size:
-        half = max(0.5, float(np.percentile(np.abs(fin - np.nanmedian(fin)), 95)) * 1.2)
-        ax.set_ylim(np.nanmedian(fin) - half, np.nanmedian(fin) + half)
-    ax.legend(fontsize=7)
-    return save_figure(fig, path)
-
-
 def _sky_analysis(fs: FiberSummary, keep: np.ndarray, wave: np.ndarray, figdir: Path
                   ) -> tuple[list[str], list[list[Any]], list[list[Any]]]:
     """Per-exposure sky residual ratio and the spectrum/error distributions of empty fibers."""
@@ -351,28 +259,6 @@ def _sky_analysis(fs: FiberSummary, keep: np.ndarray, wave: np.ndarray, figdir: 
         ax.legend(fontsize=7)
         figs.append(save_figure(fig, figdir / "noise_distribution.png"))
     return figs, ratio_rows, noise_rows
-
-
-def _stamps_figure(wave: np.ndarray, det: dict[str, np.ndarray], top: np.ndarray,
-                   spectra: np.ndarray, errors: np.ndarray, path: Path) -> str:
-    n = len(top)
-    nc = min(4, n)
-    nr = int(np.ceil(n / nc))
-    fig, axes = plt.subplots(nr, nc, figsize=(2.8 * nc, 2.2 * nr), squeeze=False)
-    for ax in axes.ravel()[n:]:
-        ax.axis("off")
-    for ax, i, spec, err in zip(axes.ravel(), top, spectra, errors):
-        w0 = float(det["wave"][i])
-        m = np.abs(wave - w0) <= STAMP_HALF
-        ax.fill_between(wave[m], spec[m] - err[m], spec[m] + err[m], step="mid", color="C0",
-                        alpha=0.25)
-        ax.step(wave[m], spec[m], where="mid", color="C0", lw=0.9)
-        ax.axvline(w0, color="C3", lw=0.8, ls="--")
-        ax.axhline(0, color="k", lw=0.4)
-        slot = int(det["ifuslot"][i]) if "ifuslot" in det else -1
-        ax.set_title(f"#{i} IFU {slot:03d} {w0:.1f} A S/N {float(det['sn'][i]):.1f}", fontsize=7)
-        ax.tick_params(labelsize=6)
-    return save_figure(fig, path)
 
 
 def _provenance_rows(attrs: dict[str, Any]) -> list[list[Any]]:
@@ -450,7 +336,7 @@ def _astrometry_section(astro: dict[str, Any], note: str, src: dict[str, np.ndar
                  ["robust sigma dRA (arcsec)", robust_std(dra)],
                  ["robust sigma dDec (arcsec)", robust_std(ddec)]]
         if ok.any():
-            figs.append(_astrometry_figure(dra, ddec, figdir / "astrometry.png"))
+            figs.append(astrometry_figure(dra, ddec, figdir / "astrometry.png"))
         text += (" Measured: positions of sources with g < {:g} on the collapsed fiber values "
                  "(fiber-weighted centroid, then a circular Gaussian fit; DAR-corrected to the "
                  "band centre) minus their catalogue positions.".format(CENTROID_GMAX))
@@ -468,7 +354,7 @@ def _photometry_section(src: dict[str, np.ndarray], fluxcal: Any, figdir: Path) 
     if isinstance(fluxcal, dict):
         rows += [[f"fluxcal {k}", fluxcal[k]] for k in
                  ("factor", "delta_mag", "n_stars", "scatter", "note") if k in fluxcal]
-    figs = [_photometry_figure(gcat, delta, med, scatter, figdir / "photometry.png")
+    figs = [photometry_figure(gcat, delta, med, scatter, figdir / "photometry.png")
             ] if gcat.size else []
     return Section("Photometric offsets", figures=figs, columns=["quantity", "value"], rows=rows,
                    text="" if gcat.size else "No sources in the product.")
@@ -479,7 +365,7 @@ def _detection_section(det: dict[str, np.ndarray], top: np.ndarray, spectra: Any
     n = len(det.get("sn", []))
     figs, rows, cols = [], [], []
     if n:
-        figs.append(_stamps_figure(wave, det, top, spectra, errors, figdir / "detections.png"))
+        figs.append(stamps_figure(wave, det, top, spectra, errors, figdir / "detections.png"))
         cols = [c for c in ("ra", "dec", "wave", "wave_err", "flux", "flux_err", "sn", "fwhm",
                             "chi2", "ifuslot") if c in det]
         fmt = (lambda c, v: f"{v:.6f}" if c in ("ra", "dec") else v.item())  # noqa: E731
@@ -530,7 +416,7 @@ def observation_report(product_h5: str | Path, out: str | Path | None = None,
         ["fibers sampled for sky / noise", len(fs.sample)]])]
     if centres:
         sections.append(Section("Reconstructed image", figures=[
-            _recon_figure(fs, centres, marks, figdir / "recon.png")], text=(
+            recon_figure(fs, centres, marks, figdir / "recon.png")], text=(
             "Mean of the sky-subtracted spectrum over 4600-5400 A per fiber, all exposures, drawn "
             "as 1.5 arcsec discs at their focal-plane positions relative to each IFU centre.")))
     sections.append(_astrometry_section(astro, attrs.get("astrometry", ""), src, fs, wave, figdir))
