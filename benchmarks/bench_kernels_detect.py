@@ -28,7 +28,12 @@ import numpy as np  # noqa: E402
 from scipy.special import erf  # noqa: E402
 
 from remedy_dask import detect  # noqa: E402
-from remedy_dask.geometry import DEF_WAVE, DITHER_PATTERN, dar_offsets, ifu_fiber_layout  # noqa: E402
+from remedy_dask.geometry import (  # noqa: E402
+    DEF_WAVE,
+    DITHER_PATTERN,
+    dar_offsets,
+    ifu_fiber_layout,
+)
 from remedy_dask.psf import fiber_integrated_moffat  # noqa: E402
 from remedy_dask.sources import inject_source  # noqa: E402
 
@@ -130,8 +135,8 @@ def main() -> None:
     args = ap.parse_args()
     detect.detect_emission_lines(**simulated_ifu(0))  # warm-up: numba compilation, caches
     print("per IFU: wall and CPU seconds; split: CPU seconds per stage (other = the rest)")
-    print(f"{'seed':>4} {'wall':>6} {'cpu':>6}  " + " ".join(f"{s.strip('_'):>10.10}" for s in STAGES)
-          + "  other  cand  det")
+    names = " ".join(f"{s.strip('_'):>10.10}" for s in STAGES)
+    print(f"{'seed':>4} {'wall':>6} {'cpu':>6}  {names}  other  cand  det")
     for seed in args.seeds:
         inputs = simulated_ifu(seed)
         wall, cpu, split, table = run(inputs, args.repeat)

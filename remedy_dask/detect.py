@@ -30,7 +30,6 @@ density units times Angstrom (e.g. 1e-17 erg/s/cm^2).
 
 from __future__ import annotations
 
-
 import numpy as np
 from astropy.table import Table
 from scipy import ndimage, optimize, sparse
@@ -41,7 +40,7 @@ from remedy_dask.cube import ImageGrid, dar_chunks
 from remedy_dask.errors import CalibrationError
 from remedy_dask.geometry import DEF_WAVE
 from remedy_dask.psf import PSFLike, RadialPSF, dar_xy, evaluate_psf, good_pixels
-from remedy_dask.running_median import nanmedian_lastaxis, running_median
+from remedy_dask.running_median import median_above, nanmedian_lastaxis, running_median
 from remedy_dask.sources import extract_source
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
@@ -136,9 +135,11 @@ def _radial_lookup(psf: PSFLike, exposure: np.ndarray | None):
     n_r = max(len(p.r) for p in psfs)
     grid = np.arange(n_r) * step
     per_exposure = not isinstance(psf, RadialPSF)
-    if (step <= 0 or not all(np.allclose(p.r, grid[: len(p.r)], rtol=0, atol=1e-9 * step)
-                             for p in psfs)
-            or (per_exposure and (exposure is None or not np.isin(exposure, np.arange(len(psfs))).all()))):
+    uniform = step > 0 and all(np.allclose(p.r, grid[: len(p.r)], rtol=0, atol=1e-9 * step)
+                               for p in psfs)
+    indexed = not per_exposure or (exposure is not None
+                                   and np.isin(exposure, np.arange(len(psfs))).all())
+    if not (uniform and indexed):
         return lambda r, exp: evaluate_psf(psf, r, np.zeros(1), exp)
     table = np.array([np.pad(p.fraction, (0, n_r - len(p.r)), mode="edge") for p in psfs])
     slope = np.diff(table, axis=1, append=0.0).ravel()  # per step, from each node
@@ -253,41 +254,17 @@ def _find_peaks(num: np.ndarray, den: np.ndarray, threshold: float, renormalize:
     Voxels with ``den`` below 0.2 x its median (edges, masked bands) are 0.  With
     ``renormalize`` the cube is divided by its robust standard deviation.
     """
-    covered = den > 0.2 * _median_above(den, 0.0)
+    covered = den > 0.2 * median_above(den, 0.0)
     snr = np.divide(num, np.sqrt(den, out=den), out=num, where=covered)
     np.copyto(snr, 0.0, where=~covered)
     noise_scale = 1.0
     if renormalize:
         sample = snr[covered][::7]
-        noise_scale = float(1.4826 * _median_above(np.abs(sample - _median_above(sample))))
+        noise_scale = float(1.4826 * median_above(np.abs(sample - median_above(sample))))
         if not np.isfinite(noise_scale) or noise_scale <= 0:
             raise CalibrationError("detect_emission_lines: S/N cube has no scatter")
         snr /= noise_scale
     return snr, noise_scale, _region_peaks(snr, threshold)
-
-
-def _median_above(a: np.ndarray, lower: float = -np.inf):
-    """``np.median(a[a > lower])`` (same value and dtype), faster for large arrays: the median
-    lies between two quantiles of a strided subsample, so only the values between those are
-    partitioned; if the bracket misses it (or ``a`` holds NaN or infinities) all are."""
-    flat = a.ravel()
-    sub = flat[::64]
-    sub = np.sort(sub[sub > lower])
-    if sub.size < 100 or not np.isfinite(flat.sum()):
-        return np.median(flat[flat > lower])
-    lo, hi = sub[int(0.48 * sub.size)], sub[int(0.52 * sub.size)]
-    n_out = int(np.count_nonzero(flat <= lower))
-    below = int(np.count_nonzero(flat < lo)) - n_out
-    inside = flat[(flat >= lo) & (flat <= hi)]
-    n = flat.size - n_out
-    k1, k2 = (n - 1) // 2 - below, n // 2 - below
-    if k1 < 0 or k2 >= inside.size:
-        return np.median(flat[flat > lower])
-    if k1 == k2:
-        inside.partition(k1)
-        return inside[k1]
-    inside.partition([k1, k2])
-    return np.mean(inside[k1 : k2 + 1])  # as np.median: the mean of the two middle values
 
 
 def _region_peaks(cube: np.ndarray, threshold: float) -> np.ndarray:
@@ -456,21 +433,20 @@ def detect_emission_lines(
                                    step, exposure)
     snr, noise_scale, peaks = _find_peaks(num, den, threshold, renormalize)
     del den
-    table = _empty_table(n_wave)
-    table.meta.update(noise_scale=noise_scale, n_candidates=0, truncated=False,
-                      threshold=threshold, min_sn_fit=min_sn_fit)
+    meta = dict(noise_scale=noise_scale, n_candidates=0, truncated=False, threshold=threshold,
+                min_sn_fit=min_sn_fit)
     if len(peaks) == 0:
-        return table
+        return _table([], n_wave, meta)
     peak_sn = snr[tuple(peaks.T)]
     pos = np.column_stack(
         [grid.x[peaks[:, 1]], grid.y[peaks[:, 0]], wave[peaks[:, 2]]]
     )
     keep = _merge_peaks(pos, peak_sn, merge_radius, merge_dwave)
     keep = keep[np.argsort(-peak_sn[keep])]
-    table.meta["n_candidates"] = int(len(keep))
+    meta["n_candidates"] = int(len(keep))
     if len(keep) > max_candidates:
         keep = keep[:max_candidates]
-        table.meta["truncated"] = True
+        meta["truncated"] = True
 
     g_kernel = _line_kernel(line_sigma, step)
     rows = []
@@ -487,9 +463,7 @@ def detect_emission_lines(
         if row is not None and row["sn_fit"] >= min_sn_fit:
             row["sn"] = float(peak_sn[k])
             rows.append(row)
-    for row in sorted(rows, key=lambda r: -r["sn"]):
-        table.add_row(row)
-    return table
+    return _table(sorted(rows, key=lambda r: -r["sn"]), n_wave, meta)
 
 
 def _gauss(wave, flux, mu, sigma):
@@ -550,9 +524,11 @@ def _measure_line(flux, error, good, fiber_x, fiber_y, x0, y0, psf, dar, exposur
     }
 
 
-def _empty_table(n_wave: int) -> Table:
+def _table(rows: list[dict], n_wave: int, meta: dict) -> Table:
+    """The detection table: one row per dict of ``rows``, in their order."""
     names = ["x", "y", "wave", "wave_err", "flux", "flux_err", "fwhm", "continuum", "sn", "sn_fit",
              "chi2"]
-    cols = [np.zeros(0) for _ in names]
-    cols += [np.zeros((0, n_wave), np.float32) for _ in range(3)]
-    return Table(cols, names=names + ["spectrum", "error", "model"])
+    cols = [np.array([r[n] for r in rows], dtype=float) for n in names]
+    cols += [np.array([r[n] for r in rows], dtype=np.float32).reshape(len(rows), n_wave)
+             for n in ("spectrum", "error", "model")]
+    return Table(cols, names=names + ["spectrum", "error", "model"], meta=meta)

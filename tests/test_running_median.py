@@ -1,10 +1,12 @@
-"""The compiled running median against scipy.ndimage.median_filter and np.median."""
+"""The median kernels against scipy.ndimage.median_filter, np.median and np.nanmedian."""
+
+import warnings
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from remedy_dask.running_median import running_median
+from remedy_dask.running_median import median_above, nanmedian_lastaxis, running_median
 
 
 @pytest.mark.parametrize("window", [1, 2, 5, 20, 21])
@@ -39,10 +41,6 @@ def test_rejects_bad_input():
 
 
 def test_nanmedian_lastaxis_equals_numpy():
-    import warnings
-
-    from remedy_dask.running_median import nanmedian_lastaxis
-
     rng = np.random.default_rng(11)
     a = rng.normal(size=(200, 3, 29))
     a[rng.uniform(size=a.shape) < 0.3] = np.nan
@@ -54,3 +52,24 @@ def test_nanmedian_lastaxis_equals_numpy():
     got = nanmedian_lastaxis(a)
     assert np.isnan(got[4]).all()
     np.testing.assert_array_equal(got, ref)
+
+
+def test_median_above_equals_numpy():
+    rng = np.random.default_rng(16)
+    for k in range(60):
+        n = int(rng.integers(1, 100000))
+        a = rng.standard_t(3, n) * 10 ** rng.uniform(-3, 3)
+        a = a.astype([np.float32, np.float64][k % 2])
+        if k % 3 == 0:
+            a = np.round(a)  # ties
+        if k % 4 == 0:
+            a[rng.uniform(size=n) < 0.3] = 0.0
+        if k % 5 == 0:
+            a = np.sort(a)  # a strided subsample is not random
+        if k % 7 == 0:
+            a[0] = np.inf
+        for lower in (-np.inf, 0.0):
+            want = np.median(a[a > lower]) if np.any(a > lower) else None
+            if want is not None:
+                got = median_above(a, lower)
+                assert got == want and np.asarray(got).dtype == np.asarray(want).dtype
