@@ -114,8 +114,10 @@ def halo_templates(light: np.ndarray, kernel_spectra: np.ndarray) -> np.ndarray:
     (n_kernels, n_chunks, n_coarse), each normalised to the total light."""
     n_chunks, n_coarse = light.shape
     shape = _fft_shape(n_chunks, n_coarse)
-    conv = sfft.irfft2(sfft.rfft2(light, shape)[None] * kernel_spectra, shape,
-                       axes=(1, 2))[:, :n_chunks, :n_coarse]
+    # 2-D FFTs axis by axis: the zero padding is not transformed, unused outputs not computed
+    spectrum = sfft.fft(sfft.rfft(light, shape[1], axis=1), shape[0], axis=0)
+    part = sfft.ifft(spectrum[None] * kernel_spectra, axis=1)[:, :n_chunks]
+    conv = sfft.irfft(part, shape[1], axis=2)[:, :, :n_coarse]
     return conv * (light.sum() / np.maximum(conv.sum(axis=(1, 2)), 1e-30))[:, None, None]
 
 
