@@ -15,41 +15,16 @@ factorised into per-row and per-column exponentials (no exp per pixel).
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 from numba import njit
 
 from remedy_dask.errors import CalibrationError
+from remedy_dask.sortnet import median_network
 
 HALF_WINDOW = 7  # rows gathered on each side of a fiber for the windowed centroid
 _LANES = 16  # lanes per window in the kernel's work arrays (>= 2 * HALF_WINDOW + 1)
 _N_OUT = 5  # kernel outputs per window: s, flux, fprime, err, snr
 _U = np.uint64  # unsigned indices: no negative-index wrap-around checks in the hot loops
-
-
-@functools.lru_cache(maxsize=8)
-def median_network(n: int) -> np.ndarray:
-    """Compare-exchange pairs (lower, upper) that put the two middle values of n values at
-    positions (n - 1) // 2 and n // 2: Batcher's merge-exchange sorting network (Knuth 5.2.2 M)
-    without the exchanges that cannot reach those positions.  (n_pairs, 2) int64."""
-    pairs: list[tuple[int, int]] = []
-    t = max(n - 1, 1).bit_length()
-    p = 1 << (t - 1) if n > 1 else 0
-    while p > 0:
-        q, r, d = 1 << (t - 1), 0, p
-        while True:
-            pairs += [(i, i + d) for i in range(n - d) if i & p == r]
-            if q == p:
-                break
-            d, q, r = q - p, q // 2, p
-        p //= 2
-    needed, kept = {(n - 1) // 2, n // 2}, []
-    for a, b in reversed(pairs):
-        if a in needed or b in needed:
-            kept.append((a, b))
-            needed |= {a, b}
-    return np.array(kept[::-1], dtype=np.int64).reshape(-1, 2)
 
 
 @njit(cache=True, nogil=True)

@@ -3,6 +3,8 @@ profiles, per-fiber jitter, scattered light, dead fibers) and against the window
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy.special import erf
@@ -167,7 +169,7 @@ def test_windowed_centroid_far_samples_stay_finite():
 
 
 def test_median_network_puts_the_middle_values_in_place():
-    from remedy_dask.trace_shift import median_network
+    from remedy_dask.sortnet import median_network
 
     rng = np.random.default_rng(4)
     for n in range(1, 34):
@@ -193,3 +195,47 @@ def test_measure_trace_shift_float32_frame_without_variance():
         est64 = measure_trace_shift(noisy.astype(np.float32).astype(float), None, None, truth)
         assert abs(est32 - shift) < 0.005, (est32, shift)
         assert est32 == est64  # the windows are processed in float32 either way
+
+
+def _chunk_profiles_reference(image, variance, mask, n_chunks):
+    """Direct numpy definition: per row and chunk, the mean of the pixels within
+    6 sqrt(max(var, 1)) + 15 % of the chunk-row median (medians ignore bad pixels)."""
+    n_rows, n_cols = image.shape
+    width = n_cols // n_chunks
+    d = np.asarray(image, float)[:, : width * n_chunks].reshape(n_rows, n_chunks, width)
+    bad = ~np.isfinite(d)
+    if mask is not None:
+        bad |= mask[:, : width * n_chunks].reshape(d.shape)
+    d = np.where(bad, np.nan, d)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(d, axis=-1, keepdims=True)
+        if variance is not None:
+            v = np.where(bad, np.nan, np.asarray(variance, float)[:, : width * n_chunks].reshape(d.shape))
+            var = np.nanmedian(v, axis=-1, keepdims=True)
+        else:
+            var = np.abs(med) + 10.0
+        tol = 6.0 * np.sqrt(np.maximum(np.nan_to_num(var, nan=1.0), 1.0)) + 0.15 * np.abs(med)
+        good = (d >= med - tol) & (d <= med + tol)
+        prof = np.where(good, d, 0.0).sum(-1) / good.sum(-1)
+    return prof.T
+
+
+@pytest.mark.parametrize("with_variance", [True, False])
+def test_chunk_profiles_match_the_direct_definition(with_variance):
+    """The compiled sorting-network chunk profiles equal the numpy definition, with masked
+    pixels, NaN, cosmic-ray outliers and fully masked chunk rows."""
+    from remedy_dask.fibermodel import chunk_profiles
+
+    rng = np.random.default_rng(5)
+    image = rng.normal(100.0, 10.0, (60, 1032))
+    image[rng.random(image.shape) < 0.01] += 5000.0  # outliers clipped away
+    image[3, 40] = np.nan
+    mask = rng.random(image.shape) < 0.05
+    mask[7, :86] = True  # a fully masked chunk row: NaN
+    variance = np.abs(image) + 9.0 if with_variance else None
+    got, centres = chunk_profiles(image, variance, mask, 12)
+    want = _chunk_profiles_reference(image, variance, mask, 12)
+    np.testing.assert_allclose(got, want, rtol=1e-12, equal_nan=True)
+    assert np.isnan(got[0, 7]) and np.isfinite(got[1, 7])
+    assert centres[0] == pytest.approx(42.5)
