@@ -214,7 +214,7 @@ def test_matched_filter_cube_matches_direct_sums(ifu):
     from scipy import ndimage
 
     from remedy_dask.cube import ImageGrid, dar_chunks
-    from remedy_dask.detect import _line_kernel, matched_filter_cube
+    from remedy_dask.matched_filter import _line_kernel, matched_filter_cube
     from remedy_dask.psf import evaluate_psf
 
     fx, fy, _, _ = ifu
@@ -247,7 +247,7 @@ def test_matched_filter_cube_matches_direct_sums(ifu):
 
 
 def test_radial_lookup_matches_evaluate_psf():
-    from remedy_dask.detect import _radial_lookup
+    from remedy_dask.matched_filter import _radial_lookup
     from remedy_dask.psf import evaluate_psf
 
     rng = np.random.default_rng(14)
