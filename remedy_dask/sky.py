@@ -15,6 +15,11 @@ Model of the sky in fiber f of amp g at wavelength l:
 
 Only sky fibers constrain the model; it is applied to every fiber.  Amps with fewer than
 ``min_sky`` sky fibers get A = 1, B = 0 and a flag instead of a noisy or undefined correction.
+
+The full-array passes (bad pixels, fiber levels, line test, clipped mean, per-amp sums, slit
+residuals, error check) are numba kernels that visit only the rows they need and allocate no
+(N, n_wave) temporaries.  The sky selection, global sky and amp scales sum in numpy's order
+(bit-identical to the plain-numpy form); the slit term agrees with it to rounding (1e-16).
 """
 
 from __future__ import annotations
@@ -22,27 +27,58 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
 from remedy_dask.errors import CalibrationError
 from remedy_dask.fiberflat import _bins, smooth_interpolator
 from remedy_dask.geometry import DEF_WAVE
+from remedy_dask.rowstats import (group_ratio_of_sums, group_ratio_stats, nanmedian_cols,
+                                  nanmedian_rows)
 
 
 @dataclass
 class SkyResult:
-    """``sky``/``sky_error`` (N, n_wave) model and its uncertainty; ``is_sky`` (N,); ``global_sky``
-    (n_wave,); ``amp_scale`` (n_groups, n_wave) A_g; ``flagged`` (n_groups, n_bins) bins
-    whose adjustment was out of limits or unmeasurable; ``groups`` the group labels in the
-    order of the rows of ``amp_scale``; ``qa``."""
+    """``sky`` (N, n_wave) model; ``is_sky`` (N,); ``global_sky`` (n_wave,) and ``sky_sigma``
+    (n_wave,) its noise; ``amp_scale`` (n_groups, n_wave) A_g; ``flagged`` (n_groups, n_bins)
+    bins whose adjustment was out of limits or unmeasurable; ``groups`` the group labels in the
+    order of the rows of ``amp_scale``, ``group_index`` (N,) each fiber's row there; ``qa``.
+    The model's uncertainty ``sky_error`` (N, n_wave) is computed on access (``error_rows`` for
+    a block of fibers): sky_sigma times the amp's scale."""
 
     sky: np.ndarray
-    sky_error: np.ndarray
     is_sky: np.ndarray
     global_sky: np.ndarray
+    sky_sigma: np.ndarray
     amp_scale: np.ndarray
     flagged: np.ndarray
     groups: np.ndarray
+    group_index: np.ndarray
     qa: dict = field(default_factory=dict)
+
+    def error_rows(self, rows: slice | np.ndarray) -> np.ndarray:
+        """``sky_error[rows]`` without forming the whole array."""
+        return self.amp_scale[self.group_index[rows]] * self.sky_sigma[None, :]
+
+    @property
+    def sky_error(self) -> np.ndarray:
+        return self.error_rows(slice(None))
+
+    def add_error_in_place(self, error: np.ndarray) -> None:
+        """error <- sqrt(error**2 + sky_error**2) for a float64 (N, n_wave) ``error``."""
+        if error.dtype != np.float64 or error.shape != self.sky.shape:
+            raise ValueError("add_error_in_place: needs float64 errors of the model's shape")
+        _add_in_quadrature(error, self.amp_scale, self.group_index, self.sky_sigma)
+
+
+@njit(cache=True, nogil=True)
+def _add_in_quadrature(error: np.ndarray, scale: np.ndarray, row_group: np.ndarray,
+                       sigma: np.ndarray) -> None:
+    """error[i] <- sqrt(error[i]**2 + (scale[row_group[i]] * sigma)**2), in place."""
+    for i in range(error.shape[0]):
+        g = row_group[i]
+        for j in range(error.shape[1]):
+            s = scale[g, j] * sigma[j]
+            error[i, j] = np.sqrt(error[i, j] * error[i, j] + s * s)
 
 
 def _robust_centre(y: np.ndarray, n_iter: int = 10, clip: float = 3.0) -> tuple[float, float]:
@@ -58,6 +94,59 @@ def _robust_centre(y: np.ndarray, n_iter: int = 10, clip: float = 3.0) -> tuple[
         c = float(np.median(y[keep]))
         s = float(1.4826 * np.median(np.abs(y[keep] - c)))
     return c, s
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _bad_pixels(flux: np.ndarray, mask: np.ndarray, err: np.ndarray) -> np.ndarray:
+    """mask | non-finite flux | error not finite and positive, in one pass."""
+    bad = np.empty(flux.shape, np.bool_)
+    for i in range(flux.shape[0]):
+        for j in range(flux.shape[1]):
+            e = err[i, j]
+            bad[i, j] = mask[i, j] or not np.isfinite(flux[i, j]) or not (e > 0.0 and np.isfinite(e))
+    return bad
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _bad_fraction(flux: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(N,) fraction of each row that is masked or not finite."""
+    n, n_wave = flux.shape
+    out = np.empty(n)
+    for i in range(n):
+        m = 0
+        for j in range(n_wave):
+            if mask[i, j] or not np.isfinite(flux[i, j]):
+                m += 1
+        out[i] = m / n_wave
+    return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _has_line(flux: np.ndarray, mask: np.ndarray, error: np.ndarray, template: np.ndarray,
+              ratio: np.ndarray, line_sigma: float) -> np.ndarray:
+    """(N,) True where a 3-pixel sum of (flux - template * ratio) / error exceeds ``line_sigma``
+    sigma; masked, non-finite or non-finite-residual pixels count as 0 (a NaN sum: no line)."""
+    n, n_wave = flux.shape
+    root3 = np.sqrt(3.0)
+    out = np.zeros(n, np.bool_)
+    r = np.empty(n_wave)
+    for i in range(n):
+        for j in range(n_wave):
+            v = flux[i, j]
+            if mask[i, j] or not np.isfinite(v):
+                r[j] = 0.0
+            else:
+                x = (v - template[j] * ratio[i]) / error[i, j]
+                r[j] = x if np.isfinite(x) else 0.0
+        top = -np.inf
+        for j in range(n_wave - 2):
+            t = (r[j] + r[j + 1] + r[j + 2]) / root3
+            if np.isnan(t):
+                top = np.nan
+                break
+            top = max(top, t)
+        out[i] = top > line_sigma
+    return out
 
 
 def select_sky_fibers(
@@ -76,46 +165,125 @@ def select_sky_fibers(
     A fiber is sky if its median level in ``window`` lies within ``n_sigma`` robust sigma of
     the mode of all fibers (continuum sources and broken fibers are out), it has at most
     ``max_masked`` of its pixels masked, and (with ``error``) no emission line: no 3-pixel
-    sum of its residual from the median sky spectrum above ``line_sigma`` sigma.
+    sum of its residual from the median sky spectrum above ``line_sigma`` sigma.  Masked and
+    non-finite pixels are ignored; the arithmetic is float64.
     """
-    f = np.where(np.asarray(mask, bool) | ~np.isfinite(flux), np.nan, flux)
+    flux = np.asarray(flux, np.float64)
+    mask = np.asarray(mask, bool)
     sel = (wave >= window[0]) & (wave <= window[1])
-    part = f[:, sel] if sel.any() else f
-    level = np.full(f.shape[0], np.nan)
-    has = np.isfinite(part).any(axis=1)
-    level[has] = np.nanmedian(part[has], axis=1)
-    masked = np.mean(np.isnan(f), axis=1)
-    ok = np.isfinite(level) & (masked <= max_masked)
+    cols = np.flatnonzero(sel) if sel.any() else np.arange(flux.shape[1])
+    level = nanmedian_rows(flux, mask, cols)
+    ok = np.isfinite(level) & (_bad_fraction(flux, mask) <= max_masked)
     if ok.sum() < 3:
-        return np.zeros(f.shape[0], bool)
+        return np.zeros(flux.shape[0], bool)
     centre, scale = _robust_centre(np.where(ok, level, np.nan))
     sky = ok & (np.abs(level - centre) < n_sigma * max(scale, 1e-12))
     if error is not None and sky.sum() >= 3:
+        template = nanmedian_cols(flux, mask, np.flatnonzero(sky))
         with np.errstate(invalid="ignore", divide="ignore"):
-            template = np.nanmedian(f[sky], axis=0)
-            resid = (f - template[None, :] * (level / centre)[:, None]) / error
-        resid = np.where(np.isfinite(resid), resid, 0.0)
-        triple = (resid[:, :-2] + resid[:, 1:-1] + resid[:, 2:]) / np.sqrt(3.0)
-        sky &= ~(triple.max(axis=1) > line_sigma)
+            ratio = level / centre
+        sky &= ~_has_line(flux, mask, np.asarray(error, np.float64), template, ratio, line_sigma)
     return sky
 
 
-def _weighted_sky(f, w, use, clip, error):
-    """Clipped inverse-variance mean over fibers ``use``; returns (S, var(S), good pixels)."""
-    good = use[:, None] & (w > 0)
-    s = np.zeros(f.shape[1])
-    for _ in range(3):
-        wsum = np.sum(np.where(good, w, 0.0), axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            s = np.sum(np.where(good, w * f, 0.0), axis=0) / wsum
-        with np.errstate(invalid="ignore"):
-            new = use[:, None] & (w > 0) & (np.abs(f - s[None, :]) <= clip * error)
-        if np.array_equal(new, good):
+@njit(cache=True, nogil=True, error_model="numpy")
+def _clipped_mean(flux: np.ndarray, err: np.ndarray, bad: np.ndarray, rows: np.ndarray,
+                  clip: float, n_iter: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inverse-variance mean over ``rows`` per column, iteratively rejecting pixels more than
+    ``clip`` error from it (at most ``n_iter`` means).  Returns (mean, sum of weights, good
+    (n_rows, n_wave)): ``good`` is the selection the next mean would use (a converged
+    selection: the one the mean used).  Sums run over rows in order (as numpy's axis-0 sum)."""
+    n_wave = flux.shape[1]
+    good = np.empty((rows.size, n_wave), np.bool_)
+    for a in range(rows.size):
+        i = rows[a]
+        for j in range(n_wave):
+            good[a, j] = not bad[i, j] and 1.0 / (err[i, j] * err[i, j]) > 0.0
+    s = np.zeros(n_wave)
+    wsum = np.zeros(n_wave)
+    wf = np.zeros(n_wave)
+    for _ in range(n_iter):
+        wsum[:] = 0.0
+        wf[:] = 0.0
+        for a in range(rows.size):
+            i = rows[a]
+            for j in range(n_wave):
+                if good[a, j]:
+                    w = 1.0 / (err[i, j] * err[i, j])
+                    wsum[j] += w
+                    wf[j] += w * flux[i, j]
+        for j in range(n_wave):
+            s[j] = wf[j] / wsum[j]
+        changed = False
+        for a in range(rows.size):
+            i = rows[a]
+            for j in range(n_wave):
+                e = err[i, j]
+                new = (not bad[i, j] and 1.0 / (e * e) > 0.0
+                       and abs(flux[i, j] - s[j]) <= clip * e)
+                if new != good[a, j]:
+                    good[a, j] = new
+                    changed = True
+        if not changed:
             break
-        good = new
-    with np.errstate(divide="ignore"):
-        var = np.where(wsum > 0, 1.0 / wsum, np.nan)
-    return s, var, good
+    return s, wsum, good
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _group_sums(flux: np.ndarray, good: np.ndarray, rows: np.ndarray, row_group: np.ndarray,
+                sky: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per group and column, the sums over its ``rows`` (in order) of flux and of ``sky`` at the
+    ``good`` (n_rows, n_wave) pixels."""
+    n_wave = flux.shape[1]
+    num = np.zeros((n_groups, n_wave))
+    den = np.zeros((n_groups, n_wave))
+    for a in range(rows.size):
+        i = rows[a]
+        g = row_group[a]
+        for j in range(n_wave):
+            if good[a, j]:
+                num[g, j] += flux[i, j]
+                den[g, j] += sky[j]
+    return num, den
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _chi_moments(flux: np.ndarray, err: np.ndarray, bad: np.ndarray, sky: np.ndarray,
+                 rows: np.ndarray, centre: float) -> tuple[int, float, float]:
+    """Count, sum and sum of squares of chi - ``centre``, chi = (flux - sky) / err over the
+    good pixels of ``rows`` (NaN chi skipped)."""
+    count = 0
+    total = 0.0
+    squares = 0.0
+    for i in rows:
+        for j in range(flux.shape[1]):
+            if not bad[i, j]:
+                d = (flux[i, j] - sky[i, j]) / err[i, j] - centre
+                if not np.isnan(d):
+                    count += 1
+                    total += d
+                    squares += d * d
+    return count, total, squares
+
+
+def _chi_std(flux: np.ndarray, err: np.ndarray, bad: np.ndarray, sky: np.ndarray,
+             rows: np.ndarray) -> float:
+    """Standard deviation of (flux - sky) / err over the good pixels of ``rows`` (two passes:
+    mean, then squared deviations from it); NaN without any."""
+    count, total, _ = _chi_moments(flux, err, bad, sky, rows, 0.0)
+    if count == 0:
+        return float("nan")
+    _, _, squares = _chi_moments(flux, err, bad, sky, rows, total / count)
+    return float(np.sqrt(squares / count))
+
+
+def _group_rows(group: np.ndarray, labels: np.ndarray, rows: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group index into ``labels`` of each of ``rows``; the order that sorts ``rows`` by group
+    (stable: increasing within a group); the boundaries (n_labels + 1,) of each group in it."""
+    gi = np.searchsorted(labels, group[rows])
+    order = np.argsort(gi, kind="stable")
+    return gi, order, np.searchsorted(gi[order], np.arange(labels.size + 1))
 
 
 def sky_model(
@@ -137,105 +305,124 @@ def sky_model(
 
     ``fiber_index`` (N,) fiber k within its amp enables the slit gradient term (when
     ``slit_degree`` >= 1).  Raises CalibrationError if there are fewer than ``min_sky`` sky
-    fibers in the whole exposure.
+    fibers in the whole exposure.  Float64 inputs are used without copies.
     """
     flux = np.asarray(flux, dtype=np.float64)
     err = np.asarray(error, dtype=np.float64)
-    bad = np.asarray(mask, bool) | ~np.isfinite(flux) | ~np.isfinite(err) | ~(err > 0)
+    mask = np.asarray(mask, bool)
     group = np.asarray(group)
     n, n_wave = flux.shape
-    if err.shape != flux.shape or bad.shape != flux.shape or group.shape != (n,):
+    if err.shape != flux.shape or mask.shape != flux.shape or group.shape != (n,):
         raise CalibrationError("sky_model: inconsistent input shapes")
+    bad = _bad_pixels(flux, mask, err)
     if is_sky is None:
-        is_sky = select_sky_fibers(flux, bad, np.where(bad, np.nan, err), wave=wave)
+        is_sky = select_sky_fibers(flux, bad, err, wave=wave)
     is_sky = np.asarray(is_sky, bool)
     if is_sky.sum() < min_sky:
         raise CalibrationError(f"sky_model: only {int(is_sky.sum())} sky fibers in the exposure")
-    f = np.where(bad, 0.0, flux)
-    w = np.where(bad, 0.0, 1.0 / np.where(bad, 1.0, err) ** 2)
-    sky_glob, sky_var, good = _weighted_sky(f, w, is_sky, clip, np.where(bad, np.inf, err))
+    groups = np.unique(group)
+    sky_rows = np.flatnonzero(is_sky)  # ``good`` has one row per sky row
+    sky_gi, sky_order, sky_bounds = _group_rows(group, groups, sky_rows)
+    sky_glob, wsum, good = _clipped_mean(flux, err, bad, sky_rows, clip, 3)
+    with np.errstate(divide="ignore"):
+        sky_var = np.where(wsum > 0, 1.0 / wsum, np.nan)
     sky_glob = np.where(np.isfinite(sky_glob), sky_glob, 0.0)
     edges = _bins(n_wave, n_bins)
     spline = smooth_interpolator(n_wave, edges)
-    groups = np.unique(group)
+    num, den = _group_sums(flux, good, sky_rows, sky_gi, sky_glob, groups.size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.add.reduceat(num, edges[:-1], axis=1) / np.add.reduceat(den, edges[:-1], axis=1)
+    n_sky = np.diff(sky_bounds)
+    measured = n_sky >= min_sky
+    flagged = ~measured[:, None] | ~np.isfinite(ratio) | (np.abs(ratio - 1.0) > max_adjust)
     amp_scale = np.ones((groups.size, n_wave))
-    flagged = np.zeros((groups.size, n_bins), bool)
+    for gi in np.flatnonzero(measured):
+        amp_scale[gi] = spline @ np.where(flagged[gi], 1.0, ratio[gi])
+    with_slit = fiber_index is not None and slit_degree >= 1
+    if with_slit:
+        k = np.asarray(fiber_index, float)
+        mean_res = _bin_mean_residuals(flux, good, sky_rows, sky_glob, amp_scale, sky_gi, edges)
+    group_index = np.searchsorted(groups, group)
+    _, members_all, bounds = _group_rows(group, groups, np.arange(n))
     sky = np.empty_like(flux)
     qa_groups = {}
     for gi, g in enumerate(groups):
-        members = group == g
-        sky_rows = members & is_sky
-        n_sky = int(sky_rows.sum())
-        scale = np.ones(n_bins)
-        slit = np.zeros((members.sum(), n_wave))
-        if n_sky >= min_sky:
-            gd = good[sky_rows]
-            num = np.add.reduceat(np.where(gd, f[sky_rows], 0.0).sum(0), edges[:-1])
-            den = np.add.reduceat(np.where(gd, sky_glob[None, :], 0.0).sum(0), edges[:-1])
-            with np.errstate(invalid="ignore", divide="ignore"):
-                ratio = num / den
-            bad_bin = ~np.isfinite(ratio) | (np.abs(ratio - 1.0) > max_adjust)
-            flagged[gi] = bad_bin
-            scale = np.where(bad_bin, 1.0, ratio)
-            amp_scale[gi] = spline @ scale
-            if fiber_index is not None and slit_degree >= 1:
-                slit = _slit_term(f, good, sky_glob * amp_scale[gi], members, sky_rows,
-                                  np.asarray(fiber_index, float), edges, spline, slit_degree)
+        members = members_all[bounds[gi]:bounds[gi + 1]]
+        slit = np.zeros((members.size, n_wave))
+        if measured[gi] and with_slit:
+            pos = sky_order[sky_bounds[gi]:sky_bounds[gi + 1]]  # its sky rows in ``good``
+            slit = _slit_term(mean_res[pos], k[sky_rows[pos]], k[members], spline, slit_degree)
+        if members.size and members[-1] - members[0] + 1 == members.size:  # one block of rows
+            np.add((sky_glob * amp_scale[gi])[None, :], slit, out=sky[members[0]:members[-1] + 1])
         else:
-            flagged[gi] = True
-        sky[members] = sky_glob[None, :] * amp_scale[gi][None, :] + slit
+            sky[members] = (sky_glob * amp_scale[gi])[None, :] + slit
         qa_groups[g.item() if hasattr(g, "item") else g] = {
-            "n_sky": n_sky,
+            "n_sky": int(n_sky[gi]),
             "n_flagged_bins": int(flagged[gi].sum()),
             "scale_min": float(amp_scale[gi].min()),
             "scale_max": float(amp_scale[gi].max()),
         }
-    sky_error = np.sqrt(np.where(np.isfinite(sky_var), sky_var, 0.0))[None, :] * amp_scale[
-        np.searchsorted(groups, group)
-    ]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        chi = np.where(bad[is_sky], np.nan, (flux[is_sky] - sky[is_sky]) / err[is_sky])
     return SkyResult(
         sky=sky,
-        sky_error=sky_error,
         is_sky=is_sky,
         global_sky=sky_glob,
+        sky_sigma=np.sqrt(np.where(np.isfinite(sky_var), sky_var, 0.0)),
         amp_scale=amp_scale,
         flagged=flagged,
         groups=groups,
+        group_index=group_index,
         qa={
             "n_sky": int(is_sky.sum()),
             "n_fibers": n,
-            "sky_chi_std": float(np.nanstd(chi)),
+            "sky_chi_std": float(_chi_std(flux, err, bad, sky, sky_rows)),
             "groups": qa_groups,
         },
     )
 
 
-def _slit_term(f, good, model, members, sky_rows, k, edges, spline, degree):
+@njit(cache=True, nogil=True, error_model="numpy")
+def _bin_mean_residuals(flux: np.ndarray, good: np.ndarray, rows: np.ndarray, sky: np.ndarray,
+                        scale: np.ndarray, row_group: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """(n_rows, n_bins) mean over the ``good`` pixels of each wavelength bin of flux - sky *
+    scale[row_group] for the fibers ``rows`` (``good`` and ``row_group`` have one row per
+    fiber); NaN for a bin without good pixels."""
+    out = np.empty((rows.size, edges.size - 1))
+    for a in range(rows.size):
+        i = rows[a]
+        g = row_group[a]
+        for b in range(edges.size - 1):
+            total = 0.0
+            count = 0
+            for j in range(edges[b], edges[b + 1]):
+                if good[a, j]:
+                    total += flux[i, j] - sky[j] * scale[g, j]
+                    count += 1
+            out[a, b] = total / count
+    return out
+
+
+def _slit_term(mean_res: np.ndarray, k_sky: np.ndarray, k_members: np.ndarray,
+               spline: np.ndarray, degree: int) -> np.ndarray:
     """Additive smooth gradient along the slit for one amp: per wavelength bin, a polynomial in
     the fiber index (no constant term: the multiplicative scale already sets the mean) fitted
-    to the sky fibers' mean residual in the bin; cubic spline across bins."""
-    rows = np.flatnonzero(sky_rows)
-    res = np.where(good[rows], f[rows] - model[None, :], 0.0)
-    cnt = np.add.reduceat(good[rows].astype(float), edges[:-1], axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_res = np.add.reduceat(res, edges[:-1], axis=1) / cnt  # (n_sky, n_bins)
-    kk = k[rows]
-    centre = kk.mean()
-    span = max(np.ptp(kk) / 2.0, 1.0)
-    u = (kk - centre) / span
-    basis = np.stack([u**p for p in range(1, degree + 1)], axis=1)
-    basis = basis - basis.mean(axis=0)
-    coef = np.zeros((degree, edges.size - 1))
-    for b in range(edges.size - 1):
-        ok = np.isfinite(mean_res[:, b])
-        if ok.sum() > 3 * degree:
-            coef[:, b], *_ = np.linalg.lstsq(basis[ok], mean_res[ok, b] - mean_res[ok, b].mean(), rcond=None)
-    ua = (k[members] - centre) / span
-    basis_all = np.stack([ua**p for p in range(1, degree + 1)], axis=1) - np.mean(
-        np.stack([u**p for p in range(1, degree + 1)], axis=1), axis=0
-    )
+    by least squares to the sky fibers' mean residual in the bin (``mean_res`` (n_sky, n_bins),
+    fiber indices ``k_sky``; bins with at most 3 * degree values get none); cubic spline
+    across bins; evaluated at the fibers ``k_members``.  All bins are solved at once through
+    their normal equations (pseudo-inverse: a degenerate basis gives the minimum-norm fit)."""
+    centre = k_sky.mean()
+    span = max(np.ptp(k_sky) / 2.0, 1.0)
+    powers = np.arange(1, degree + 1)
+    raw = ((k_sky - centre) / span)[:, None] ** powers  # (n_sky, degree)
+    offset = raw.mean(axis=0)
+    basis = raw - offset
+    ok = np.isfinite(mean_res)
+    n_ok = ok.sum(axis=0)
+    y_mean = np.where(ok, mean_res, 0.0).sum(axis=0) / np.maximum(n_ok, 1)
+    y = np.where(ok, mean_res - y_mean, 0.0)  # centred per bin, zero where unusable
+    normal = np.einsum("rb,rp,rq->bpq", ok.astype(float), basis, basis)
+    coef = np.einsum("bpq,bq->pb", np.linalg.pinv(normal), y.T @ basis)
+    coef[:, n_ok <= 3 * degree] = 0.0
+    basis_all = ((k_members - centre) / span)[:, None] ** powers - offset
     return basis_all @ (coef @ spline.T)
 
 
@@ -252,29 +439,28 @@ def error_check(
     (|ratio| > ``outlier`` excluded from the plain std), their count, and with ``sky`` the
     systematic offset sum(residual) / sum(sky).  Also the overall values and the RMS over
     groups of the offsets."""
-    z_all = np.asarray(residual, float) / np.asarray(error, float)
+    residual = np.asarray(residual, np.float64)
+    error = np.asarray(error, np.float64)
     is_sky = np.asarray(is_sky, bool)
     group = np.asarray(group)
     groups = np.unique(group)
-    out = {"groups": groups, "std": [], "robust_std": [], "n": [], "offset": []}
-    for g in groups:
-        rows = is_sky & (group == g)
-        z = z_all[rows]
-        z = z[np.isfinite(z)]
-        core = z[np.abs(z) <= outlier]
-        out["n"].append(int(z.size))
-        out["std"].append(float(np.std(core)) if core.size > 1 else np.nan)
-        out["robust_std"].append(float(1.4826 * np.median(np.abs(z - np.median(z)))) if z.size else np.nan)
-        if sky is not None:
-            r = np.asarray(residual, float)[rows]
-            s = np.asarray(sky, float)[rows]
-            ok = np.isfinite(r) & np.isfinite(s)
-            out["offset"].append(float(r[ok].sum() / s[ok].sum()) if ok.any() and s[ok].sum() != 0 else np.nan)
-    for key in ("std", "robust_std", "n", "offset"):
-        out[key] = np.array(out[key])
-    zs = z_all[is_sky]
-    zs = zs[np.isfinite(zs)]
-    out["overall_std"] = float(np.std(zs[np.abs(zs) <= outlier])) if zs.size else float("nan")
+    rows = np.flatnonzero(is_sky)
+    _, order, bounds = _group_rows(group, groups, rows)
+    rows = rows[order]
+    n, n_core, mean, m2, robust = group_ratio_stats(residual, error, rows, bounds, outlier)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        std = np.where(n_core > 1, np.sqrt(m2 / n_core), np.nan)
+    out = {"groups": groups, "std": std, "robust_std": robust, "n": n,
+           "offset": np.array([]) if sky is None
+           else group_ratio_of_sums(residual, np.asarray(sky, np.float64), rows, bounds)}
+    # overall std of the core: the groups' means and squared deviations combined exactly
+    has = n_core > 0
+    c = n_core[has].sum()
+    if n.sum() == 0 or c == 0:
+        out["overall_std"] = float("nan")
+    else:
+        mu = float(np.sum(n_core[has] * mean[has]) / c)
+        out["overall_std"] = float(np.sqrt((m2[has].sum() + np.sum(n_core[has] * (mean[has] - mu) ** 2)) / c))
     if sky is not None and out["offset"].size:
         out["offset_rms"] = float(np.sqrt(np.nanmean(out["offset"] ** 2)))
     return out

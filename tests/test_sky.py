@@ -111,6 +111,45 @@ def test_error_check_detects_wrong_errors(data):
     assert chk["robust_std"] == pytest.approx(chk["std"], rel=0.05)
 
 
+def test_row_order_and_group_labels_do_not_matter(data):
+    """Fibers in any order, amps labelled by strings: the same model for every fiber."""
+    flux, error, mask, group, k, *_ = data
+    res = sky_model(flux, error, mask, group, fiber_index=k)
+    perm = np.random.default_rng(5).permutation(group.size)
+    labels = np.array([f"amp{g}" for g in group[perm]])
+    shuffled = sky_model(flux[perm], error[perm], mask[perm], labels, fiber_index=k[perm])
+    assert np.array_equal(shuffled.is_sky, res.is_sky[perm])
+    np.testing.assert_allclose(shuffled.sky, res.sky[perm], rtol=1e-12)
+    np.testing.assert_allclose(shuffled.sky_error, res.sky_error[perm], rtol=1e-12)
+
+
+def test_error_check_equals_plain_numpy(data):
+    """The kernel-based check equals the direct numpy definition: counts and robust std
+    exactly, std and offsets to rounding (sums in a different order)."""
+    flux, error, mask, group, k, truth_sky, blank, *_ = data
+    res = sky_model(flux, error, mask, group, fiber_index=k)
+    resid = flux - res.sky
+    resid[5, 10] = np.inf  # a non-finite ratio is skipped
+    sky_rows = res.is_sky.copy()
+    sky_rows[group == 2] = False  # a group without sky fibers: NaN everywhere, n = 0
+    chk = error_check(resid, error, sky_rows, group, sky=res.sky)
+    z_all = resid / error
+    for gi, g in enumerate(np.unique(group)):
+        rows = sky_rows & (group == g)
+        z = z_all[rows][np.isfinite(z_all[rows])]
+        assert chk["n"][gi] == z.size
+        if not z.size:
+            assert np.isnan(chk["std"][gi]) and np.isnan(chk["robust_std"][gi]) and np.isnan(chk["offset"][gi])
+            continue
+        assert chk["robust_std"][gi] == 1.4826 * np.median(np.abs(z - np.median(z)))
+        assert chk["std"][gi] == pytest.approx(np.std(z[np.abs(z) <= 10]), rel=1e-12)
+        r, sk = resid[rows], res.sky[rows]
+        ok = np.isfinite(r) & np.isfinite(sk)
+        assert chk["offset"][gi] == pytest.approx(r[ok].sum() / sk[ok].sum(), rel=1e-9)
+    zs = z_all[sky_rows][np.isfinite(z_all[sky_rows])]
+    assert chk["overall_std"] == pytest.approx(np.std(zs[np.abs(zs) <= 10]), rel=1e-12)
+
+
 def test_too_few_sky_fibers():
     flux = np.ones((5, DEF_WAVE.size))
     with pytest.raises(CalibrationError):

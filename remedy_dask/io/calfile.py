@@ -226,6 +226,19 @@ def read_arrays(path: str | Path, key: str, names: tuple[str, ...]) -> dict[str,
         return {name: g[name][...] for name in names if name in g}
 
 
+def read_arrays_many(path: str | Path, keys: list[str], names: tuple[str, ...]
+                     ) -> dict[str, dict[str, np.ndarray]]:
+    """``read_arrays`` for many amps with one open of the file: ``{key: {name: array}}``."""
+    out = {}
+    with _open(path) as h5:
+        for key in keys:
+            if key not in h5:
+                raise InputFileError(str(path), f"no calibration for amp {key}")
+            g = h5[key]
+            out[key] = {name: g[name][...] for name in names if name in g}
+    return out
+
+
 def _open(path: str | Path) -> h5py.File:
     try:
         return h5py.File(path, "r")

@@ -7,12 +7,14 @@ sky-subtracted exposure as the group ``expNN/sky`` of the same store and returns
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import dask
 import numpy as np
 import xarray as xr
+from numba import njit
 
 from remedy_dask import __version__, geometry
 from remedy_dask.config import PipelineConfig
@@ -48,6 +50,55 @@ def fiber_table(keys: list[str], exp: int, fplane: dict | None, ifucen: Any,
     return {k: np.concatenate(v) for k, v in cols.items()}
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _ftf_correct(flux: np.ndarray, error: np.ndarray, mask: np.ndarray, ftf: np.ndarray,
+                 dead: np.ndarray, out_flux: np.ndarray, out_error: np.ndarray,
+                 out_mask: np.ndarray) -> None:
+    """One amp: flux / ftf and error / ftf in float64, and the bad-pixel mask (amp mask, dead
+    fiber, ftf not > 0, non-finite result) into the ``out_*`` rows (releases the GIL, so it
+    overlaps the reading of the next amps)."""
+    for i in range(flux.shape[0]):
+        for j in range(flux.shape[1]):
+            t = np.float64(ftf[i, j])
+            f = np.float64(flux[i, j]) / t
+            e = np.float64(error[i, j]) / t
+            out_flux[i, j] = f
+            out_error[i, j] = e
+            out_mask[i, j] = (mask[i, j] != 0 or dead[i] != 0 or not t > 0.0
+                              or not np.isfinite(f) or not np.isfinite(e))
+
+
+def _load_exposure(work_root: str, exp: int, keys: list[str], cal_path: str
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Fiber-to-fiber corrected flux and error (float64: flux_e / ftf as the sky model uses
+    them), the bad-pixel mask (amp mask, dead fibers, ftf <= 0, non-finite), per-fiber exposure
+    time and the amps' (trace, wave) shifts.  The amps are read in a background thread while
+    the calibration file is read (opened once) and each amp is converted straight into its rows
+    of the preallocated arrays."""
+    n = geometry.N_FIBERS_AMP
+    pool = ThreadPoolExecutor(1, thread_name_prefix="read-amps")
+    try:
+        reads = [pool.submit(store.read_arrays, work_root, exp, key, _AMP_ARRAYS) for key in keys]
+        cal = calfile.read_arrays_many(cal_path, keys, ("fiber_to_fiber", "dead"))
+        flux = error = mask = None
+        exptime, shifts = [], {}
+        for a, key in enumerate(keys):
+            amp, attrs = reads[a].result()
+            reads[a] = None  # release the amp's arrays once converted
+            if flux is None:
+                flux = np.empty((len(keys) * n, amp["flux"].shape[1]))
+                error = np.empty_like(flux)
+                mask = np.empty(flux.shape, bool)
+            rows = slice(a * n, (a + 1) * n)
+            _ftf_correct(amp["flux"], amp["error"], amp["mask"], cal[key]["fiber_to_fiber"],
+                         cal[key]["dead"], flux[rows], error[rows], mask[rows])
+            exptime.append(np.full(n, attrs["exptime"]))
+            shifts[key] = (attrs.get("trace_shift", 0.0), attrs.get("wave_shift", 0.0))
+    finally:
+        pool.shutdown(cancel_futures=True)
+    return flux, error, mask, np.concatenate(exptime), shifts
+
+
 def reduce_exposure(summaries: list[dict[str, Any]], exp: int, cal_path: str, work_root: str,
                     fibers_of: Any, config: PipelineConfig, input_key: str) -> dict[str, Any]:
     """Fan in the amps of exposure ``exp``: ftf, masking, sky; write ``expNN/sky``."""
@@ -57,45 +108,28 @@ def reduce_exposure(summaries: list[dict[str, Any]], exp: int, cal_path: str, wo
     failed = {s["key"]: s["failed"] for s in summaries if s.get("failed")}
     if store.is_complete(work_root, exp, "sky", input_key):
         return {"exp": exp, "keys": keys, "failed": failed, "resumed": True}
-    arrays = {name: [] for name in _AMP_ARRAYS}
-    ftf, dead, exptime, shifts = [], [], [], {}
-    for key in keys:
-        a, attrs = store.read_arrays(work_root, exp, key, _AMP_ARRAYS)
-        for name in _AMP_ARRAYS:
-            arrays[name].append(a[name])
-        c = calfile.read_arrays(cal_path, key, ("fiber_to_fiber", "dead"))
-        ftf.append(c["fiber_to_fiber"])
-        dead.append(c["dead"].astype(bool))
-        exptime.append(np.full(geometry.N_FIBERS_AMP, attrs["exptime"]))
-        shifts[key] = (attrs.get("trace_shift", 0.0), attrs.get("wave_shift", 0.0))
-    flux = np.concatenate(arrays["flux"]).astype(np.float64)
-    error = np.concatenate(arrays["error"]).astype(np.float64)
-    mask = np.concatenate(arrays["mask"]).astype(bool)
-    ftf = np.concatenate(ftf).astype(np.float64)
-    dead = np.concatenate(dead)
+    flux, error, mask, exptime, shifts = _load_exposure(work_root, exp, keys, cal_path)
     group = np.repeat(np.arange(len(keys)), geometry.N_FIBERS_AMP)
-    mask |= dead[:, None] | ~(ftf > 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        flux = flux / ftf
-        error = error / ftf
-    mask |= ~np.isfinite(flux) | ~np.isfinite(error)
     fiber_index = np.tile(np.arange(geometry.N_FIBERS_AMP), len(keys))
     if config.reduction.quick_sky:  # one global sky spectrum, no per-amp terms
         sky = sky_model(flux, error, mask, group, max_adjust=0.0, slit_degree=0)
     else:
         sky = sky_model(flux, error, mask, group, fiber_index=fiber_index)
-    residual = flux - sky.sky
-    error = np.sqrt(error**2 + sky.sky_error**2)  # the sky model's own uncertainty
+    # in place (no further full-size float64 arrays): flux becomes the residual, error adds
+    # the sky model's own uncertainty
+    residual = np.subtract(flux, sky.sky, out=flux)
+    sky.add_error_in_place(error)
     check = error_check(residual, error, sky.is_sky, group)
     fibers = fibers_of(keys, exp)
+    # the float64 residual, error and sky are converted to float32 in their own memory
     ds = xr.Dataset(
         {
-            "flux": (("fiber", "wave"), residual.astype(np.float32)),
-            "error": (("fiber", "wave"), error.astype(np.float32)),
-            "sky": (("fiber", "wave"), sky.sky.astype(np.float32)),
-            "mask": (("fiber", "wave"), mask.astype(np.uint8)),
+            "flux": (("fiber", "wave"), _float32_in_place(residual)),
+            "error": (("fiber", "wave"), _float32_in_place(error)),
+            "sky": (("fiber", "wave"), _float32_in_place(sky.sky)),
+            "mask": (("fiber", "wave"), mask.view(np.uint8)),
             "is_sky": ("fiber", sky.is_sky.astype(np.uint8)),
-            "exptime": ("fiber", np.concatenate(exptime)),
+            "exptime": ("fiber", exptime),
             **{k: ("fiber", v) for k, v in fibers.items()},
         },
         coords={"wave": geometry.DEF_WAVE},
@@ -104,6 +138,20 @@ def reduce_exposure(summaries: list[dict[str, Any]], exp: int, cal_path: str, wo
     store.write_dataset(work_root, exp, "sky", ds, input_key)
     return {"exp": exp, "keys": keys, "failed": failed,
             "sky_qa": _plain(sky.qa), "error_check": _plain(check), "shifts": shifts}
+
+
+def _float32_in_place(a: np.ndarray, block: int = 4096) -> np.ndarray:
+    """``a.astype(np.float32)`` for a C-contiguous float64 (N, M) array, written into the first
+    half of ``a``'s own memory (no new 4-byte-per-value array; ``a`` is consumed).  Safe in
+    order: a block of result rows overwrites only input rows before the block's end, which
+    have been read by then."""
+    if a.dtype != np.float64 or a.ndim != 2 or not a.flags.c_contiguous:
+        raise ValueError("_float32_in_place: needs a C-contiguous 2-D float64 array")
+    out = a.reshape(-1).view(np.float32)[: a.size].reshape(a.shape)
+    for start in range(0, a.shape[0], block):
+        rows = slice(start, start + block)
+        out[rows] = a[rows].astype(np.float32)
+    return out
 
 
 def _plain(d: Any) -> Any:
