@@ -38,22 +38,39 @@ from remedy_dask.rowstats import (group_ratio_of_sums, group_ratio_stats, nanmed
 
 @dataclass
 class SkyResult:
-    """``sky`` (N, n_wave) model; ``is_sky`` (N,); ``global_sky`` (n_wave,) and ``sky_sigma``
-    (n_wave,) its noise; ``amp_scale`` (n_groups, n_wave) A_g; ``flagged`` (n_groups, n_bins)
-    bins whose adjustment was out of limits or unmeasurable; ``groups`` the group labels in the
-    order of the rows of ``amp_scale``, ``group_index`` (N,) each fiber's row there; ``qa``.
-    The model's uncertainty ``sky_error`` (N, n_wave) is computed on access (``error_rows`` for
-    a block of fibers): sky_sigma times the amp's scale."""
+    """The model in compact form: ``global_sky`` (n_wave,) S and ``sky_sigma`` (n_wave,) its
+    noise; ``amp_scale`` (n_groups, n_wave) A_g; ``slit`` (n_groups, degree, n_wave) the slit
+    term's coefficients on the wavelength grid and ``slit_basis`` (N, degree) each fiber's basis
+    values (degree 0 without a slit term); ``groups`` the group labels in the order of the rows
+    of ``amp_scale``, ``group_index`` (N,) each fiber's row there; ``is_sky`` (N,); ``flagged``
+    (n_groups, n_bins) bins whose adjustment was out of limits or unmeasurable; ``qa``.
 
-    sky: np.ndarray
+    ``sky`` and ``sky_error`` (N, n_wave) are formed on access; ``apply_model``,
+    ``add_error_in_place`` and ``error_rows`` work without the full arrays."""
+
     is_sky: np.ndarray
     global_sky: np.ndarray
     sky_sigma: np.ndarray
     amp_scale: np.ndarray
+    slit: np.ndarray
+    slit_basis: np.ndarray
     flagged: np.ndarray
     groups: np.ndarray
     group_index: np.ndarray
     qa: dict = field(default_factory=dict)
+
+    def apply_model(self, out: np.ndarray, subtract: bool = False) -> None:
+        """out <- the model (any float dtype), or out <- out - model, for all N fibers."""
+        if out.shape != (self.group_index.size, self.global_sky.size):
+            raise ValueError("apply_model: out must be (N, n_wave)")
+        _apply_model(self.global_sky, self.amp_scale, self.group_index, self.slit_basis,
+                     self.slit, out, subtract)
+
+    @property
+    def sky(self) -> np.ndarray:
+        out = np.empty((self.group_index.size, self.global_sky.size))
+        self.apply_model(out)
+        return out
 
     def error_rows(self, rows: slice | np.ndarray) -> np.ndarray:
         """``sky_error[rows]`` without forming the whole array."""
@@ -65,9 +82,33 @@ class SkyResult:
 
     def add_error_in_place(self, error: np.ndarray) -> None:
         """error <- sqrt(error**2 + sky_error**2) for a float64 (N, n_wave) ``error``."""
-        if error.dtype != np.float64 or error.shape != self.sky.shape:
+        if error.dtype != np.float64 or error.shape != (self.group_index.size, self.global_sky.size):
             raise ValueError("add_error_in_place: needs float64 errors of the model's shape")
         _add_in_quadrature(error, self.amp_scale, self.group_index, self.sky_sigma)
+
+
+@njit(cache=True, nogil=True)
+def _model_at(sky: np.ndarray, scale: np.ndarray, basis: np.ndarray, slit: np.ndarray, g: int,
+              i: int, j: int) -> float:
+    """Model of fiber i (group g) at pixel j: S * A_g + sum_p basis_ip * slit_gpj."""
+    t = 0.0
+    for p in range(basis.shape[1]):
+        t += basis[i, p] * slit[g, p, j]
+    return sky[j] * scale[g, j] + t
+
+
+@njit(cache=True, nogil=True)
+def _apply_model(sky: np.ndarray, scale: np.ndarray, row_group: np.ndarray, basis: np.ndarray,
+                 slit: np.ndarray, out: np.ndarray, subtract: bool) -> None:
+    """out <- model, or out <- out - model (see ``_model_at``), row by row."""
+    for i in range(out.shape[0]):
+        g = row_group[i]
+        for j in range(out.shape[1]):
+            v = _model_at(sky, scale, basis, slit, g, i, j)
+            if subtract:
+                out[i, j] -= v
+            else:
+                out[i, j] = v
 
 
 @njit(cache=True, nogil=True)
@@ -248,17 +289,19 @@ def _group_sums(flux: np.ndarray, good: np.ndarray, rows: np.ndarray, row_group:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _chi_moments(flux: np.ndarray, err: np.ndarray, bad: np.ndarray, sky: np.ndarray,
-                 rows: np.ndarray, centre: float) -> tuple[int, float, float]:
-    """Count, sum and sum of squares of chi - ``centre``, chi = (flux - sky) / err over the
-    good pixels of ``rows`` (NaN chi skipped)."""
+def _chi_moments(flux: np.ndarray, err: np.ndarray, bad: np.ndarray, rows: np.ndarray,
+                 sky: np.ndarray, scale: np.ndarray, row_group: np.ndarray, basis: np.ndarray,
+                 slit: np.ndarray, centre: float) -> tuple[int, float, float]:
+    """Count, sum and sum of squares of chi - ``centre``, chi = (flux - model) / err over the
+    good pixels of ``rows`` (NaN chi skipped; model as in ``_model_at``)."""
     count = 0
     total = 0.0
     squares = 0.0
     for i in rows:
+        g = row_group[i]
         for j in range(flux.shape[1]):
             if not bad[i, j]:
-                d = (flux[i, j] - sky[i, j]) / err[i, j] - centre
+                d = (flux[i, j] - _model_at(sky, scale, basis, slit, g, i, j)) / err[i, j] - centre
                 if not np.isnan(d):
                     count += 1
                     total += d
@@ -266,14 +309,15 @@ def _chi_moments(flux: np.ndarray, err: np.ndarray, bad: np.ndarray, sky: np.nda
     return count, total, squares
 
 
-def _chi_std(flux: np.ndarray, err: np.ndarray, bad: np.ndarray, sky: np.ndarray,
-             rows: np.ndarray) -> float:
-    """Standard deviation of (flux - sky) / err over the good pixels of ``rows`` (two passes:
-    mean, then squared deviations from it); NaN without any."""
-    count, total, _ = _chi_moments(flux, err, bad, sky, rows, 0.0)
+def _chi_std(flux: np.ndarray, err: np.ndarray, bad: np.ndarray, rows: np.ndarray,
+             model: SkyResult) -> float:
+    """Standard deviation of (flux - model) / err over the good pixels of ``rows`` (two
+    passes: mean, then squared deviations from it); NaN without any."""
+    parts = (model.global_sky, model.amp_scale, model.group_index, model.slit_basis, model.slit)
+    count, total, _ = _chi_moments(flux, err, bad, rows, *parts, 0.0)
     if count == 0:
         return float("nan")
-    _, _, squares = _chi_moments(flux, err, bad, sky, rows, total / count)
+    _, _, squares = _chi_moments(flux, err, bad, rows, *parts, total / count)
     return float(np.sqrt(squares / count))
 
 
@@ -338,46 +382,44 @@ def sky_model(
     amp_scale = np.ones((groups.size, n_wave))
     for gi in np.flatnonzero(measured):
         amp_scale[gi] = spline @ np.where(flagged[gi], 1.0, ratio[gi])
-    with_slit = fiber_index is not None and slit_degree >= 1
-    if with_slit:
+    degree = slit_degree if fiber_index is not None and slit_degree >= 1 else 0
+    slit = np.zeros((groups.size, degree, n_wave))
+    slit_basis = np.zeros((n, degree))
+    if degree:
         k = np.asarray(fiber_index, float)
         mean_res = _bin_mean_residuals(flux, good, sky_rows, sky_glob, amp_scale, sky_gi, edges)
-    group_index = np.searchsorted(groups, group)
-    _, members_all, bounds = _group_rows(group, groups, np.arange(n))
-    sky = np.empty_like(flux)
-    qa_groups = {}
-    for gi, g in enumerate(groups):
-        members = members_all[bounds[gi]:bounds[gi + 1]]
-        slit = np.zeros((members.size, n_wave))
-        if measured[gi] and with_slit:
+        _, members_all, bounds = _group_rows(group, groups, np.arange(n))
+        for gi in np.flatnonzero(measured):
+            members = members_all[bounds[gi]:bounds[gi + 1]]
             pos = sky_order[sky_bounds[gi]:sky_bounds[gi + 1]]  # its sky rows in ``good``
-            slit = _slit_term(mean_res[pos], k[sky_rows[pos]], k[members], spline, slit_degree)
-        if members.size and members[-1] - members[0] + 1 == members.size:  # one block of rows
-            np.add((sky_glob * amp_scale[gi])[None, :], slit, out=sky[members[0]:members[-1] + 1])
-        else:
-            sky[members] = (sky_glob * amp_scale[gi])[None, :] + slit
-        qa_groups[g.item() if hasattr(g, "item") else g] = {
-            "n_sky": int(n_sky[gi]),
-            "n_flagged_bins": int(flagged[gi].sum()),
-            "scale_min": float(amp_scale[gi].min()),
-            "scale_max": float(amp_scale[gi].max()),
-        }
-    return SkyResult(
-        sky=sky,
+            slit_basis[members], slit[gi] = _slit_term(mean_res[pos], k[sky_rows[pos]],
+                                                       k[members], spline, degree)
+    model = SkyResult(
         is_sky=is_sky,
         global_sky=sky_glob,
         sky_sigma=np.sqrt(np.where(np.isfinite(sky_var), sky_var, 0.0)),
         amp_scale=amp_scale,
+        slit=slit,
+        slit_basis=slit_basis,
         flagged=flagged,
         groups=groups,
-        group_index=group_index,
-        qa={
-            "n_sky": int(is_sky.sum()),
-            "n_fibers": n,
-            "sky_chi_std": float(_chi_std(flux, err, bad, sky, sky_rows)),
-            "groups": qa_groups,
-        },
+        group_index=np.searchsorted(groups, group),
     )
+    model.qa = {
+        "n_sky": int(is_sky.sum()),
+        "n_fibers": n,
+        "sky_chi_std": _chi_std(flux, err, bad, sky_rows, model),
+        "groups": {
+            (g.item() if hasattr(g, "item") else g): {
+                "n_sky": int(n_sky[gi]),
+                "n_flagged_bins": int(flagged[gi].sum()),
+                "scale_min": float(amp_scale[gi].min()),
+                "scale_max": float(amp_scale[gi].max()),
+            }
+            for gi, g in enumerate(groups)
+        },
+    }
+    return model
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -402,13 +444,15 @@ def _bin_mean_residuals(flux: np.ndarray, good: np.ndarray, rows: np.ndarray, sk
 
 
 def _slit_term(mean_res: np.ndarray, k_sky: np.ndarray, k_members: np.ndarray,
-               spline: np.ndarray, degree: int) -> np.ndarray:
+               spline: np.ndarray, degree: int) -> tuple[np.ndarray, np.ndarray]:
     """Additive smooth gradient along the slit for one amp: per wavelength bin, a polynomial in
     the fiber index (no constant term: the multiplicative scale already sets the mean) fitted
     by least squares to the sky fibers' mean residual in the bin (``mean_res`` (n_sky, n_bins),
     fiber indices ``k_sky``; bins with at most 3 * degree values get none); cubic spline
-    across bins; evaluated at the fibers ``k_members``.  All bins are solved at once through
-    their normal equations (pseudo-inverse: a degenerate basis gives the minimum-norm fit)."""
+    across bins.  Returns the basis at the fibers ``k_members`` (n, degree) and the
+    coefficients on the wavelength grid (degree, n_wave): the term is their product.  All
+    bins are solved at once through their normal equations (pseudo-inverse: a degenerate
+    basis gives the minimum-norm fit)."""
     centre = k_sky.mean()
     span = max(np.ptp(k_sky) / 2.0, 1.0)
     powers = np.arange(1, degree + 1)
@@ -422,8 +466,7 @@ def _slit_term(mean_res: np.ndarray, k_sky: np.ndarray, k_members: np.ndarray,
     normal = np.einsum("rb,rp,rq->bpq", ok.astype(float), basis, basis)
     coef = np.einsum("bpq,bq->pb", np.linalg.pinv(normal), y.T @ basis)
     coef[:, n_ok <= 3 * degree] = 0.0
-    basis_all = ((k_members - centre) / span)[:, None] ** powers - offset
-    return basis_all @ (coef @ spline.T)
+    return ((k_members - centre) / span)[:, None] ** powers - offset, coef @ spline.T
 
 
 def error_check(

@@ -115,18 +115,21 @@ def reduce_exposure(summaries: list[dict[str, Any]], exp: int, cal_path: str, wo
         sky = sky_model(flux, error, mask, group, max_adjust=0.0, slit_degree=0)
     else:
         sky = sky_model(flux, error, mask, group, fiber_index=fiber_index)
-    # in place (no further full-size float64 arrays): flux becomes the residual, error adds
-    # the sky model's own uncertainty
-    residual = np.subtract(flux, sky.sky, out=flux)
+    # in place (no further full-size arrays): flux becomes the residual, error adds the sky
+    # model's own uncertainty; the float32 products reuse the float64 arrays' memory
+    residual = flux
+    sky.apply_model(residual, subtract=True)
     sky.add_error_in_place(error)
     check = error_check(residual, error, sky.is_sky, group)
+    residual32, sky32 = _float32_in_place(residual)
+    sky.apply_model(sky32)
+    error32, _ = _float32_in_place(error)
     fibers = fibers_of(keys, exp)
-    # the float64 residual, error and sky are converted to float32 in their own memory
     ds = xr.Dataset(
         {
-            "flux": (("fiber", "wave"), _float32_in_place(residual)),
-            "error": (("fiber", "wave"), _float32_in_place(error)),
-            "sky": (("fiber", "wave"), _float32_in_place(sky.sky)),
+            "flux": (("fiber", "wave"), residual32),
+            "error": (("fiber", "wave"), error32),
+            "sky": (("fiber", "wave"), sky32),
             "mask": (("fiber", "wave"), mask.view(np.uint8)),
             "is_sky": ("fiber", sky.is_sky.astype(np.uint8)),
             "exptime": ("fiber", exptime),
@@ -140,18 +143,18 @@ def reduce_exposure(summaries: list[dict[str, Any]], exp: int, cal_path: str, wo
             "sky_qa": _plain(sky.qa), "error_check": _plain(check), "shifts": shifts}
 
 
-def _float32_in_place(a: np.ndarray, block: int = 4096) -> np.ndarray:
+def _float32_in_place(a: np.ndarray, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """``a.astype(np.float32)`` for a C-contiguous float64 (N, M) array, written into the first
-    half of ``a``'s own memory (no new 4-byte-per-value array; ``a`` is consumed).  Safe in
-    order: a block of result rows overwrites only input rows before the block's end, which
-    have been read by then."""
+    half of ``a``'s own memory (``a`` is consumed); returns it and the now unused second half as
+    an (N, M) float32 array.  Safe in order: a block of result rows overwrites only input rows
+    before the block's end, which have been read by then."""
     if a.dtype != np.float64 or a.ndim != 2 or not a.flags.c_contiguous:
         raise ValueError("_float32_in_place: needs a C-contiguous 2-D float64 array")
-    out = a.reshape(-1).view(np.float32)[: a.size].reshape(a.shape)
+    halves = a.reshape(-1).view(np.float32).reshape(2, *a.shape)
     for start in range(0, a.shape[0], block):
         rows = slice(start, start + block)
-        out[rows] = a[rows].astype(np.float32)
-    return out
+        halves[0][rows] = a[rows].astype(np.float32)
+    return halves[0], halves[1]
 
 
 def _plain(d: Any) -> Any:
