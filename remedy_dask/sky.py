@@ -61,14 +61,19 @@ class SkyResult:
 
     def apply_model(self, out: np.ndarray, subtract: bool = False) -> None:
         """out <- the model (any float dtype), or out <- out - model, for all N fibers."""
-        if out.shape != (self.group_index.size, self.global_sky.size):
+        if out.shape != self.shape:
             raise ValueError("apply_model: out must be (N, n_wave)")
         _apply_model(self.global_sky, self.amp_scale, self.group_index, self.slit_basis,
                      self.slit, out, subtract)
 
     @property
+    def shape(self) -> tuple[int, int]:
+        """(N, n_wave) of the modelled spectra."""
+        return self.group_index.size, self.global_sky.size
+
+    @property
     def sky(self) -> np.ndarray:
-        out = np.empty((self.group_index.size, self.global_sky.size))
+        out = np.empty(self.shape)
         self.apply_model(out)
         return out
 
@@ -82,7 +87,7 @@ class SkyResult:
 
     def add_error_in_place(self, error: np.ndarray) -> None:
         """error <- sqrt(error**2 + sky_error**2) for a float64 (N, n_wave) ``error``."""
-        if error.dtype != np.float64 or error.shape != (self.group_index.size, self.global_sky.size):
+        if error.dtype != np.float64 or error.shape != self.shape:
             raise ValueError("add_error_in_place: needs float64 errors of the model's shape")
         _add_in_quadrature(error, self.amp_scale, self.group_index, self.sky_sigma)
 
@@ -144,7 +149,8 @@ def _bad_pixels(flux: np.ndarray, mask: np.ndarray, err: np.ndarray) -> np.ndarr
     for i in range(flux.shape[0]):
         for j in range(flux.shape[1]):
             e = err[i, j]
-            bad[i, j] = mask[i, j] or not np.isfinite(flux[i, j]) or not (e > 0.0 and np.isfinite(e))
+            good_err = e > 0.0 and np.isfinite(e)
+            bad[i, j] = mask[i, j] or not np.isfinite(flux[i, j]) or not good_err
     return bad
 
 
@@ -503,7 +509,8 @@ def error_check(
         out["overall_std"] = float("nan")
     else:
         mu = float(np.sum(n_core[has] * mean[has]) / c)
-        out["overall_std"] = float(np.sqrt((m2[has].sum() + np.sum(n_core[has] * (mean[has] - mu) ** 2)) / c))
+        between = np.sum(n_core[has] * (mean[has] - mu) ** 2)
+        out["overall_std"] = float(np.sqrt((m2[has].sum() + between) / c))
     if sky is not None and out["offset"].size:
         out["offset_rms"] = float(np.sqrt(np.nanmean(out["offset"] ** 2)))
     return out

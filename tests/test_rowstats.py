@@ -8,7 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
-from remedy_dask.rowstats import median_inplace, nanmedian_cols, nanmedian_rows
+from remedy_dask.rowstats import (group_ratio_of_sums, group_ratio_stats, median_inplace,
+                                  nanmedian_cols, nanmedian_rows)
 
 
 def samples(rng):
@@ -65,3 +66,18 @@ def test_rows_and_columns_equal_nanmedian(n_cols):
     np.testing.assert_array_equal(nanmedian_rows(values, mask, cols), want_rows)
     np.testing.assert_array_equal(nanmedian_cols(values, mask, rows), want_cols)
     assert np.isnan(want_rows[3]) and np.isnan(want_cols[2])
+
+
+def test_bad_shapes_and_indices_raise():
+    """The kernels do not check bounds: the wrappers must refuse what would read outside."""
+    values = np.ones((4, 5))
+    with pytest.raises(ValueError):
+        nanmedian_rows(values, np.zeros((4, 4), bool), np.arange(3))
+    with pytest.raises(IndexError):
+        nanmedian_rows(values, np.zeros((4, 5), bool), np.array([0, 5]))
+    with pytest.raises(IndexError):
+        nanmedian_cols(values, np.zeros((4, 5), bool), np.array([-1]))
+    with pytest.raises(ValueError):
+        group_ratio_stats(values, values, np.arange(4), np.array([0, 5]), 10.0)
+    with pytest.raises(IndexError):
+        group_ratio_of_sums(values, values, np.array([4]), np.array([0, 1]))

@@ -76,6 +76,8 @@ def _load_exposure(work_root: str, exp: int, keys: list[str], cal_path: str
     the calibration file is read (opened once) and each amp is converted straight into its rows
     of the preallocated arrays."""
     n = geometry.N_FIBERS_AMP
+    if not keys:
+        raise ValueError(f"exposure {exp}: no amp to reduce")
     pool = ThreadPoolExecutor(1, thread_name_prefix="read-amps")
     try:
         reads = [pool.submit(store.read_arrays, work_root, exp, key, _AMP_ARRAYS) for key in keys]
@@ -90,6 +92,10 @@ def _load_exposure(work_root: str, exp: int, keys: list[str], cal_path: str
                 error = np.empty_like(flux)
                 mask = np.empty(flux.shape, bool)
             rows = slice(a * n, (a + 1) * n)
+            shapes = [amp[name].shape for name in _AMP_ARRAYS] + [cal[key]["fiber_to_fiber"].shape]
+            if any(s != flux[rows].shape for s in shapes) or cal[key]["dead"].shape != (n,):
+                raise ValueError(f"exposure {exp}, amp {key}: array shapes {shapes} are not "
+                                 f"{flux[rows].shape}")  # checked here: the kernel does not
             _ftf_correct(amp["flux"], amp["error"], amp["mask"], cal[key]["fiber_to_fiber"],
                          cal[key]["dead"], flux[rows], error[rows], mask[rows])
             exptime.append(np.full(n, attrs["exptime"]))
