@@ -296,12 +296,19 @@ def cal_fiber_to_fiber(pieces: dict[str, dict[str, Any] | None],
     }
 
 
-def write_amp_part(work: AmpWork, ftf: dict[str, tuple[np.ndarray, np.ndarray]],
+def ftf_of_amp(ftf: dict[str, tuple[np.ndarray, np.ndarray]], key: str
+               ) -> tuple[np.ndarray, np.ndarray] | None:
+    """One amp's (ftf, dead) from the fan-in: a small node, so that the amp's write runs where
+    the amp's (large) state already is instead of where the focal-plane result is."""
+    return ftf.get(key)
+
+
+def write_amp_part(work: AmpWork, ftf: tuple[np.ndarray, np.ndarray] | None,
                    parts_dir: Path) -> Path:
     """Attach the amp's fiber-to-fiber result and write its part file."""
     work = work.but()
-    if work.key in ftf:
-        work.data["fiber_to_fiber"], work.data["dead"] = ftf[work.key]
+    if ftf is not None:
+        work.data["fiber_to_fiber"], work.data["dead"] = ftf
         work.qa["n_dead"] = int(work.data["dead"].sum())
     elif not work.failed:
         work.failed = "fiber-to-fiber: not computed"
@@ -367,7 +374,9 @@ def build_calibration_graph(
     ftf = dask.delayed(cal_fiber_to_fiber, pure=False)(
         gather_dict(pieces, "cal-twilight-all"), positions, cc, dask_key_name="cal-fiber-to-fiber")
     parts = [
-        dask.delayed(write_amp_part, pure=False)(w, ftf, parts_dir, dask_key_name=f"cal-write-amp-{k}")
+        dask.delayed(write_amp_part, pure=False)(
+            w, dask.delayed(ftf_of_amp, pure=False)(ftf, k, dask_key_name=f"cal-ftf-{k}"),
+            parts_dir, dask_key_name=f"cal-write-amp-{k}")
         for w, k in zip(works, keys)
     ]
     attrs = {"window": dates, "config": config.to_yaml(), "code_version": __version__}
