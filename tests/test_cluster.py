@@ -63,3 +63,15 @@ def test_slurm_through_dask_jobqueue(e2e, sync_product, tmp_path):
     }))
     product = _reduce(e2e, tmp_path / "out", "slurm", "--workers", "2", "--cluster-config", str(cfg))
     _assert_identical(sync_product, product)
+
+
+def test_workers_get_the_malloc_thresholds():
+    """Every worker of a cluster we open runs the set-up plugin (glibc malloc thresholds that
+    keep large temporaries in the heap), and so does the process of ``--cluster sync``."""
+    from remedy_dask.workflow import worker_setup
+    from remedy_dask.workflow.cluster import open_client
+
+    with open_client("local", workers=1, dashboard_address=":0", quiet=True) as client:
+        assert list(client.run(worker_setup.malloc_tuned).values()) == [True]
+    with open_client("sync"):
+        assert worker_setup.malloc_tuned()

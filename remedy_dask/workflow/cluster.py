@@ -67,7 +67,10 @@ def open_client(
     dashboard_address: str | None = None, quiet: bool = False,
 ) -> Iterator[Any]:
     """Yield a ``distributed.Client`` (or ``None`` for ``sync``) and close what we started."""
-    if cluster == "sync":
+    if cluster == "sync":  # everything runs in this process
+        from remedy_dask.workflow.worker_setup import tune_malloc
+
+        tune_malloc()
         yield None
         return
     from distributed import Client, LocalCluster
@@ -77,6 +80,7 @@ def open_client(
 
     if cluster.startswith("tcp://") or cluster.startswith("tls://"):
         client = Client(cluster, timeout="30s")
+        _setup_workers(client)
         _announce(client, quiet)
         try:
             yield client
@@ -106,12 +110,20 @@ def open_client(
     else:
         lc = _jobqueue_cluster(cluster, settings, workers)
     client = Client(lc)
+    _setup_workers(client)
     _announce(client, quiet)
     try:
         yield client
     finally:
         client.close()
         lc.close()
+
+
+def _setup_workers(client: Any) -> None:
+    """Register the per-worker set-up (malloc thresholds) on the current and future workers."""
+    from remedy_dask.workflow.worker_setup import WorkerSetup
+
+    client.register_plugin(WorkerSetup())
 
 
 def _jobqueue_cluster(kind: str, settings: dict[str, Any], workers: int | None) -> Any:

@@ -1,0 +1,58 @@
+"""Per-process tuning of the worker processes (and of the client process for ``--cluster sync``).
+
+glibc's malloc serves every allocation above a dynamic threshold (128 KB - 32 MB) with a fresh
+``mmap`` and unmaps it on free, and distributed's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` so
+that freed heap is returned at once.  The amp chain allocates many 1-8 MB temporaries per task,
+so each of them is page-faulted in again, zero-filled by the kernel: on the 2-core VM this cost
+a third of the chain's time (measured, 24 amp-exposures in one process: 337 -> 224 ms per
+amp-exposure, system time 2.8 -> 0.6 s, peak RSS 427 -> 452 MB).  :func:`tune_malloc` keeps
+arrays up to 256 MB in the heap and trims only above 1 GB of free heap.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import sys
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+log = logging.getLogger(__name__)
+
+MMAP_THRESHOLD = 256 * 2**20  # bytes: larger allocations still get their own mapping
+TRIM_THRESHOLD = 2**30  # bytes of free heap kept before returning memory to the OS
+_M_TRIM_THRESHOLD = -1  # mallopt parameter numbers (malloc.h)
+_M_MMAP_THRESHOLD = -3
+_tuned = False
+
+
+def tune_malloc() -> bool:
+    """Apply the thresholds above to this process (glibc only); True if applied."""
+    global _tuned
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (e.g. musl): nothing to tune, nothing substituted
+        log.info("malloc tuning skipped: no glibc in this process")
+        return False
+    _tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    if not _tuned:
+        log.warning("glibc mallopt refused the malloc thresholds: running with its defaults")
+    return _tuned
+
+
+def malloc_tuned() -> bool:
+    """Whether :func:`tune_malloc` succeeded in this process."""
+    return _tuned
+
+
+class WorkerSetup(WorkerPlugin):
+    """Run :func:`tune_malloc` on every worker, including workers that join later (adaptive
+    dask-jobqueue clusters, an existing ``tcp://`` scheduler's workers)."""
+
+    name = "remedy-dask-worker-setup"
+
+    def setup(self, worker: object) -> None:
+        tune_malloc()
