@@ -20,12 +20,11 @@ unpinned timings 5-10x slower and erratic.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
+from remedy_dask.threads import one_thread_per_process  # noqa: E402
+
+one_thread_per_process()  # before numpy
 
 import numpy as np  # noqa: E402
 

@@ -10,10 +10,10 @@ libraries run on one thread, as in the pipeline's workers.
 
 from __future__ import annotations
 
-import os
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+from remedy_dask.threads import one_thread_per_process  # noqa: E402
+
+one_thread_per_process()  # before numpy
 
 import argparse  # noqa: E402
 import time  # noqa: E402

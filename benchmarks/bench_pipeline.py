@@ -12,16 +12,16 @@ Results go to OUT/bench_<mode>.json; the numbers in the README come from these r
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-
-import numpy as np
-
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")  # one thread per worker process, as the CLI does
 from collections import defaultdict
 from pathlib import Path
+
+from remedy_dask.threads import one_thread_per_process
+
+one_thread_per_process()  # as the CLI does, before numpy
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PeakMemory, save  # noqa: E402

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
-# One BLAS/OpenMP thread per process (before numpy is imported): the graph runs one task per
-# core, and multi-threaded BLAS on small factorisations stalls for 0.1-0.25 s under load.
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+from remedy_dask.threads import one_thread_per_process
 
-from remedy_dask import __version__
+one_thread_per_process()  # before numpy is imported anywhere
+
+from remedy_dask import __version__  # noqa: E402
 from remedy_dask.errors import RemedyError
 
 log = logging.getLogger("remedy_dask")

@@ -219,16 +219,10 @@ def read_amp(path: str | Path, key: str, arrays: tuple[str, ...] | None = None,
     return cal
 
 
-def read_arrays(path: str | Path, key: str, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Only the named datasets of one amp group (missing ones are absent from the result)."""
-    with _open(path) as h5:
-        g = h5[key]
-        return {name: g[name][...] for name in names if name in g}
-
-
 def read_arrays_many(path: str | Path, keys: list[str], names: tuple[str, ...]
                      ) -> dict[str, dict[str, np.ndarray]]:
-    """``read_arrays`` for many amps with one open of the file: ``{key: {name: array}}``."""
+    """The named datasets of many amp groups with one open of the file (missing ones are absent
+    from an amp's result): ``{key: {name: array}}``."""
     out = {}
     with _open(path) as h5:
         for key in keys:

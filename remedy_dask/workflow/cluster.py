@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from remedy_dask.errors import ConfigError
+from remedy_dask.threads import one_thread_per_process
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,6 @@ def cluster_settings(kind: str, path: Path | None = None) -> dict[str, Any]:
     return settings
 
 
-def _worker_env() -> None:
-    """One thread per worker process for the numerical libraries."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
-
-
 @contextlib.contextmanager
 def open_client(
     cluster: str = "local", workers: int | None = None, cluster_config: Path | None = None,
@@ -90,7 +85,7 @@ def open_client(
     if cluster not in DEFAULTS:
         raise ConfigError(f"--cluster must be local, slurm, pbs, sync or tcp://ADDRESS, not {cluster!r}")
     settings = cluster_settings(cluster, cluster_config)
-    _worker_env()
+    one_thread_per_process()  # inherited by the worker processes we start
     if cluster == "local":
         n = workers or settings["n_workers"] or os.cpu_count() or 1
         address = dashboard_address or settings["dashboard_address"]
