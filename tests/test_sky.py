@@ -7,7 +7,8 @@ import pytest
 
 from remedy_dask.errors import CalibrationError
 from remedy_dask.geometry import DEF_WAVE
-from remedy_dask.sky import error_check, select_sky_fibers, sky_model
+from remedy_dask.sky import error_check, sky_model
+from remedy_dask.sky_fibers import select_sky_fibers
 
 N_AMPS = 8
 
