@@ -109,6 +109,12 @@ def test_emission_lines(prod):
     assert len(dra) - len(matched) <= 4  # at most 1 false detection per IFU
 
 
+def test_no_temporary_fiber_blocks_left(e2e, prod):
+    """The per-IFU pre-encoded fiber blocks and their folder are removed once written."""
+    assert not (e2e["out"] / "work" / "20190822_0000007_fibers").exists()
+    assert (e2e["out"] / "work" / "20190822_0000007.zarr").is_dir()  # kept: resume
+
+
 def test_cube_and_ifu_fits(e2e, prod):
     from remedy_dask.cube import ImageGrid, aperture_correction, aperture_sum, aperture_weights
     from remedy_dask.cube import CubeResult

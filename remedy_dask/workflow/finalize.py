@@ -221,6 +221,11 @@ def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_roo
         raise
     for block in blocks:
         Path(block["path"]).unlink(missing_ok=True)
+    for folder in {Path(block["path"]).parent for block in blocks}:
+        try:
+            folder.rmdir()  # only if empty: never removes anything else
+        except OSError:
+            pass
     return str(path)
 
 
