@@ -41,6 +41,9 @@ class ReductionConfig:
     subtract_scattered_light: bool = True
     measure_trace_shift: bool = True
     measure_wavelength_shift: bool = True
+    wave_shift_pooling: str = "ccd"  # "ccd": combine the two amps of a CCD; "amp": each alone
+    wave_shift_ccd_differential_px: float = 0.005  # rms shift difference of a CCD's two halves
+    wave_shift_ccd_max_trace_difference_px: float = 0.02  # halves moved alike: pool only then
     mask_bad_pixels: bool = True  # NaN the masked pixels in the products
     quick_sky: bool = False  # global sky only, no smooth per-amp residual model
     chi2_threshold: float = 5.0
@@ -121,4 +124,6 @@ def load_config(path: str | Path | None = None) -> PipelineConfig:
     _update_dataclass(config, values, path.name)
     if config.reduction.extraction not in ("optimal", "aperture"):
         raise ConfigError(f"{path}: reduction.extraction must be 'optimal' or 'aperture'")
+    if config.reduction.wave_shift_pooling not in ("ccd", "amp"):
+        raise ConfigError(f"{path}: reduction.wave_shift_pooling must be 'ccd' or 'amp'")
     return config

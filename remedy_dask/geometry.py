@@ -82,6 +82,11 @@ DEFAULT_GAIN = 0.85  # e-/ADU when GAIN is missing or <= 0
 DEFAULT_RDNOISE = 3.0  # e- when RDNOISE is missing or <= 0
 
 
+def ccd_partner(amp: str) -> str:
+    """The other amplifier of the same CCD: LL <-> LU, RL <-> RU."""
+    return amp[0] + ("U" if amp[1] == "L" else "L")
+
+
 def fiber_ids(amp: str) -> np.ndarray:
     """IFU fiber IDs (1..448) of the 112 fibers of ``amp``, in order of increasing row."""
     return FIBER_ID_OFFSET[amp] - np.arange(N_FIBERS_AMP)

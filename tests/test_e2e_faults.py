@@ -3,6 +3,7 @@ flagged while the rest is reduced, and source injection recovered by the detecti
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,10 @@ import pytest
 from remedy_dask import cli
 
 pytestmark = pytest.mark.e2e
+
+
+def _attrs(group):
+    return json.loads((group / "zarr.json").read_text())["attributes"]
 
 
 def _reduce_args(e2e, out, *extra):
@@ -71,6 +76,13 @@ def test_killed_run_resumes_without_redoing_finished_work(e2e, tmp_path):
     assert f"resuming: {len(done)} amp-exposure(s) already reduced" in rerun.stdout
     assert all((work / p / "zarr.json").stat().st_mtime_ns == t for p, t in stamps.items())
     assert len(list(work.glob("exp*/0*"))) == 12 and not list(work.glob("exp*/.*tmp"))
+    # amps redone after the kill pooled their wavelength shift with a partner read back from
+    # its checkpoint: the same numbers as the uninterrupted run
+    for group in work.glob("exp*/0*"):
+        a = _attrs(group)
+        b = _attrs(e2e["work"] / group.relative_to(work))
+        assert a["wave_shift_pooled"] == 1
+        assert (a["wave_shift"], a["wave_shift_amp"]) == (b["wave_shift"], b["wave_shift_amp"])
     with h5py.File(out / "20190822_0000007.h5") as P:
         assert P["fibers/spectrum"].shape[0] == 448 * 3
 
@@ -91,3 +103,6 @@ def test_corrupt_amp_is_flagged_and_the_rest_reduced(e2e, tmp_path, capsys):
         assert n == 448 * 3 - 112  # every other amp-exposure of IFU 047 is there
         flags = P.attrs["flags"]
         assert victim.name in flags and "truncated" in flags.lower()
+    # the other amp of the victim's CCD measured its wavelength shift alone
+    a = _attrs(tmp_path / "out" / "work" / "20190822_0000007.zarr" / "exp02" / "047RL")
+    assert a["wave_shift_pooled"] == 0 and a["wave_shift"] == a["wave_shift_amp"]

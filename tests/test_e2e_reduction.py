@@ -19,22 +19,29 @@ def _amp(e2e, exp, key):
 
 
 def test_trace_and_wavelength_shifts(e2e):
-    errs_t, errs_w, formal = [], [], []
+    errs_t, errs_w, errs_own, formal, pooled = [], [], [], [], []
     with h5py.File(e2e["truth"]) as truth:
         for key in KEYS:
             for exp in (1, 2, 3):
                 _, a = _amp(e2e, exp, key)
+                true_w = truth[key]["wavelength_shift"][exp - 1]
                 errs_t.append(a["trace_shift"] - truth[key]["trace_shift"][exp - 1])
-                errs_w.append(a["wave_shift"] - truth[key]["wavelength_shift"][exp - 1])
+                errs_w.append(a["wave_shift"] - true_w)
+                errs_own.append(a["wave_shift_amp"] - true_w)
                 formal.append(a["wave_shift_error"])
+                pooled.append(a["wave_shift_pooled"])
+    errs_w, errs_own, formal = np.abs(errs_w), np.abs(errs_own), np.asarray(formal)
+    print(f"trace shift max {np.max(np.abs(errs_t)):.4f}; wavelength shift rms/max: pooled "
+          f"{np.sqrt(np.mean(errs_w**2)):.4f}/{errs_w.max():.4f}, own "
+          f"{np.sqrt(np.mean(errs_own**2)):.4f}/{errs_own.max():.4f}; formal {formal.mean():.4f}")
     assert np.max(np.abs(errs_t)) <= 0.03
-    # The wavelength shift is photon-noise limited by the five faint night-sky lines of the
-    # simulated dark sky (Cramer-Rao bound ~0.015 px per amp-exposure, see the issue note):
-    # the target 0.03 px is met in rms (with margin) and every error lies within 4 formal sigmas
-    # (with 48 amp-exposures, 3 sigma would be exceeded by chance 12 % of the time; 4: 0.3 %).
-    errs_w, formal = np.abs(errs_w), np.asarray(formal)
-    assert np.sqrt(np.mean(errs_w**2)) <= 0.02
-    assert np.all(errs_w <= 4 * formal) and np.all(formal < 0.03)
+    # Each amp measures its shift from the five faint night-sky lines (photon limit ~0.015 px);
+    # the two amps of a CCD share the drift and are pooled (~0.011 px), so every amp-exposure
+    # is within 0.03 px (2.7 sigma: 0.7 % chance each; measured max below) and within 4 sigma.
+    assert all(pooled)
+    assert np.sqrt(np.mean(errs_w**2)) <= 0.014 and errs_w.max() <= 0.03
+    assert np.all(errs_w <= 4 * formal) and np.all(formal < 0.014)
+    assert np.sqrt(np.mean(errs_own**2)) <= 0.02  # each amp alone: the photon limit
 
 
 def test_extracted_flux_equals_truth(e2e):

@@ -316,6 +316,24 @@ def test_science_star_and_line_flux(plan):
     assert fill_sum / 3 == pytest.approx(fill, rel=0.05)  # 3 dithers ~ uniform coverage
 
 
+def test_drifts_are_shared_by_the_two_amps_of_a_ccd(plan):
+    """The spectrum moves on the detector: both halves of a CCD share its drift up to the small
+    differential (rotation); the two CCDs and the two IFUs drift independently."""
+    from remedy_dask.sim.amp import ccd_drifts
+
+    tau = plan.config.drift_half_differential_px
+    for slot in (47, 48):
+        d = {amp: ccd_drifts(plan, slot, amp) for amp in geometry.AMPS}
+        for ccd in "LR":
+            for t in (0, 1):  # trace, wavelength
+                diff = d[ccd + "U"][t] - d[ccd + "L"][t]
+                assert np.all(np.abs(diff) < 5 * tau) and np.any(diff != 0)
+        assert not np.allclose(d["LL"][1], d["RL"][1], atol=0.01)
+    assert not np.allclose(ccd_drifts(plan, 47, "LL")[1], ccd_drifts(plan, 48, "LL")[1], atol=0.01)
+    np.testing.assert_array_equal(make_amp_model(plan, 47, "LU").wave_shift,
+                                  ccd_drifts(plan, 47, "LU")[1])
+
+
 def test_science_drift_sign_convention(plan):
     """Science features sit at trace + trace_shift rows and at columns x_cal + wavelength_shift
     (geometry's convention: wavelength_sci(x) = wavelength_cal(x - shift))."""

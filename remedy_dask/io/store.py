@@ -37,16 +37,18 @@ def group_path(root: str | Path, exp: int, amp_key: str) -> Path:
     return Path(root) / f"exp{exp:02d}" / amp_key
 
 
+def read_attrs(root: str | Path, exp: int, amp_key: str) -> dict[str, Any]:
+    """Attributes of one group ({} if it does not exist or cannot be read)."""
+    meta = group_path(root, exp, amp_key) / "zarr.json"
+    try:
+        return dict(json.loads(meta.read_text()).get("attributes", {}))
+    except (OSError, ValueError):
+        return {}
+
+
 def is_complete(root: str | Path, exp: int, amp_key: str, key: str) -> bool:
     """True if the group exists and was written with the same ``input_key``."""
-    meta = group_path(root, exp, amp_key) / "zarr.json"
-    if not meta.exists():
-        return False
-    try:
-        attrs = json.loads(meta.read_text()).get("attributes", {})
-    except (OSError, ValueError):
-        return False
-    return attrs.get("input_key") == key
+    return read_attrs(root, exp, amp_key).get("input_key") == key
 
 
 def write_dataset(root: str | Path, exp: int, amp_key: str, ds: xr.Dataset, key: str) -> Path:

@@ -89,6 +89,23 @@ def slit_rows(cfg, rng: np.random.Generator) -> np.ndarray:
     return y0 + np.concatenate([[0.0], np.cumsum(steps)])
 
 
+def ccd_drifts(plan: NightPlan, ifuslot: int, amp: str) -> tuple[np.ndarray, np.ndarray]:
+    """Trace and wavelength shifts (px) of the science exposures vs the calibrations for one
+    amp.  The spectrum moves on the detector (temperature), so the two amps of one CCD (``LL``
+    and ``LU``, or ``RL`` and ``RU``) share the CCD's drift; a small rotation adds +-half of a
+    differential term to the two halves.  Base (night) + per-exposure jitter, per CCD."""
+    cfg = plan.config
+    rng = rng_for(plan.seed, "ccd-drift", ifuslot, amp[0])
+    half = 0.5 if amp[1] == "U" else -0.5
+    shifts = []
+    for _ in ("trace", "wave"):
+        base = rng.uniform(*cfg.drift_range_px) * rng.choice([-1.0, 1.0])
+        jitter = rng.normal(0.0, cfg.drift_exposure_rms_px, plan.n_sci)
+        differential = rng.normal(0.0, cfg.drift_half_differential_px, plan.n_sci)
+        shifts.append(base + jitter + half * differential)
+    return shifts[0], shifts[1]
+
+
 def make_amp_model(plan: NightPlan, ifuslot: int, amp: str) -> AmpModel:
     """Draw the true model of ``ifuslot``/``amp`` for this night."""
     cfg = plan.config
@@ -133,12 +150,7 @@ def make_amp_model(plan: NightPlan, ifuslot: int, amp: str) -> AmpModel:
     flat_color = rng.normal(0.0, cfg.flat_color_rms, n) * 0.3 + cfg.flat_color_rms * s
     twi_illum = 1.0 + cfg.twilight_gradient * (fx * 0.8 + fy * 0.6) / 500.0
 
-    # drifts of the science exposures
-    def drift() -> np.ndarray:
-        base = rng.uniform(*cfg.drift_range_px) * rng.choice([-1.0, 1.0])
-        return base + rng.normal(0.0, cfg.drift_exposure_rms_px, plan.n_sci)
-
-    trace_shift, wave_shift = drift(), drift()
+    trace_shift, wave_shift = ccd_drifts(plan, ifuslot, amp)
 
     # detector
     gain = round(float(rng.uniform(*cfg.gain_range)), 3)

@@ -86,6 +86,7 @@ class SimConfig:
     lsf_fwhm: float = 5.6  # A
     drift_range_px: tuple[float, float] = (0.05, 0.25)  # |shift| of science vs calibrations
     drift_exposure_rms_px: float = 0.02
+    drift_half_differential_px: float = 0.005  # rms of (U half - L half) of one CCD (rotation)
 
     # --- fibers -----------------------------------------------------------------------------
     fiber_throughput_rms: float = 0.05

@@ -1,7 +1,8 @@
 """Task functions of the per-amplifier, per-exposure science chain.
 
 ``ccd`` (read, overscan, gain, bias, dark, pixel mask) -> ``trace-shift`` -> ``scattered-light``
--> ``extract`` -> ``wave-shift`` -> ``rectify`` -> ``checkpoint`` (zarr).  Images stay inside the
+-> ``extract`` -> ``wave-shift`` (measure) -> ``ccd-shift`` (pool with the other amp of the CCD,
+apply) -> ``mask`` -> ``rectify`` -> ``checkpoint`` (zarr).  Images stay inside the
 chain; only the rectified spectra leave it, through the zarr store.
 """
 
@@ -43,6 +44,9 @@ class AmpExposure:
     trace_shift: float = 0.0
     wave_shift: float = 0.0
     wave_shift_error: float = float("nan")
+    wave_shift_amp: float = float("nan")  # measured on this amp alone
+    wave_shift_amp_error: float = float("nan")
+    wave_shift_pooled: bool = False  # combined with the other amp of the CCD
     extraction: Any = None
     mask_counts: dict[str, Any] = field(default_factory=dict)
     failed: str | None = None
@@ -148,18 +152,59 @@ def shifted_wavelength(wavelength: np.ndarray, shift: float) -> np.ndarray:
     return wavelength[:, i0] * (1 - frac) + wavelength[:, i0 + 1] * frac
 
 
-@chain_step
-def wave_shift(ax: AmpExposure, config: ReductionConfig) -> AmpExposure:
-    if not config.measure_wavelength_shift:
-        return ax
+def wave_shift(ax: AmpExposure, config: ReductionConfig) -> dict[str, Any] | None:
+    """This amp-exposure's own wavelength shift from its night-sky lines: a small dict
+    (``shift``, ``error`` px, or ``failed``), the only thing the other amp of the CCD needs.
+    None when the amp failed earlier or the measurement is switched off."""
+    if ax.failed or not config.measure_wavelength_shift:
+        return None
     from remedy_dask.skyshift import fit_wavelength_shift
 
     ex = ax.extraction
-    fit = fit_wavelength_shift(ex.spectrum, ax.wavelength, ex.mask, error=ex.error)
-    shift = float(fit.shift)
-    ax.wave_shift, ax.wave_shift_error = shift, float(fit.error)
-    ax.wavelength = shifted_wavelength(ax.wavelength, shift)
+    try:
+        fit = fit_wavelength_shift(ex.spectrum, ax.wavelength, ex.mask, error=ex.error)
+    except Exception as exc:  # the amp is flagged by apply_wave_shift, never set to zero
+        log.exception("amp %s exp%02d: wavelength shift failed", ax.key, ax.exp)
+        return {"failed": f"wave_shift: {type(exc).__name__}: {exc}"}
+    return {"shift": float(fit.shift), "error": float(fit.error), "trace_shift": ax.trace_shift,
+            "failed": None}
+
+
+@chain_step
+def apply_wave_shift(ax: AmpExposure, own: dict[str, Any] | None,
+                     other: dict[str, Any] | None, config: ReductionConfig) -> AmpExposure:
+    """Shift the wavelengths by the amp's measured shift, pooled with the other amp of its
+    CCD (``skyshift.pool_ccd_shift``) unless ``wave_shift_pooling`` is ``"amp"``."""
+    if own is None:
+        return ax
+    if own["failed"]:
+        raise RuntimeError(own["failed"])
+    from remedy_dask.skyshift import pool_ccd_shift
+
+    ax.wave_shift_amp, ax.wave_shift_amp_error = own["shift"], own["error"]
+    usable = other is not None and not other.get("failed") and config.wave_shift_pooling == "ccd"
+    pooled = pool_ccd_shift((own["shift"], own["error"]),
+                            (other["shift"], other["error"]) if usable else None,
+                            config.wave_shift_ccd_differential_px,
+                            trace_difference=(own["trace_shift"] - other["trace_shift"]
+                                              if usable else 0.0),
+                            max_trace_difference=config.wave_shift_ccd_max_trace_difference_px)
+    if pooled.note:
+        log.warning("amp %s exp%02d: %s", ax.key, ax.exp, pooled.note)
+        ax.notes.append(pooled.note)
+    ax.wave_shift, ax.wave_shift_error, ax.wave_shift_pooled = (pooled.shift, pooled.error,
+                                                                pooled.pooled)
+    ax.wavelength = shifted_wavelength(ax.wavelength, pooled.shift)
     return ax
+
+
+def stored_shift(root: str | Path, exp: int, amp_key: str) -> dict[str, Any] | None:
+    """The own shift measurement of an amp-exposure already checkpointed (resumed run)."""
+    attrs = store.read_attrs(root, exp, amp_key)
+    if "wave_shift_amp" not in attrs or not np.isfinite(attrs["wave_shift_amp"]):
+        return None
+    return {"shift": float(attrs["wave_shift_amp"]), "error": float(attrs["wave_shift_amp_error"]),
+            "trace_shift": float(attrs["trace_shift"]), "failed": None}
 
 
 @chain_step
@@ -216,7 +261,9 @@ def rectify_and_store(ax: AmpExposure, root: str, key: str
         attrs={
             "ifuslot": int(ax.key[:3]), "amp": ax.key[3:], "exp": ax.exp,
             "exptime": ax.exptime, "trace_shift": ax.trace_shift, "wave_shift": ax.wave_shift,
-            "wave_shift_error": ax.wave_shift_error,
+            "wave_shift_error": ax.wave_shift_error, "wave_shift_amp": ax.wave_shift_amp,
+            "wave_shift_amp_error": ax.wave_shift_amp_error,
+            "wave_shift_pooled": int(ax.wave_shift_pooled),
             "frame": ax.ref.name if ax.ref else "", "notes": "; ".join(ax.notes),
             "mask_counts": json.dumps(ax.mask_counts),
             **{f"header_{k}": (v if v is not None else "") for k, v in ax.header.items()},
@@ -235,8 +282,11 @@ def _rejected_indices(extraction: Any) -> np.ndarray:
     return np.flatnonzero(np.asarray(rejected)).astype(np.int32)
 
 
-def frame_input_key(ref: FrameRef, calfile_path: Path, config_hash: str, version: str) -> str:
-    """What an amp-exposure's checkpoint depends on."""
+def frame_input_key(ref: FrameRef, calfile_path: Path, config_hash: str, version: str,
+                    partner: FrameRef | None = None) -> str:
+    """What an amp-exposure's checkpoint depends on (``partner``: the frame of the other amp
+    of the CCD, whose wavelength shift is pooled with this one)."""
     st = Path(calfile_path).stat()
+    other = (partner.name, str(partner.source)) if partner is not None else ("", "")
     return store.input_key(ref.name, str(ref.source), str(calfile_path), st.st_size,
-                           st.st_mtime_ns, config_hash, version)
+                           st.st_mtime_ns, config_hash, version, *other)

@@ -90,20 +90,27 @@ def plan_observation(archive: RawArchive, date: str, obs: int, target_slot: int,
 
 def build_amp_graph(plan: ObservationPlan, cal_path: Path, work_root: Path,
                     config: PipelineConfig) -> tuple[dict[int, list[Any]], int]:
-    """Delayed chains per exposure; returns ({exp: [summaries]}, number of chains skipped)."""
+    """Delayed chains per exposure; returns ({exp: [summaries]}, number of chains skipped).
+
+    Each chain measures its wavelength shift (``wave-shift``, a small result) and applies it
+    pooled with the other amp of its CCD (``ccd-shift``); a partner already checkpointed
+    contributes its stored measurement."""
     rc = config.reduction
     chash = config.section_hash("reduction")
     summaries: dict[int, list[Any]] = defaultdict(list)
-    n_done = 0
+    pending: dict[tuple[int, str], tuple[Any, Any, Any, str, str]] = {}
+    resumed: set[tuple[int, str]] = set()
     for key in plan.cal_keys:
         cal = None
+        partner = _partner_key(plan, key)
         for exp in plan.exposures:
             ref = plan.refs.get((exp, key))
             if ref is None:
                 continue
-            ikey = amp_chain.frame_input_key(ref, cal_path, chash, __version__)
+            ikey = amp_chain.frame_input_key(ref, cal_path, chash, __version__,
+                                             plan.refs.get((exp, partner)) if partner else None)
             if store.is_complete(work_root, exp, key, ikey):
-                n_done += 1
+                resumed.add((exp, key))
                 summaries[exp].append({"key": key, "exp": exp, "failed": None, "resumed": True})
                 continue
             if cal is None:
@@ -115,11 +122,27 @@ def build_amp_graph(plan: ObservationPlan, cal_path: Path, work_root: Path,
             ax = node(amp_chain.trace_shift, ax, rc, step="trace-shift")
             ax = node(amp_chain.scattered, ax, rc, step="scattered-light")
             ax = node(amp_chain.extract, ax, cal, rc, step="extract")
-            ax = node(amp_chain.wave_shift, ax, rc, step="wave-shift")
-            ax = node(amp_chain.mask_spectra, ax, cal, rc, step="mask")
-            summaries[exp].append(node(amp_chain.rectify_and_store, ax, str(work_root), ikey,
-                                       step="rectify"))
-    return summaries, n_done
+            measured = node(amp_chain.wave_shift, ax, rc, step="wave-shift")
+            pending[(exp, key)] = (ax, measured, cal, ikey, tag)
+    for (exp, key), (ax, measured, cal, ikey, tag) in pending.items():
+        partner = _partner_key(plan, key)
+        other = None
+        if partner and (exp, partner) in pending:
+            other = pending[(exp, partner)][1]
+        elif partner and (exp, partner) in resumed:
+            other = amp_chain.stored_shift(work_root, exp, partner)
+        node = lambda f, *a, step: dask.delayed(f, pure=False)(*a, dask_key_name=f"{step}-{tag}")  # noqa: E731
+        ax = node(amp_chain.apply_wave_shift, ax, measured, other, rc, step="ccd-shift")
+        ax = node(amp_chain.mask_spectra, ax, cal, rc, step="mask")
+        summaries[exp].append(node(amp_chain.rectify_and_store, ax, str(work_root), ikey,
+                                   step="rectify"))
+    return summaries, len(resumed)
+
+
+def _partner_key(plan: ObservationPlan, key: str) -> str | None:
+    """The other amp of the CCD, if it is reduced in this run."""
+    partner = key[:3] + geometry.ccd_partner(key[3:])
+    return partner if partner in plan.cal_keys else None
 
 
 @dataclass
