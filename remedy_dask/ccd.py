@@ -108,6 +108,32 @@ def basic_reduce(
     return image, variance, level
 
 
+def column_offsets(columns: np.ndarray, rest: np.ndarray, keep_sigma: float = 5.0
+                   ) -> np.ndarray:
+    """Column medians shrunk by their measured pattern-to-noise ratio (Wiener filter).
+
+    Noise of a column median: 1.2533 x sigma_pixel / sqrt(n good rows), with sigma_pixel the
+    robust scatter of ``rest`` (pixels minus their column median, NaN = masked).  Deviations
+    from the median column are multiplied by pattern variance / (pattern variance + noise^2),
+    the pattern variance being the robust spread of the columns minus the noise: ~1 for a real
+    pattern (bias), ~0 for noise alone (dark).  Columns beyond ``keep_sigma`` of that spread
+    (hot or warm columns) are kept as measured."""
+    finite = rest[np.isfinite(rest)]
+    if finite.size < 100:
+        return columns
+    sample = finite[:: max(finite.size // 200_000, 1)]
+    sigma_pix = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
+    n_rows = np.maximum(np.isfinite(rest).sum(axis=0), 1)
+    noise = 1.2533 * sigma_pix / np.sqrt(n_rows)
+    centre = float(np.median(columns))
+    dev = columns - centre
+    spread = 1.4826 * float(np.median(np.abs(dev)))  # pattern + noise, robust to hot columns
+    signal_var = max(spread**2 - float(np.median(noise**2)), 0.0)
+    gain = signal_var / (signal_var + noise**2)
+    outlier = np.abs(dev) > keep_sigma * np.sqrt(signal_var + noise**2)
+    return np.where(outlier, columns, centre + gain * dev)
+
+
 def smooth_master(master: np.ndarray, mask: np.ndarray | None = None, block: int = 32
                   ) -> tuple[np.ndarray, float]:
     """Noise-free model of a master bias or dark: column pattern + smooth 2-D structure.
@@ -119,6 +145,11 @@ def smooth_master(master: np.ndarray, mask: np.ndarray | None = None, block: int
     (gradients, glow), bilinearly interpolated.  Masked pixels (hot pixels, traps) are ignored;
     they are masked in the science frames anyway.  Returns (model, rms of master - model over
     good pixels) so the lost pixel-scale structure can be checked against the noise.
+
+    The column offsets are Wiener-shrunk (``column_offsets``): a column median of a few frames
+    carries noise too, and in a dark (no column pattern, scaled by the exposure time) that
+    noise alone would be subtracted from every fiber of the column alike, where it shifts the
+    sky lines of the whole amp coherently (0.02-0.03 px with one dark frame, simulator).
     """
     from scipy.ndimage import zoom
 
@@ -126,6 +157,7 @@ def smooth_master(master: np.ndarray, mask: np.ndarray | None = None, block: int
     values = np.where(good, master, np.nan)
     columns = np.nanmedian(values, axis=0)
     columns = np.where(np.isfinite(columns), columns, np.nanmedian(columns))
+    columns = column_offsets(columns, values - columns[None, :])
     rest = values - columns[None, :]
     ny, nx = master.shape
     by, bx = ny // block, nx // block

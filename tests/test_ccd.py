@@ -128,3 +128,24 @@ def test_orient_views_and_bad_arguments():
         ccd.basic_reduce(data, "LL", None, 1.0, float("nan"))
     with pytest.raises(ValueError, match="overscan"):
         ccd.overscan_level(np.zeros((10, 40)))
+
+
+def test_column_offsets_keep_a_real_pattern_and_drop_noise():
+    """Wiener-shrunk column medians: a bias pattern survives, a dark's column noise does not,
+    a hot column is kept."""
+    from remedy_dask.ccd import smooth_master
+
+    rng = np.random.default_rng(4)
+    pattern = rng.normal(0.0, 1.0, 1032)
+    noise = rng.normal(0.0, 2.0, (1032, 1032))  # column-median noise ~0.078
+    bias, _ = smooth_master(pattern[None, :] + noise)
+    err = bias.mean(axis=0) - pattern
+    assert np.std(err) < 0.1 and np.corrcoef(bias.mean(axis=0), pattern)[0, 1] > 0.99
+    dark_truth = np.zeros(1032)
+    dark_truth[500] = 3.0  # a warm column
+    dark, _ = smooth_master(dark_truth[None, :] + noise)
+    cols = dark.mean(axis=0) - dark.mean()
+    assert abs(cols[500] - 3.0) < 0.3
+    others = np.delete(cols, 500)
+    raw = np.delete(np.median(noise, axis=0), 500)
+    assert np.std(others) < 0.3 * np.std(raw)  # the column noise is mostly removed
