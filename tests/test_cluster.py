@@ -75,3 +75,27 @@ def test_workers_get_the_malloc_thresholds():
         assert list(client.run(worker_setup.malloc_tuned).values()) == [True]
     with open_client("sync"):
         assert worker_setup.malloc_tuned()
+
+
+def test_only_the_comm_size_probe_warning_is_dropped(caplog):
+    """distributed's comm layer probes message sizes with a -1 default and offloads deeply
+    nested messages by design; that warning is dropped, any other sizeof failure still shows."""
+    import logging
+
+    from distributed.sizeof import safe_sizeof
+
+    from remedy_dask.workflow.worker_setup import quiet_comm_size_probe
+
+    quiet_comm_size_probe()
+    quiet_comm_size_probe()  # idempotent
+    deep: dict = {}
+    node = deep
+    for _ in range(400):
+        node["x"] = {}
+        node = node["x"]
+    with caplog.at_level(logging.WARNING, logger="distributed.sizeof"):
+        assert safe_sizeof(deep, default_size=-1) == -1
+        assert not caplog.records
+        assert safe_sizeof(deep) == 10**6
+        assert len(caplog.records) == 1 and "Defaulting to 0.95 MiB" in caplog.text
+    assert len(logging.getLogger("distributed.sizeof").filters) == 1

@@ -70,8 +70,11 @@ def open_client(
         return
     from distributed import Client, LocalCluster
 
+    from remedy_dask.workflow.worker_setup import quiet_comm_size_probe
+
     if not log.isEnabledFor(logging.DEBUG):  # distributed configures its own loggers on import
         logging.getLogger("distributed").setLevel(logging.WARNING)
+    quiet_comm_size_probe()  # the client and a LocalCluster's scheduler live in this process
 
     if cluster.startswith("tcp://") or cluster.startswith("tls://"):
         client = Client(cluster, timeout="30s")

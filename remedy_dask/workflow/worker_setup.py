@@ -45,6 +45,24 @@ def tune_malloc() -> bool:
     return _tuned
 
 
+class _CommSizeProbe(logging.Filter):
+    """Drop one warning of distributed's comm layer: before sending a message it probes its
+    size with ``safe_sizeof(msg, default_size=-1)`` and, when a deeply nested message (the
+    graph of an observation) exceeds ``dask.sizeof``'s recursion depth, offloads the
+    serialisation by design (``distributed.comm.utils.to_frames``) after logging "Sizeof
+    calculation ... failed. Defaulting to -1 B".  Other sizeof failures still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Defaulting to -1 B" not in record.getMessage()
+
+
+def quiet_comm_size_probe() -> None:
+    """Install :class:`_CommSizeProbe` on the ``distributed.sizeof`` logger (idempotent)."""
+    logger = logging.getLogger("distributed.sizeof")
+    if not any(isinstance(f, _CommSizeProbe) for f in logger.filters):
+        logger.addFilter(_CommSizeProbe())
+
+
 def malloc_tuned() -> bool:
     """Whether :func:`tune_malloc` succeeded in this process."""
     return _tuned
@@ -58,3 +76,4 @@ class WorkerSetup(WorkerPlugin):
 
     def setup(self, worker: object) -> None:
         tune_malloc()
+        quiet_comm_size_probe()
