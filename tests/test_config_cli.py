@@ -105,6 +105,22 @@ def test_calibration_file_round_trip(tmp_path):
     with pytest.raises(Exception, match="no calibration for amp 047LU"):
         calfile.read_amp(path, "047LU")
 
+    # a part amended after the focal-plane fan-in (workflow.calibration.finish_amp_part)
+    from remedy_dask.workflow.calibration import finish_amp_part
+
+    ftf = np.full((112, 1036), 0.98)
+    dead = np.zeros(112, bool)
+    dead[7] = True
+    finish_amp_part({"key": "047LL", "path": str(path), "failed": False}, (ftf, dead))
+    back = calfile.read_amp(path, "047LL")
+    np.testing.assert_allclose(back["fiber_to_fiber"], ftf, atol=1e-4)
+    assert back["dead"].sum() == 1 and back.qa["n_dead"] == 1 and back.qa["trace_rms"] == 0.004
+    assert calfile.amp_statuses(path) == {"047LL": "ok"}
+    np.testing.assert_array_equal(back["trace"], trace)
+    finish_amp_part({"key": "047LL", "path": str(path), "failed": False}, None)
+    assert "fiber-to-fiber: not computed" in calfile.amp_statuses(path)["047LL"]
+    assert not list(tmp_path.glob(".*tmp"))
+
 
 def test_store_atomic_write_and_resume_key(tmp_path):
     ds = xr.Dataset({"spectrum": (("fiber", "wave"), np.ones((112, 1036), "f4"))})

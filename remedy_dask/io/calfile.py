@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,20 +123,46 @@ def write_calibration(
             )
             g.attrs["read_noise_units"] = "electron"
             for name, values in cal.arrays.items():
-                dtype, units, step = _ARRAYS[name]
-                data, extra = _quantised(np.asarray(values).astype(dtype), step)
-                ds = g.create_dataset(
-                    name, data=data, chunks=True, compression="gzip", compression_opts=4,
-                    shuffle=True,
-                )
-                ds.attrs["units"] = units
-                ds.attrs.update(extra)
+                _write_array(g, name, values)
             for sub, arrays in (("profile", cal.profile), ("qa", cal.qa_arrays)):
                 if arrays:
                     sg = g.create_group(sub)
                     for name, values in arrays.items():
                         sg.create_dataset(name, data=np.asarray(values))
             g.create_dataset("inputs", data=np.array(cal.inputs, dtype=h5py.string_dtype()))
+    os.replace(tmp, path)
+    return path
+
+
+def _write_array(group: h5py.Group, name: str, values: np.ndarray) -> None:
+    """One array of ``_ARRAYS`` (its dtype, units, quantisation), replacing an existing one."""
+    dtype, units, step = _ARRAYS[name]
+    data, extra = _quantised(np.asarray(values).astype(dtype), step)
+    if name in group:
+        del group[name]
+    ds = group.create_dataset(name, data=data, chunks=True, compression="gzip",
+                              compression_opts=4, shuffle=True)
+    ds.attrs["units"] = units
+    ds.attrs.update(extra)
+
+
+def amend_amp(path: str | Path, key: str, arrays: dict[str, np.ndarray],
+              qa: dict[str, Any] | None = None, failed: str | None = None) -> Path:
+    """Add or replace arrays and QA values of amp ``key`` in the one-amp file ``path`` (a
+    calibration part written before the focal-plane fan-in); ``failed`` marks the amp failed
+    with that reason.  Atomic: the amended copy replaces the file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.amend.tmp")
+    shutil.copyfile(path, tmp)
+    with h5py.File(tmp, "r+") as h5:
+        g = h5[key]
+        for name, values in arrays.items():
+            _write_array(g, name, values)
+        if qa:
+            g.attrs["qa"] = json.dumps(_jsonable({**json.loads(g.attrs["qa"]), **qa}))
+        if failed:
+            g.attrs["status"] = "failed"
+            g.attrs["flags"] = json.dumps(json.loads(g.attrs["flags"]) + [failed])
     os.replace(tmp, path)
     return path
 

@@ -2,8 +2,10 @@
 
 Per amp: ``cal-identify`` (headers, expected ids) -> ``cal-bias`` -> ``cal-dark`` -> ``cal-flat``
 (master flat, pixel mask, trace, scattered light, profile) -> ``cal-arc`` (wavelength) ->
-``cal-twilight`` (rectified twilight spectra).  Fan-in: ``cal-fiber-to-fiber`` over all amps,
-then ``cal-write-amp`` per amp (a part file) and ``cal-merge`` into the final HDF5.
+``cal-twilight`` (rectified twilight spectra) -> ``cal-write-amp`` (a part file, which releases
+the amp's state).  Fan-in: ``cal-fiber-to-fiber`` over the twilight pieces of all amps, then
+``cal-finish-amp`` adds each amp's result to its part and ``cal-merge`` joins the parts into the
+final HDF5.
 
 An amp whose step fails carries ``status="failed"`` and the reason into the file; no step ever
 passes zeros off as a calibration.
@@ -298,22 +300,30 @@ def cal_fiber_to_fiber(pieces: dict[str, dict[str, Any] | None],
 
 def ftf_of_amp(ftf: dict[str, tuple[np.ndarray, np.ndarray]], key: str
                ) -> tuple[np.ndarray, np.ndarray] | None:
-    """One amp's (ftf, dead) from the fan-in: a small node, so that the amp's write runs where
-    the amp's (large) state already is instead of where the focal-plane result is."""
+    """One amp's (ftf, dead) from the fan-in (a small node: the focal-plane result is not
+    copied to every worker that amends a part)."""
     return ftf.get(key)
 
 
-def write_amp_part(work: AmpWork, ftf: tuple[np.ndarray, np.ndarray] | None,
-                   parts_dir: Path) -> Path:
-    """Attach the amp's fiber-to-fiber result and write its part file."""
-    work = work.but()
-    if ftf is not None:
-        work.data["fiber_to_fiber"], work.data["dead"] = ftf
-        work.qa["n_dead"] = int(work.data["dead"].sum())
-    elif not work.failed:
-        work.failed = "fiber-to-fiber: not computed"
-        work.flags.append(work.failed)
-    return calfile.write_calibration(parts_dir / f"{work.key}.h5", [to_amp_calibration(work)])
+def write_amp_part(work: AmpWork, parts_dir: Path) -> dict[str, Any]:
+    """Write the amp's part file as soon as its chain is done, so that its state (masters,
+    profile, spectra: ~35 MB) is released before the focal-plane fan-in; the fiber-to-fiber
+    result is added by :func:`finish_amp_part`."""
+    path = calfile.write_calibration(parts_dir / f"{work.key}.h5", [to_amp_calibration(work)])
+    return {"key": work.key, "path": str(path), "failed": bool(work.failed)}
+
+
+def finish_amp_part(part: dict[str, Any], ftf: tuple[np.ndarray, np.ndarray] | None) -> Path:
+    """Add the fan-in's fiber-to-fiber and dead fibers to an amp's part (or mark it failed)."""
+    if part["failed"]:
+        return Path(part["path"])
+    if ftf is None:
+        return calfile.amend_amp(part["path"], part["key"], {},
+                                 failed="fiber-to-fiber: not computed")
+    ftf_values, dead = ftf
+    return calfile.amend_amp(part["path"], part["key"],
+                             {"fiber_to_fiber": ftf_values, "dead": dead},
+                             qa={"n_dead": int(np.sum(dead))})
 
 
 def to_amp_calibration(work: AmpWork) -> calfile.AmpCalibration:
@@ -369,15 +379,15 @@ def build_calibration_graph(
         w = node(cal_flat, w, kinds["flt"], cc, fiber_loc_dir, step="flat")
         w = node(cal_arc, w, kinds["cmp"], cc, step="arc")
         w = node(cal_twilight, w, kinds["twi"], cc, step="twilight")
-        works.append(w)
         pieces[key] = node(twilight_piece, w, step="twilight-piece")
+        works.append(node(write_amp_part, w, parts_dir, step="write-amp"))
     ftf = dask.delayed(cal_fiber_to_fiber, pure=False)(
         gather_dict(pieces, "cal-twilight-all"), positions, cc, dask_key_name="cal-fiber-to-fiber")
     parts = [
-        dask.delayed(write_amp_part, pure=False)(
-            w, dask.delayed(ftf_of_amp, pure=False)(ftf, k, dask_key_name=f"cal-ftf-{k}"),
-            parts_dir, dask_key_name=f"cal-write-amp-{k}")
-        for w, k in zip(works, keys)
+        dask.delayed(finish_amp_part, pure=False)(
+            part, dask.delayed(ftf_of_amp, pure=False)(ftf, k, dask_key_name=f"cal-ftf-{k}"),
+            dask_key_name=f"cal-finish-amp-{k}")
+        for part, k in zip(works, keys)
     ]
     attrs = {"window": dates, "config": config.to_yaml(), "code_version": __version__}
     final = dask.delayed(calfile.merge_parts, pure=False)(gather(parts, "cal-parts"), out, attrs,
