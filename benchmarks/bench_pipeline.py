@@ -94,6 +94,7 @@ def run(mode: str, out: Path, workers: list[int], reduce_only: bool = False) -> 
         with LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=":0") as lc, \
                 Client(lc) as client:
             address = lc.scheduler_address
+            client.get_task_stream(start=time.time())  # the scheduler records tasks only from here
             cal = out / f"cal_{n}w.h5"
             if not reduce_only:
                 t0 = time.time()
