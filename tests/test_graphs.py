@@ -20,3 +20,28 @@ def test_graph_views_are_current():
 def test_science_graph_has_one_chain_per_amp_exposure():
     text = science_view()
     assert "| `ccd` | 936 |" in text and "| `load-cal` | 312 |" in text
+
+
+def test_resumed_and_recomputed_chains_keep_the_plan_order(tmp_path, monkeypatch):
+    """A partly resumed run lists each exposure's amps in the plan's order, as a fresh run does:
+    the exposure fan-in concatenates them in that order and reads an IFU as one row range."""
+    from remedy_dask import geometry
+    from remedy_dask.config import PipelineConfig
+    from remedy_dask.io import store
+    from remedy_dask.workflow.graphview import _ref
+    from remedy_dask.workflow.science import ObservationPlan, build_amp_graph
+
+    slots = [47, 48]
+    keys = [f"{s:03d}{a}" for s in slots for a in geometry.AMPS]
+    refs = {(e, k): _ref("sci", int(k[:3]), k[3:], 7, e) for e in (1, 2) for k in keys}
+    plan = ObservationPlan("20190822", 7, 47, slots, [1, 2], refs, keys, [])
+    cal = tmp_path / "cal.h5"
+    cal.write_bytes(b"")
+    done = {(1, "047RU"), (1, "048LL"), (2, "048RU")}  # finished before a kill
+    monkeypatch.setattr(store, "is_complete", lambda root, exp, key, ikey: (exp, key) in done)
+    monkeypatch.setattr(store, "read_attrs", lambda root, exp, key: {})
+    summaries, n_resumed = build_amp_graph(plan, cal, tmp_path / "work", PipelineConfig())
+    assert n_resumed == 3
+    for exp in (1, 2):
+        listed = [s["key"] if isinstance(s, dict) else s.key.split("-")[1] for s in summaries[exp]]
+        assert listed == keys

@@ -94,11 +94,12 @@ def build_amp_graph(plan: ObservationPlan, cal_path: Path, work_root: Path,
 
     Each chain measures its wavelength shift (``wave-shift``, a small result) and applies it
     pooled with the other amp of its CCD (``ccd-shift``); a partner already checkpointed
-    contributes its stored measurement."""
+    contributes its stored measurement.  Each exposure lists its amps in the plan's order,
+    resumed or not (the exposure fan-in concatenates them in that order)."""
     rc = config.reduction
     chash = config.section_hash("reduction")
-    summaries: dict[int, list[Any]] = defaultdict(list)
-    pending: dict[tuple[int, str], tuple[Any, Any, Any, str, str]] = {}
+    chains: dict[tuple[int, str], Any] = {}  # in plan order: a summary (resumed) or a delayed one
+    pending: dict[tuple[int, str], tuple[Any, Any, Any, str]] = {}  # (ax, shift, cal, ikey)
     resumed: set[tuple[int, str]] = set()
     for key in plan.cal_keys:
         cal = None
@@ -111,32 +112,43 @@ def build_amp_graph(plan: ObservationPlan, cal_path: Path, work_root: Path,
                                              plan.refs.get((exp, partner)) if partner else None)
             if store.is_complete(work_root, exp, key, ikey):
                 resumed.add((exp, key))
-                summaries[exp].append({"key": key, "exp": exp, "failed": None, "resumed": True})
+                chains[(exp, key)] = {"key": key, "exp": exp, "failed": None, "resumed": True}
                 continue
             if cal is None:
                 cal = dask.delayed(amp_chain.load_calibration, pure=True)(
                     str(cal_path), key, dask_key_name=f"load-cal-{key}")
-            tag = f"{key}-exp{exp:02d}"
-            node = lambda f, *a, step: dask.delayed(f, pure=False)(*a, dask_key_name=f"{step}-{tag}")  # noqa: E731
+            node = _chain_node(key, exp)
             ax = node(amp_chain.ccd, ref, cal, exp, step="ccd")
             ax = node(amp_chain.trace_shift, ax, rc, step="trace-shift")
             ax = node(amp_chain.scattered, ax, rc, step="scattered-light")
             ax = node(amp_chain.extract, ax, cal, rc, step="extract")
             measured = node(amp_chain.wave_shift, ax, rc, step="wave-shift")
-            pending[(exp, key)] = (ax, measured, cal, ikey, tag)
-    for (exp, key), (ax, measured, cal, ikey, tag) in pending.items():
+            pending[(exp, key)] = (ax, measured, cal, ikey)
+            chains[(exp, key)] = None  # its place; built below, once every shift is known
+    for (exp, key), (ax, measured, cal, ikey) in pending.items():
         partner = _partner_key(plan, key)
         other = None
         if partner and (exp, partner) in pending:
             other = pending[(exp, partner)][1]
         elif partner and (exp, partner) in resumed:
             other = amp_chain.stored_shift(work_root, exp, partner)
-        node = lambda f, *a, step: dask.delayed(f, pure=False)(*a, dask_key_name=f"{step}-{tag}")  # noqa: E731
+        node = _chain_node(key, exp)
         ax = node(amp_chain.apply_wave_shift, ax, measured, other, rc, step="ccd-shift")
         ax = node(amp_chain.mask_spectra, ax, cal, rc, step="mask")
-        summaries[exp].append(node(amp_chain.rectify_and_store, ax, str(work_root), ikey,
-                                   step="rectify"))
+        chains[(exp, key)] = node(amp_chain.rectify_and_store, ax, str(work_root), ikey,
+                                  step="rectify")
+    summaries: dict[int, list[Any]] = defaultdict(list)
+    for (exp, _), chain in chains.items():
+        summaries[exp].append(chain)
     return summaries, len(resumed)
+
+
+def _chain_node(key: str, exp: int) -> Any:
+    """``node(func, *args, step=...)``: a delayed task of the chain of (``key``, ``exp``), named
+    ``{step}-{key}-expNN`` (the names the dashboard and the benchmarks group by)."""
+    def node(func: Any, *args: Any, step: str) -> Any:
+        return dask.delayed(func, pure=False)(*args, dask_key_name=f"{step}-{key}-exp{exp:02d}")
+    return node
 
 
 def _partner_key(plan: ObservationPlan, key: str) -> str | None:
