@@ -155,7 +155,7 @@ def smooth_dark(rate: np.ndarray, keep_sigma: float = 5.0, block: int = 24) -> n
     pixels deviating from it by more than ``keep_sigma`` robust sigma."""
     smooth = block_smooth(rate, block)
     dev = rate - smooth
-    sig = _mad_sigma(dev)
+    sig = mad_sigma(dev)
     return np.where(np.abs(dev) > keep_sigma * sig, rate, smooth)
 
 
@@ -184,7 +184,7 @@ def _bilinear(grid: np.ndarray, centres_r: np.ndarray, centres_c: np.ndarray, n_
     return weights(centres_r, n_rows) @ grid @ weights(centres_c, n_cols).T
 
 
-def _mad_sigma(values: np.ndarray, max_samples: int = 150_000) -> float:
+def mad_sigma(values: np.ndarray, max_samples: int = 150_000) -> float:
     """1.4826 x median absolute deviation, on a regular subsample of large arrays."""
     v = np.ravel(values)
     v = v[:: max(v.size // max_samples, 1)]
@@ -238,7 +238,7 @@ def pixel_mask(dark_rate: np.ndarray, master_flat: np.ndarray, trace: np.ndarray
 
     # --- dark: hot pixels and columns ---
     excess = dark - block_smooth(dark)  # the dark is smooth apart from its defects
-    sig = _mad_sigma(excess)
+    sig = mad_sigma(excess)
     # a denoised dark (master_dark default) is exactly smooth except at deviant pixels: floor
     # the noise at 1 e- per dark exposure
     sig = max(sig, 1.0 / dark_exptime)
@@ -251,7 +251,7 @@ def pixel_mask(dark_rate: np.ndarray, master_flat: np.ndarray, trace: np.ndarray
     flat_local = _row_median9(flat)
     bright = flat_local > flat_level * np.nanpercentile(flat_local, 99)
     z = (flat - flat_local) / np.sqrt(np.clip(flat_local, 1.0, None))
-    zs = _mad_sigma(z[bright]) + 1e-12
+    zs = mad_sigma(z[bright]) + 1e-12
     z = np.where(bright, z / zs, np.nan)
     zb = z[:rows_used].reshape(n_blocks, block, n_cols)
     enough = np.isfinite(zb).sum(1) >= 4
