@@ -45,8 +45,8 @@ class SkyResult:
     of ``amp_scale``, ``group_index`` (N,) each fiber's row there; ``is_sky`` (N,); ``flagged``
     (n_groups, n_bins) bins whose adjustment was out of limits or unmeasurable; ``qa``.
 
-    ``sky`` and ``sky_error`` (N, n_wave) are formed on access; ``apply_model``,
-    ``add_error_in_place`` and ``error_rows`` work without the full arrays."""
+    ``sky`` and ``sky_error`` (N, n_wave) are formed on access; ``apply_model`` and
+    ``add_error_in_place`` work without the full arrays."""
 
     is_sky: np.ndarray
     global_sky: np.ndarray
@@ -77,13 +77,9 @@ class SkyResult:
         self.apply_model(out)
         return out
 
-    def error_rows(self, rows: slice | np.ndarray) -> np.ndarray:
-        """``sky_error[rows]`` without forming the whole array."""
-        return self.amp_scale[self.group_index[rows]] * self.sky_sigma[None, :]
-
     @property
     def sky_error(self) -> np.ndarray:
-        return self.error_rows(slice(None))
+        return self.amp_scale[self.group_index] * self.sky_sigma[None, :]
 
     def add_error_in_place(self, error: np.ndarray) -> None:
         """error <- sqrt(error**2 + sky_error**2) for a float64 (N, n_wave) ``error``."""
