@@ -29,7 +29,7 @@ one_thread_per_process()  # before numpy
 import numpy as np  # noqa: E402
 
 from remedy_dask import geometry  # noqa: E402
-from remedy_dask.scatter import scattered_light  # noqa: E402
+from remedy_dask.amp.scatter import scattered_light  # noqa: E402
 from remedy_dask.sim.config import SimConfig  # noqa: E402
 from remedy_dask.sim.inmemory import find_frame  # noqa: E402
 from remedy_dask.sim.amp import make_amp_model  # noqa: E402
@@ -40,7 +40,8 @@ from remedy_dask.sim.render import (  # noqa: E402
     upsample_scattered,
 )
 from remedy_dask.sim.scene import make_plan  # noqa: E402
-from remedy_dask.trace import fit_trace, measure_trace_shift  # noqa: E402
+from remedy_dask.amp.trace.fit import fit_trace  # noqa: E402
+from remedy_dask.amp.trace.shift import measure_trace_shift  # noqa: E402
 
 
 def cpu_time(fn, *args, repeat: int = 3, **kwargs):

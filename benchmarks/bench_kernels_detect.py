@@ -5,7 +5,7 @@ Each IFU has Gaussian noise (1e-16 erg/s/cm^2 lines at optimal S/N ~7), a sky wi
 emission lines on their continua), free-floating emission lines, cosmic-ray pixels, bad columns
 and a dead fiber in the mask, and one Moffat PSF per exposure.  Prints the median wall time per
 IFU over ``--repeat`` runs (after a warm-up that compiles the numba kernels), its split into the
-stages of the detection in CPU seconds (each stage function of :mod:`remedy_dask.detect` wrapped
+stages of the detection in CPU seconds (each stage function of :mod:`remedy_dask.observation.detect.lines` wrapped
 in a timer: robust to a loaded machine),
 and the number of candidates and detections.  Numerical libraries run on one thread, as in the
 pipeline's Dask workers.
@@ -28,15 +28,15 @@ from collections import defaultdict  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.special import erf  # noqa: E402
 
-from remedy_dask import detect  # noqa: E402
+from remedy_dask.observation.detect import lines as detect  # noqa: E402
 from remedy_dask.geometry import (  # noqa: E402
     DEF_WAVE,
     DITHER_PATTERN,
     dar_offsets,
     ifu_fiber_layout,
 )
-from remedy_dask.psf import fiber_integrated_moffat  # noqa: E402
-from remedy_dask.sources import inject_source  # noqa: E402
+from remedy_dask.observation.psf import fiber_integrated_moffat  # noqa: E402
+from remedy_dask.observation.sources import inject_source  # noqa: E402
 
 SIGMA = 0.123  # per fiber per pixel noise (1e-17 erg/s/cm^2/A): a 1e-16 line has S/N ~7
 STAGES = ("remove_continuum", "_residual_sky", "matched_filter_cube", "_find_peaks",

@@ -22,9 +22,9 @@ import numpy as np  # noqa: E402
 from scipy.special import ndtr  # noqa: E402
 
 from remedy_dask import geometry  # noqa: E402
-from remedy_dask.extract import extract_aperture, extract_optimal  # noqa: E402
-from remedy_dask.profile import measure_profile  # noqa: E402
-from remedy_dask.rectify import rectify  # noqa: E402
+from remedy_dask.amp.extract.optimal import extract_aperture, extract_optimal  # noqa: E402
+from remedy_dask.amp.profile.fit import measure_profile  # noqa: E402
+from remedy_dask.amp.rectify import rectify  # noqa: E402
 from remedy_dask.sim import SimConfig, find_frame, render_amp_electrons  # noqa: E402
 from remedy_dask.sim.render import dark_image, upsample_scattered  # noqa: E402
 from remedy_dask.sim.scene import make_plan  # noqa: E402

@@ -168,7 +168,7 @@ def simulated_amp(amp: str = "LL", ifuslot: int = 47, seed: int = 1) -> dict:
     gain) the way the pipeline's reader does, plus the simulator's truth model.  Cached: the
     rendering (~5 s) is shared by the truth tests of all calibration test modules."""
     from remedy_dask import geometry
-    from remedy_dask.ccd import basic_reduce
+    from remedy_dask.amp.ccd import basic_reduce
     from remedy_dask.sim.amp import make_amp_model
     from remedy_dask.sim.config import SimConfig
     from remedy_dask.sim.render import AmpCache, render_amp_frame
@@ -207,8 +207,8 @@ def simulated_calibration(amp: str = "LL") -> dict:
     the time each kernel took."""
     import time
 
-    from remedy_dask.masters import combine_frames, master_bias, master_dark, pixel_mask
-    from remedy_dask.trace import fit_trace
+    from remedy_dask.amp.masters import combine_frames, master_bias, master_dark, pixel_mask
+    from remedy_dask.amp.trace.fit import fit_trace
 
     sim = simulated_amp(amp)
     frames = sim["frames"]
@@ -245,7 +245,7 @@ def profile_weighted_spectra(image: np.ndarray, variance: np.ndarray, trace: np.
                              ) -> tuple[np.ndarray, np.ndarray]:
     """Simple optimal (Horne) extraction with one radial profile ``table`` (PROFILE_NODES):
     returns (spectrum, error); NaN where a masked pixel has weight inside the window."""
-    from remedy_dask.scatter import profile_eval
+    from remedy_dask.amp.profile.fibermodel import profile_eval
 
     rows = np.clip(np.round(trace).astype(int)[..., None] + np.arange(-half, half + 1), 0,
                    image.shape[0] - 1)

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from remedy_dask.astrometry import (
+from remedy_dask.observation.astrometry import (
     collapsed_image,
     detect_stars,
     fit_astrometry,
     match_catalog,
 )
-from remedy_dask.cube import ImageGrid
+from remedy_dask.observation.cube import ImageGrid
 from remedy_dask.errors import CalibrationError
 from remedy_dask.geometry import (
     DEF_WAVE,
@@ -18,9 +18,8 @@ from remedy_dask.geometry import (
     dar_offsets,
     focal_to_sky,
     ifu_fiber_layout,
-    sky_to_focal,
 )
-from remedy_dask.psf import fit_seeing, moffat_alpha
+from remedy_dask.observation.psf import fit_seeing, moffat_alpha
 
 R = FIBER_DIAMETER / 2.0
 RA0, DEC0, ROT = 215.31, 53.12, 123.456

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from astropy.stats import biweight_location
 
-from remedy_dask import ccd, geometry
+from remedy_dask import geometry
+
+from remedy_dask.amp import ccd
 
 BIAS = 1000.0
 
@@ -133,7 +135,7 @@ def test_orient_views_and_bad_arguments():
 def test_column_offsets_keep_a_real_pattern_and_drop_noise():
     """Wiener-shrunk column medians: a bias pattern survives, a dark's column noise does not,
     a hot column is kept."""
-    from remedy_dask.ccd import smooth_master
+    from remedy_dask.amp.ccd import smooth_master
 
     rng = np.random.default_rng(4)
     pattern = rng.normal(0.0, 1.0, 1032)

@@ -5,7 +5,7 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from remedy_dask.cube import (
+from remedy_dask.observation.cube import (
     FIBER_AREA,
     ImageGrid,
     aperture_correction,
@@ -24,8 +24,8 @@ from remedy_dask.geometry import (
     focal_to_sky,
     ifu_fiber_layout,
 )
-from remedy_dask.psf import fiber_integrated_moffat, moffat_alpha
-from remedy_dask.sources import extract_source
+from remedy_dask.observation.psf import fiber_integrated_moffat, moffat_alpha
+from remedy_dask.observation.sources import extract_source
 
 R = FIBER_DIAMETER / 2.0
 BAND = (DEF_WAVE > 4000) & (DEF_WAVE < 5400)

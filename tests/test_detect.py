@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from remedy_dask.detect import detect_emission_lines
+from remedy_dask.observation.detect.lines import detect_emission_lines
 from remedy_dask.errors import CalibrationError
 from remedy_dask.geometry import DEF_WAVE, DITHER_PATTERN, FIBER_DIAMETER, dar_offsets, ifu_fiber_layout
-from remedy_dask.psf import fiber_integrated_moffat, moffat_alpha
+from remedy_dask.observation.psf import fiber_integrated_moffat, moffat_alpha
 
 R = FIBER_DIAMETER / 2.0
 FWHM = 1.8
@@ -174,7 +174,7 @@ def test_remove_continuum_matches_direct_implementation():
     """Chunk-median fill (np.interp per row) + scipy median_filter with end windows."""
     from scipy import ndimage
 
-    from remedy_dask.detect import remove_continuum
+    from remedy_dask.observation.detect.lines import remove_continuum
 
     rng = np.random.default_rng(12)
     flux = rng.normal(size=(60, 400)) + np.linspace(0, 5, 400)
@@ -213,9 +213,9 @@ def test_matched_filter_cube_matches_direct_sums(ifu):
     profile along wavelength on the grid."""
     from scipy import ndimage
 
-    from remedy_dask.cube import ImageGrid, dar_chunks
-    from remedy_dask.matched_filter import _line_kernel, matched_filter_cube
-    from remedy_dask.psf import evaluate_psf
+    from remedy_dask.observation.cube import ImageGrid, dar_chunks
+    from remedy_dask.observation.detect.matched_filter import line_kernel, matched_filter_cube
+    from remedy_dask.observation.psf import evaluate_psf
 
     fx, fy, _, _ = ifu
     rng = np.random.default_rng(13)
@@ -238,7 +238,7 @@ def test_matched_filter_cube_matches_direct_sums(ifu):
         r = np.hypot(px[:, None] + d[0] - x[None, :], py[:, None] + d[1] - y[None, :])
         ww = evaluate_psf(psfs, r.T, np.zeros(1), exposure).T
         w[sl] = np.where(r <= 3.5, ww, 0.0)
-    g = _line_kernel(2.4, 2.0)
+    g = line_kernel(2.4, 2.0)
     n0 = ndimage.correlate1d(np.einsum("jpi,ij->pj", w, resid * ivar), g, axis=1, mode="constant")
     d0 = ndimage.correlate1d(np.einsum("jpi,ij->pj", w**2, ivar), g**2, axis=1, mode="constant")
     num, den = num.reshape(px.size, n_wave), den.reshape(px.size, n_wave)
@@ -247,8 +247,8 @@ def test_matched_filter_cube_matches_direct_sums(ifu):
 
 
 def test_radial_lookup_matches_evaluate_psf():
-    from remedy_dask.matched_filter import _radial_lookup
-    from remedy_dask.psf import evaluate_psf
+    from remedy_dask.observation.detect.matched_filter import _radial_lookup
+    from remedy_dask.observation.psf import evaluate_psf
 
     rng = np.random.default_rng(14)
     psfs = [fiber_integrated_moffat(f) for f in (1.7, 2.4, 3.0)]  # r_max 10, 12, 15
@@ -264,7 +264,7 @@ def test_radial_lookup_matches_evaluate_psf():
 def test_region_peaks_match_ndimage_label():
     from scipy import ndimage
 
-    from remedy_dask.detect import _region_peaks
+    from remedy_dask.observation.detect.lines import _region_peaks
 
     rng = np.random.default_rng(15)
     for _ in range(20):

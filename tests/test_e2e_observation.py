@@ -116,9 +116,9 @@ def test_no_temporary_fiber_blocks_left(e2e, prod):
 
 
 def test_cube_and_ifu_fits(e2e, prod):
-    from remedy_dask.cube import ImageGrid, aperture_correction, aperture_sum, aperture_weights
-    from remedy_dask.cube import CubeResult
-    from remedy_dask.psf import fiber_integrated_moffat
+    from remedy_dask.observation.cube import ImageGrid, aperture_correction, aperture_sum, aperture_weights
+    from remedy_dask.observation.cube import CubeResult
+    from remedy_dask.observation.psf import fiber_integrated_moffat
 
     P, T = prod
     with fits.open(e2e["out"] / "20190822_0000007_047_cube.fits") as hdul:

@@ -7,8 +7,8 @@ import pytest
 from scipy.special import erf
 
 from remedy_dask.errors import CalibrationError
-from remedy_dask.extract import extract_aperture, extract_optimal
-from remedy_dask.profile import EVAL_STEP, ProfileModel
+from remedy_dask.amp.extract.optimal import extract_aperture, extract_optimal
+from remedy_dask.amp.profile.model import EVAL_STEP, ProfileModel
 
 N = 1032
 SIGMA_WING, WING_FRACTION = 3.2, 0.10
@@ -210,7 +210,7 @@ def test_simulator_truth_one_amp():
     """Flat -> profile -> science extraction on the simulator's 047LL, with its true trace,
     pixel defects and scattered light: fluxes against the electrons each fiber put in."""
     from remedy_dask import geometry
-    from remedy_dask.profile import measure_profile
+    from remedy_dask.amp.profile.fit import measure_profile
     from remedy_dask.sim import SimConfig, find_frame, render_amp_electrons
     from remedy_dask.sim.render import dark_image, upsample_scattered
     from remedy_dask.sim.scene import make_plan
@@ -280,7 +280,7 @@ def test_master_frame_paths_agree(amp):
 
 def test_noise_floor_matches_reference():
     """The compiled tile quantile equals a numpy reference (edge tiles padded by repetition)."""
-    from remedy_dask.extract import estimate_noise_floor
+    from remedy_dask.amp.extract.optimal import estimate_noise_floor
 
     rng = np.random.default_rng(5)
     n_rows, n_cols, block, q = 100, 70, 16, 0.2
@@ -303,7 +303,7 @@ def test_noise_floor_matches_reference():
 
 
 def test_quickselect_with_ties_and_infinities():
-    from remedy_dask.extract_inputs import _select
+    from remedy_dask.amp.extract.inputs import _select
 
     rng = np.random.default_rng(8)
     for trial in range(500):

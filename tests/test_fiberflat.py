@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from remedy_dask.errors import CalibrationError
-from remedy_dask.fiberflat import fiber_to_fiber, ftf_on_native
+from remedy_dask.exposure.fiberflat import fiber_to_fiber, ftf_on_native
 from remedy_dask.geometry import DEF_WAVE, ifu_fiber_layout
 
 SOLAR_LINES = [(3933.7, 0.6, 3.0), (3968.5, 0.55, 3.0), (4101.7, 0.3, 2.5), (4300.0, 0.25, 6.0),

@@ -6,7 +6,7 @@ import pytest
 import speclite.filters
 
 from remedy_dask.errors import CalibrationError
-from remedy_dask.fluxcal import (
+from remedy_dask.observation.fluxcal import (
     counts_to_flux,
     flux_to_counts,
     photometric_offset,
@@ -14,8 +14,8 @@ from remedy_dask.fluxcal import (
     throughput_on_grid,
 )
 from remedy_dask.geometry import DEF_WAVE, DITHER_PATTERN, dar_offsets, ifu_fiber_layout
-from remedy_dask.psf import fiber_integrated_moffat
-from remedy_dask.sources import extract_source, inject_source
+from remedy_dask.observation.psf import fiber_integrated_moffat
+from remedy_dask.observation.sources import extract_source, inject_source
 
 
 def ab_flam(mag, wave=DEF_WAVE):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from remedy_dask.errors import CalibrationError
-from remedy_dask.masking import spectral_mask
+from remedy_dask.amp.masking import spectral_mask
 
 
 def clean_chi2(rng, n=112, m=1032, dof=6):

@@ -8,7 +8,7 @@ import pytest
 from synth_calib import flat_flux, render_fibers, scattered_component, true_traces
 
 from remedy_dask.errors import CalibrationError
-from remedy_dask.masters import (
+from remedy_dask.amp.masters import (
     combine_frames,
     frame_quality,
     master_bias,

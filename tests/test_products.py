@@ -14,7 +14,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from remedy_dask import geometry
-from remedy_dask.cube import ImageGrid, celestial_wcs, cube_header, cube_wcs
+from remedy_dask.observation.cube import ImageGrid, celestial_wcs, cube_header, cube_wcs
 from remedy_dask.io.fitsproducts import write_cube_fits, write_ifu_fits
 from remedy_dask.io.products import ObservationWriter
 

@@ -7,7 +7,8 @@ import pytest
 from scipy.special import erf
 
 from remedy_dask.errors import CalibrationError
-from remedy_dask.profile import ProfileModel, gaussian_profile, measure_profile
+from remedy_dask.amp.profile.fit import measure_profile
+from remedy_dask.amp.profile.model import ProfileModel, bracket, gaussian_profile
 
 N = 1032
 SIGMA_WING, WING_FRACTION = 3.2, 0.10
@@ -113,8 +114,8 @@ def test_bad_trace_raises():
 def test_statistics_normal_equations_match_pixel_jacobian():
     """The Gauss-Newton system assembled from the chunk statistics equals J^T W J and
     J^T W (y - m) of the explicit per-pixel Jacobian (small chunk, two slit groups)."""
-    from remedy_dask import profile as P
-    from remedy_dask import profile_kernels as pk
+    from remedy_dask.amp.profile import fit as P
+    from remedy_dask.amp.profile import kernels as pk
 
     rng = np.random.default_rng(4)
     n_fib, n_rows, ng = 6, 70, 2
@@ -129,7 +130,7 @@ def test_statistics_normal_equations_match_pixel_jacobian():
     scale = rng.uniform(0.8, 1.2, cols.size)
     a = rng.uniform(50, 150, n_fib)
     p = np.abs(rng.normal(0.1, 0.05, (ng, nk)))
-    gi, gw = P._bracket(np.array([1.0, 4.0]), np.arange(n_fib, dtype=float))
+    gi, gw = bracket(np.array([1.0, 4.0]), np.arange(n_fib, dtype=float))
     gi, gw = gi.astype(np.int64), gw.astype(float)
     band = setup.lo_pair.shape[1]
     g_self, v = np.zeros((n_fib, nk, 2)), np.zeros((n_fib, nk))

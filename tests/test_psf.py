@@ -5,7 +5,7 @@ import pytest
 
 from remedy_dask.errors import CalibrationError
 from remedy_dask.geometry import DEF_WAVE, DITHER_PATTERN, FIBER_DIAMETER, dar_offsets, ifu_fiber_layout
-from remedy_dask.psf import (
+from remedy_dask.observation.psf import (
     RadialPSF,
     evaluate_psf,
     fiber_integrated_moffat,

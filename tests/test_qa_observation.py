@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -150,9 +149,7 @@ def product(tmp_path_factory) -> Path:
 
 
 def test_page_tables_match_truth(product):
-    t0 = time.perf_counter()
     index = observation_report(product)
-    elapsed = time.perf_counter() - t0
     assert index == product.with_name("20190822_0000007_qa") / "index.html"
     page = _parse(index)
     assert sorted(page.images) == sorted(["recon.png", "astrometry.png", "photometry.png",
@@ -193,7 +190,6 @@ def test_page_tables_match_truth(product):
     assert len(page.tables["Exposures"]) == 2
     texts = [r[1] for r in page.tables["Flags and notes"]]
     assert "047LU exp02: failed trace" in texts and "guider missing: defaults used" in texts
-    assert elapsed < 15.0  # ~3 s alone on the 2-core box; generous for a shared machine
 
 
 def test_sampled_chunks_cover_every_exposure(product, tmp_path):

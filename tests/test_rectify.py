@@ -8,7 +8,7 @@ from scipy.special import erf
 
 from remedy_dask.errors import CalibrationError
 from remedy_dask.geometry import DEF_WAVE
-from remedy_dask.rectify import adjacent_correlation, pixel_edges, rectify
+from remedy_dask.amp.rectify import adjacent_correlation, pixel_edges, rectify
 
 OUT_EDGES = np.concatenate([[DEF_WAVE[0] - 1], DEF_WAVE[:-1] + 1, [DEF_WAVE[-1] + 1]])
 

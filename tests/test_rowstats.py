@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from remedy_dask.rowstats import (group_ratio_of_sums, group_ratio_stats, median_inplace,
+from remedy_dask.numeric.rowstats import (group_ratio_of_sums, group_ratio_stats, median_inplace,
                                   nanmedian_cols, nanmedian_rows)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from remedy_dask.running_median import median_above, nanmedian_lastaxis, running_median
+from remedy_dask.numeric.running_median import median_above, nanmedian_lastaxis, running_median
 
 
 @pytest.mark.parametrize("window", [1, 2, 5, 20, 21])

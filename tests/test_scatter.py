@@ -8,7 +8,7 @@ from scipy.ndimage import gaussian_filter
 from synth_calib import add_noise, flat_flux, render_fibers, scattered_component, true_traces
 
 from remedy_dask.errors import CalibrationError
-from remedy_dask.scatter import scattered_light
+from remedy_dask.amp.scatter import scattered_light
 
 U = (np.arange(1032) - 515.5) / 515.5
 F = (np.arange(112) - 55.5) / 55.5
@@ -87,7 +87,7 @@ def test_simulator_truth_scattered_light():
 def test_bounded_lstsq_matches_scipy_lsq_linear():
     from scipy.optimize import lsq_linear
 
-    from remedy_dask.scatter import bounded_lstsq
+    from remedy_dask.amp.scatter import bounded_lstsq
 
     rng = np.random.default_rng(1)
     for trial in range(60):
@@ -107,7 +107,7 @@ def test_bounded_lstsq_matches_scipy_lsq_linear():
 
 
 def test_profile_eval_is_linear_interpolation_of_the_nodes():
-    from remedy_dask.scatter import PROFILE_NODES, profile_eval
+    from remedy_dask.amp.profile.fibermodel import PROFILE_NODES, profile_eval
 
     rng = np.random.default_rng(2)
     r = np.r_[rng.uniform(-16, 16, 20000), PROFILE_NODES, -PROFILE_NODES, 14.0 + 1e-9]
@@ -119,7 +119,7 @@ def test_profile_eval_is_linear_interpolation_of_the_nodes():
 
 def _small_fiber_problem(seed: int = 3):
     """5 chunks x 240 rows with 24 fibers (one dead), a smooth background and NaN rows."""
-    from remedy_dask.scatter import initial_profile, profile_eval
+    from remedy_dask.amp.profile.fibermodel import initial_profile, profile_eval
 
     rng = np.random.default_rng(seed)
     n_chunks, n_rows, n_cols = 5, 240, 120
@@ -136,7 +136,7 @@ def _small_fiber_problem(seed: int = 3):
 
 
 def test_fiber_amplitude_fit_is_the_exact_least_squares_solution():
-    from remedy_dask.scatter import (BackgroundBasis, fit_amplitudes_and_background,
+    from remedy_dask.amp.profile.fibermodel import (BackgroundBasis, fit_amplitudes_and_background,
                                      initial_profile, profile_eval, width_derivative)
 
     profiles, pos, centres, n_cols = _small_fiber_problem()
@@ -167,7 +167,7 @@ def test_fiber_amplitude_fit_is_the_exact_least_squares_solution():
 
 
 def test_profile_fit_is_the_exact_least_squares_solution():
-    from remedy_dask.scatter import (PROFILE_NODES, PROFILE_RADIUS, BackgroundBasis,
+    from remedy_dask.amp.profile.fibermodel import (PROFILE_NODES, PROFILE_RADIUS, BackgroundBasis,
                                      fit_amplitudes_and_background, fit_profile_and_background,
                                      initial_profile, profile_eval, profile_integral,
                                      width_derivative)
@@ -201,7 +201,7 @@ def test_profile_fit_is_the_exact_least_squares_solution():
 
 
 def test_free_rows_match_a_brute_force_search():
-    from remedy_dask.scatter import _free_rows, _near_fibers
+    from remedy_dask.amp.scatter import _free_rows, _near_fibers
 
     rng = np.random.default_rng(2)
     n_rows = 200
@@ -230,7 +230,7 @@ def test_free_rows_match_a_brute_force_search():
 
 
 def test_column_interpolation_equals_the_weight_matrix_product():
-    from remedy_dask.scatter import _interpolate_columns
+    from remedy_dask.amp.scatter import _interpolate_columns
 
     rng = np.random.default_rng(3)
     n_chunks, n_cols = 43, 1032

@@ -7,8 +7,8 @@ import pytest
 
 from remedy_dask.errors import CalibrationError
 from remedy_dask.geometry import DEF_WAVE
-from remedy_dask.sky import error_check, sky_model
-from remedy_dask.sky_fibers import select_sky_fibers
+from remedy_dask.exposure.sky import error_check, sky_model
+from remedy_dask.exposure.sky_fibers import select_sky_fibers
 
 N_AMPS = 8
 
@@ -164,10 +164,10 @@ def test_simulator_truth_one_ifu():
     Targets: ftf RMS <= 1% with the dead fiber found; blank-sky residual / error std in
     [1.00, 1.05]; per-amp systematic offsets <= 0.5% RMS."""
     from remedy_dask import geometry
-    from remedy_dask.extract import extract_optimal
-    from remedy_dask.fiberflat import fiber_to_fiber
-    from remedy_dask.profile import measure_profile
-    from remedy_dask.rectify import rectify
+    from remedy_dask.amp.extract.optimal import extract_optimal
+    from remedy_dask.exposure.fiberflat import fiber_to_fiber
+    from remedy_dask.amp.profile.fit import measure_profile
+    from remedy_dask.amp.rectify import rectify
     from remedy_dask.sim import SimConfig, find_frame, render_amp_electrons
     from remedy_dask.sim.render import dark_image, upsample_scattered
     from remedy_dask.sim.scene import make_plan

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from remedy_dask.geometry import DEF_WAVE, DITHER_PATTERN, FIBER_DIAMETER, dar_offsets, ifu_fiber_layout
-from remedy_dask.psf import fiber_integrated_moffat, moffat_alpha
-from remedy_dask.sources import extract_source, extract_sources, inject_source
+from remedy_dask.observation.psf import fiber_integrated_moffat, moffat_alpha
+from remedy_dask.observation.sources import extract_source, extract_sources, inject_source
 
 R = FIBER_DIAMETER / 2.0
 

@@ -18,7 +18,9 @@ from synth_calib import (
 )
 
 from remedy_dask.errors import CalibrationError
-from remedy_dask.trace import fit_trace, measure_trace_shift, windowed_centroid
+from remedy_dask.amp.trace.assign import windowed_centroid
+from remedy_dask.amp.trace.fit import fit_trace
+from remedy_dask.amp.trace.shift import measure_trace_shift
 
 U = (np.arange(1032) - 515.5) / 515.5
 F = (np.arange(112) - 55.5) / 55.5
@@ -169,7 +171,7 @@ def test_windowed_centroid_far_samples_stay_finite():
 
 
 def test_median_network_puts_the_middle_values_in_place():
-    from remedy_dask.sortnet import median_network
+    from remedy_dask.numeric.sortnet import median_network
 
     rng = np.random.default_rng(4)
     for n in range(1, 34):
@@ -225,7 +227,7 @@ def _chunk_profiles_reference(image, variance, mask, n_chunks):
 def test_chunk_profiles_match_the_direct_definition(with_variance):
     """The compiled sorting-network chunk profiles equal the numpy definition, with masked
     pixels, NaN, cosmic-ray outliers and fully masked chunk rows."""
-    from remedy_dask.fibermodel import chunk_profiles
+    from remedy_dask.amp.profile.fibermodel import chunk_profiles
 
     rng = np.random.default_rng(5)
     image = rng.normal(100.0, 10.0, (60, 1032))

@@ -110,7 +110,7 @@ def trace_shift(ax: AmpExposure, config: ReductionConfig) -> AmpExposure:
     """Measure the frame's trace offset from the calibration and shift the trace."""
     if not config.measure_trace_shift:
         return ax
-    from remedy_dask.trace import measure_trace_shift
+    from remedy_dask.amp.trace.shift import measure_trace_shift
 
     shift = float(measure_trace_shift(ax.image, ax.variance, ax.mask, ax.trace))
     ax.trace_shift = shift
@@ -122,7 +122,7 @@ def trace_shift(ax: AmpExposure, config: ReductionConfig) -> AmpExposure:
 def scattered(ax: AmpExposure, config: ReductionConfig) -> AmpExposure:
     if not config.subtract_scattered_light:
         return ax
-    from remedy_dask.scatter import scattered_light
+    from remedy_dask.amp.scatter import scattered_light
 
     ax.image = ax.image - scattered_light(ax.image, ax.trace, ax.mask)
     return ax
@@ -130,8 +130,8 @@ def scattered(ax: AmpExposure, config: ReductionConfig) -> AmpExposure:
 
 @chain_step
 def extract(ax: AmpExposure, cal: calfile.AmpCalibration, config: ReductionConfig) -> AmpExposure:
-    from remedy_dask.extract import extract_aperture, extract_optimal
-    from remedy_dask.profile import ProfileModel
+    from remedy_dask.amp.extract.optimal import extract_aperture, extract_optimal
+    from remedy_dask.amp.profile.model import ProfileModel
 
     if config.extraction == "optimal":
         profile = ProfileModel.from_arrays(cal.profile)
@@ -158,7 +158,7 @@ def wave_shift(ax: AmpExposure, config: ReductionConfig) -> dict[str, Any] | Non
     None when the amp failed earlier or the measurement is switched off."""
     if ax.failed or not config.measure_wavelength_shift:
         return None
-    from remedy_dask.skyshift import fit_wavelength_shift
+    from remedy_dask.amp.skyshift import fit_wavelength_shift
 
     ex = ax.extraction
     try:
@@ -179,7 +179,7 @@ def apply_wave_shift(ax: AmpExposure, own: dict[str, Any] | None,
         return ax
     if own["failed"]:
         raise RuntimeError(own["failed"])
-    from remedy_dask.skyshift import pool_ccd_shift
+    from remedy_dask.amp.skyshift import pool_ccd_shift
 
     ax.wave_shift_amp, ax.wave_shift_amp_error = own["shift"], own["error"]
     usable = other is not None and not other.get("failed") and config.wave_shift_pooling == "ccd"
@@ -212,8 +212,8 @@ def mask_spectra(ax: AmpExposure, cal: calfile.AmpCalibration, config: Reduction
                  ) -> AmpExposure:
     """Spectral mask on the native grid: chi2 (cosmics, bad columns), dead and low-throughput
     fibers, fibers and the amp with too much masked."""
-    from remedy_dask.fiberflat import ftf_on_native
-    from remedy_dask.masking import spectral_mask
+    from remedy_dask.exposure.fiberflat import ftf_on_native
+    from remedy_dask.amp.masking import spectral_mask
 
     ex = ax.extraction
     ftf = ftf_on_native(cal["fiber_to_fiber"], ax.wavelength)
@@ -235,7 +235,7 @@ def rectify_and_store(ax: AmpExposure, root: str, key: str
     summary = {"key": ax.key, "exp": ax.exp, "failed": ax.failed, "notes": ax.notes}
     if ax.failed:
         return summary
-    from remedy_dask.rectify import rectify
+    from remedy_dask.amp.rectify import rectify
 
     ex = ax.extraction
     flux, error, mask = rectify(ex.spectrum, ex.error, ex.mask, ax.wavelength)

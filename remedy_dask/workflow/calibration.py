@@ -88,7 +88,7 @@ def stage(func: Callable[..., AmpWork]) -> Callable[..., AmpWork]:
 def _reduce_checked(work: AmpWork, refs: list[FrameRef], kind: str, minimum: int,
                     read_noise: float | None = None) -> tuple[AmpWork, list[ReducedFrame]]:
     """Reduce the frames of one kind, dropping unreadable ones and frames of another IFU."""
-    from remedy_dask.masters import frame_quality
+    from remedy_dask.amp.masters import frame_quality
 
     frames, dropped = reduce_frames(refs, read_noise)
     work = work.but()
@@ -137,8 +137,8 @@ def cal_identify(work: AmpWork, refs: list[FrameRef], expected: tuple[int, int] 
 
 @stage
 def cal_bias(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig) -> AmpWork:
-    from remedy_dask.ccd import smooth_master
-    from remedy_dask.masters import master_bias
+    from remedy_dask.amp.ccd import smooth_master
+    from remedy_dask.amp.masters import master_bias
 
     work, frames = _reduce_checked(work, refs, "zro", config.min_bias_frames)
     bias, read_noise = master_bias(np.stack([f.image for f in frames]))
@@ -151,8 +151,8 @@ def cal_bias(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig) -> 
 
 @stage
 def cal_dark(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig) -> AmpWork:
-    from remedy_dask.ccd import smooth_master
-    from remedy_dask.masters import master_dark
+    from remedy_dask.amp.ccd import smooth_master
+    from remedy_dask.amp.masters import master_dark
 
     work, frames = _reduce_checked(work, refs, "drk", config.min_dark_frames, work.read_noise)
     exptimes = np.array([f.header.exptime for f in frames])
@@ -166,7 +166,7 @@ def cal_dark(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig) -> 
 def _master(work: AmpWork, frames: list[ReducedFrame], config: CalibrationConfig,
             normalize: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Bias- and dark-subtracted combination of frames; returns (master, variance)."""
-    from remedy_dask.masters import combine_frames
+    from remedy_dask.amp.masters import combine_frames
 
     bias, dark = work.data["bias"], work.data["dark_rate"]
     stack = np.stack([f.image - bias - dark * f.header.exptime for f in frames])
@@ -177,11 +177,11 @@ def _master(work: AmpWork, frames: list[ReducedFrame], config: CalibrationConfig
 @stage
 def cal_flat(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig,
              fiber_loc_dir: Path | None) -> AmpWork:
-    from remedy_dask.extract import extract_optimal
-    from remedy_dask.masters import pixel_mask
-    from remedy_dask.profile import measure_profile
-    from remedy_dask.scatter import scattered_light
-    from remedy_dask.trace import fit_trace
+    from remedy_dask.amp.extract.optimal import extract_optimal
+    from remedy_dask.amp.masters import pixel_mask
+    from remedy_dask.amp.profile.fit import measure_profile
+    from remedy_dask.amp.scatter import scattered_light
+    from remedy_dask.amp.trace.fit import fit_trace
 
     work, frames = _reduce_checked(work, refs, "flt", config.min_flat_frames, work.read_noise)
     flat, flat_var = _master(work, frames, config)
@@ -214,9 +214,9 @@ def cal_flat(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig,
 
 @stage
 def cal_arc(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig) -> AmpWork:
-    from remedy_dask.extract import extract_optimal
-    from remedy_dask.scatter import scattered_light
-    from remedy_dask.wavelength import solve_wavelength
+    from remedy_dask.amp.extract.optimal import extract_optimal
+    from remedy_dask.amp.scatter import scattered_light
+    from remedy_dask.amp.wavelength import solve_wavelength
 
     work, frames = _reduce_checked(work, refs, "cmp", 1, work.read_noise)
     by_lamp: dict[str, list[ReducedFrame]] = defaultdict(list)
@@ -246,9 +246,9 @@ def cal_arc(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig) -> A
 
 @stage
 def cal_twilight(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig) -> AmpWork:
-    from remedy_dask.extract import extract_optimal
-    from remedy_dask.rectify import rectify
-    from remedy_dask.scatter import scattered_light
+    from remedy_dask.amp.extract.optimal import extract_optimal
+    from remedy_dask.amp.rectify import rectify
+    from remedy_dask.amp.scatter import scattered_light
 
     work, frames = _reduce_checked(work, refs, "twi", config.min_twilight_frames, work.read_noise)
     twi, twi_var = _master(work, frames, config, normalize=True)
@@ -278,7 +278,7 @@ def cal_fiber_to_fiber(pieces: dict[str, dict[str, Any] | None],
 
     Returns per amp key (ftf (112, 1036), dead (112,)).
     """
-    from remedy_dask.fiberflat import fiber_to_fiber
+    from remedy_dask.exposure.fiberflat import fiber_to_fiber
 
     good = [k for k, p in pieces.items() if p is not None]
     if not good:

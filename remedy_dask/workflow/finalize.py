@@ -15,7 +15,7 @@ from remedy_dask import __version__, geometry
 from remedy_dask.config import PipelineConfig
 from remedy_dask.workflow.nodes import gather
 from remedy_dask.workflow.observation import (
-    Conditions, _calibrated, fit_field, fit_psf, flux_calibration, ifu_sources, ifu_stars,
+    Conditions, calibrated, fit_field, fit_psf, flux_calibration, ifu_sources, ifu_stars,
     load_ifu, psf_tables, refine_field, star_cutouts,
 )
 
@@ -50,13 +50,13 @@ def calibrated_ifu(work_root: str, exposures: list[int], slot: int, cond: Condit
     d = load_ifu(work_root, exposures, slot)
     if d is None:
         return None
-    c = _calibrated(d, cond)
+    c = calibrated(d, cond)
     k = final_factor(d, psf, fluxcal)
     for name in ("flux", "error", "sky"):
         c[name] = c[name] * k
     if injection is not None and injection.ifuslot == slot:
-        from remedy_dask.psf import fiber_integrated_moffat
-        from remedy_dask.sources import inject_source
+        from remedy_dask.observation.psf import fiber_integrated_moffat
+        from remedy_dask.observation.sources import inject_source
 
         table = (psf_tables(psf) if injection.seeing is None
                  else fiber_integrated_moffat(injection.seeing))
@@ -94,7 +94,7 @@ def ifu_detect(work_root: str, exposures: list[int], slot: int, cond: Conditions
                config: PipelineConfig, injection: Injection | None = None
                ) -> dict[str, np.ndarray]:
     """Emission-line detections of one IFU (IFU frame -> RA/Dec)."""
-    from remedy_dask.detect import detect_emission_lines
+    from remedy_dask.observation.detect.lines import detect_emission_lines
 
     c = calibrated_ifu(work_root, exposures, slot, cond, psf, fluxcal, injection)
     if c is None or not config.observation.detect:
@@ -119,8 +119,8 @@ def ifu_cube(work_root: str, exposures: list[int], slot: int, cond: Conditions,
              prefix: str, config: PipelineConfig, header_cards: dict[str, Any],
              injection: Injection | None = None) -> list[str]:
     """Cube and per-IFU FITS file of one IFU."""
-    from remedy_dask.astrometry import collapsed_image
-    from remedy_dask.cube import celestial_wcs, cube_header, cube_wcs, make_cube
+    from remedy_dask.observation.astrometry import collapsed_image
+    from remedy_dask.observation.cube import celestial_wcs, cube_header, cube_wcs, make_cube
     from remedy_dask.io.fitsproducts import write_cube_fits, write_ifu_fits
 
     c = calibrated_ifu(work_root, exposures, slot, cond, psf, fluxcal, injection)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from remedy_dask.ccd import basic_reduce
+from remedy_dask.amp.ccd import basic_reduce
 from remedy_dask.errors import RawDataError
 from remedy_dask.io.header import AmpHeader
 from remedy_dask.io.raw import FrameRef, read_raw_amp

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import dask
 import numpy as np
 
 from remedy_dask import geometry
-from remedy_dask.config import PipelineConfig
-from remedy_dask.errors import CalibrationError, RemedyError
+from remedy_dask.errors import CalibrationError
 from remedy_dask.io import store
 
 log = logging.getLogger(__name__)
@@ -41,7 +38,7 @@ class Conditions:
 
     def flux_factor(self, exp_index: np.ndarray) -> np.ndarray:
         """(n_fiber, n_wave) factor from e-/s/A to 1e-17 erg/s/cm^2/A (no photometric offset)."""
-        from remedy_dask.fluxcal import counts_to_flux
+        from remedy_dask.observation.fluxcal import counts_to_flux
 
         per_exp = np.stack([
             counts_to_flux(np.ones(geometry.N_WAVE), geometry.DEF_WAVE, 1.0, self.throughput,
@@ -74,7 +71,7 @@ def load_ifu(work_root: str, exposures: list[int], slot: int, columns: tuple[str
     return out
 
 
-def _calibrated(d: dict[str, np.ndarray], cond: Conditions, factor: float = 1.0) -> dict[str, np.ndarray]:
+def calibrated(d: dict[str, np.ndarray], cond: Conditions, factor: float = 1.0) -> dict[str, np.ndarray]:
     """Flux, error and sky in 1e-17 erg/s/cm^2/A; masked pixels NaN."""
     f = cond.flux_factor(d["exp_index"]) * factor
     bad = d["mask"].astype(bool)
@@ -90,13 +87,13 @@ def _calibrated(d: dict[str, np.ndarray], cond: Conditions, factor: float = 1.0)
 def ifu_stars(work_root: str, exposures: list[int], slot: int, cond: Conditions
               ) -> dict[str, Any]:
     """Collapsed g image of one IFU and the stars detected on it (focal-plane arcsec)."""
-    from remedy_dask.astrometry import collapsed_image, detect_stars
+    from remedy_dask.observation.astrometry import collapsed_image, detect_stars
 
     d = load_ifu(work_root, exposures, slot, ("flux", "error", "mask"))
     if d is None:
         return {"slot": slot, "fx": np.zeros(0), "fy": np.zeros(0), "flux": np.zeros(0),
                 "image": None, "note": "no fibers"}
-    c = _calibrated(d, cond)
+    c = calibrated(d, cond)
     img = collapsed_image(c["flux"], c["bad"], d["ifu_x"], d["ifu_y"], dar=geometry.dar_offsets())
     try:
         stars = detect_stars(img)
@@ -112,7 +109,7 @@ def ifu_stars(work_root: str, exposures: list[int], slot: int, cond: Conditions
 def fit_field(star_lists: list[dict[str, Any]], catalog: Any, pointing: tuple[float, float, float]
               ) -> dict[str, Any]:
     """Fan-in: match detections of all IFUs to the catalogue, fit shift and rotation (twice)."""
-    from remedy_dask.astrometry import fit_astrometry, match_catalog
+    from remedy_dask.observation.astrometry import fit_astrometry, match_catalog
 
     fx = np.concatenate([s["fx"] for s in star_lists])
     fy = np.concatenate([s["fy"] for s in star_lists])
@@ -171,7 +168,7 @@ def star_cutouts(work_root: str, exposures: list[int], slot: int, cond: Conditio
     near = np.zeros(d["fx"].size, bool)
     for xs, ys in zip(x, y):
         near |= np.hypot(d["ifu_x"] - xs, d["ifu_y"] - ys) < radius
-    c = _calibrated({k: v[near] for k, v in d.items()}, cond)
+    c = calibrated({k: v[near] for k, v in d.items()}, cond)
     return {"flux": c["flux"], "error": c["error"], "bad": c["bad"], "fx": d["fx"][near],
             "fy": d["fy"][near], "exp_index": d["exp_index"][near],
             "star_fx": x + offset[0], "star_fy": y + offset[1], "cat_index": idx}
@@ -194,7 +191,7 @@ def _isolated(catalog: Any, idx: np.ndarray, x: np.ndarray, y: np.ndarray,
 
 def fit_psf(cutouts: list[dict[str, Any] | None], cond: Conditions) -> dict[str, Any]:
     """Fan-in: FWHM per exposure and relative exposure throughput from the field stars."""
-    from remedy_dask.psf import fit_seeing
+    from remedy_dask.observation.psf import fit_seeing
 
     cutouts = [c for c in cutouts if c is not None]
     fallback = {"fwhm": cond.fwhm_guider.tolist(), "norm": [1.0] * len(cond.exposures),
@@ -223,7 +220,7 @@ def fit_psf(cutouts: list[dict[str, Any] | None], cond: Conditions) -> dict[str,
 def refine_field(astro: dict[str, Any], psf: dict[str, Any], catalog: Any) -> dict[str, Any]:
     """Final astrometric fit on the PSF-fitted star positions (much more precise than the
     collapsed-image centroids); the first solution is kept if too few stars were fitted."""
-    from remedy_dask.astrometry import fit_astrometry
+    from remedy_dask.observation.astrometry import fit_astrometry
 
     idx = np.asarray(psf.get("star_cat_index", []), int)
     if not psf.get("fitted") or idx.size < 3:
@@ -243,7 +240,7 @@ def refine_field(astro: dict[str, Any], psf: dict[str, Any], catalog: Any) -> di
 
 
 def psf_tables(psf: dict[str, Any]) -> list[Any]:
-    from remedy_dask.psf import fiber_integrated_moffat
+    from remedy_dask.observation.psf import fiber_integrated_moffat
 
     return [fiber_integrated_moffat(f) for f in psf["fwhm"]]
 
@@ -251,8 +248,8 @@ def psf_tables(psf: dict[str, Any]) -> list[Any]:
 def ifu_sources(work_root: str, exposures: list[int], slot: int, cond: Conditions, catalog: Any,
                 astro: dict[str, Any], psf: dict[str, Any]) -> dict[str, np.ndarray]:
     """Optimal extraction of every catalogue source inside one IFU, with synthetic g."""
-    from remedy_dask.fluxcal import synthetic_gmag
-    from remedy_dask.sources import extract_sources
+    from remedy_dask.observation.fluxcal import synthetic_gmag
+    from remedy_dask.observation.sources import extract_sources
 
     d = load_ifu(work_root, exposures, slot, ("flux", "error", "mask"))
     empty = {"cat_index": np.zeros(0, int), "spectrum": np.zeros((0, geometry.N_WAVE)),
@@ -264,7 +261,7 @@ def ifu_sources(work_root: str, exposures: list[int], slot: int, cond: Condition
     idx, x, y = _catalog_in_ifu(catalog, astro, offset)
     if idx.size == 0:
         return empty
-    c = _calibrated(d, cond, 1.0)
+    c = calibrated(d, cond, 1.0)
     norm = np.asarray(psf["norm"])[d["exp_index"]][:, None]
     spec, err, _ = extract_sources(c["flux"] / norm, c["error"] / norm, c["bad"], d["ifu_x"],
                                    d["ifu_y"], x, y, psf_tables(psf), geometry.dar_offsets(),
@@ -276,7 +273,7 @@ def ifu_sources(work_root: str, exposures: list[int], slot: int, cond: Condition
 
 def flux_calibration(sources: list[dict[str, np.ndarray]], catalog: Any) -> dict[str, Any]:
     """Fan-in: photometric offset of VIRUS synthetic g against the catalogue."""
-    from remedy_dask.fluxcal import photometric_offset
+    from remedy_dask.observation.fluxcal import photometric_offset
 
     idx = np.concatenate([s["cat_index"] for s in sources]).astype(int)
     gsyn = np.concatenate([s["gmag_virus"] for s in sources])

@@ -45,7 +45,7 @@ def spectral_mask(
     """Mask (n, m) bool and a dict of per-rule counts plus the masked fibers and amps.
 
     ``chi2``, ``extraction_mask`` (n, m); ``ftf`` (n,) or (n, m) on the same grid (see
-    :func:`remedy_dask.fiberflat.ftf_on_native`), NaN = unmeasured; ``group`` (n,) amp label
+    :func:`remedy_dask.exposure.fiberflat.ftf_on_native`), NaN = unmeasured; ``group`` (n,) amp label
     per row (default: all rows one amp).
     """
     chi2 = np.asarray(chi2, dtype=np.float64)

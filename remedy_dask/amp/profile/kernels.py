@@ -1,4 +1,4 @@
-"""Compiled kernels of the profile fit (:mod:`remedy_dask.profile`): sufficient statistics.
+"""Compiled kernels of the profile fit (:mod:`remedy_dask.amp.profile.model`): sufficient statistics.
 
 The chunk model of pixel (r, c) is ``m = sum_k a_k x_k(r, c) . q_k`` where ``x_k`` holds the two
 hat-function weights (times the flat shape ``s_c``) of fiber k's offset ``r - t_k(c)`` on the

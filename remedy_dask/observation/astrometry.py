@@ -17,11 +17,11 @@ from astropy.stats import sigma_clipped_stats
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from remedy_dask.cube import ImageGrid, make_cube
+from remedy_dask.observation.cube import ImageGrid, make_cube
 from remedy_dask.errors import CalibrationError
-from remedy_dask.fluxcal import panstarrs_g
+from remedy_dask.observation.fluxcal import panstarrs_g
 from remedy_dask.geometry import DEF_WAVE, sky_to_focal, tan_deproject, tan_project
-from remedy_dask.psf import dar_xy, good_pixels
+from remedy_dask.observation.psf import dar_xy, good_pixels
 
 ARCSEC = np.pi / 180.0 / 3600.0
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
@@ -55,7 +55,7 @@ def collapsed_image(
 
     Each fiber's spectrum is averaged with photon-counting weights ``T(lambda) * lambda`` in
     ``n_chunks`` wavelength chunks across the filter; each chunk is resampled like a cube plane
-    (:func:`remedy_dask.cube.make_cube`, fiber positions shifted by the chunk's DAR), and the
+    (:func:`remedy_dask.observation.cube.make_cube`, fiber positions shifted by the chunk's DAR), and the
     chunk images are averaged with the chunks' filter weights.  The result is the band-averaged
     flux density per pixel, so an aperture sum over a star is its band-averaged f_lambda.
     """

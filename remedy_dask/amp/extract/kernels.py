@@ -1,4 +1,4 @@
-"""Compiled kernels of the optimal extraction (:mod:`remedy_dask.extract`).
+"""Compiled kernels of the optimal extraction (:mod:`remedy_dask.amp.extract.optimal`).
 
 Images enter the amp kernel *transposed* ([column, row]) so that a column is contiguous.  The
 non-signal variance ``v0`` is given on blocks of ``block`` x ``block`` pixels ([column block,
@@ -476,7 +476,7 @@ def extract_amp(
 @njit(cache=True, nogil=True)
 def aperture_sums(image, variance, bad, trace, half_width):  # pragma: no cover - compiled
     """Aperture [t - h, t + h] of every fiber-column (pixels weighted by their overlap with it,
-    see :func:`remedy_dask.extract.aperture_weights`): electrons ``sum w I`` and error
+    see :func:`remedy_dask.amp.extract.optimal.aperture_weights`): electrons ``sum w I`` and error
     ``sqrt(sum w^2 var)`` over the good pixels, whether a pixel of non-zero weight is bad, and
     the weight fraction on bad pixels."""
     n_rows, n_cols = image.shape

@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit
 
 from remedy_dask.geometry import DEF_WAVE
-from remedy_dask.rowstats import nanmedian_cols, nanmedian_rows
+from remedy_dask.numeric.rowstats import nanmedian_cols, nanmedian_rows
 
 
 def _robust_centre(y: np.ndarray, n_iter: int = 10, clip: float = 3.0) -> tuple[float, float]:

@@ -4,7 +4,7 @@
    breaks and absorption lines but not narrow emission lines) is subtracted, and a fraction
    ``continuum_error`` of it is added to the noise, so that imperfectly removed features of bright
    stars do not pass as lines.
-2. (:mod:`remedy_dask.matched_filter`) For a line of flux F at sky position p and wavelength l0 the data are
+2. (:mod:`remedy_dask.observation.detect.matched_filter`) For a line of flux F at sky position p and wavelength l0 the data are
    ``d_ij = F w_i(p, l_j) G(l_j - l0)`` with ``w`` the fiber-integrated PSF (DAR applied) and ``G``
    a unit-flux Gaussian line profile (per Angstrom).  On a grid of positions and at every pixel
    wavelength the maximum-likelihood flux and its error are ``F = num / den`` and
@@ -15,7 +15,7 @@
    than ``merge_radius`` and ``merge_dwave``, is a candidate.
 4. Each candidate's position is refined by fitting the PSF to the per-fiber line fluxes, its
    spectrum (continuum included) is optimally extracted there
-   (:func:`remedy_dask.sources.extract_source`), and a Gaussian plus a linear continuum is fitted
+   (:func:`remedy_dask.observation.sources.extract_source`), and a Gaussian plus a linear continuum is fitted
    within +-30 A: flux = integral = amp * sigma * sqrt(2 pi) (not Remedy's 2 A x peak), with its
    error from the fit covariance.  Candidates with flux / flux_err < ``min_sn_fit`` are dropped.
 
@@ -36,13 +36,13 @@ from scipy import optimize, sparse
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from remedy_dask.cube import ImageGrid
+from remedy_dask.observation.cube import ImageGrid
 from remedy_dask.errors import CalibrationError
 from remedy_dask.geometry import DEF_WAVE
-from remedy_dask.psf import PSFLike, RadialPSF, dar_xy, evaluate_psf, good_pixels
-from remedy_dask.matched_filter import _line_kernel, matched_filter_cube
-from remedy_dask.running_median import median_above, nanmedian_lastaxis, running_median
-from remedy_dask.sources import extract_source
+from remedy_dask.observation.psf import PSFLike, RadialPSF, dar_xy, evaluate_psf, good_pixels
+from remedy_dask.observation.detect.matched_filter import line_kernel, matched_filter_cube
+from remedy_dask.numeric.running_median import median_above, nanmedian_lastaxis, running_median
+from remedy_dask.observation.sources import extract_source
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 DEFAULT_THRESHOLD = 5.4  # matched-filter S/N
@@ -331,7 +331,7 @@ def detect_emission_lines(
         keep = keep[:max_candidates]
         meta["truncated"] = True
 
-    g_kernel = _line_kernel(line_sigma, step)
+    g_kernel = line_kernel(line_sigma, step)
     rows = []
     for k in keep:
         iy, ix, j0 = peaks[k]

@@ -18,7 +18,7 @@ Method (``fit_trace``), on a master flat:
    regularised across fibers (smooth in fiber row), each fiber keeps its own offset and slope.
 
 ~0.15 s per amp on one core (the fiber model of step 4 is banded, see
-:mod:`remedy_dask.fibermodel`).  ``measure_trace_shift`` (:mod:`remedy_dask.trace_shift`,
+:mod:`remedy_dask.amp.profile.fibermodel`).  ``measure_trace_shift`` (:mod:`remedy_dask.amp.trace.shift`,
 re-exported here) measures the global cross-dispersion offset of a science frame relative to the
 calibration trace with the same windowed estimator on the unbinned pixels.
 """
@@ -32,7 +32,7 @@ import numpy as np
 from numpy.polynomial import legendre
 
 from remedy_dask.errors import CalibrationError
-from remedy_dask.fibermodel import (
+from remedy_dask.amp.profile.fibermodel import (
     PROFILE_NODES,
     BackgroundBasis,
     FiberFit,
@@ -46,11 +46,11 @@ from remedy_dask.fibermodel import (
     width_derivative,
     window_image,
 )
-from remedy_dask.trace_assign import (  # noqa: F401 (windowed_centroid: public here)
+from remedy_dask.amp.trace.assign import (
     GAP_PITCHES, SLIT_GROUPS, assign_by_pattern, assign_by_reference, find_peaks,
     windowed_centroid,
 )
-from remedy_dask.trace_shift import HALF_WINDOW, measure_trace_shift  # noqa: F401 (public here)
+from remedy_dask.amp.trace.shift import HALF_WINDOW
 
 
 

@@ -27,8 +27,8 @@ from scipy import sparse
 from scipy.spatial import cKDTree
 
 from remedy_dask.geometry import DEF_WAVE, FIBER_DIAMETER
-from remedy_dask.psf import PSFLike, dar_xy, good_pixels
-from remedy_dask.sources import source_weights
+from remedy_dask.observation.psf import PSFLike, dar_xy, good_pixels
+from remedy_dask.observation.sources import source_weights
 
 FIBER_AREA = np.pi * (FIBER_DIAMETER / 2.0) ** 2  # arcsec^2
 

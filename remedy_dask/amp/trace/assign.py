@@ -1,4 +1,4 @@
-"""Fiber peaks and their numbering for the trace (step 2 of :mod:`remedy_dask.trace`): the
+"""Fiber peaks and their numbering for the trace (step 2 of :mod:`remedy_dask.amp.trace.fit`): the
 Gaussian-windowed centroid, peaks of a chunk profile, numbered by the fiber-location reference
 or by the slit pattern (three groups of 37/38/37 fibers, ~8.7 px pitch)."""
 
@@ -10,7 +10,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d, minimum_filter1d
 
 from remedy_dask.errors import CalibrationError
-from remedy_dask.trace_shift import HALF_WINDOW
+from remedy_dask.amp.trace.shift import HALF_WINDOW
 
 SLIT_GROUPS: tuple[int, ...] = (37, 38, 37)  # fibers per slit group, by increasing row
 PITCH_GUESS = 8.7  # px, fiber pitch within a group (only sets search windows)

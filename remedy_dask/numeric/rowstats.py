@@ -7,7 +7,7 @@ The result equals numpy's: the middle value, or for an even count the mean ``(a 
 two middle values; NaN for a slice without valid values.
 
 Note: numba's cache does not notice changes here in the callers compiled in other modules
-(``remedy_dask.sky``): after editing this file delete their ``__pycache__/*.nbi|nbc`` files.
+(``remedy_dask.exposure.sky``): after editing this file delete their ``__pycache__/*.nbi|nbc`` files.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Fibers are given by their positions ``(fiber_x, fiber_y)`` in arcsec (any frame: IFU or focal
 plane, dither included) and their spectra on a common wavelength grid (rows = fibers).  The PSF
 weight of fiber i at wavelength j is the fraction of the source's total flux entering that fiber,
-``w_ij = f(|p_i - (p0 + dar_j)|)`` (see :mod:`remedy_dask.psf` for the DAR sign), so that
+``w_ij = f(|p_i - (p0 + dar_j)|)`` (see :mod:`remedy_dask.observation.psf` for the DAR sign), so that
 ``d_ij = F_j w_ij + noise`` and the optimal estimate of the total source flux is (Horne 1986)
 
     F_j = sum_i w_ij d_ij / s_ij^2 / sum_i w_ij^2 / s_ij^2,
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from remedy_dask.psf import PSFLike, RadialPSF, dar_xy, evaluate_psf, good_pixels
+from remedy_dask.observation.psf import PSFLike, RadialPSF, dar_xy, evaluate_psf, good_pixels
 
 
 @dataclass
@@ -148,7 +148,7 @@ def inject_source(
     """Return ``flux`` plus a point source of total-flux ``spectrum`` (n_wave,) at ``(x0, y0)``.
 
     The source is spread over the fibers with the fiber-integrated PSF (``psf`` as in
-    :func:`extract_source`; build one with :func:`remedy_dask.psf.fiber_integrated_moffat` for the
+    :func:`extract_source`; build one with :func:`remedy_dask.observation.psf.fiber_integrated_moffat` for the
     wanted seeing) and the DAR offsets.  The input array is not modified.
     """
     flux = np.asarray(flux, dtype=float)

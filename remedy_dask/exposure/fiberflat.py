@@ -43,7 +43,7 @@ class FiberFlat:
     qa: dict = field(default_factory=dict)
 
 
-def _bins(n_wave: int, n_bins: int) -> np.ndarray:
+def bin_edges(n_wave: int, n_bins: int) -> np.ndarray:
     return np.linspace(0, n_wave, n_bins + 1).round().astype(int)
 
 
@@ -160,7 +160,7 @@ def fiber_to_fiber(
     n, n_wave = flux.shape
     if err.shape != flux.shape or bad.shape != flux.shape or x.shape != (n,) or y.shape != (n,):
         raise CalibrationError("fiber_to_fiber: inconsistent input shapes")
-    edges = _bins(n_wave, n_bins)
+    edges = bin_edges(n_wave, n_bins)
     # level of each fiber, then the common twilight spectrum
     level = np.nanmedian(np.where(bad, np.nan, flux), axis=1)
     live = np.isfinite(level) & (level > 0)

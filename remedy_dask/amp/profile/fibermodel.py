@@ -24,7 +24,7 @@ from scipy.interpolate import BSpline
 from scipy.linalg import cho_factor, cho_solve, lapack
 
 from remedy_dask.errors import CalibrationError
-from remedy_dask.sortnet import sort_lanes, sorting_network
+from remedy_dask.numeric.sortnet import sort_lanes, sorting_network
 
 PROFILE_RADIUS = 14.0  # px, extent of the empirical profile (wings included)
 # |r| nodes of the empirical profile (linear interpolation): fine in the core, coarse in the wings

@@ -118,7 +118,7 @@ def column_offsets(columns: np.ndarray, rest: np.ndarray, keep_sigma: float = 5.
     the pattern variance being the robust spread of the columns minus the noise: ~1 for a real
     pattern (bias), ~0 for noise alone (dark).  Columns beyond ``keep_sigma`` of that spread
     (hot or warm columns) are kept as measured."""
-    from remedy_dask.masters import mad_sigma
+    from remedy_dask.amp.masters import mad_sigma
 
     finite = rest[np.isfinite(rest)]
     if finite.size < 100:

@@ -12,7 +12,7 @@
    higher orders a smooth polynomial across the slit; inverse-variance weights, robust rejection.
 
 ``measure_wavelength_shift`` measures the offset of known night-sky lines in the science spectra
-against the calibration wavelengths (joint maximum-likelihood fit, :mod:`remedy_dask.skyshift`).
+against the calibration wavelengths (joint maximum-likelihood fit, :mod:`remedy_dask.amp.skyshift`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from scipy.ndimage import gaussian_filter1d, median_filter
 
 from remedy_dask import geometry
 from remedy_dask.errors import CalibrationError
-from remedy_dask.skyshift import fit_wavelength_shift
-from remedy_dask.trace import windowed_centroid
+from remedy_dask.amp.skyshift import fit_wavelength_shift
+from remedy_dask.amp.trace.assign import windowed_centroid
 
 ALL_ARC_LINES: tuple[float, ...] = tuple(sorted(w for lamp in geometry.ARC_LINES.values() for w in lamp))
 LSF_FWHM = 5.6  # A, VIRUS line-spread function
@@ -345,7 +345,7 @@ def measure_wavelength_shift(spectra: np.ndarray, wavelength: np.ndarray,
     Joint maximum-likelihood fit of all ``lines`` in all fibers with one common shift (per-fiber
     linear continuum and line amplitude, pixel-integrated Gaussian LSF of ``lsf_fwhm`` A, bright
     sources and outlying fibers left out; lines with S/N < ``min_snr`` dropped): see
-    :mod:`remedy_dask.skyshift`, whose ``fit_wavelength_shift`` also returns the formal error
+    :mod:`remedy_dask.amp.skyshift`, whose ``fit_wavelength_shift`` also returns the formal error
     and per-line values for QA.  ``error`` (sigma of the spectra) sets the weights; without it a
     Poisson estimate is used.  Raises CalibrationError if no line is measurable.
     """

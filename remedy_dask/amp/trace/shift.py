@@ -1,7 +1,7 @@
 """Per-frame trace shift: the global cross-dispersion offset of a frame against the calibration
 trace (``measure_trace_shift``), to <= 0.002 px on simulated science frames.
 
-Gaussian-windowed centroids (the estimator of :func:`remedy_dask.trace.windowed_centroid`, no
+Gaussian-windowed centroids (the estimator of :func:`remedy_dask.amp.trace.fit.windowed_centroid`, no
 pixel-phase bias) of every fiber in every other column chunk, on the unbinned pixels, after
 replacing masked pixels and cosmic rays by the chunk's median fiber profile.
 
@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit
 
 from remedy_dask.errors import CalibrationError
-from remedy_dask.sortnet import median_network
+from remedy_dask.numeric.sortnet import median_network
 
 HALF_WINDOW = 7  # rows gathered on each side of a fiber for the windowed centroid
 _LANES = 16  # lanes per window in the kernel's work arrays (>= 2 * HALF_WINDOW + 1)

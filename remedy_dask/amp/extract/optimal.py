@@ -1,7 +1,7 @@
 """Fiber extraction: simultaneous profile-weighted fit per column, and a 5-pixel aperture.
 
 ``extract_optimal`` models every column of an oriented amp image as
-``I(r) = sum_k f_k P_k(r - t_k)`` with the pixel-integrated profile of :mod:`remedy_dask.profile`
+``I(r) = sum_k f_k P_k(r - t_k)`` with the pixel-integrated profile of :mod:`remedy_dask.amp.profile.model`
 and solves the weighted linear least-squares for all 112 fiber fluxes of the column at once.
 The normal matrix is banded (a fiber overlaps only its nearest neighbours at the 8.7 px pitch),
 so each column costs a banded Cholesky; the compiled kernel loops over columns.
@@ -22,8 +22,8 @@ estimated by :func:`estimate_noise_floor`).  With data-derived weights the fluxe
 ~4% low at sky levels of ~100 e-; here they are unbiased to < 0.3%.  Errors are
 sqrt(diag((A^T W A)^-1)), neighbour covariance included, from a selected inversion of the band.
 
-The compiled parts: :mod:`remedy_dask.extract_inputs` (one pass over the frame: transposed
-image, bad pixels, noise floor) and :mod:`remedy_dask.extract_kernels` (the two stages).
+The compiled parts: :mod:`remedy_dask.amp.extract.inputs` (one pass over the frame: transposed
+image, bad pixels, noise floor) and :mod:`remedy_dask.amp.extract.kernels` (the two stages).
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from remedy_dask import extract_kernels as ek
+from remedy_dask.amp.extract import kernels as ek
 from remedy_dask.errors import CalibrationError
-from remedy_dask.extract_inputs import prepare_inputs
-from remedy_dask.profile import ProfileModel, _bracket, padded
+from remedy_dask.amp.extract.inputs import prepare_inputs
+from remedy_dask.amp.profile.model import ProfileModel, bracket, padded
 
 
 @dataclass
@@ -169,7 +169,7 @@ def extract_optimal(
             else:
                 v0 = np.ascontiguousarray(np.broadcast_to(floor, image.shape).T)
                 block = 1
-    gi, gw = _bracket(prof.group_centers, np.arange(n_fib, dtype=float))
+    gi, gw = bracket(prof.group_centers, np.arange(n_fib, dtype=float))
     band = 1  # largest fiber-index distance at which two profile windows overlap
     while band < n_fib - 1 and np.any(trace[band + 1 :] - trace[: -band - 1] < 2 * prof.half_width):
         band += 1

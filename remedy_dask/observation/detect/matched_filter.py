@@ -1,4 +1,4 @@
-"""The 3-D matched filter of emission-line detection (step 2 of :mod:`remedy_dask.detect`).
+"""The 3-D matched filter of emission-line detection (step 2 of :mod:`remedy_dask.observation.detect.lines`).
 
 For a line of flux F at sky position p and wavelength l0 the data are
 ``d_ij = F w_i(p, l_j) G(l_j - l0)`` (``w`` the fiber-integrated PSF with DAR, ``G`` a unit-flux
@@ -12,11 +12,11 @@ import numpy as np
 from scipy import ndimage, sparse
 from scipy.spatial import cKDTree
 
-from remedy_dask.cube import ImageGrid, dar_chunks
-from remedy_dask.psf import PSFLike, RadialPSF, evaluate_psf
+from remedy_dask.observation.cube import ImageGrid, dar_chunks
+from remedy_dask.observation.psf import PSFLike, RadialPSF, evaluate_psf
 
 
-def _line_kernel(sigma_a: float, step: float) -> np.ndarray:
+def line_kernel(sigma_a: float, step: float) -> np.ndarray:
     """Unit-flux Gaussian line profile (per Angstrom) sampled at pixel offsets."""
     half = int(np.ceil(4.0 * sigma_a / step))
     off = np.arange(-half, half + 1) * step
@@ -27,7 +27,7 @@ def _radial_lookup(psf: PSFLike, exposure: np.ndarray | None):
     """``f(r, exposure_of_r)`` = :func:`evaluate_psf` at distances ``r``.
 
     PSFs tabulated on one uniform radial grid from 0 (the default of
-    :func:`remedy_dask.psf.fiber_integrated_moffat`; lengths may differ) are interpolated
+    :func:`remedy_dask.observation.psf.fiber_integrated_moffat`; lengths may differ) are interpolated
     linearly by index, 10x faster than ``np.interp``'s search; others go to ``evaluate_psf``.
     """
     psfs = [psf] if isinstance(psf, RadialPSF) else list(psf)
@@ -117,7 +117,7 @@ def matched_filter_cube(
     n_wave = resid.shape[1]
     num = np.zeros((px.size, n_wave), dtype=np.float32)
     den = np.zeros_like(num)
-    g = _line_kernel(line_sigma, wave_step)
+    g = line_kernel(line_sigma, wave_step)
     half = len(g) // 2
     data = resid * ivar
     chunks = dar_chunks(dxy, max_dar_step)

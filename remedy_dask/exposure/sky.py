@@ -1,5 +1,5 @@
 """Sky model and error check for one exposure (rectified, ftf-corrected spectra); the choice of
-sky fibers is in :mod:`remedy_dask.sky_fibers`.
+sky fibers is in :mod:`remedy_dask.exposure.sky_fibers`.
 
 Model of the sky in fiber f of amp g at wavelength l:
 
@@ -30,10 +30,10 @@ import numpy as np
 from numba import njit
 
 from remedy_dask.errors import CalibrationError
-from remedy_dask.fiberflat import _bins, smooth_interpolator
+from remedy_dask.exposure.fiberflat import bin_edges, smooth_interpolator
 from remedy_dask.geometry import DEF_WAVE
-from remedy_dask.rowstats import group_ratio_of_sums, group_ratio_stats
-from remedy_dask.sky_fibers import select_sky_fibers
+from remedy_dask.numeric.rowstats import group_ratio_of_sums, group_ratio_stats
+from remedy_dask.exposure.sky_fibers import select_sky_fibers
 
 
 @dataclass
@@ -279,7 +279,7 @@ def sky_model(
     with np.errstate(divide="ignore"):
         sky_var = np.where(wsum > 0, 1.0 / wsum, np.nan)
     sky_glob = np.where(np.isfinite(sky_glob), sky_glob, 0.0)
-    edges = _bins(n_wave, n_bins)
+    edges = bin_edges(n_wave, n_bins)
     spline = smooth_interpolator(n_wave, edges)
     num, den = _group_sums(flux, good, sky_rows, sky_gi, sky_glob, groups.size)
     with np.errstate(invalid="ignore", divide="ignore"):

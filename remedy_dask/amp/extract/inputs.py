@@ -1,7 +1,7 @@
-"""Compiled input preparation of the optimal extraction (:mod:`remedy_dask.extract`).
+"""Compiled input preparation of the optimal extraction (:mod:`remedy_dask.amp.extract.optimal`).
 
 One pass over a frame, tile by tile: the transposed image and bad-pixel mask for the amp
-kernel (:mod:`remedy_dask.extract_kernels`), the counts behind the averaged-frame check and
+kernel (:mod:`remedy_dask.amp.extract.kernels`), the counts behind the averaged-frame check and
 the noise floor (a low quantile of ``variance - image`` per tile, by quickselect).
 """
 

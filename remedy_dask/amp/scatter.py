@@ -20,7 +20,7 @@ run by FFT on a light map of 4-row steps (the kernels are >= 25 px wide) with ca
 spectra, the bounded fit works on the QR factor of a ~14-column design, the free rows are found
 by counting fibers below every row, and the chunk model goes to every column by a compiled
 linear interpolation.  The chunk cross-sections and the joint fiber model used by the trace
-live in :mod:`remedy_dask.fibermodel` (re-exported here).
+live in :mod:`remedy_dask.amp.profile.fibermodel` (re-exported here).
 """
 
 from __future__ import annotations
@@ -33,24 +33,9 @@ from numba import njit
 from scipy.linalg import lapack
 
 from remedy_dask.errors import CalibrationError
-from remedy_dask.fibermodel import (  # noqa: F401  (re-exported: the fiber model lived here)
-    KNOT_SPACING_COLS,
-    KNOT_SPACING_ROWS,
-    PROFILE_NODES,
-    PROFILE_RADIUS,
-    BackgroundBasis,
-    FiberFit,
-    FiberWindows,
-    bspline_basis,
+from remedy_dask.amp.profile.fibermodel import (
     chunk_positions,
     chunk_profiles,
-    fit_amplitudes_and_background,
-    fit_profile_and_background,
-    initial_profile,
-    profile_eval,
-    profile_integral,
-    width_derivative,
-    window_image,
 )
 
 # --------------------------------------------------------------------------------------------

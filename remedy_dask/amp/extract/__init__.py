@@ -1,0 +1,1 @@
+"""Fiber extraction: optimal and aperture extraction (optimal) on prepared inputs (inputs) with compiled inner loops (kernels)."""

@@ -1,0 +1,1 @@
+"""The per-exposure fan-in: fiber-to-fiber adjustment, blank-sky fiber choice, sky model and error check."""

@@ -1,0 +1,1 @@
+"""Shared numerical building blocks: robust statistics, medians, sorting networks and selection."""

@@ -1,0 +1,1 @@
+"""Emission-line detection: the matched filter over the fiber spectra (matched_filter) and line candidates, fits and the detection table (lines)."""
