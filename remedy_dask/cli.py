@@ -17,7 +17,11 @@ from remedy_dask.threads import one_thread_per_process
 one_thread_per_process()  # before numpy is imported anywhere
 
 from remedy_dask import __version__  # noqa: E402
-from remedy_dask.errors import RemedyError
+from remedy_dask.config import load_config  # noqa: E402
+from remedy_dask.errors import ConfigError, RemedyError  # noqa: E402
+from remedy_dask.requests import (  # noqa: E402
+    CalibrateRequest, ClusterRequest, InjectionRequest, NightRequest, ReduceRequest,
+)
 
 log = logging.getLogger("remedy_dask")
 
@@ -30,9 +34,12 @@ def _int_list(text: str) -> list[int]:
 
 
 def _date(text: str) -> str:
-    if len(text) != 8 or not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a date YYYYMMDD, got {text!r}")
-    return text
+    from remedy_dask.requests import check_date
+
+    try:
+        return check_date(text)
+    except RemedyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-y", type=float)
     p.add_argument("--source-seeing", type=float, default=None,
                    help="FWHM (arcsec) of the injected source; default: each exposure's fitted PSF")
+    p.add_argument("--cubes", choices=["target", "all", "none"], default="target",
+                   help="data cube and per-IFU FITS for the target IFU, every reduced IFU, or none")
     _add_cluster_args(p)
 
     p = sub.add_parser("reduce-night", help="reduce every science observation of a night")
@@ -96,9 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", type=Path)
     p.add_argument("--throughput", type=Path)
     p.add_argument("--ifucen", type=Path)
+    p.add_argument("--cubes", choices=["target", "all", "none"], default="none",
+                   help="data cubes and per-IFU FITS for every IFU (all), the lowest IFU slot of "
+                        "each observation (target) or none")
     _add_cluster_args(p)
-    p.set_defaults(neighbor_dist=0, source_file=None, source_x=None, source_y=None,
-                   source_seeing=None)
 
     p = sub.add_parser("demo", help="simulate, calibrate and reduce a small night")
     p.add_argument("out", type=Path, nargs="?", default=Path("demo_out"))
@@ -131,6 +141,44 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _cluster_request(args: argparse.Namespace) -> ClusterRequest:
+    return ClusterRequest(args.cluster, args.workers, args.cluster_config)
+
+
+def calibrate_request(args: argparse.Namespace) -> CalibrateRequest:
+    """The typed request of ``calibrate``."""
+    return CalibrateRequest(
+        rootdir=args.rootdir, date=args.date, out=args.out, days=args.days, fplane=args.fplane,
+        ifucen=args.ifucen, fiber_locations=args.fiber_locations,
+        ifuslots=tuple(args.ifuslots) if args.ifuslots else None,
+        config=load_config(args.config), cluster=_cluster_request(args))
+
+
+def reduce_request(args: argparse.Namespace) -> ReduceRequest:
+    """The typed request of ``reduce``."""
+    injection = None
+    if args.source_file is not None:
+        if args.source_x is None or args.source_y is None:
+            raise ConfigError("--source-file needs --source-x and --source-y (IFU-frame arcsec)")
+        injection = InjectionRequest(args.source_file, args.source_x, args.source_y,
+                                     args.source_seeing)
+    return ReduceRequest(
+        date=args.date, obs=args.obs, ifuslot=args.ifuslot, calfile=args.calfile,
+        rootdir=args.rootdir, fplane=args.fplane, out=args.out, catalog=args.catalog,
+        throughput=args.throughput, ifucen=args.ifucen, neighbor_dist=args.neighbor_dist,
+        all_ifus=args.all_ifus, cubes=args.cubes, injection=injection,
+        config=load_config(args.config), cluster=_cluster_request(args))
+
+
+def night_request(args: argparse.Namespace) -> NightRequest:
+    """The typed request of ``reduce-night``."""
+    return NightRequest(
+        rootdir=args.rootdir, date=args.date, calfile=args.calfile, fplane=args.fplane,
+        out=args.out, observations=tuple(args.observations) if args.observations else None,
+        catalog=args.catalog, throughput=args.throughput, ifucen=args.ifucen, cubes=args.cubes,
+        config=load_config(args.config), cluster=_cluster_request(args))
+
+
 def run(args: argparse.Namespace) -> int:
     """Dispatch one parsed command; returns the exit status."""
     if args.command == "simulate":
@@ -148,17 +196,17 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "calibrate":
         from remedy_dask.workflow.calibration import run_calibrate
 
-        run_calibrate(args)
+        run_calibrate(calibrate_request(args))
         return 0
     if args.command == "reduce":
         from remedy_dask.workflow.science import run_reduce
 
-        run_reduce(args)
+        run_reduce(reduce_request(args))
         return 0
     if args.command == "reduce-night":
         from remedy_dask.workflow.science import run_reduce_night
 
-        results = run_reduce_night(args)
+        results = run_reduce_night(night_request(args))
         return 0 if all(not str(r).startswith("failed") for r in results.values()) else 1
     if args.command == "demo":
         from remedy_dask.workflow.demo import run_demo

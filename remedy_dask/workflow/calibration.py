@@ -24,10 +24,11 @@ import dask
 import numpy as np
 
 from remedy_dask import __version__, geometry
-from remedy_dask.config import CalibrationConfig, PipelineConfig, load_config
+from remedy_dask.config import CalibrationConfig, PipelineConfig
 from remedy_dask.errors import CalibrationError, RawDataError, RemedyError
 from remedy_dask.io import calfile
 from remedy_dask.io.raw import FrameRef, RawArchive
+from remedy_dask.requests import CalibrateRequest
 from remedy_dask.workflow.cluster import compute, open_client
 from remedy_dask.workflow.nodes import gather, gather_dict
 from remedy_dask.workflow.frames import ReducedFrame, reduce_frames
@@ -411,20 +412,20 @@ def focal_positions(keys: list[str], fplane: dict | None, ifucen: Any
     return out, sorted(set(notes))
 
 
-def run_calibrate(args: Any) -> Path:
+def run_calibrate(req: CalibrateRequest) -> Path:
     """``remedy-dask calibrate``: build the graph and run it on the chosen cluster."""
     from datetime import datetime, timedelta
 
     from remedy_dask.io.fplane import read_fplane
     from remedy_dask.io.ifucen import read_ifucen, standard_ifucen
 
-    config = load_config(getattr(args, "config", None))
-    start = datetime.strptime(args.date, "%Y%m%d")
-    dates = [(start + timedelta(days=i)).strftime("%Y%m%d") for i in range(max(args.days, 1))]
-    archive = RawArchive(args.rootdir)
-    fplane = read_fplane(args.fplane) if args.fplane else None
-    ifucen = read_ifucen(args.ifucen) if args.ifucen else standard_ifucen()
-    ifuslots = getattr(args, "ifuslots", None)
+    config = req.config
+    start = datetime.strptime(req.date, "%Y%m%d")
+    dates = [(start + timedelta(days=i)).strftime("%Y%m%d") for i in range(req.days)]
+    archive = RawArchive(req.rootdir)
+    fplane = read_fplane(req.fplane) if req.fplane else None
+    ifucen = read_ifucen(req.ifucen) if req.ifucen else standard_ifucen()
+    ifuslots = req.ifuslots
     t0 = time.perf_counter()
     refs = archive.frames_in_window(dates, ("flt",))
     keys = sorted({f"{r.ifuslot:03d}{r.amp}" for r in refs
@@ -433,10 +434,10 @@ def run_calibrate(args: Any) -> Path:
     for note in notes:
         log.warning(note)
     final, keys = build_calibration_graph(
-        archive, dates, Path(args.out), config, positions, ifuslots=ifuslots, fplane=fplane,
-        fiber_loc_dir=args.fiber_locations,
+        archive, dates, Path(req.out), config, positions, ifuslots=ifuslots, fplane=fplane,
+        fiber_loc_dir=req.fiber_locations,
     )
-    with open_client(args.cluster, args.workers, getattr(args, "cluster_config", None)) as client:
+    with open_client(req.cluster.address, req.cluster.workers, req.cluster.config_file) as client:
         path = compute(final, client)
     from remedy_dask.qa.calibration import calibration_report
 

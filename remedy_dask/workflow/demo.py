@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ DEMO_OBS = 7
 
 def run_demo(out: Path, workers: int | None = None) -> Path:
     """Run the three steps on one LocalCluster-sized machine; returns the observation file."""
+    from remedy_dask.requests import CalibrateRequest, ClusterRequest, ReduceRequest
     from remedy_dask.sim import simulate_night
     from remedy_dask.workflow.calibration import run_calibrate
     from remedy_dask.workflow.science import run_reduce
@@ -27,22 +27,19 @@ def run_demo(out: Path, workers: int | None = None) -> Path:
     else:
         print(f"[1/3] using the simulated night in {sim_dir}")
     t1 = time.perf_counter()
+    cluster = ClusterRequest("local", workers)
     cal = out / "cal" / f"cal_{DEMO_DATE}.h5"
     print("[2/3] calibrating ...", flush=True)
-    run_calibrate(argparse.Namespace(
-        rootdir=sim_dir / "raw", date=DEMO_DATE, days=1, out=cal, fplane=sim_dir / "fplane.txt",
+    run_calibrate(CalibrateRequest(
+        rootdir=sim_dir / "raw", date=DEMO_DATE, out=cal, fplane=sim_dir / "fplane.txt",
         ifucen=sim_dir / "IFUcen_HETDEX.txt", fiber_locations=sim_dir / "fiber_loc",
-        ifuslots=None, cluster="local", workers=workers, config=None, cluster_config=None,
-    ))
+        cluster=cluster))
     t2 = time.perf_counter()
     print("[3/3] reducing the science observation ...", flush=True)
-    product = run_reduce(argparse.Namespace(
+    product = run_reduce(ReduceRequest(
         date=DEMO_DATE, obs=DEMO_OBS, ifuslot=DEMO_SLOTS[0], calfile=cal, rootdir=sim_dir / "raw",
         fplane=sim_dir / "fplane.txt", out=out / "reduced", catalog=sim_dir / "ps1_catalog.csv",
-        throughput=None, ifucen=sim_dir / "IFUcen_HETDEX.txt", neighbor_dist=1, all_ifus=True,
-        source_file=None, source_x=None, source_y=None, source_seeing=None, cluster="local",
-        workers=workers, config=None, cluster_config=None,
-    ))
+        ifucen=sim_dir / "IFUcen_HETDEX.txt", all_ifus=True, cluster=cluster))
     t3 = time.perf_counter()
     print(f"\ndemo finished in {t3 - t0:.0f} s (simulate {t1 - t0:.0f} s, calibrate {t2 - t1:.0f} s, "
           f"reduce {t3 - t2:.0f} s)")

@@ -174,15 +174,16 @@ def _plain(d: Any) -> Any:
 
 
 def build_exposure_graph(plan: Any, summaries: dict[int, list[Any]], cal_path: Path,
-                         work_root: Path, args: Any, config: PipelineConfig) -> dict[int, Any]:
+                         work_root: Path, fplane_file: Path | None, ifucen_file: Path | None,
+                         config: PipelineConfig) -> dict[int, Any]:
     """One ``sky-expNN`` node per exposure."""
     from functools import partial
 
     from remedy_dask.io.fplane import read_fplane
     from remedy_dask.io.ifucen import read_ifucen, standard_ifucen
 
-    fplane = read_fplane(args.fplane) if getattr(args, "fplane", None) else None
-    ifucen = read_ifucen(args.ifucen) if getattr(args, "ifucen", None) else standard_ifucen()
+    fplane = read_fplane(fplane_file) if fplane_file else None
+    ifucen = read_ifucen(ifucen_file) if ifucen_file else standard_ifucen()
     fibers_of = partial(fiber_table, fplane=fplane, ifucen=ifucen,
                         dither=config.observation.dither_pattern)
     out = {}

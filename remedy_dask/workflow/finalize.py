@@ -235,10 +235,11 @@ def _run(func: Any, deps: Any, *args: Any) -> Any:
 
 
 def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path, out: Path,
-                            args: Any, config: PipelineConfig, cond: Conditions | None = None,
+                            cubes: str, config: PipelineConfig, cond: Conditions | None = None,
                             catalog: Any = None, pointing: tuple[float, float, float] | None = None,
                             dry: bool = False, injection: Injection | None = None) -> Any:
-    """Delayed product path of the whole observation."""
+    """Delayed product path of the whole observation; cube and per-IFU FITS for the IFUs that
+    ``cubes`` names (``target``, ``all`` or ``none``)."""
     from astropy.table import Table
 
     if dry:  # structure only (graph views): no data is read
@@ -272,7 +273,7 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
     dets = [dask.delayed(ifu_detect, pure=False)(work_root, exps, s, cond, psf, fcal, astro, config,
                                                  injection, dask_key_name=f"ifu-detect-{s:03d}")
             for s in slots]
-    cube_slots = slots if getattr(args, "all_cubes", False) else [s for s in slots if s == plan.target_slot]
+    cube_slots = {"all": slots, "none": [], "target": [s for s in slots if s == plan.target_slot]}[cubes]
     prefix = f"{plan.date}_{plan.obs:07d}"
     cards = {"OBJECT": "", "DATE-OBS": plan.date, "OBSID": plan.obs, "ORIGIN": "remedy-dask",
              "PIPEVER": __version__}

@@ -9,7 +9,6 @@ them and fails if they are stale.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -82,10 +81,9 @@ def science_view() -> str:
             from remedy_dask.workflow.exposure import build_exposure_graph
             from remedy_dask.workflow.finalize import build_observation_graph
 
-            args = argparse.Namespace(fplane=None, ifucen=None)
-            exposures = build_exposure_graph(plan, summaries, cal, Path(tmp) / "work", args,
+            exposures = build_exposure_graph(plan, summaries, cal, Path(tmp) / "work", None, None,
                                              PipelineConfig())
-            collections = [build_observation_graph(plan, exposures, cal, Path(tmp), args,
+            collections = [build_observation_graph(plan, exposures, cal, Path(tmp), "target",
                                                    PipelineConfig(), dry=True)]
         except ImportError:
             pass

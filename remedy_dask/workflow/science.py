@@ -21,10 +21,11 @@ import dask
 import numpy as np
 
 from remedy_dask import __version__, geometry
-from remedy_dask.config import PipelineConfig, load_config
+from remedy_dask.config import PipelineConfig
 from remedy_dask.errors import RemedyError
 from remedy_dask.io import calfile, store
 from remedy_dask.io.raw import FrameRef, RawArchive
+from remedy_dask.requests import NightRequest, ReduceRequest
 from remedy_dask.workflow import amp_chain
 from remedy_dask.workflow.cluster import open_client
 
@@ -168,28 +169,30 @@ class Reduction:
     n_resumed: int
 
 
-def build_reduction(args: Any, config: PipelineConfig, archive: RawArchive) -> Reduction:
+def build_reduction(req: ReduceRequest, archive: RawArchive) -> Reduction:
     """Plan one observation and build its whole graph (amp chains, exposures, observation)."""
     from remedy_dask.workflow.exposure import build_exposure_graph
     from remedy_dask.workflow.finalize import build_observation_graph
 
-    cal_path = Path(args.calfile)
-    plan = plan_observation(archive, args.date, args.obs, args.ifuslot, cal_path,
-                            args.neighbor_dist, args.all_ifus)
+    config = req.config
+    cal_path = Path(req.calfile)
+    plan = plan_observation(archive, req.date, req.obs, req.ifuslot, cal_path,
+                            req.neighbor_dist, req.all_ifus)
     if not plan.cal_keys:
         raise RemedyError("no amplifier of the selected IFUs can be reduced: "
                           + "; ".join(plan.skipped[:5]))
-    out = Path(args.out)
-    work_root = out / "work" / f"{args.date}_{args.obs:07d}.zarr"
+    out = Path(req.out)
+    work_root = out / "work" / f"{req.date}_{req.obs:07d}.zarr"
     work_root.mkdir(parents=True, exist_ok=True)
     store.clean_temporaries(work_root)
     summaries, n_done = build_amp_graph(plan, cal_path, work_root, config)
     if n_done:
         print(f"resuming: {n_done} amp-exposure(s) already reduced in {work_root}")
-    exposures = build_exposure_graph(plan, summaries, cal_path, work_root, args, config)
-    cond, catalog, pointing = prepare_observation(plan, archive, args, config, out)
-    final = build_observation_graph(plan, exposures, cal_path, out, args, config, cond, catalog,
-                                    pointing, injection=_injection(args, plan))
+    exposures = build_exposure_graph(plan, summaries, cal_path, work_root, req.fplane, req.ifucen,
+                                     config)
+    cond, catalog, pointing = prepare_observation(plan, archive, req, out)
+    final = build_observation_graph(plan, exposures, cal_path, out, req.cubes, config, cond,
+                                    catalog, pointing, injection=_injection(req, plan))
     return Reduction(plan, final, out, catalog, n_done)
 
 
@@ -207,43 +210,37 @@ def report(red: Reduction, product: str, seconds: float) -> Path:
     return page
 
 
-def run_reduce(args: Any) -> Path:
+def run_reduce(req: ReduceRequest) -> Path:
     """``remedy-dask reduce``: plan, build the graph, run it, write the products."""
-    config = load_config(getattr(args, "config", None))
     t0 = time.perf_counter()
-    red = build_reduction(args, config, RawArchive(args.rootdir))
-    with open_client(args.cluster, args.workers, getattr(args, "cluster_config", None)) as client:
+    red = build_reduction(req, RawArchive(req.rootdir))
+    with open_client(req.cluster.address, req.cluster.workers, req.cluster.config_file) as client:
         product = _compute_with_progress(red.final, client, red.out, red.plan)
     report(red, product, time.perf_counter() - t0)
     return Path(product)
 
 
-def run_reduce_night(args: Any) -> dict[int, str]:
+def run_reduce_night(req: NightRequest) -> dict[int, str]:
     """``remedy-dask reduce-night``: every science observation of a night in one cluster, each
     isolated (one failing observation does not stop the others), and a summary table."""
-    import copy
-
     from remedy_dask.workflow.cluster import compute
 
-    config = load_config(getattr(args, "config", None))
-    archive = RawArchive(args.rootdir)
-    observations = args.observations or [
-        o for o in archive.observations(args.date) if archive.frames(args.date, o, kind="sci")]
+    archive = RawArchive(req.rootdir)
+    observations = list(req.observations or [
+        o for o in archive.observations(req.date) if archive.frames(req.date, o, kind="sci")])
     if not observations:
-        raise RemedyError(f"no science observations on {args.date} under {args.rootdir}")
+        raise RemedyError(f"no science observations on {req.date} under {req.rootdir}")
     results: dict[int, str] = {}
     reductions: dict[int, Reduction] = {}
     t0 = time.perf_counter()
     for obs in observations:
-        a = copy.copy(args)
-        a.obs, a.all_ifus = obs, True
-        a.ifuslot = archive.ifuslots(args.date, obs, "sci")[0] if archive.ifuslots(
-            args.date, obs, "sci") else 0
+        slots = archive.ifuslots(req.date, obs, "sci")
         try:
-            reductions[obs] = build_reduction(a, config, archive)
+            reductions[obs] = build_reduction(req.observation(obs, slots[0] if slots else 0),
+                                              archive)
         except RemedyError as exc:
             results[obs] = f"failed: {exc}"
-    with open_client(args.cluster, args.workers, getattr(args, "cluster_config", None)) as client:
+    with open_client(req.cluster.address, req.cluster.workers, req.cluster.config_file) as client:
         # all observations share the cluster: submitted together, collected one by one
         pending = {obs: (client.compute(red.final) if client is not None else red.final)
                    for obs, red in reductions.items()}
@@ -258,7 +255,7 @@ def run_reduce_night(args: Any) -> dict[int, str]:
             from remedy_dask.qa.observation import observation_report
 
             observation_report(results[obs], catalog=red.catalog)
-    print(f"\nnight {args.date}: {len(observations)} observation(s) in "
+    print(f"\nnight {req.date}: {len(observations)} observation(s) in "
           f"{time.perf_counter() - t0:.0f} s")
     print(f"{'obs':>8}  {'amps':>5}  result")
     for obs in observations:
@@ -267,23 +264,22 @@ def run_reduce_night(args: Any) -> dict[int, str]:
     return results
 
 
-def _injection(args: Any, plan: ObservationPlan) -> Any:
+def _injection(req: ReduceRequest, plan: ObservationPlan) -> Any:
     """The ``--source-file/--source-x/--source-y/--source-seeing`` injection, if requested."""
-    if not getattr(args, "source_file", None):
+    inj = req.injection
+    if inj is None:
         return None
     from remedy_dask.io.throughput import read_source_spectrum
     from remedy_dask.workflow.finalize import Injection
 
-    if args.source_x is None or args.source_y is None:
-        raise RemedyError("--source-file needs --source-x and --source-y (IFU-frame arcsec)")
-    spectrum = read_source_spectrum(args.source_file)
-    log.info("injecting %s at (%.2f, %.2f)\" in IFU %03d, seeing %s", args.source_file,
-             args.source_x, args.source_y, plan.target_slot, args.source_seeing or "fitted PSF")
-    return Injection(plan.target_slot, args.source_x, args.source_y, args.source_seeing, spectrum)
+    spectrum = read_source_spectrum(inj.spectrum_file)
+    log.info("injecting %s at (%.2f, %.2f)\" in IFU %03d, seeing %s", inj.spectrum_file,
+             inj.x, inj.y, plan.target_slot, inj.seeing or "fitted PSF")
+    return Injection(plan.target_slot, inj.x, inj.y, inj.seeing, spectrum)
 
 
-def prepare_observation(plan: ObservationPlan, archive: RawArchive, args: Any,
-                        config: PipelineConfig, out: Path) -> tuple[Any, Any, tuple[float, float, float]]:
+def prepare_observation(plan: ObservationPlan, archive: RawArchive, req: ReduceRequest,
+                        out: Path) -> tuple[Any, Any, tuple[float, float, float]]:
     """Conditions per exposure (headers, guider), the star catalogue and the header pointing."""
     from remedy_dask.io.catalog import query_panstarrs, read_catalog
     from remedy_dask.io.guider import GuiderArchive, parse_stamp
@@ -300,7 +296,7 @@ def prepare_observation(plan: ObservationPlan, archive: RawArchive, args: Any,
         raise RemedyError(f"{plan.refs[(min(headers), key0)].display_path}: no pointing "
                           "(TRAJRA/TRAJDEC, PARANGLE) in the science header")
     pointing = (h0.ra_deg, h0.dec_deg, geometry.rotation_from_parangle(h0.parangle))
-    guider = GuiderArchive(args.rootdir, plan.date)
+    guider = GuiderArchive(req.rootdir, plan.date)
     exptime, transp, iq, notes = [], [], [], []
     for e in plan.exposures:
         h = headers.get(e, h0)
@@ -315,17 +311,17 @@ def prepare_observation(plan: ObservationPlan, archive: RawArchive, args: Any,
             transp.append(c.transparency)
             iq.append(c.fwhm)
             notes += [f"exp{e:02d}: {n}" for n in c.notes]
-    if getattr(args, "throughput", None):
-        _, tput = read_throughput(args.throughput)
+    if req.throughput:
+        _, tput = read_throughput(req.throughput)
     else:
         _, tput = default_throughput()
         notes.append("default HETDEX throughput curve")
     cond = Conditions(list(plan.exposures), np.array(exptime, float), np.array(transp, float),
                       np.array(iq, float), np.asarray(tput, float), notes=notes)
-    if getattr(args, "catalog", None):
-        catalog = read_catalog(args.catalog)
+    if req.catalog:
+        catalog = read_catalog(req.catalog)
     else:
-        catalog = query_panstarrs(pointing[0], pointing[1], config.observation.catalog_radius_deg,
+        catalog = query_panstarrs(pointing[0], pointing[1], req.config.observation.catalog_radius_deg,
                                   out / "catalog_cache")
     return cond, catalog, pointing
 

@@ -1,0 +1,163 @@
+"""Typed requests: what one command asks the workflow to do, validated once.
+
+The command line (``cli.py``) and the demo build these; the workflow takes nothing else.  Every
+path that must exist is checked here, so a typo ends with one line naming the file before any
+cluster starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from remedy_dask.config import PipelineConfig
+from remedy_dask.errors import ConfigError, InputFileError
+
+CUBE_CHOICES = ("target", "all", "none")
+
+
+def check_date(date: str) -> str:
+    """``YYYYMMDD`` or a ConfigError."""
+    if len(date) != 8 or not date.isdigit():
+        raise ConfigError(f"expected a date YYYYMMDD, got {date!r}")
+    return date
+
+
+def _existing(path: Path | None, what: str, directory: bool = False) -> Path | None:
+    if path is None:
+        return None
+    path = Path(path)
+    if directory and not path.is_dir():
+        raise InputFileError(str(path), f"{what}: no such directory")
+    if not directory and not path.is_file():
+        raise InputFileError(str(path), f"{what}: no such file")
+    return path
+
+
+@dataclass(frozen=True)
+class ClusterRequest:
+    """Where the graph runs: ``local`` (LocalCluster), ``slurm``, ``pbs``, ``sync`` or a
+    scheduler address, with ``workers`` processes and an optional cluster-settings file."""
+
+    address: str = "local"
+    workers: int | None = None
+    config_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        _existing(self.config_file, "cluster settings")
+
+
+@dataclass(frozen=True)
+class InjectionRequest:
+    """A point source added to the target IFU before detection: spectrum file (wavelength A,
+    F_lambda), IFU-frame position (arcsec) and an optional FWHM (arcsec; default fitted PSF)."""
+
+    spectrum_file: Path
+    x: float
+    y: float
+    seeing: float | None = None
+
+    def __post_init__(self) -> None:
+        _existing(self.spectrum_file, "source spectrum")
+        if self.seeing is not None and not 0.1 <= self.seeing <= 10.0:
+            raise ConfigError(f"--source-seeing must be 0.1-10 arcsec, got {self.seeing}")
+
+
+@dataclass(frozen=True)
+class CalibrateRequest:
+    """``remedy-dask calibrate``: one calibration file from the nights ``date`` .. ``date + days - 1``."""
+
+    rootdir: Path
+    date: str
+    out: Path
+    days: int = 1
+    fplane: Path | None = None
+    ifucen: Path | None = None
+    fiber_locations: Path | None = None
+    ifuslots: tuple[int, ...] | None = None
+    config: PipelineConfig = field(default_factory=PipelineConfig)
+    cluster: ClusterRequest = field(default_factory=ClusterRequest)
+
+    def __post_init__(self) -> None:
+        check_date(self.date)
+        _existing(self.rootdir, "raw data root", directory=True)
+        if not 1 <= self.days <= 366:
+            raise ConfigError(f"--days must be 1-366, got {self.days}")
+        _existing(self.fplane, "fplane")
+        _existing(self.ifucen, "IFUcen")
+        _existing(self.fiber_locations, "fiber locations", directory=True)
+
+
+def _check_observation_inputs(req: ReduceRequest | NightRequest) -> None:
+    check_date(req.date)
+    if req.cubes not in CUBE_CHOICES:
+        raise ConfigError(f"--cubes must be one of {', '.join(CUBE_CHOICES)}, got {req.cubes!r}")
+    _existing(req.rootdir, "raw data root", directory=True)
+    for path, what in ((req.calfile, "calibration file"), (req.fplane, "fplane"),
+                       (req.catalog, "catalog"), (req.throughput, "throughput"),
+                       (req.ifucen, "IFUcen")):
+        _existing(path, what)
+
+
+@dataclass(frozen=True)
+class ReduceRequest:
+    """``remedy-dask reduce``: observation ``obs`` of ``date``, the IFU ``ifuslot`` and its
+    neighbours within ``neighbor_dist`` slots (every IFU with ``all_ifus``)."""
+
+    date: str
+    obs: int
+    ifuslot: int
+    calfile: Path
+    rootdir: Path
+    fplane: Path
+    out: Path
+    catalog: Path | None = None
+    throughput: Path | None = None
+    ifucen: Path | None = None
+    neighbor_dist: int = 1
+    all_ifus: bool = False
+    cubes: str = "target"
+    injection: InjectionRequest | None = None
+    config: PipelineConfig = field(default_factory=PipelineConfig)
+    cluster: ClusterRequest = field(default_factory=ClusterRequest)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.obs < 10_000_000:
+            raise ConfigError(f"observation number must be 1-9999999, got {self.obs}")
+        if not 0 <= self.ifuslot <= 999:
+            raise ConfigError(f"IFU slot must be 0-999, got {self.ifuslot}")
+        if self.neighbor_dist < 0:
+            raise ConfigError(f"--neighbor-dist must be >= 0, got {self.neighbor_dist}")
+        _check_observation_inputs(self)
+
+
+@dataclass(frozen=True)
+class NightRequest:
+    """``remedy-dask reduce-night``: every science observation of ``date`` (or only
+    ``observations``), every IFU, in one cluster."""
+
+    rootdir: Path
+    date: str
+    calfile: Path
+    fplane: Path
+    out: Path
+    observations: tuple[int, ...] | None = None
+    catalog: Path | None = None
+    throughput: Path | None = None
+    ifucen: Path | None = None
+    cubes: str = "none"
+    config: PipelineConfig = field(default_factory=PipelineConfig)
+    cluster: ClusterRequest = field(default_factory=ClusterRequest)
+
+    def __post_init__(self) -> None:
+        _check_observation_inputs(self)
+
+    def observation(self, obs: int, ifuslot: int) -> ReduceRequest:
+        """The request of one observation of the night (all IFUs; ``ifuslot`` is its target)."""
+        return ReduceRequest(
+            date=self.date, obs=obs, ifuslot=ifuslot, calfile=self.calfile, rootdir=self.rootdir,
+            fplane=self.fplane, out=self.out, catalog=self.catalog, throughput=self.throughput,
+            ifucen=self.ifucen, neighbor_dist=0, all_ifus=True, cubes=self.cubes,
+            config=self.config, cluster=self.cluster)
