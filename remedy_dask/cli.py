@@ -20,7 +20,7 @@ from remedy_dask import __version__  # noqa: E402
 from remedy_dask.config import load_config  # noqa: E402
 from remedy_dask.errors import ConfigError, RemedyError  # noqa: E402
 from remedy_dask.requests import (  # noqa: E402
-    CalibrateRequest, ClusterRequest, InjectionRequest, NightRequest, ReduceRequest,
+    CalibrateRequest, ClusterRequest, InjectionRequest, NightRequest, RangeRequest, ReduceRequest,
 )
 
 log = logging.getLogger("remedy_dask")
@@ -110,6 +110,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "each observation (target) or none")
     _add_cluster_args(p)
 
+    p = sub.add_parser("reduce-range", help="calibrate and reduce every science observation of "
+                       "a range of nights, one calibration file per window, with a summary CSV")
+    p.add_argument("rootdir", type=Path, help="raw data root (ROOT/YYYYMMDD/virus/...)")
+    p.add_argument("--start", type=_date, required=True, help="first night, YYYYMMDD")
+    p.add_argument("--end", type=_date, required=True, help="last night (included), YYYYMMDD")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: cal/, reduced/ and summary.csv")
+    p.add_argument("--program", help="only observations whose QPROG header equals this")
+    p.add_argument("--cal-window", type=int, default=7,
+                   help="days per calibration window, counted from --start")
+    p.add_argument("--fplane", type=Path, required=True, help="focal-plane (fplane) file")
+    p.add_argument("--ifucen", type=Path, help="IFUcen fiber map (default: the standard layout)")
+    p.add_argument("--fiber-locations", type=Path, help="folder of fiber_loc_*.txt references")
+    p.add_argument("--catalog", type=Path, help="star catalogue file (default: Pan-STARRS query)")
+    p.add_argument("--throughput", type=Path, help="throughput curve (default: the shipped one)")
+    p.add_argument("--cubes", choices=["target", "all", "none"], default="none",
+                   help="data cubes and per-IFU FITS: every IFU, the lowest slot, or none")
+    _add_cluster_args(p)
+
     p = sub.add_parser("demo", help="simulate, calibrate and reduce a small night")
     p.add_argument("out", type=Path, nargs="?", default=Path("demo_out"))
     p.add_argument("--workers", type=int, default=None)
@@ -179,6 +198,15 @@ def night_request(args: argparse.Namespace) -> NightRequest:
         config=load_config(args.config), cluster=_cluster_request(args))
 
 
+def range_request(args: argparse.Namespace) -> RangeRequest:
+    """The typed request of ``reduce-range``."""
+    return RangeRequest(
+        rootdir=args.rootdir, start=args.start, end=args.end, out=args.out, fplane=args.fplane,
+        cal_window=args.cal_window, program=args.program, ifucen=args.ifucen,
+        fiber_locations=args.fiber_locations, catalog=args.catalog, throughput=args.throughput,
+        cubes=args.cubes, config=load_config(args.config), cluster=_cluster_request(args))
+
+
 def run(args: argparse.Namespace) -> int:
     """Dispatch one parsed command; returns the exit status."""
     if args.command == "simulate":
@@ -208,6 +236,11 @@ def run(args: argparse.Namespace) -> int:
 
         results = run_reduce_night(night_request(args))
         return 0 if all(not str(r).startswith("failed") for r in results.values()) else 1
+    if args.command == "reduce-range":
+        from remedy_dask.workflow.archive import run_reduce_range
+
+        rows = run_reduce_range(range_request(args))
+        return 0 if all(r["status"] == "ok" for r in rows) else 3
     if args.command == "demo":
         from remedy_dask.workflow.demo import run_demo
 

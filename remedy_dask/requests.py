@@ -161,3 +161,55 @@ class NightRequest:
             fplane=self.fplane, out=self.out, catalog=self.catalog, throughput=self.throughput,
             ifucen=self.ifucen, neighbor_dist=0, all_ifus=True, cubes=self.cubes,
             config=self.config, cluster=self.cluster)
+
+
+@dataclass(frozen=True)
+class RangeRequest:
+    """``remedy-dask reduce-range``: every science observation of the nights ``start`` ..
+    ``end`` (inclusive; only program ``program`` if given), one calibration file per
+    ``cal_window`` days, all in one cluster."""
+
+    rootdir: Path
+    start: str
+    end: str
+    out: Path
+    fplane: Path
+    cal_window: int = 7
+    program: str | None = None
+    ifucen: Path | None = None
+    fiber_locations: Path | None = None
+    catalog: Path | None = None
+    throughput: Path | None = None
+    cubes: str = "none"
+    config: PipelineConfig = field(default_factory=PipelineConfig)
+    cluster: ClusterRequest = field(default_factory=ClusterRequest)
+
+    def __post_init__(self) -> None:
+        check_date(self.start)
+        check_date(self.end)
+        if self.end < self.start:
+            raise ConfigError(f"--end {self.end} is before --start {self.start}")
+        if not 1 <= self.cal_window <= 366:
+            raise ConfigError(f"--cal-window must be 1-366 days, got {self.cal_window}")
+        if self.cubes not in CUBE_CHOICES:
+            raise ConfigError(f"--cubes must be one of {', '.join(CUBE_CHOICES)}, got {self.cubes!r}")
+        _existing(self.rootdir, "raw data root", directory=True)
+        for path, what in ((self.fplane, "fplane"), (self.ifucen, "IFUcen"),
+                           (self.catalog, "catalog"), (self.throughput, "throughput")):
+            _existing(path, what)
+        _existing(self.fiber_locations, "fiber locations", directory=True)
+
+    def calibration(self, window_start: str, out: Path) -> CalibrateRequest:
+        """The calibration of the window starting at ``window_start``."""
+        return CalibrateRequest(
+            rootdir=self.rootdir, date=window_start, out=out, days=self.cal_window,
+            fplane=self.fplane, ifucen=self.ifucen, fiber_locations=self.fiber_locations,
+            config=self.config, cluster=self.cluster)
+
+    def night(self, date: str, calfile: Path, observations: tuple[int, ...]) -> NightRequest:
+        """The reduction of one night's ``observations`` with ``calfile``."""
+        return NightRequest(
+            rootdir=self.rootdir, date=date, calfile=calfile, fplane=self.fplane,
+            out=self.out / "reduced", observations=observations, catalog=self.catalog,
+            throughput=self.throughput, ifucen=self.ifucen, cubes=self.cubes, config=self.config,
+            cluster=self.cluster)

@@ -414,6 +414,12 @@ def focal_positions(keys: list[str], fplane: dict | None, ifucen: Any
 
 def run_calibrate(req: CalibrateRequest) -> Path:
     """``remedy-dask calibrate``: build the graph and run it on the chosen cluster."""
+    with open_client(req.cluster.address, req.cluster.workers, req.cluster.config_file) as client:
+        return calibrate(req, client)
+
+
+def calibrate(req: CalibrateRequest, client: Any) -> Path:
+    """Build the calibration graph of ``req`` and run it on ``client`` (None: synchronous)."""
     from datetime import datetime, timedelta
 
     from remedy_dask.io.fplane import read_fplane
@@ -437,8 +443,7 @@ def run_calibrate(req: CalibrateRequest) -> Path:
         archive, dates, Path(req.out), config, positions, ifuslots=ifuslots, fplane=fplane,
         fiber_loc_dir=req.fiber_locations,
     )
-    with open_client(req.cluster.address, req.cluster.workers, req.cluster.config_file) as client:
-        path = compute(final, client)
+    path = compute(final, client)
     from remedy_dask.qa.calibration import calibration_report
 
     statuses = calfile.amp_statuses(path)

@@ -223,6 +223,14 @@ def run_reduce(req: ReduceRequest) -> Path:
 def run_reduce_night(req: NightRequest) -> dict[int, str]:
     """``remedy-dask reduce-night``: every science observation of a night in one cluster, each
     isolated (one failing observation does not stop the others), and a summary table."""
+    with open_client(req.cluster.address, req.cluster.workers, req.cluster.config_file) as client:
+        return reduce_night(req, client)
+
+
+def reduce_night(req: NightRequest, client: Any) -> dict[int, str]:
+    """The observations of ``req`` on a running ``client`` (None: synchronous); returns
+    {obs: product path or 'failed: reason'}."""
+    from remedy_dask.qa.observation import observation_report
     from remedy_dask.workflow.cluster import compute
 
     archive = RawArchive(req.rootdir)
@@ -240,20 +248,17 @@ def run_reduce_night(req: NightRequest) -> dict[int, str]:
                                               archive)
         except RemedyError as exc:
             results[obs] = f"failed: {exc}"
-    with open_client(req.cluster.address, req.cluster.workers, req.cluster.config_file) as client:
-        # all observations share the cluster: submitted together, collected one by one
-        pending = {obs: (client.compute(red.final) if client is not None else red.final)
-                   for obs, red in reductions.items()}
-        for obs, job in pending.items():
-            try:
-                results[obs] = job.result() if client is not None else compute(job, None)
-            except Exception as exc:  # one failing observation does not stop the others
-                log.exception("observation %07d failed", obs)
-                results[obs] = f"failed: {type(exc).__name__}: {exc}"
+    # all observations share the cluster: submitted together, collected one by one
+    pending = {obs: (client.compute(red.final) if client is not None else red.final)
+               for obs, red in reductions.items()}
+    for obs, job in pending.items():
+        try:
+            results[obs] = job.result() if client is not None else compute(job, None)
+        except Exception as exc:  # one failing observation does not stop the others
+            log.exception("observation %07d failed", obs)
+            results[obs] = f"failed: {type(exc).__name__}: {exc}"
     for obs, red in reductions.items():
         if not str(results[obs]).startswith("failed"):
-            from remedy_dask.qa.observation import observation_report
-
             observation_report(results[obs], catalog=red.catalog)
     print(f"\nnight {req.date}: {len(observations)} observation(s) in "
           f"{time.perf_counter() - t0:.0f} s")
