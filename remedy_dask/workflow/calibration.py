@@ -28,7 +28,7 @@ from remedy_dask.config import CalibrationConfig, PipelineConfig, load_config
 from remedy_dask.errors import CalibrationError, RawDataError, RemedyError
 from remedy_dask.io import calfile
 from remedy_dask.io.raw import FrameRef, RawArchive
-from remedy_dask.workflow.cluster import compute, open_client
+from remedy_dask.workflow.cluster import client_options, compute, open_client
 from remedy_dask.workflow.nodes import gather, gather_dict
 from remedy_dask.workflow.frames import ReducedFrame, reduce_frames
 
@@ -436,7 +436,7 @@ def run_calibrate(args: Any) -> Path:
         archive, dates, Path(args.out), config, positions, ifuslots=ifuslots, fplane=fplane,
         fiber_loc_dir=args.fiber_locations,
     )
-    with open_client(args.cluster, args.workers, getattr(args, "cluster_config", None)) as client:
+    with open_client(**client_options(args)) as client:
         path = compute(final, client)
     from remedy_dask.qa.calibration import calibration_report
 

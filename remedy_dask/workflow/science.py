@@ -26,7 +26,7 @@ from remedy_dask.errors import RemedyError
 from remedy_dask.io import calfile, store
 from remedy_dask.io.raw import FrameRef, RawArchive
 from remedy_dask.workflow import amp_chain
-from remedy_dask.workflow.cluster import open_client
+from remedy_dask.workflow.cluster import client_options, open_client
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def run_reduce(args: Any) -> Path:
     config = load_config(getattr(args, "config", None))
     t0 = time.perf_counter()
     red = build_reduction(args, config, RawArchive(args.rootdir))
-    with open_client(args.cluster, args.workers, getattr(args, "cluster_config", None)) as client:
+    with open_client(**client_options(args)) as client:
         product = _compute_with_progress(red.final, client, red.out, red.plan)
     report(red, product, time.perf_counter() - t0)
     return Path(product)
@@ -243,7 +243,7 @@ def run_reduce_night(args: Any) -> dict[int, str]:
             reductions[obs] = build_reduction(a, config, archive)
         except RemedyError as exc:
             results[obs] = f"failed: {exc}"
-    with open_client(args.cluster, args.workers, getattr(args, "cluster_config", None)) as client:
+    with open_client(**client_options(args)) as client:
         # all observations share the cluster: submitted together, collected one by one
         pending = {obs: (client.compute(red.final) if client is not None else red.final)
                    for obs, red in reductions.items()}
