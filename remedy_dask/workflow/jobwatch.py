@@ -69,7 +69,7 @@ def classify_slurm(job_id: str, line: str | None) -> JobState:
         return JobState(job_id, state, reason, "running")
     if state in _SLURM_WAITING:
         for pattern, advice in _SLURM_FATAL:
-            if re.fullmatch(pattern, reason):
+            if re.match(pattern, reason):
                 return JobState(job_id, state, reason, "fatal", advice)
         return JobState(job_id, state, reason, "waiting")
     return JobState(job_id, state, reason, "ended",
