@@ -8,7 +8,11 @@ import subprocess
 import pytest
 
 from remedy_dask.workflow.jobwatch import (
-    ClusterError, classify_pbs, classify_slurm, rejection_message, wait_for_workers,
+    ClusterError,
+    classify_pbs,
+    classify_slurm,
+    rejection_message,
+    wait_for_workers,
 )
 
 

@@ -103,7 +103,7 @@ def submit(script: str) -> str:
     """Submit ``script`` with ``sbatch --parsable``; returns the job id."""
     try:
         out = subprocess.run(["sbatch", "--parsable"], input=script, capture_output=True,
-                             text=True, timeout=60)
+                             text=True, timeout=60, check=False)
     except FileNotFoundError:
         raise ConfigError("sbatch not found: submit from a SLURM login node, or save the script "
                           "(without --submit) and submit it there") from None

@@ -86,7 +86,7 @@ def classify_pbs(job_id: str, text: str | None) -> JobState:
     if state in ("R", "E", "B"):
         return JobState(job_id, state, comment, "running")
     if state in ("Q", "W", "T", "S", "H"):
-        if re.search(r"never run|exceeds|not allowed|Job held", comment, re.I) or state == "H":
+        if re.search(r"never run|exceeds|not allowed|Job held", comment, re.IGNORECASE) or state == "H":
             return JobState(job_id, state, comment, "fatal",
                             "the request exceeds what the queue offers or the job is held: "
                             "change queue, cores, memory or walltime")
