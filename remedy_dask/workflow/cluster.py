@@ -225,10 +225,12 @@ def _jobqueue_cluster(kind: str, settings: dict[str, Any], workers: int | None, 
     lc = jobqueue_class(kind)(**kwargs)
     try:
         log.info("dask-jobqueue job script:\n%s", lc.job_script())
-        first = workers or settings["processes"] * settings["adaptive"]["minimum_jobs"]
+        per_job = settings.get("processes") or 1
+        adaptive = settings.get("adaptive") or {}
+        first = workers or per_job * adaptive.get("minimum_jobs", 1)
         submit = "sbatch" if kind == "slurm" else "qsub"
 
-        jobs = -(-first // settings["processes"])
+        jobs = -(-first // per_job)
 
         async def submit_first() -> None:  # on the cluster's loop: sbatch/qsub refusals raise here
             while len(lc.worker_spec) < jobs:
@@ -244,7 +246,7 @@ def _jobqueue_cluster(kind: str, settings: dict[str, Any], workers: int | None, 
             lambda: [j.job_id for j in lc.workers.values() if getattr(j, "job_id", None)],
             lambda: len(lc.scheduler_info.get("workers", {})), kind, timeout=worker_timeout)
         if not workers:
-            lc.adapt(**settings["adaptive"])
+            lc.adapt(**adaptive)
     except BaseException:
         lc.close()
         raise
