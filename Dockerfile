@@ -3,7 +3,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 OMP_NUM_THREADS=1
 WORKDIR /opt/remedy-dask
 COPY pyproject.toml README.md ./
 COPY remedy_dask ./remedy_dask
-COPY configs ./configs
 RUN pip install .
 WORKDIR /data
 EXPOSE 8787

@@ -136,17 +136,79 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("graphs", help="regenerate the task-graph views (graphs/*.md)")
     p.add_argument("outdir", type=Path, nargs="?", default=Path("graphs"))
 
-    p = sub.add_parser("config", help="configuration helpers")
-    p.add_argument("action", choices=["show"])
-    p.add_argument("--config", type=Path)
+    p = sub.add_parser(
+        "config", help="print the effective reduction or cluster settings",
+        description="Print the effective reduction settings, or with --cluster the cluster "
+                    "settings and the batch job script that would be submitted.",
+        epilog="example: remedy-dask config show --cluster slurm --site tacc-stampede3")
+    p.add_argument("action", choices=["show"], help="what to do (show)")
+    p.add_argument("--config", type=Path, help="YAML file of reduction parameters")
+    p.add_argument("--cluster", choices=["local", "slurm", "pbs"],
+                   help="show these cluster settings instead of the reduction settings")
+    _add_site_args(p)
+
+    p = sub.add_parser(
+        "sbatch", help="write (and with --submit, submit) a whole-node SLURM job for a command",
+        description="Print a SLURM batch script that runs `remedy-dask COMMAND ARGS...` inside "
+                    "one node allocation (a LocalCluster over the allocation's cores, this "
+                    "Python environment). Options may come before COMMAND or after its ARGS.",
+        epilog="example: remedy-dask sbatch reduce 20190822 7 47 cal.h5 --rootdir raw "
+               "--fplane fplane.txt --out out --site tacc-stampede3 --account AST23001 --submit")
+    _add_sbatch_args(p)
+    p.add_argument("inner", nargs=argparse.REMAINDER, metavar="COMMAND ARGS",
+                   help="the remedy-dask command to run and its arguments")
     return parser
 
 
+def _add_site_args(p: argparse.ArgumentParser) -> None:
+    from remedy_dask.workflow.cluster_settings import site_names
+
+    p.add_argument("--site", choices=site_names(),
+                   help="site preset of the SLURM settings (default: generic settings)")
+    p.add_argument("--cluster-config", type=Path,
+                   help="YAML file of cluster settings (any dask-jobqueue argument), applied last")
+
+
+def _add_sbatch_args(p: argparse.ArgumentParser, suppress: bool = False) -> None:
+    from remedy_dask.workflow.cluster_settings import site_names
+
+    default = argparse.SUPPRESS if suppress else None
+    p.add_argument("--site", choices=site_names(), default=default,
+                   help="take partition, account, cores and walltime from this site preset")
+    p.add_argument("--partition", default=default, help="SLURM partition (queue)")
+    p.add_argument("--account", default=default, help="allocation to charge (-A)")
+    p.add_argument("--reservation", default=default, help="SLURM reservation name")
+    p.add_argument("--nodes", type=int, default=argparse.SUPPRESS if suppress else 1,
+                   help="nodes (only 1: a LocalCluster covers one node)")
+    p.add_argument("--cores", type=int, default=default,
+                   help="cores (= worker processes); default: the site's cores per node, else "
+                        "all cores SLURM gives the job")
+    p.add_argument("--walltime", default=default, help="wall-clock limit HH:MM:SS (default "
+                   "the site's, else 02:00:00)")
+    p.add_argument("--job-name", default=default, help="job name (default remedy-COMMAND)")
+    p.add_argument("--submit", action="store_true",
+                   default=argparse.SUPPRESS if suppress else False,
+                   help="submit the script with sbatch and print the job id")
+
+
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cluster", default="local", help="local | slurm | pbs | sync | tcp://ADDRESS")
+    p.add_argument("--cluster", default="local",
+                   help="local | slurm | pbs | sync | tls://ADDRESS | tcp://ADDRESS "
+                        "(default: local)")
     p.add_argument("--workers", type=int, default=None, help="workers (default: cores)")
     p.add_argument("--config", type=Path, help="YAML file of reduction parameters")
-    p.add_argument("--cluster-config", type=Path, help="YAML file of cluster settings")
+    _add_site_args(p)
+    p.add_argument("--worker-timeout", type=float, default=None, metavar="SECONDS",
+                   help="with slurm/pbs: give up (exit 2) when no worker has started after "
+                        "this long (default: wait, logging the queue state every minute)")
+    p.add_argument("--dashboard-address", default=None, metavar="HOST:PORT",
+                   help="where the dashboard listens (default 127.0.0.1:8787, this machine "
+                        "only; a free port if taken)")
+    p.add_argument("--tls-ca-file", type=Path, help="CA certificate for tls:// (with "
+                   "--tls-cert and --tls-key; default: temporary certificates for clusters "
+                   "started here)")
+    p.add_argument("--tls-cert", type=Path, help="certificate for tls://")
+    p.add_argument("--tls-key", type=Path, help="private key for tls://")
 
 
 def _setup_logging(debug: bool, quiet: bool) -> None:
@@ -161,7 +223,11 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
 
 
 def _cluster_request(args: argparse.Namespace) -> ClusterRequest:
-    return ClusterRequest(args.cluster, args.workers, args.cluster_config)
+    return ClusterRequest(
+        address=args.cluster, workers=args.workers, config_file=args.cluster_config,
+        site=args.site, dashboard_address=args.dashboard_address,
+        worker_timeout=args.worker_timeout, tls_ca_file=args.tls_ca_file, tls_cert=args.tls_cert,
+        tls_key=args.tls_key, quiet=args.quiet)
 
 
 def calibrate_request(args: argparse.Namespace) -> CalibrateRequest:
@@ -253,11 +319,38 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {path}")
         return 0
     if args.command == "config":
+        if args.cluster:
+            from remedy_dask.workflow.cluster_settings import show
+
+            print(show(args.cluster, args.site, args.cluster_config), end="")
+            return 0
         from remedy_dask.config import load_config
 
         print(load_config(args.config).to_yaml(), end="")
         return 0
+    if args.command == "sbatch":
+        return _run_sbatch(args)
     raise AssertionError(args.command)
+
+
+def _run_sbatch(args: argparse.Namespace) -> int:
+    """``remedy-dask sbatch``: sbatch options may also follow the inner command's arguments."""
+    from remedy_dask.workflow import batch
+
+    trailing = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    _add_sbatch_args(trailing, suppress=True)
+    later, inner = trailing.parse_known_args(args.inner)
+    opts = {**vars(args), **vars(later)}
+    job = batch.BatchJob(
+        command=inner, site=opts["site"], partition=opts["partition"], account=opts["account"],
+        reservation=opts["reservation"], nodes=opts["nodes"], cores=opts["cores"],
+        walltime=opts["walltime"], job_name=opts["job_name"])
+    script = batch.render(job)
+    if not opts["submit"]:
+        print(script, end="")
+        return 0
+    print(f"submitted batch job {batch.submit(script)}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,8 @@
 
 One ``PipelineConfig`` holds everything; ``remedy-dask config show`` prints the effective values.
 A YAML file given with ``--config`` may set any subset; unknown keys are an error (no silent
-typos).  The cluster sections live in ``configs/*.yaml`` and are read by ``workflow.cluster``.
+typos).  The cluster settings live in ``remedy_dask/configs/*.yaml`` and are read by
+``workflow.cluster_settings``.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ cluster starts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from remedy_dask.config import PipelineConfig
 from remedy_dask.errors import ConfigError, InputFileError
@@ -37,16 +38,34 @@ def _existing(path: Path | None, what: str, directory: bool = False) -> Path | N
 @dataclass(frozen=True)
 class ClusterRequest:
     """Where the graph runs: ``local`` (LocalCluster), ``slurm``, ``pbs``, ``sync`` or a
-    scheduler address, with ``workers`` processes and an optional cluster-settings file."""
+    scheduler address, with ``workers`` processes, the cluster settings (``site`` preset,
+    ``config_file``), the dashboard address, a bound on the wait for batch workers and the
+    user's TLS certificates for a ``tls://`` scheduler."""
 
     address: str = "local"
     workers: int | None = None
     config_file: Path | None = None
+    site: str | None = None
+    dashboard_address: str | None = None
+    worker_timeout: float | None = None
+    tls_ca_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    quiet: bool = False
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        if self.worker_timeout is not None and self.worker_timeout <= 0:
+            raise ConfigError(f"--worker-timeout must be positive, got {self.worker_timeout}")
         _existing(self.config_file, "cluster settings")
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``workflow.cluster.open_client``."""
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self)}
+        kwargs["cluster"] = kwargs.pop("address")
+        kwargs["cluster_config"] = kwargs.pop("config_file")
+        return kwargs
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ def run_reduce_range(req: RangeRequest) -> list[dict[str, Any]]:
                           f"{req.rootdir}" + (f" for program {req.program}" if req.program else ""))
     windows = sorted({window_start(o.date, req.start, req.cal_window) for o in observations})
     rows: list[dict[str, Any]] = []
-    with open_client(req.cluster.address, req.cluster.workers, req.cluster.config_file) as client:
+    with open_client(**req.cluster.client_kwargs()) as client:
         cals = _calibrations(req, windows, client)
         for date in sorted({o.date for o in observations}):
             todo = [o for o in observations if o.date == date]

@@ -414,7 +414,7 @@ def focal_positions(keys: list[str], fplane: dict | None, ifucen: Any
 
 def run_calibrate(req: CalibrateRequest) -> Path:
     """``remedy-dask calibrate``: build the graph and run it on the chosen cluster."""
-    with open_client(req.cluster.address, req.cluster.workers, req.cluster.config_file) as client:
+    with open_client(**req.cluster.client_kwargs()) as client:
         return calibrate(req, client)
 
 

@@ -1,8 +1,10 @@
 """Where the graph runs: a LocalCluster (default), SLURM/PBS through dask-jobqueue, an existing
-scheduler (``tcp://...``), or the synchronous scheduler (``sync``, for debugging and tests).
+scheduler (``tls://...`` or ``tcp://...``), or the synchronous scheduler (``sync``, for
+debugging and tests).
 
-The built-in settings equal ``configs/{local,slurm,pbs}.yaml``; ``--cluster-config F`` replaces
-them with a user's file.
+Settings come from ``workflow.cluster_settings`` (packaged YAML, ``--site``, ``--cluster-config``).
+Network defaults are safe: the dashboard listens on 127.0.0.1, and clusters we start use TLS
+with temporary certificates (client, scheduler and workers share them through the filesystem).
 """
 
 from __future__ import annotations
@@ -10,56 +12,79 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from remedy_dask.errors import ConfigError
 from remedy_dask.threads import one_thread_per_process
+from remedy_dask.workflow.cluster_settings import KINDS, cluster_settings, jobqueue_kwargs
+from remedy_dask.workflow.jobwatch import ClusterError, rejection_message, wait_for_workers
 
 log = logging.getLogger(__name__)
 
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "local": {
-        "kind": "local", "n_workers": None, "threads_per_worker": 1, "memory_limit": "auto",
-        "dashboard_address": ":8787",
-    },
-    "slurm": {
-        "kind": "slurm", "queue": "normal", "account": None, "cores": 16, "processes": 16,
-        "memory": "64GB", "walltime": "02:00:00", "interface": None, "local_directory": None,
-        "job_extra_directives": [], "job_script_prologue": [],
-        "adaptive": {"minimum_jobs": 1, "maximum_jobs": 8},
-    },
-    "pbs": {
-        "kind": "pbs", "queue": "batch", "account": None, "cores": 16, "processes": 16,
-        "memory": "64GB", "walltime": "02:00:00", "interface": None, "local_directory": None,
-        "job_extra_directives": [], "job_script_prologue": [],
-        "adaptive": {"minimum_jobs": 1, "maximum_jobs": 8},
-    },
-}
+TCP_WARNING = ("plain tcp:// to {address}: nothing is encrypted or authenticated; anyone who can "
+               "reach that port can run any code as you on the workers (distributed unpickles "
+               "what it receives) and read the data; use tls:// with --tls-ca-file, --tls-cert "
+               "and --tls-key")
+def user_security(ca: Path | None, cert: Path | None, key: Path | None) -> Any:
+    """A ``distributed.Security`` from the user's certificate files (``None`` if none given)."""
+    if ca is None and cert is None and key is None:
+        return None
+    if None in (ca, cert, key):
+        raise ConfigError("--tls-ca-file, --tls-cert and --tls-key go together")
+    for flag, path in (("--tls-ca-file", ca), ("--tls-cert", cert), ("--tls-key", key)):
+        if not Path(path).is_file():
+            raise ConfigError(f"{path}: {flag} file not found")
+    from distributed.security import Security
+
+    files = {f"tls_{role}_{part}": str(p) for role in ("client", "scheduler", "worker")
+             for part, p in (("cert", cert), ("key", key))}
+    return Security(tls_ca_file=str(ca), require_encryption=True, **files)
 
 
-def cluster_settings(kind: str, path: Path | None = None) -> dict[str, Any]:
-    """Built-in settings of ``kind``, updated by the YAML file ``path``."""
-    settings = dict(DEFAULTS[kind])
-    if path is not None:
-        try:
-            user = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read cluster settings ({exc})") from None
-        unknown = set(user) - set(settings)
-        if unknown:
-            raise ConfigError(f"{path}: unknown cluster settings {sorted(unknown)}")
-        settings.update(user)
-    return settings
+def _dashboard_address(requested: str | None) -> str:
+    """``requested`` (default 127.0.0.1:8787), on a free port (``:0``) if that one is taken; a
+    warning when it listens beyond this machine."""
+    address = requested or "127.0.0.1:8787"
+    host, _, port = address.rpartition(":")
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        log.warning("the dashboard listens on all interfaces (%s): anyone who can reach it sees "
+                    "the task stream, worker logs and call stacks", address)
+    try:
+        number = int(port or 0)
+    except ValueError:
+        raise ConfigError(f"--dashboard-address {address!r} is not HOST:PORT") from None
+    if number:
+        probe = "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]", "localhost") else host.strip("[]")
+        with contextlib.suppress(OSError), socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex((probe, number)) == 0:
+                log.info("port %d is taken: the dashboard gets a free port", number)
+                address = f"{host}:0"
+    return address
+
+
+def _cluster_security(settings: dict[str, Any], user: Any, kind: str) -> Any:
+    """Security of a cluster we start: the user's certificates, else temporary ones unless the
+    settings say ``security: false`` (then a warning)."""
+    if user is not None:
+        return user
+    if settings.get("security", True):
+        from distributed.security import Security
+
+        return Security.temporary()
+    log.warning(TCP_WARNING.format(address=f"the {kind} cluster's scheduler"))
+    return None
 
 
 @contextlib.contextmanager
 def open_client(
     cluster: str = "local", workers: int | None = None, cluster_config: Path | None = None,
-    dashboard_address: str | None = None, quiet: bool = False,
+    dashboard_address: str | None = None, quiet: bool = False, site: str | None = None,
+    worker_timeout: float | None = None, tls_ca_file: Path | None = None,
+    tls_cert: Path | None = None, tls_key: Path | None = None,
 ) -> Iterator[Any]:
     """Yield a ``distributed.Client`` (or ``None`` for ``sync``) and close what we started."""
     if cluster == "sync":  # everything runs in this process
@@ -68,53 +93,82 @@ def open_client(
         tune_malloc()
         yield None
         return
-    from distributed import Client, LocalCluster
+    security = user_security(tls_ca_file, tls_cert, tls_key)
+    if cluster.startswith(("tcp://", "tls://")):
+        with _connect(cluster, security, quiet) as client:
+            yield client
+        return
+    if cluster not in KINDS:
+        raise ConfigError(f"--cluster must be local, slurm, pbs, sync, tls://ADDRESS or "
+                          f"tcp://ADDRESS, not {cluster!r}")
+    if site and cluster == "local":
+        raise ConfigError("--site applies to --cluster slurm or pbs")
+    settings = cluster_settings(cluster, cluster_config, site)
+    _quiet_distributed()
+    one_thread_per_process()  # inherited by the worker processes we start
+    from distributed import Client
 
-    from remedy_dask.workflow.worker_setup import quiet_comm_size_probe
-
-    if not log.isEnabledFor(logging.DEBUG):  # distributed configures its own loggers on import
-        logging.getLogger("distributed").setLevel(logging.WARNING)
-    quiet_comm_size_probe()  # the client and a LocalCluster's scheduler live in this process
-
-    if cluster.startswith("tcp://") or cluster.startswith("tls://"):
-        client = Client(cluster, timeout="30s")
+    dashboard = _dashboard_address(dashboard_address or settings.get("dashboard_address"))
+    security = _cluster_security(settings, security, cluster)
+    if cluster == "local":
+        lc = _local_cluster(settings, workers, dashboard, security)
+    else:
+        lc = _jobqueue_cluster(cluster, settings, workers, dashboard, security, worker_timeout)
+    try:
+        client = Client(lc, security=security)
         _setup_workers(client)
         _announce(client, quiet)
         try:
             yield client
         finally:
             client.close()
-        return
-    if cluster not in DEFAULTS:
-        raise ConfigError(f"--cluster must be local, slurm, pbs, sync or tcp://ADDRESS, not {cluster!r}")
-    settings = cluster_settings(cluster, cluster_config)
-    one_thread_per_process()  # inherited by the worker processes we start
-    if cluster == "local":
-        n = workers or settings["n_workers"] or os.cpu_count() or 1
-        address = dashboard_address or settings["dashboard_address"]
-        with contextlib.suppress(Exception):
-            import socket
+    finally:
+        lc.close()
 
-            port = int(address.rsplit(":", 1)[-1] or 0)
-            if port:
-                with socket.socket() as s:
-                    if s.connect_ex(("127.0.0.1", port)) == 0:
-                        address = ":0"  # taken: let the OS choose
-        lc = LocalCluster(
-            n_workers=n, threads_per_worker=settings["threads_per_worker"],
-            memory_limit=settings["memory_limit"], dashboard_address=address,
-            processes=True, silence_logs=logging.WARNING,
-        )
-    else:
-        lc = _jobqueue_cluster(cluster, settings, workers)
-    client = Client(lc)
-    _setup_workers(client)
-    _announce(client, quiet)
+
+@contextlib.contextmanager
+def _connect(address: str, security: Any, quiet: bool) -> Iterator[Any]:
+    from distributed import Client
+    from distributed.security import Security
+
+    _quiet_distributed()
+    if address.startswith("tcp://"):
+        log.warning(TCP_WARNING.format(address=address))
+        security = None
+    elif security is None:
+        security = Security()  # certificates from the Dask configuration, if any
+        if not security.tls_ca_file:
+            raise ConfigError(f"{address}: a tls:// scheduler needs --tls-ca-file, --tls-cert "
+                              "and --tls-key (or distributed.comm.tls in the Dask configuration)")
+    client = Client(address, timeout="30s", security=security)
     try:
+        _setup_workers(client)
+        _announce(client, quiet)
         yield client
     finally:
         client.close()
-        lc.close()
+
+
+def _quiet_distributed() -> None:
+    from remedy_dask.workflow.worker_setup import quiet_comm_size_probe
+
+    if not log.isEnabledFor(logging.DEBUG):  # distributed configures its own loggers on import
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    quiet_comm_size_probe()  # the client and a LocalCluster's scheduler live in this process
+
+
+def _local_cluster(settings: dict[str, Any], workers: int | None, dashboard: str,
+                   security: Any) -> Any:
+    from distributed import LocalCluster
+
+    n = workers or settings.get("n_workers") or os.cpu_count() or 1
+    extra = {k: v for k, v in settings.items()
+             if k not in ("kind", "n_workers", "dashboard_address", "security", "adaptive")}
+    extra.setdefault("threads_per_worker", 1)
+    return LocalCluster(
+        n_workers=n, host="127.0.0.1", dashboard_address=dashboard, security=security,
+        processes=True, silence_logs=logging.WARNING, **extra,
+    )
 
 
 def _setup_workers(client: Any) -> None:
@@ -124,22 +178,66 @@ def _setup_workers(client: Any) -> None:
     client.register_plugin(WorkerSetup())
 
 
-def _jobqueue_cluster(kind: str, settings: dict[str, Any], workers: int | None) -> Any:
-    import dask_jobqueue
+def _tls_temp_directory() -> str:
+    """A private directory in $HOME (shared with the compute nodes) for the temporary
+    certificates dask-jobqueue hands to the workers."""
+    path = Path.home() / ".cache" / "remedy-dask" / "tls"
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return str(path)
 
-    cls = dask_jobqueue.SLURMCluster if kind == "slurm" else dask_jobqueue.PBSCluster
-    kwargs = {
-        k: settings[k]
-        for k in ("queue", "account", "cores", "processes", "memory", "walltime", "interface",
-                  "local_directory", "job_extra_directives", "job_script_prologue")
-        if settings.get(k) not in (None, [])
-    }
-    lc = cls(**kwargs)
-    if workers:
-        lc.scale(n=workers)
-    else:
-        lc.adapt(**settings["adaptive"])
-    log.info("dask-jobqueue job script:\n%s", lc.job_script())
+
+def _forget_unsubmitted(lc: Any) -> None:
+    """Drop jobs whose submission failed (so that closing the cluster does not trip on them)."""
+    from distributed.core import Status
+
+    lc.worker_spec.clear()
+    for name, job in list(lc.workers.items()):
+        if getattr(job, "job_id", None) is None:
+            del lc.workers[name]
+    for job in list(getattr(lc, "_created", ())):
+        if getattr(job, "job_id", None) is None:
+            job.status = Status.failed
+
+
+def _jobqueue_cluster(kind: str, settings: dict[str, Any], workers: int | None, dashboard: str,
+                      security: Any, worker_timeout: float | None) -> Any:
+    from remedy_dask.workflow.cluster_settings import jobqueue_class
+
+    kwargs = jobqueue_kwargs(kind, settings)
+    kwargs["scheduler_options"] = {"dashboard_address": dashboard,
+                                   **(kwargs.get("scheduler_options") or {})}
+    if security is not None:
+        kwargs["security"] = security
+        kwargs.setdefault("shared_temp_directory", _tls_temp_directory())
+    lc = jobqueue_class(kind)(**kwargs)
+    try:
+        log.info("dask-jobqueue job script:\n%s", lc.job_script())
+        per_job = settings.get("processes") or 1
+        adaptive = settings.get("adaptive") or {}
+        first = workers or per_job * adaptive.get("minimum_jobs", 1)
+        submit = "sbatch" if kind == "slurm" else "qsub"
+
+        jobs = -(-first // per_job)
+
+        async def submit_first() -> None:  # on the cluster's loop: sbatch/qsub refusals raise here
+            while len(lc.worker_spec) < jobs:
+                lc.worker_spec.update(lc.new_worker_spec())
+            await lc._correct_state()
+
+        try:
+            lc.sync(submit_first)
+        except RuntimeError as exc:
+            _forget_unsubmitted(lc)
+            raise ClusterError(rejection_message(exc, submit)) from None
+        wait_for_workers(
+            lambda: [j.job_id for j in lc.workers.values() if getattr(j, "job_id", None)],
+            lambda: len(lc.scheduler_info.get("workers", {})), kind, timeout=worker_timeout)
+        if not workers:
+            lc.adapt(**adaptive)
+    except BaseException:
+        lc.close()
+        raise
     return lc
 
 

@@ -214,7 +214,7 @@ def run_reduce(req: ReduceRequest) -> Path:
     """``remedy-dask reduce``: plan, build the graph, run it, write the products."""
     t0 = time.perf_counter()
     red = build_reduction(req, RawArchive(req.rootdir))
-    with open_client(req.cluster.address, req.cluster.workers, req.cluster.config_file) as client:
+    with open_client(**req.cluster.client_kwargs()) as client:
         product = _compute_with_progress(red.final, client, red.out, red.plan)
     report(red, product, time.perf_counter() - t0)
     return Path(product)
@@ -223,7 +223,7 @@ def run_reduce(req: ReduceRequest) -> Path:
 def run_reduce_night(req: NightRequest) -> dict[int, str]:
     """``remedy-dask reduce-night``: every science observation of a night in one cluster, each
     isolated (one failing observation does not stop the others), and a summary table."""
-    with open_client(req.cluster.address, req.cluster.workers, req.cluster.config_file) as client:
+    with open_client(**req.cluster.client_kwargs()) as client:
         return reduce_night(req, client)
 
 
