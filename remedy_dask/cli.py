@@ -1,7 +1,9 @@
 """The ``remedy-dask`` command line (also ``python -m remedy_dask``).
 
-Sub-commands and their arguments follow shared/interface.md.  Bad input ends with a one-line
-``error: ...`` on stderr and exit status 2; ``--debug`` shows tracebacks.
+Sub-commands and their arguments follow shared/interface.md.  Every error ends with one line
+``error: ...`` on stderr; ``--debug`` shows tracebacks.  Exit status (``workflow.outcome``): 0 all
+reduced, 1 internal error, 2 bad input or arguments (or OUTDIR held by another run), 3 products
+written with something left out.
 """
 
 from __future__ import annotations
@@ -146,20 +148,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"truth: {getattr(result, 'truth_dir', args.out / 'truth')}")
         return 0
     if args.command == "calibrate":
+        from remedy_dask.io.calfile import amp_statuses
         from remedy_dask.workflow.calibration import run_calibrate
+        from remedy_dask.workflow.outcome import EXIT_OK, EXIT_PARTIAL
 
-        run_calibrate(args)
-        return 0
+        path = run_calibrate(args)
+        failed = [k for k, v in amp_statuses(path).items() if v != "ok"]
+        return EXIT_PARTIAL if failed else EXIT_OK
     if args.command == "reduce":
+        from remedy_dask.workflow.outcome import product_status
         from remedy_dask.workflow.science import run_reduce
 
-        run_reduce(args)
-        return 0
+        return product_status(run_reduce(args))
     if args.command == "reduce-night":
+        from remedy_dask.workflow.outcome import night_status
         from remedy_dask.workflow.science import run_reduce_night
 
-        results = run_reduce_night(args)
-        return 0 if all(not str(r).startswith("failed") for r in results.values()) else 1
+        return night_status(run_reduce_night(args))
     if args.command == "demo":
         from remedy_dask.workflow.demo import run_demo
 
@@ -199,6 +204,20 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished intermediates are kept; rerun the command to resume",
               file=sys.stderr)
         return 130
+    except Exception as exc:  # anything else: one line, the traceback only with --debug
+        if args.debug:
+            raise
+        print(f"error: {_describe(exc)} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an unexpected exception."""
+    text = " ".join(str(exc).split())
+    if type(exc).__name__ == "KilledWorker":
+        return (f"a Dask worker died three times running a task ({text}): out of memory or a "
+                "crash in compiled code; finished checkpoints are kept, rerun to resume")
+    return f"internal error: {type(exc).__name__}: {text}"
 
 
 if __name__ == "__main__":

@@ -359,7 +359,7 @@ def build_calibration_graph(
             continue
         by_amp[(ref.ifuslot, ref.amp)][ref.kind].append(ref)
     if not by_amp:
-        raise RemedyError(f"no calibration frames found for {', '.join(dates)} under {archive.root}")
+        raise RemedyError(f"no calibration frames found for {', '.join(dates)} under {archive.rootdir}")
     cc = config.calibration
     parts_dir = out.with_name(out.name + ".parts")
     works, pieces, keys = [], {}, []
@@ -412,7 +412,23 @@ def focal_positions(keys: list[str], fplane: dict | None, ifucen: Any
 
 
 def run_calibrate(args: Any) -> Path:
-    """``remedy-dask calibrate``: build the graph and run it on the chosen cluster."""
+    """``remedy-dask calibrate``: build the graph and run it on the chosen cluster, holding the
+    lock of the output file's folder; the per-amp parts (``CAL.h5.parts/``) are removed after
+    the merge, or when the run fails."""
+    import shutil
+
+    from remedy_dask.io.lock import output_lock
+
+    out = Path(args.out)
+    with output_lock(out.parent, f".{out.name}.remedy-dask.lock"):
+        parts_dir = out.with_name(out.name + ".parts")
+        try:
+            return _calibrate(args)
+        finally:
+            shutil.rmtree(parts_dir, ignore_errors=True)
+
+
+def _calibrate(args: Any) -> Path:
     from datetime import datetime, timedelta
 
     from remedy_dask.io.fplane import read_fplane
