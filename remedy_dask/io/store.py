@@ -3,9 +3,10 @@
 Layout: ``{root}/exp{NN:02d}/{IFUSLOT:03d}{AMP}/`` (a zarr v3 group).  Every group carries the
 attribute ``input_key``: a hash of everything its content depends on (raw frame identity,
 calibration content, tables, the whole configuration, the code's digest and the keys of its
-inputs; see ``workflow.keys``).  A group is written under a unique temporary name, its
-completion marker ``.complete.json`` (the key and the size of every file written) last, and then
-renamed into place: a killed run leaves a complete group or none.  A rerun skips a group only if
+inputs; see ``workflow.keys``).  A group is written under a unique temporary name and renamed
+into place; its completion marker ``expNN/.{amp}.complete.json`` (the key and the size of every
+file of the group) is written last, atomically: a killed run leaves a complete group or one
+without a marker, which is recomputed.  A rerun skips a group only if
 its marker holds the same key and every listed file is there with its size, so a deleted or
 truncated chunk is recomputed, never read back as fill values.
 """
@@ -49,7 +50,9 @@ def read_attrs(root: str | Path, exp: int, amp_key: str) -> dict[str, Any]:
         return {}
 
 
-MARKER = ".complete.json"
+def marker_path(root: str | Path, exp: int, amp_key: str) -> Path:
+    """The completion marker of a group (beside it: zarr sees no foreign file)."""
+    return Path(root) / f"exp{exp:02d}" / f".{amp_key}.complete.json"
 
 
 def is_complete(root: str | Path, exp: int, amp_key: str, key: str) -> bool:
@@ -57,7 +60,7 @@ def is_complete(root: str | Path, exp: int, amp_key: str, key: str) -> bool:
     with the size it was written with."""
     group = group_path(root, exp, amp_key)
     try:
-        marker = json.loads((group / MARKER).read_text())
+        marker = json.loads(marker_path(root, exp, amp_key).read_text())
         if marker.get("input_key") != key or not marker.get("files"):
             return False
         return all((group / rel).stat().st_size == size for rel, size in marker["files"].items())
@@ -65,14 +68,14 @@ def is_complete(root: str | Path, exp: int, amp_key: str, key: str) -> bool:
         return False
 
 
-def _write_marker(group: Path, key: str) -> None:
-    """The completion marker: ``key`` and the size of every file of the group (written last)."""
+def _group_files(group: Path) -> dict[str, int]:
+    """Size of every file of a group, by relative path."""
     files = {}
     for dirpath, _, names in os.walk(group):
         for name in names:
             path = Path(dirpath) / name
             files[path.relative_to(group).as_posix()] = path.stat().st_size
-    (group / MARKER).write_text(json.dumps({"input_key": key, "files": files}))
+    return files
 
 
 def write_dataset(root: str | Path, exp: int, amp_key: str, ds: xr.Dataset, key: str) -> Path:
@@ -85,13 +88,20 @@ def write_dataset(root: str | Path, exp: int, amp_key: str, ds: xr.Dataset, key:
     final = group_path(root, exp, amp_key)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{amp_key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    marker = marker_path(root, exp, amp_key)
     try:
         _write_group(tmp, ds, key)
+        files = _group_files(tmp)
+        marker.unlink(missing_ok=True)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        tmp_marker = marker.with_name(f"{tmp.name}.json")
+        tmp_marker.write_text(json.dumps({"input_key": key, "files": files}))
+        os.replace(tmp_marker, marker)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        marker.with_name(f"{tmp.name}.json").unlink(missing_ok=True)
         raise
     return final
 
@@ -110,7 +120,6 @@ def _write_group(tmp: Path, ds: xr.Dataset, key: str) -> None:
             dimension_names=[str(d) for d in var.dims], attributes=_json_attrs(var.attrs),
             fill_value=np.nan if values.dtype.kind == "f" else 0,
         )
-    _write_marker(tmp, key)
 
 
 def _json_attrs(attrs: dict[Any, Any]) -> dict[str, Any]:
@@ -145,6 +154,9 @@ def clean_temporaries(root: str | Path) -> int:
     n = 0
     for tmp in Path(root).glob("exp*/.*.tmp"):
         shutil.rmtree(tmp, ignore_errors=True)
+        n += 1
+    for tmp in Path(root).glob("exp*/.*.tmp.json"):
+        tmp.unlink(missing_ok=True)
         n += 1
     return n
 
