@@ -302,3 +302,15 @@ def test_nan_rows_in_tables_are_named(tmp_path, sci_night):
     with pytest.raises(InputFileError, match=r"cat.csv: catalog: 1 row\(s\) with raMean not a "
                                              r"number in \[0, 360\] \(first: row 2\)"):
         read_catalog(tmp_path / "cat.csv")
+
+
+def test_simulate_never_deletes_what_it_did_not_create(tmp_path):
+    from remedy_dask.sim import simulate_night
+
+    user = tmp_path / "raw" / DATE / "virus" / "virus0000007" / "exp01" / "virus" / "mine.fits"
+    user.parent.mkdir(parents=True)
+    user.write_bytes(b"a user's file")
+    with pytest.raises(ConfigError, match="virus0000007: exists and was not written by "
+                                          "remedy-dask simulate"):
+        simulate_night(tmp_path, ifuslots=(47,), seed=3, science_only=True)
+    assert user.read_bytes() == b"a user's file"

@@ -199,6 +199,24 @@ def build_reduction(args: Any, config: PipelineConfig, archive: RawArchive) -> R
     return Reduction(plan, final, out, catalog, n_done)
 
 
+def pending_checkpoints(args: Any, config: PipelineConfig | None = None) -> list[str]:
+    """The checkpoints (``expNN/{IFUSLOT}{AMP}``, ``expNN/sky``) a run of ``args`` would
+    compute rather than reuse: those whose key differs from their completion marker's, or
+    whose files are incomplete.  Nothing is computed or written."""
+    config = config or load_config(getattr(args, "config", None))
+    cal_path = Path(args.calfile)
+    plan = plan_observation(RawArchive(args.rootdir), args.date, args.obs, args.ifuslot,
+                            cal_path, args.neighbor_dist, args.all_ifus)
+    keys = CheckpointKeys.of(plan, cal_path, config, getattr(args, "fplane", None),
+                             getattr(args, "ifucen", None))
+    work_root = Path(args.out) / "work" / f"{args.date}_{args.obs:07d}.zarr"
+    pending = [f"exp{e:02d}/{k}" for k in plan.cal_keys for e in plan.exposures
+               if (e, k) in plan.refs
+               and not store.is_complete(work_root, e, k, keys.amp(plan, e, k))]
+    return pending + [f"exp{e:02d}/sky" for e in plan.exposures
+                      if not store.is_complete(work_root, e, "sky", keys.sky(plan, e))]
+
+
 def report(red: Reduction, product: str, seconds: float) -> Path:
     """QA page and the closing lines of a reduction."""
     from remedy_dask.qa.observation import observation_report
