@@ -115,9 +115,8 @@ def test_second_run_into_the_same_outdir_stops_naming_the_holder(tmp_path, capsy
     with output_lock(out) as lock:
         holder = json.loads(lock.read_text())
         assert holder["pid"] == os.getpid()
-        with pytest.raises(OutputLockedError, match=f"pid {os.getpid()} on "):
-            with output_lock(out):
-                pass
+        with pytest.raises(OutputLockedError, match=f"pid {os.getpid()} on "), output_lock(out):
+            pass
         status = cli.main(["reduce", DATE, "7", "47", str(tmp_path / "cal.h5"), "--rootdir",
                            str(tmp_path), "--fplane", str(tmp_path / "f.txt"), "--out", str(out)])
         err = capsys.readouterr().err.strip()
