@@ -1,7 +1,9 @@
 """The ``remedy-dask`` command line (also ``python -m remedy_dask``).
 
-Sub-commands and their arguments follow shared/interface.md.  Bad input ends with a one-line
-``error: ...`` on stderr and exit status 2; ``--debug`` shows tracebacks.
+Sub-commands and their arguments follow shared/interface.md.  Every error ends with one line
+``error: ...`` on stderr; ``--debug`` shows tracebacks.  Exit status (``workflow.outcome``): 0 all
+reduced, 1 internal error, 2 bad input or arguments (or OUTDIR held by another run), 3 products
+written with something left out.
 """
 
 from __future__ import annotations
@@ -252,7 +254,7 @@ def reduce_request(args: argparse.Namespace) -> ReduceRequest:
         rootdir=args.rootdir, fplane=args.fplane, out=args.out, catalog=args.catalog,
         throughput=args.throughput, ifucen=args.ifucen, neighbor_dist=args.neighbor_dist,
         all_ifus=args.all_ifus, cubes=args.cubes, injection=injection,
-        config=load_config(args.config), cluster=_cluster_request(args))
+        config=load_config(args.config), config_file=args.config, cluster=_cluster_request(args))
 
 
 def night_request(args: argparse.Namespace) -> NightRequest:
@@ -261,7 +263,7 @@ def night_request(args: argparse.Namespace) -> NightRequest:
         rootdir=args.rootdir, date=args.date, calfile=args.calfile, fplane=args.fplane,
         out=args.out, observations=tuple(args.observations) if args.observations else None,
         catalog=args.catalog, throughput=args.throughput, ifucen=args.ifucen, cubes=args.cubes,
-        config=load_config(args.config), cluster=_cluster_request(args))
+        config=load_config(args.config), config_file=args.config, cluster=_cluster_request(args))
 
 
 def range_request(args: argparse.Namespace) -> RangeRequest:
@@ -270,7 +272,8 @@ def range_request(args: argparse.Namespace) -> RangeRequest:
         rootdir=args.rootdir, start=args.start, end=args.end, out=args.out, fplane=args.fplane,
         cal_window=args.cal_window, program=args.program, ifucen=args.ifucen,
         fiber_locations=args.fiber_locations, catalog=args.catalog, throughput=args.throughput,
-        cubes=args.cubes, config=load_config(args.config), cluster=_cluster_request(args))
+        cubes=args.cubes, config=load_config(args.config), config_file=args.config,
+        cluster=_cluster_request(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -288,25 +291,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"truth: {getattr(result, 'truth_dir', args.out / 'truth')}")
         return 0
     if args.command == "calibrate":
+        from remedy_dask.io.calfile import amp_statuses
         from remedy_dask.workflow.calibration import run_calibrate
+        from remedy_dask.workflow.outcome import EXIT_OK, EXIT_PARTIAL
 
-        run_calibrate(calibrate_request(args))
-        return 0
+        path = run_calibrate(calibrate_request(args))
+        failed = [k for k, v in amp_statuses(path).items() if v != "ok"]
+        return EXIT_PARTIAL if failed else EXIT_OK
     if args.command == "reduce":
+        from remedy_dask.workflow.outcome import product_status
         from remedy_dask.workflow.science import run_reduce
 
-        run_reduce(reduce_request(args))
-        return 0
+        return product_status(run_reduce(reduce_request(args)))
     if args.command == "reduce-night":
+        from remedy_dask.workflow.outcome import night_status
         from remedy_dask.workflow.science import run_reduce_night
 
-        results = run_reduce_night(night_request(args))
-        return 0 if all(not str(r).startswith("failed") for r in results.values()) else 1
+        return night_status(run_reduce_night(night_request(args)))
     if args.command == "reduce-range":
         from remedy_dask.workflow.archive import run_reduce_range
+        from remedy_dask.workflow.outcome import range_status
 
-        rows = run_reduce_range(range_request(args))
-        return 0 if all(r["status"] == "ok" for r in rows) else 3
+        return range_status(run_reduce_range(range_request(args)))
     if args.command == "demo":
         from remedy_dask.workflow.demo import run_demo
 
@@ -373,6 +379,20 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished intermediates are kept; rerun the command to resume",
               file=sys.stderr)
         return 130
+    except Exception as exc:  # anything else: one line, the traceback only with --debug
+        if args.debug:
+            raise
+        print(f"error: {_describe(exc)} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an unexpected exception."""
+    text = " ".join(str(exc).split())
+    if type(exc).__name__ == "KilledWorker":
+        return (f"a Dask worker died three times running a task ({text}): out of memory or a "
+                "crash in compiled code; finished checkpoints are kept, rerun to resume")
+    return f"internal error: {type(exc).__name__}: {text}"
 
 
 if __name__ == "__main__":

@@ -102,9 +102,13 @@ def _update_dataclass(obj: Any, values: dict[str, Any], where: str) -> None:
         if isinstance(current, (int, float)) and not isinstance(current, bool):
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
-            value = type(current)(value) if isinstance(current, float) else value
+            if isinstance(current, int) and not float(value).is_integer():
+                raise ConfigError(f"{where}.{key}: expected an integer, got {value!r}")
+            value = type(current)(value)
         if isinstance(current, str) and not isinstance(value, str):
             raise ConfigError(f"{where}.{key}: expected a string, got {value!r}")
+        if isinstance(current, list) and not isinstance(value, list):
+            raise ConfigError(f"{where}.{key}: expected a list, got {value!r}")
         setattr(obj, key, value)
 
 
@@ -123,8 +127,58 @@ def load_config(path: str | Path | None = None) -> PipelineConfig:
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of sections")
     _update_dataclass(config, values, path.name)
-    if config.reduction.extraction not in ("optimal", "aperture"):
-        raise ConfigError(f"{path}: reduction.extraction must be 'optimal' or 'aperture'")
-    if config.reduction.wave_shift_pooling not in ("ccd", "amp"):
-        raise ConfigError(f"{path}: reduction.wave_shift_pooling must be 'ccd' or 'amp'")
+    validate(config, str(path))
     return config
+
+
+CHOICES = {("calibration", "combine"): ("median", "mean_clipped"),
+           ("reduction", "extraction"): ("optimal", "aperture"),
+           ("reduction", "wave_shift_pooling"): ("ccd", "amp")}
+# (section, name) -> (low, high): inclusive bounds of numbers
+RANGES = {
+    ("calibration", "min_bias_frames"): (1, 1000), ("calibration", "min_dark_frames"): (1, 1000),
+    ("calibration", "min_flat_frames"): (1, 1000),
+    ("calibration", "min_twilight_frames"): (1, 1000),
+    ("calibration", "dead_fiber_threshold"): (0.0, 1.0),
+    ("calibration", "illumination_degree"): (0, 5),
+    ("reduction", "aperture_half_width"): (0.5, 10.0),
+    ("reduction", "wave_shift_ccd_differential_px"): (0.0, 10.0),
+    ("reduction", "wave_shift_ccd_max_trace_difference_px"): (0.0, 10.0),
+    ("reduction", "chi2_threshold"): (0.1, 1e6),
+    ("reduction", "max_masked_fiber_fraction"): (0.0, 1.0),
+    ("reduction", "max_masked_amp_fraction"): (0.0, 1.0),
+    ("observation", "catalog_radius_deg"): (0.001, 5.0),
+    ("observation", "detection_threshold"): (0.0, 1e3),
+    ("observation", "cube_pixscale"): (0.05, 10.0),
+}
+MAX_DITHER_ARCSEC = 60.0
+
+
+def validate(config: PipelineConfig, where: str = "configuration") -> None:
+    """Choices, numeric ranges and the dither pattern; raises ConfigError naming the setting."""
+    for (section, name), allowed in CHOICES.items():
+        value = getattr(getattr(config, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {section}.{name} must be "
+                              f"{' or '.join(map(repr, allowed))}, got {value!r}")
+    for (section, name), (lo, hi) in RANGES.items():
+        value = getattr(getattr(config, section), name)
+        if not lo <= value <= hi:
+            raise ConfigError(f"{where}: {section}.{name}={value!r} is outside [{lo}, {hi}]")
+    dither = config.observation.dither_pattern
+    ok = isinstance(dither, list) and dither and all(
+        isinstance(d, (list, tuple)) and len(d) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                and abs(v) <= MAX_DITHER_ARCSEC for v in d) for d in dither)
+    if not ok:
+        raise ConfigError(f"{where}: observation.dither_pattern must be a list of [dx, dy] "
+                          f"offsets in arcsec (|offset| <= {MAX_DITHER_ARCSEC:g}), one per "
+                          f"exposure, got {dither!r}")
+
+
+def check_dither(config: PipelineConfig, exposures: list[int], where: str) -> None:
+    """The dither pattern must give an offset for every exposure number."""
+    n = len(config.observation.dither_pattern)
+    if exposures and max(exposures) > n:
+        raise ConfigError(f"{where}: observation.dither_pattern has {n} offset(s) but the "
+                          f"observation has exposure {max(exposures)}: give one per exposure")

@@ -140,6 +140,7 @@ class ReduceRequest:
     cubes: str = "target"
     injection: InjectionRequest | None = None
     config: PipelineConfig = field(default_factory=PipelineConfig)
+    config_file: Path | None = None  # where ``config`` came from (for messages)
     cluster: ClusterRequest = field(default_factory=ClusterRequest)
 
     def __post_init__(self) -> None:
@@ -168,6 +169,7 @@ class NightRequest:
     ifucen: Path | None = None
     cubes: str = "none"
     config: PipelineConfig = field(default_factory=PipelineConfig)
+    config_file: Path | None = None
     cluster: ClusterRequest = field(default_factory=ClusterRequest)
 
     def __post_init__(self) -> None:
@@ -179,7 +181,7 @@ class NightRequest:
             date=self.date, obs=obs, ifuslot=ifuslot, calfile=self.calfile, rootdir=self.rootdir,
             fplane=self.fplane, out=self.out, catalog=self.catalog, throughput=self.throughput,
             ifucen=self.ifucen, neighbor_dist=0, all_ifus=True, cubes=self.cubes,
-            config=self.config, cluster=self.cluster)
+            config=self.config, config_file=self.config_file, cluster=self.cluster)
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,7 @@ class RangeRequest:
     throughput: Path | None = None
     cubes: str = "none"
     config: PipelineConfig = field(default_factory=PipelineConfig)
+    config_file: Path | None = None
     cluster: ClusterRequest = field(default_factory=ClusterRequest)
 
     def __post_init__(self) -> None:
@@ -231,4 +234,4 @@ class RangeRequest:
             rootdir=self.rootdir, date=date, calfile=calfile, fplane=self.fplane,
             out=self.out / "reduced", observations=observations, catalog=self.catalog,
             throughput=self.throughput, ifucen=self.ifucen, cubes=self.cubes, config=self.config,
-            cluster=self.cluster)
+            config_file=self.config_file, cluster=self.cluster)

@@ -64,18 +64,29 @@ def test_killed_run_resumes_without_redoing_finished_work(e2e, tmp_path):
                             start_new_session=True)
     work = out / "work" / "20190822_0000007.zarr"
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(work.glob("exp*/0*"))) < 4:
+    while time.time() < deadline and len(list(work.glob("exp*/.0*.complete.json"))) < 4:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = sorted(p.relative_to(work) for p in work.glob("exp*/0*"))
+    # complete = a completion marker (written last); a group renamed into place just before
+    # the kill but without its marker is recomputed
+    done = sorted(p.parent / p.name[1:-len(".complete.json")]
+                  for p in work.glob("exp*/.0*.complete.json"))
     assert 4 <= len(done) < 12, "the run should be killed midway"
-    stamps = {p: (work / p / "zarr.json").stat().st_mtime_ns for p in done}
+    stamps = {p: (p / "zarr.json").stat().st_mtime_ns for p in done}
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"resuming: {len(done)} amp-exposure(s) already reduced" in rerun.stdout
-    assert all((work / p / "zarr.json").stat().st_mtime_ns == t for p, t in stamps.items())
-    assert len(list(work.glob("exp*/0*"))) == 12 and not list(work.glob("exp*/.*tmp"))
+    assert all((p / "zarr.json").stat().st_mtime_ns == t for p, t in stamps.items())
+    assert len(list(work.glob("exp*/0*"))) == 12 and not list(work.glob("exp*/.*tmp*"))
+    # the resumed run's products are bit-identical to an uninterrupted run's
+    clean = tmp_path / "clean"
+    assert subprocess.run([sys.executable, "-m", "remedy_dask", *_reduce_args(e2e, clean)],
+                          capture_output=True, env=env, timeout=600, check=False).returncode == 0
+    with h5py.File(out / "20190822_0000007.h5") as P, \
+            h5py.File(clean / "20190822_0000007.h5") as Q:
+        for name in ("fibers/spectrum", "fibers/error", "fibers/sky", "sources/spectrum"):
+            np.testing.assert_array_equal(P[name][...], Q[name][...], err_msg=name)
     # amps redone after the kill pooled their wavelength shift with a partner read back from
     # its checkpoint: the same numbers as the uninterrupted run
     for group in work.glob("exp*/0*"):

@@ -40,7 +40,10 @@ def test_resumed_and_recomputed_chains_keep_the_plan_order(tmp_path, monkeypatch
     done = {(1, "047RU"), (1, "048LL"), (2, "048RU")}  # finished before a kill
     monkeypatch.setattr(store, "is_complete", lambda root, exp, key, ikey: (exp, key) in done)
     monkeypatch.setattr(store, "read_attrs", lambda root, exp, key: {})
-    summaries, n_resumed = build_amp_graph(plan, cal, tmp_path / "work", PipelineConfig())
+    from remedy_dask.workflow.keys import CheckpointKeys
+
+    summaries, n_resumed = build_amp_graph(plan, cal, tmp_path / "work", PipelineConfig(),
+                                           CheckpointKeys.dry(keys))
     assert n_resumed == 3
     for exp in (1, 2):
         listed = [s["key"] if isinstance(s, dict) else s.key.split("-")[1] for s in summaries[exp]]

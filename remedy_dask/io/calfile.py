@@ -20,15 +20,23 @@ Group attributes: ``specid``, ``ifuid``, ``ifuslot``, ``amp``, ``contid``, ``rea
 File attributes: ``format_version``, ``code_version``, ``created``, ``window`` (dates), ``config``
 (YAML), ``inputs`` per group as the dataset ``inputs`` (frame names).
 
+Content digests: every group carries ``digest`` (of its attributes and arrays, written with it)
+and the file ``content_digest`` (of the groups' digests); the keys of the science checkpoints
+use them (:func:`amp_digests`; a file written before digests existed is hashed once instead).
+Readers check the format version's major number and, per group, the attributes and arrays the
+science reduction needs (:func:`amp_statuses`).
+
 Writes are atomic: the file is written under a temporary name and renamed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +48,9 @@ from remedy_dask import __version__
 from remedy_dask.errors import InputFileError
 
 FORMAT_VERSION = "1.0"
+REQUIRED_ATTRS = ("specid", "ifuid", "ifuslot", "amp")
+# what the science chain reads of an amp (not the QA spectra of the flat, arc, twilight)
+SCIENCE_ARRAYS = ("bias", "dark_rate", "pixel_mask", "trace", "wavelength", "fiber_to_fiber", "dead")
 
 # dataset name -> (dtype, units, quantisation step or None)
 _ARRAYS: dict[str, tuple[str, str, float | None]] = {
@@ -111,9 +122,20 @@ def write_calibration(
     """Write all amps atomically to ``path``; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _tmp_name(path)
+    try:
+        _write_amps(tmp, amps, attrs)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_amps(tmp: Path, amps: list[AmpCalibration], attrs: dict[str, Any] | None) -> None:
     with h5py.File(tmp, "w") as h5:
         _write_file_attrs(h5, attrs)
+        digests = []
         for cal in amps:
             g = h5.create_group(cal.key)
             g.attrs.update(
@@ -130,8 +152,37 @@ def write_calibration(
                     for name, values in arrays.items():
                         sg.create_dataset(name, data=np.asarray(values))
             g.create_dataset("inputs", data=np.array(cal.inputs, dtype=h5py.string_dtype()))
-    os.replace(tmp, path)
-    return path
+            g.attrs["digest"] = amp_content_digest(cal)
+            digests.append(g.attrs["digest"])
+        h5.attrs["content_digest"] = _combined(digests)
+
+
+def _tmp_name(path: Path, what: str = "tmp") -> Path:
+    """A temporary name next to ``path`` that no other run uses."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.{what}")
+
+
+def _hash_arrays(h: Any, arrays: dict[str, np.ndarray]) -> None:
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
+        h.update(a.tobytes())
+
+
+def amp_content_digest(cal: AmpCalibration) -> str:
+    """Digest of everything one amp's group holds (attributes and arrays)."""
+    h = hashlib.sha256()
+    h.update(json.dumps([cal.specid, cal.ifuid, cal.ifuslot, cal.amp, cal.contid,
+                         repr(cal.read_noise), cal.status, cal.flags, _jsonable(cal.qa),
+                         cal.inputs], sort_keys=True, default=str).encode())
+    _hash_arrays(h, {k: np.asarray(v).astype(_ARRAYS[k][0]) for k, v in cal.arrays.items()})
+    _hash_arrays(h, {f"profile/{k}": v for k, v in cal.profile.items()})
+    _hash_arrays(h, {f"qa/{k}": v for k, v in cal.qa_arrays.items()})
+    return h.hexdigest()[:24]
+
+
+def _combined(digests: list[str]) -> str:
+    return hashlib.sha256("|".join(sorted(str(d) for d in digests)).encode()).hexdigest()[:24]
 
 
 def _write_array(group: h5py.Group, name: str, values: np.ndarray) -> None:
@@ -152,10 +203,13 @@ def amend_amp(path: str | Path, key: str, arrays: dict[str, np.ndarray],
     calibration part written before the focal-plane fan-in); ``failed`` marks the amp failed
     with that reason.  Atomic: the amended copy replaces the file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.amend.tmp")
+    tmp = _tmp_name(path, "amend.tmp")
     shutil.copyfile(path, tmp)
     with h5py.File(tmp, "r+") as h5:
         g = h5[key]
+        h = hashlib.sha256(str(g.attrs.get("digest", "")).encode())
+        _hash_arrays(h, {k: np.asarray(v).astype(_ARRAYS[k][0]) for k, v in arrays.items()})
+        h.update(json.dumps([_jsonable(qa or {}), failed], sort_keys=True).encode())
         for name, values in arrays.items():
             _write_array(g, name, values)
         if qa:
@@ -163,6 +217,8 @@ def amend_amp(path: str | Path, key: str, arrays: dict[str, np.ndarray],
         if failed:
             g.attrs["status"] = "failed"
             g.attrs["flags"] = json.dumps(json.loads(g.attrs["flags"]) + [failed])
+        g.attrs["digest"] = h.hexdigest()[:24]
+        h5.attrs["content_digest"] = _combined([g.attrs["digest"]])
     os.replace(tmp, path)
     return path
 
@@ -170,14 +226,20 @@ def amend_amp(path: str | Path, key: str, arrays: dict[str, np.ndarray],
 def merge_parts(parts: list[Path], path: str | Path, attrs: dict[str, Any] | None = None) -> Path:
     """Merge per-amp calibration files into one (chunks are copied without recompression)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with h5py.File(tmp, "w") as out:
-        _write_file_attrs(out, attrs)
-        for part in parts:
-            with h5py.File(part, "r") as src:
-                for key in src:
-                    src.copy(src[key], out, name=key)
-    os.replace(tmp, path)
+    tmp = _tmp_name(path)
+    try:
+        with h5py.File(tmp, "w") as out:
+            _write_file_attrs(out, attrs)
+            for part in parts:
+                with h5py.File(part, "r") as src:
+                    for key in src:
+                        src.copy(src[key], out, name=key)
+            out.attrs["content_digest"] = _combined(
+                [str(g.attrs.get("digest", "")) for g in out.values()])
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -201,16 +263,78 @@ def list_amps(path: str | Path) -> list[str]:
         return sorted(k for k in h5.keys() if isinstance(h5[k], h5py.Group))
 
 
-def amp_statuses(path: str | Path) -> dict[str, str]:
-    """``{amp key: "ok" | "failed: reason"}`` without reading any array."""
+def amp_statuses(path: str | Path, science: bool = False) -> dict[str, str]:
+    """``{amp key: "ok" | "failed: reason" | "invalid: problem"}`` without reading any array.
+
+    A group lacking an identity attribute, with ``flags`` that are not a JSON list, or (with
+    ``science``) lacking an array the science chain needs is ``invalid``."""
     out = {}
     with _open(path) as h5:
+        _check_format(h5, path)
         for key, g in h5.items():
+            if not isinstance(g, h5py.Group):
+                continue
+            problem = _group_problem(g, science)
+            if problem:
+                out[key] = f"invalid: {path}: group {key}: {problem}"
+                continue
             status = str(g.attrs.get("status", "ok"))
             if status != "ok":
                 flags = json.loads(g.attrs.get("flags", "[]"))
                 status = f"{status}: {flags[-1] if flags else 'no reason recorded'}"
             out[key] = status
+    return out
+
+
+def _group_problem(g: h5py.Group, science: bool) -> str | None:
+    """What makes an amp group unusable, or None."""
+    missing = [a for a in REQUIRED_ATTRS if a not in g.attrs]
+    if missing:
+        return f"missing attribute(s) {', '.join(missing)}"
+    for name in ("specid", "ifuid", "ifuslot"):
+        try:
+            int(g.attrs[name])
+        except (TypeError, ValueError):
+            return f"attribute {name}={g.attrs[name]!r} is not an integer"
+    for name in ("flags", "qa"):
+        try:
+            value = json.loads(g.attrs.get(name, "[]" if name == "flags" else "{}"))
+        except (TypeError, ValueError):
+            return f"attribute {name} is not JSON"
+        if not isinstance(value, list if name == "flags" else dict):
+            return f"attribute {name} is not a JSON {'list' if name == 'flags' else 'object'}"
+    if science and str(g.attrs.get("status", "ok")) == "ok":
+        absent = [n for n in SCIENCE_ARRAYS if n not in g]
+        if absent:
+            return f"missing dataset(s) {', '.join(absent)}"
+    return None
+
+
+def _check_format(h5: h5py.File, path: str | Path) -> None:
+    """The file's format version must have this code's major version."""
+    version = h5.attrs.get("format_version")
+    if version is None:
+        raise InputFileError(str(path), "no format_version attribute: not a remedy-dask "
+                             "calibration file")
+    version = version.decode() if isinstance(version, bytes) else str(version)
+    if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
+        raise InputFileError(str(path), f"calibration format version {version} cannot be read "
+                             f"by this code (format {FORMAT_VERSION}): recalibrate")
+
+
+def amp_digests(path: str | Path, keys: list[str]) -> dict[str, str]:
+    """Content digest of each amp group in ``keys``; groups written without one (older files)
+    get the digest of the whole file (hashed once per process)."""
+    from remedy_dask.io.digest import file_digest
+
+    out = {}
+    with _open(path) as h5:
+        for key in keys:
+            digest = h5[key].attrs.get("digest") if key in h5 else None
+            out[key] = str(digest) if digest is not None else ""
+    if any(not d for d in out.values()):
+        whole = file_digest(path)
+        out = {k: d or f"file:{whole}:{k}" for k, d in out.items()}
     return out
 
 
@@ -227,6 +351,9 @@ def read_amp(path: str | Path, key: str, arrays: tuple[str, ...] | None = None,
         if key not in h5:
             raise InputFileError(str(path), f"no calibration for amp {key}")
         g = h5[key]
+        problem = _group_problem(g, science=False)
+        if problem:
+            raise InputFileError(str(path), f"group {key}: {problem}")
         a = g.attrs
         cal = AmpCalibration(
             ifuslot=int(a["ifuslot"]), amp=str(a["amp"]), specid=int(a["specid"]),

@@ -73,6 +73,12 @@ def standardize_catalog(table: Table, source: str) -> Table:
         if found != name:
             out.remove_column(found)
         out[name] = values
+    for name, (lo, hi) in (("raMean", (0.0, 360.0)), ("decMean", (-90.0, 90.0))):
+        bad = ~((out[name] >= lo) & (out[name] <= hi))
+        if np.any(bad):
+            rows = np.flatnonzero(bad)
+            raise InputFileError(source, f"catalog: {rows.size} row(s) with {name} not a number "
+                                 f"in [{lo:g}, {hi:g}] (first: row {rows[0] + 1})")
     return out
 
 

@@ -12,6 +12,7 @@ spectrograph may carry non-positive SPECID/IFUID values; they are kept as read.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -78,6 +79,10 @@ def read_fplane(path: str | os.PathLike) -> dict[int, FplaneEntry]:
             )
         except ValueError:
             raise InputFileError(where, f"line {number}: not numbers: {line.strip()!r}") from None
+        values = (entry.x_fp, entry.y_fp, entry.ifurot, entry.platesc)
+        if not all(math.isfinite(v) for v in values) or entry.platesc <= 0:
+            raise InputFileError(where, f"line {number}: non-finite position, rotation or "
+                                 f"non-positive plate scale: {line.strip()!r}")
         if entry.ifuslot in entries:
             raise InputFileError(where, f"line {number}: IFUSLOT {entry.ifuslot:03d} appears twice")
         entries[entry.ifuslot] = entry

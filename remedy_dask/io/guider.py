@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 _STAMP = re.compile(r"(\d{8}T\d{6}(?:\.\d+)?)")
 VALID = {"TRANSPAR": (0.1, 1.05), "IQ": (0.8, 4.0), "PUPILLUM": (0.0, 1.0)}
 WINDOW_PAD_S = 10.0
+MAX_EXPTIME_S = 86400.0
 
 
 @dataclass
@@ -69,20 +70,43 @@ class GuiderArchive:
                 log.warning("guider tar %s unreadable: %s", tar_path, exc)
         self.members.sort(key=lambda m: m[0])
 
+    @staticmethod
+    def _member_header(open_tars: dict[Path, tarfile.TarFile], tar_path: Path,
+                       info: tarfile.TarInfo, bad: list[str]) -> fits.Header | None:
+        """The FITS header of one guider member, or None (reason appended to ``bad``)."""
+        try:
+            tar = open_tars.get(tar_path) or open_tars.setdefault(tar_path, tarfile.open(tar_path))
+            fh = tar.extractfile(info)
+            if fh is None:
+                raise OSError("not a regular member")
+            with fh:
+                header = fits.Header.fromfile(fh)
+            for card in header.cards:
+                card.value  # noqa: B018  (astropy parses lazily: a bad card raises here)
+            return header
+        except Exception as exc:  # noqa: BLE001  (a corrupt guider frame: skipped, reported)
+            reason = f"{tar_path}:{info.name}: {type(exc).__name__}: {' '.join(str(exc).split())[:100]}"
+            log.warning("guider frame unreadable: %s", reason)
+            bad.append(reason)
+            return None
+
     def conditions(self, start: datetime, exptime: float) -> GuiderConditions:
         """Median guider conditions of the exposure starting at ``start``."""
+        if not np.isfinite(exptime) or not 0 <= exptime <= MAX_EXPTIME_S:
+            raise ValueError(f"exposure time {exptime!r} s is outside [0, {MAX_EXPTIME_S:g}] s")
         lo = start - timedelta(seconds=WINDOW_PAD_S)
         hi = start + timedelta(seconds=exptime + WINDOW_PAD_S)
         values: dict[str, list[float]] = {k: [] for k in VALID}
         n = 0
+        bad: list[str] = []
         open_tars: dict[Path, tarfile.TarFile] = {}
         try:
             for stamp, tar_path, info in self.members:
                 if not lo <= stamp <= hi:
                     continue
-                tar = open_tars.setdefault(tar_path, tarfile.open(tar_path))
-                with tar.extractfile(info) as fh:
-                    header = fits.Header.fromfile(fh)
+                header = self._member_header(open_tars, tar_path, info, bad)
+                if header is None:
+                    continue
                 n += 1
                 for key, (vmin, vmax) in VALID.items():
                     v = header.get(key)
@@ -92,6 +116,8 @@ class GuiderArchive:
             for tar in open_tars.values():
                 tar.close()
         out = GuiderConditions(n_frames=n)
+        if bad:
+            out.notes.append(f"{len(bad)} unreadable guider frame(s) skipped: {'; '.join(bad[:3])}")
         if n == 0:
             out.notes.append("no guider frames: transparency 1.0 and IQ 1.8\" assumed")
             return out

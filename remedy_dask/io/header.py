@@ -22,6 +22,11 @@ PARANGLE, AMBTEMP,
 QPROG
 ================  ========================  =====================================================
 
+Ranges (a value outside raises :class:`RawDataError` naming the file, the keyword and the
+range): EXPTIME 0 < t <= 86400 s (zro: >= 0), GAIN <= 20 e-/ADU, RDNOISE <= 100 e-, TRAJRA and
+TRAJCRA 0-24 h, TRAJDEC and TRAJCDEC -90-90 deg, PARANGLE -360-360 deg, AMPNAME one of
+``AMPNAMES``.  A card astropy cannot parse raises :class:`RawDataError` as well.
+
 Field centre: ``TRAJCRA*15, TRAJCDEC`` (the commanded centre) unless it is more than 25" from
 ``TRAJRA*15, TRAJDEC`` or missing; then ``TRAJRA*15, TRAJDEC``.
 """
@@ -46,6 +51,12 @@ KINDS_NEEDING_EXPTIME = ("drk", "twi", "sci", None)
 KINDS_NEEDING_OBJECT = ("cmp", None)
 KINDS_NEEDING_POINTING = ("sci",)
 CENTRE_TOLERANCE_ARCSEC = 25.0
+MAX_EXPTIME_S = 86400.0
+MAX_GAIN = 20.0  # e-/ADU
+MAX_RDNOISE = 100.0  # e-
+AMPNAMES = ("LL", "LU", "RL", "RU", "UL", "UR", "LR")
+RANGES = {"TRAJRA": (0.0, 24.0), "TRAJCRA": (0.0, 24.0), "TRAJDEC": (-90.0, 90.0),
+          "TRAJCDEC": (-90.0, 90.0), "PARANGLE": (-360.0, 360.0)}
 
 _NAME_TIMESTAMP = re.compile(r"^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2}(?:\.\d+)?)_")
 
@@ -82,6 +93,7 @@ def parse_amp_header(header: fits.Header, path: str, kind: str | None = None) ->
     required keyword, a non-numeric identity keyword or an unknown amplifier.
     """
     notes: list[str] = []
+    _check_cards(header, path)
     ccdpos = _required_str(header, "CCDPOS", path)
     ccdhalf = _required_str(header, "CCDHALF", path)
     amp = (ccdpos + ccdhalf).replace(" ", "").upper()
@@ -95,6 +107,8 @@ def parse_amp_header(header: fits.Header, path: str, kind: str | None = None) ->
 
     gain = _positive_or_default(header, "GAIN", geometry.DEFAULT_GAIN, path, notes)
     rdnoise = _positive_or_default(header, "RDNOISE", geometry.DEFAULT_RDNOISE, path, notes)
+    _check_range(path, "GAIN", gain, 0.0, MAX_GAIN, "e-/ADU")
+    _check_range(path, "RDNOISE", rdnoise, 0.0, MAX_RDNOISE, "e-")
 
     exptime = _optional_float(header, "EXPTIME", path)
     if exptime is None:
@@ -102,6 +116,12 @@ def parse_amp_header(header: fits.Header, path: str, kind: str | None = None) ->
             raise RawDataError(path, _missing("EXPTIME", kind))
         exptime = 0.0 if kind == "zro" else math.nan
         notes.append(f"EXPTIME missing: using {exptime}")
+    elif kind in KINDS_NEEDING_EXPTIME and not 0.0 < exptime <= MAX_EXPTIME_S:
+        raise RawDataError(path, f"header keyword EXPTIME={exptime:g} s is outside "
+                           f"(0, {MAX_EXPTIME_S:g}] s")
+    elif not 0.0 <= exptime <= MAX_EXPTIME_S:
+        raise RawDataError(path, f"header keyword EXPTIME={exptime:g} s is outside "
+                           f"[0, {MAX_EXPTIME_S:g}] s")
 
     obj = _optional_str(header, "OBJECT")
     if obj is None:
@@ -118,8 +138,13 @@ def parse_amp_header(header: fits.Header, path: str, kind: str | None = None) ->
     date = _frame_date(header, path, notes)
     ra_deg, dec_deg = _field_centre(header, path, kind, notes)
     ampname = _optional_str(header, "AMPNAME") or None
+    if ampname is not None and ampname.upper() not in AMPNAMES:
+        raise RawDataError(path, f"header keyword AMPNAME={ampname!r} is not one of "
+                           f"{', '.join(AMPNAMES)}")
     darktime = _optional_float(header, "DARKTIME", path, notes)
     parangle = _optional_float(header, "PARANGLE", path, notes)
+    if parangle is not None:
+        _check_range(path, "PARANGLE", parangle, *RANGES["PARANGLE"], "deg")
     ambtemp = _optional_float(header, "AMBTEMP", path, notes)
 
     return AmpHeader(
@@ -145,6 +170,22 @@ def parse_amp_header(header: fits.Header, path: str, kind: str | None = None) ->
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def _check_cards(header: fits.Header, path: str) -> None:
+    """Every card must parse (astropy parses values lazily and raises on first access)."""
+    for card in header.cards:
+        try:
+            card.value  # noqa: B018
+        except (fits.verify.VerifyError, ValueError) as exc:
+            raise RawDataError(path, f"header card {card.keyword or '(blank)'} cannot be "
+                               f"parsed ({' '.join(str(exc).split())[:120]})") from None
+
+
+def _check_range(path: str, key: str, value: float, lo: float, hi: float, unit: str) -> None:
+    if not lo <= value <= hi:
+        raise RawDataError(path, f"header keyword {key}={value:g} {unit} is outside "
+                           f"[{lo:g}, {hi:g}] {unit}")
 
 
 def _missing(key: str, kind: str | None) -> str:
@@ -270,6 +311,9 @@ def _field_centre(
     """(ra, dec) deg of the field centre from TRAJCRA/TRAJCDEC or TRAJRA/TRAJDEC."""
     tra, tdec = _optional_float(header, "TRAJRA", path), _optional_float(header, "TRAJDEC", path)
     cra, cdec = _optional_float(header, "TRAJCRA", path), _optional_float(header, "TRAJCDEC", path)
+    for key, value in (("TRAJRA", tra), ("TRAJDEC", tdec), ("TRAJCRA", cra), ("TRAJCDEC", cdec)):
+        if value is not None:
+            _check_range(path, key, value, *RANGES[key], "h" if key.endswith("RA") else "deg")
     have_t = tra is not None and tdec is not None
     have_c = cra is not None and cdec is not None
     if have_c and have_t:

@@ -131,6 +131,9 @@ def read_ifucen(path: str | os.PathLike, header_lines: int = HEADER_LINES) -> If
             t = float(fields[5]) if len(fields) == 6 else 1.0
         except ValueError:
             raise InputFileError(where, f"line {number}: not numbers: {line.strip()!r}") from None
+        if not (np.isfinite(x) and np.isfinite(y) and np.isfinite(t) and t >= 0):
+            raise InputFileError(where, f"line {number}: non-finite position or throughput "
+                                 f"(or throughput < 0): {line.strip()!r}")
         unit = fields[3].upper()
         if unit not in ("L", "R"):
             raise InputFileError(where, f"line {number}: unit must be L or R, not {fields[3]!r}")

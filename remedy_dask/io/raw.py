@@ -390,6 +390,19 @@ def _parse_header(block: bytes, where: str) -> fits.Header:
         raise RawDataError(where, f"corrupt FITS header ({exc})") from None
 
 
+def _int_card(header: fits.Header, key: str, where: str) -> int:
+    """A required integer card (BITPIX, NAXIS, NAXISn)."""
+    try:
+        value = header[key]
+    except KeyError:
+        raise RawDataError(where, f"missing header keyword {key}") from None
+    except (fits.verify.VerifyError, ValueError) as exc:
+        raise RawDataError(where, f"header card {key} cannot be parsed ({exc})") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RawDataError(where, f"header keyword {key}={value!r} is not an integer")
+    return value
+
+
 def _check_shape(shape: tuple[int, ...], where: str) -> None:
     ok_rows = {geometry.N_ROWS // b for b in BINNINGS}
     ok_cols = {geometry.N_COLS_RAW // b for b in BINNINGS}
@@ -403,12 +416,17 @@ def _check_shape(shape: tuple[int, ...], where: str) -> None:
 
 def _decode_image(buf: bytes, header_length: int, header: fits.Header, where: str) -> np.ndarray:
     """The primary image as uint16 (documented format) or float32 (anything else)."""
-    naxis = [int(header.get(f"NAXIS{i + 1}", 0)) for i in range(int(header.get("NAXIS", 0)))]
+    ndim = _int_card(header, "NAXIS", where)
+    if not 0 <= ndim <= 999:
+        raise RawDataError(where, f"header keyword NAXIS={ndim} is not a FITS axis count")
+    naxis = [_int_card(header, f"NAXIS{i + 1}", where) for i in range(ndim)]
     if not naxis or 0 in naxis:
         raise RawDataError(where, "primary HDU holds no image data")
     shape = tuple(reversed(naxis))
     _check_shape(shape, where)
-    bitpix = int(header["BITPIX"])
+    bitpix = _int_card(header, "BITPIX", where)
+    if bitpix not in (8, 16, 32, 64, -32, -64):
+        raise RawDataError(where, f"header keyword BITPIX={bitpix} is not a FITS data type")
     needed = abs(bitpix) // 8 * int(np.prod(naxis))
     available = len(buf) - header_length
     if available < needed:

@@ -1,10 +1,14 @@
 """Resumable intermediates: one xarray Dataset per (exposure, amp) in a zarr store.
 
 Layout: ``{root}/exp{NN:02d}/{IFUSLOT:03d}{AMP}/`` (a zarr v3 group).  Every group carries the
-attribute ``input_key``: a hash of everything its content depends on (raw frame, calibration
-file, configuration, code version).  A group is written under a temporary name and renamed into
-place, so a killed run leaves either a complete group or none; a rerun skips every group whose
-``input_key`` matches and recomputes only the rest.
+attribute ``input_key``: a hash of everything its content depends on (raw frame identity,
+calibration content, tables, the whole configuration, the code's digest and the keys of its
+inputs; see ``workflow.keys``).  A group is written under a unique temporary name and renamed
+into place; its completion marker ``expNN/.{amp}.complete.json`` (the key and the size of every
+file of the group) is written last, atomically: a killed run leaves a complete group or one
+without a marker, which is recomputed.  A rerun skips a group only if
+its marker holds the same key and every listed file is there with its size, so a deleted or
+truncated chunk is recomputed, never read back as fill values.
 """
 
 from __future__ import annotations
@@ -46,9 +50,32 @@ def read_attrs(root: str | Path, exp: int, amp_key: str) -> dict[str, Any]:
         return {}
 
 
+def marker_path(root: str | Path, exp: int, amp_key: str) -> Path:
+    """The completion marker of a group (beside it: zarr sees no foreign file)."""
+    return Path(root) / f"exp{exp:02d}" / f".{amp_key}.complete.json"
+
+
 def is_complete(root: str | Path, exp: int, amp_key: str, key: str) -> bool:
-    """True if the group exists and was written with the same ``input_key``."""
-    return read_attrs(root, exp, amp_key).get("input_key") == key
+    """True if the group's completion marker holds ``key`` and every file it lists exists
+    with the size it was written with."""
+    group = group_path(root, exp, amp_key)
+    try:
+        marker = json.loads(marker_path(root, exp, amp_key).read_text())
+        if marker.get("input_key") != key or not marker.get("files"):
+            return False
+        return all((group / rel).stat().st_size == size for rel, size in marker["files"].items())
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _group_files(group: Path) -> dict[str, int]:
+    """Size of every file of a group, by relative path."""
+    files = {}
+    for dirpath, _, names in os.walk(group):
+        for name in names:
+            path = Path(dirpath) / name
+            files[path.relative_to(group).as_posix()] = path.stat().st_size
+    return files
 
 
 def write_dataset(root: str | Path, exp: int, amp_key: str, ds: xr.Dataset, key: str) -> Path:
@@ -58,11 +85,30 @@ def write_dataset(root: str | Path, exp: int, amp_key: str, ds: xr.Dataset, key:
     ``xr.open_zarr`` reads it back identical): ~25 % faster than ``Dataset.to_zarr`` for the
     small per-amp groups, whose cost is zarr's per-array overhead.
     """
-    import zarr
-
     final = group_path(root, exp, amp_key)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{amp_key}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = final.parent / f".{amp_key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    marker = marker_path(root, exp, amp_key)
+    try:
+        _write_group(tmp, ds, key)
+        files = _group_files(tmp)
+        marker.unlink(missing_ok=True)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        tmp_marker = marker.with_name(f"{tmp.name}.json")
+        tmp_marker.write_text(json.dumps({"input_key": key, "files": files}))
+        os.replace(tmp_marker, marker)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        marker.with_name(f"{tmp.name}.json").unlink(missing_ok=True)
+        raise
+    return final
+
+
+def _write_group(tmp: Path, ds: xr.Dataset, key: str) -> None:
+    import zarr
+
     group = zarr.open_group(str(tmp), mode="w", zarr_format=3,
                             attributes=_json_attrs({**ds.attrs, "input_key": key}))
     for name, var in ds.variables.items():
@@ -74,10 +120,6 @@ def write_dataset(root: str | Path, exp: int, amp_key: str, ds: xr.Dataset, key:
             dimension_names=[str(d) for d in var.dims], attributes=_json_attrs(var.attrs),
             fill_value=np.nan if values.dtype.kind == "f" else 0,
         )
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
 
 
 def _json_attrs(attrs: dict[Any, Any]) -> dict[str, Any]:
@@ -107,10 +149,14 @@ def read_arrays(root: str | Path, exp: int, amp_key: str, names: tuple[str, ...]
 
 
 def clean_temporaries(root: str | Path) -> int:
-    """Remove half-written groups left by a killed run; returns how many."""
+    """Remove half-written groups left by a killed run (call only while holding the output
+    folder's lock: then no other run writes there); returns how many."""
     n = 0
     for tmp in Path(root).glob("exp*/.*.tmp"):
         shutil.rmtree(tmp, ignore_errors=True)
+        n += 1
+    for tmp in Path(root).glob("exp*/.*.tmp.json"):
+        tmp.unlink(missing_ok=True)
         n += 1
     return n
 

@@ -50,11 +50,14 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def tar_observations(virus_dir: Path) -> list[Path]:
-    """Replace every ``virusNNNNNNN`` folder under ``virus_dir`` by ``virusNNNNNNN.tar`` with
-    members ``virusNNNNNNN/expNN/virus/FILE.fits`` in sorted order; returns the tars."""
+def tar_observations(virus_dir: Path, observations: list[int] | None = None) -> list[Path]:
+    """Replace the ``virusNNNNNNN`` folders of ``observations`` (default: every one) under
+    ``virus_dir`` by ``virusNNNNNNN.tar`` with members ``virusNNNNNNN/expNN/virus/FILE.fits``
+    in sorted order; returns the tars."""
     tars = []
-    for obs_dir in sorted(p for p in virus_dir.glob("virus*") if p.is_dir()):
+    wanted = None if observations is None else {f"virus{o:07d}" for o in observations}
+    for obs_dir in sorted(p for p in virus_dir.glob("virus*") if p.is_dir()
+                          and (wanted is None or p.name in wanted)):
         tar_path = obs_dir.with_suffix(".tar")
         tmp = tar_path.with_name(tar_path.name + ".part")
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:

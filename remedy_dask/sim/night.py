@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
+import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -81,6 +83,44 @@ def _check_inputs(date: str, ifuslots: Sequence[int], n_workers: int) -> tuple[i
     return slots
 
 
+MANIFEST = ".remedy-dask-simulated.json"
+
+
+def _manifest(out: Path) -> set[str]:
+    try:
+        return set(json.loads((out / MANIFEST).read_text()))
+    except (OSError, ValueError):
+        return set()
+
+
+def _remove_own_observations(out: Path, virus_dir: Path, observations: list[int]) -> None:
+    """Remove earlier simulations of these observations; anything this command did not write
+    (not listed in ``OUT/.remedy-dask-simulated.json``) is never deleted."""
+    own = _manifest(out)
+    for obs in observations:
+        for old in (virus_dir / f"virus{obs:07d}", virus_dir / f"virus{obs:07d}.tar"):
+            if not old.exists():
+                continue
+            if old.relative_to(out).as_posix() not in own:
+                raise ConfigError(f"{old}: exists and was not written by remedy-dask simulate; "
+                                  "refusing to replace it (choose another output folder)")
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+
+
+def _record_observations(out: Path, virus_dir: Path, observations: list[int]) -> None:
+    """List the observation folders and tars this command writes (before writing them)."""
+    own = _manifest(out)
+    for obs in observations:
+        for name in (f"virus{obs:07d}", f"virus{obs:07d}.tar"):
+            own.add((virus_dir / name).relative_to(out).as_posix())
+    tmp = out / f"{MANIFEST}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(sorted(own), indent=0))
+    os.replace(tmp, out / MANIFEST)
+
+
 def simulate_night(out: str | Path, date: str = "20190822",
                    ifuslots: Sequence[int] = (47, 48, 57, 58), seed: int = 1, tar: bool = False,
                    science_obs: int = 7, config: SimConfig | None = None, n_workers: int = 1,
@@ -114,15 +154,12 @@ def simulate_night(out: str | Path, date: str = "20190822",
     out = Path(out)
     raw_root = out / "raw"
     virus_dir = raw_root / date / "virus"
-    for obs in sorted({f.obs for f in plan.frames}):  # replace earlier runs of these folders
-        for old in (virus_dir / f"virus{obs:07d}", virus_dir / f"virus{obs:07d}.tar"):
-            if old.is_dir():
-                shutil.rmtree(old)
-            elif old.exists():
-                old.unlink()
+    observations = sorted({f.obs for f in plan.frames})
+    _remove_own_observations(out, virus_dir, observations)
     truth_dir = out / "truth"
     truth_dir.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    _record_observations(out, virus_dir, observations)
     files.write_fplane(plan, out / "fplane.txt")
     files.write_ifucen(out / "IFUcen_HETDEX.txt")
     files.write_throughput(out / "throughput.txt")
@@ -148,7 +185,7 @@ def simulate_night(out: str | Path, date: str = "20190822",
 
     t2 = time.perf_counter()
     if tar:
-        raw_files = files.tar_observations(virus_dir)
+        raw_files = files.tar_observations(virus_dir, observations)
     else:
         raw_files = sorted(virus_dir.rglob("*.fits"))
     guider = files.write_guider(plan, raw_root) if cfg.write_guider and any(

@@ -91,6 +91,13 @@ def ccd(ref: FrameRef, cal: calfile.AmpCalibration, exp: int) -> AmpExposure:
         log.error("amp %s exp%02d skipped: %s", key, exp, exc)
         return AmpExposure(key, exp, ref, failed=f"unreadable frame: {exc}")
     h = frame.header
+    mismatch = [f"{name.upper()}={getattr(h, name)} (calibration: {getattr(cal, name)})"
+                for name in ("specid", "ifuid", "ifuslot") if getattr(h, name) != getattr(cal, name)]
+    if mismatch:
+        reason = (f"{ref.display_path}: header does not match the calibration of amp {key}: "
+                  + ", ".join(mismatch))
+        log.error("amp %s exp%02d skipped: %s", key, exp, reason)
+        return AmpExposure(key, exp, ref, failed=reason)
     image = frame.image - cal["bias"] - cal["dark_rate"] * h.exptime
     # Poisson variance of the dark and the bias' own noise are small; the frame's read noise
     # and photon noise dominate (variance from basic_reduce).
@@ -280,13 +287,3 @@ def _rejected_indices(extraction: Any) -> np.ndarray:
     if rejected is None:
         return np.zeros(0, np.int32)
     return np.flatnonzero(np.asarray(rejected)).astype(np.int32)
-
-
-def frame_input_key(ref: FrameRef, calfile_path: Path, config_hash: str, version: str,
-                    partner: FrameRef | None = None) -> str:
-    """What an amp-exposure's checkpoint depends on (``partner``: the frame of the other amp
-    of the CCD, whose wavelength shift is pooled with this one)."""
-    st = Path(calfile_path).stat()
-    other = (partner.name, str(partner.source)) if partner is not None else ("", "")
-    return store.input_key(ref.name, str(ref.source), str(calfile_path), st.st_size,
-                           st.st_mtime_ns, config_hash, version, *other)

@@ -130,10 +130,12 @@ def _reduce_date(req: RangeRequest, date: str, todo: list[Observation], cal: Pat
     missing = tuple(o.obs for o in todo if not product[o.obs].exists())
     results = reduce_night(req.night(date, cal, missing), client) if missing else {}
     for obs, row in rows.items():
-        result = results.get(obs, str(product[obs]))
-        if str(result).startswith("failed"):
-            row["status"] = result
+        result = results.get(obs, {"product": str(product[obs]), "flags": [], "error": None})
+        if not result["product"]:
+            row["status"] = f"failed: {result['error']}"
             continue
-        row.update(product_summary(result), status="ok" if not note else f"ok ({note})",
-                   product=str(result))
+        status = "ok" if not (note or result["flags"]) else \
+            f"ok ({'; '.join([note] * bool(note) + result['flags'][:3])})"
+        row.update(product_summary(result["product"]), status=status,
+                   product=result["product"])
     return list(rows.values())

@@ -360,7 +360,7 @@ def build_calibration_graph(
             continue
         by_amp[(ref.ifuslot, ref.amp)][ref.kind].append(ref)
     if not by_amp:
-        raise RemedyError(f"no calibration frames found for {', '.join(dates)} under {archive.root}")
+        raise RemedyError(f"no calibration frames found for {', '.join(dates)} under {archive.rootdir}")
     cc = config.calibration
     parts_dir = out.with_name(out.name + ".parts")
     works, pieces, keys = [], {}, []
@@ -419,7 +419,22 @@ def run_calibrate(req: CalibrateRequest) -> Path:
 
 
 def calibrate(req: CalibrateRequest, client: Any) -> Path:
-    """Build the calibration graph of ``req`` and run it on ``client`` (None: synchronous)."""
+    """Build the calibration graph of ``req`` and run it on ``client`` (None: synchronous),
+    holding the lock of the output file's folder; the per-amp parts (``CAL.h5.parts/``) are
+    removed after the merge, or when the run fails."""
+    import shutil
+
+    from remedy_dask.io.lock import output_lock
+
+    out = Path(req.out)
+    with output_lock(out.parent, f".{out.name}.remedy-dask.lock"):
+        try:
+            return _calibrate(req, client)
+        finally:
+            shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)
+
+
+def _calibrate(req: CalibrateRequest, client: Any) -> Path:
     from datetime import datetime, timedelta
 
     from remedy_dask.io.fplane import read_fplane

@@ -175,7 +175,7 @@ def _plain(d: Any) -> Any:
 
 def build_exposure_graph(plan: Any, summaries: dict[int, list[Any]], cal_path: Path,
                          work_root: Path, fplane_file: Path | None, ifucen_file: Path | None,
-                         config: PipelineConfig) -> dict[int, Any]:
+                         config: PipelineConfig, keys: Any) -> dict[int, Any]:
     """One ``sky-expNN`` node per exposure."""
     from functools import partial
 
@@ -188,8 +188,7 @@ def build_exposure_graph(plan: Any, summaries: dict[int, list[Any]], cal_path: P
                         dither=config.observation.dither_pattern)
     out = {}
     for exp in plan.exposures:
-        ikey = store.input_key(sorted(plan.cal_keys), exp, str(cal_path),
-                               config.section_hash("reduction"), __version__)
+        ikey = keys.sky(plan, exp)
         out[exp] = dask.delayed(reduce_exposure, pure=False)(
             gather(summaries[exp], f"amps-done-exp{exp:02d}"), exp, str(cal_path), str(work_root), fibers_of, config, ikey,
             dask_key_name=f"sky-exp{exp:02d}")

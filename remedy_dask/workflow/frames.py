@@ -38,6 +38,10 @@ def reduce_frame(ref: FrameRef, read_noise: float | None = None) -> ReducedFrame
     does in the science reduction.
     """
     raw = read_raw_amp(ref)
+    if raw.binning != (1, 1):
+        raise RawDataError(ref.display_path, f"frame binned {raw.binning[0]}x{raw.binning[1]} "
+                           f"(shape {raw.data.shape}): the reduction needs unbinned 1032 x 1064 "
+                           "frames")
     h = raw.header
     rn = read_noise if read_noise is not None and np.isfinite(read_noise) and read_noise > 0 else h.rdnoise
     image, variance, level = basic_reduce(raw.data, h.amp, h.ampname, h.gain, rn)

@@ -75,14 +75,17 @@ def science_view() -> str:
     with tempfile.TemporaryDirectory() as tmp:
         cal = Path(tmp) / "cal.h5"
         cal.write_bytes(b"")
-        summaries, _ = build_amp_graph(plan, cal, Path(tmp) / "work", PipelineConfig())
+        from remedy_dask.workflow.keys import CheckpointKeys
+
+        keys_ = CheckpointKeys.dry(keys)
+        summaries, _ = build_amp_graph(plan, cal, Path(tmp) / "work", PipelineConfig(), keys_)
         collections = [s for exp in summaries.values() for s in exp]
         try:
             from remedy_dask.workflow.exposure import build_exposure_graph
             from remedy_dask.workflow.finalize import build_observation_graph
 
             exposures = build_exposure_graph(plan, summaries, cal, Path(tmp) / "work", None, None,
-                                             PipelineConfig())
+                                             PipelineConfig(), keys_)
             collections = [build_observation_graph(plan, exposures, cal, Path(tmp), "target",
                                                    PipelineConfig(), dry=True)]
         except ImportError:

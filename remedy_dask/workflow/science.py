@@ -20,14 +20,15 @@ from typing import Any
 import dask
 import numpy as np
 
-from remedy_dask import __version__, geometry
-from remedy_dask.config import PipelineConfig
+from remedy_dask import geometry
+from remedy_dask.config import PipelineConfig, check_dither
 from remedy_dask.errors import RemedyError
 from remedy_dask.io import calfile, store
 from remedy_dask.io.raw import FrameRef, RawArchive
 from remedy_dask.requests import NightRequest, ReduceRequest
 from remedy_dask.workflow import amp_chain
 from remedy_dask.workflow.cluster import open_client
+from remedy_dask.workflow.keys import CheckpointKeys
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,12 @@ def plan_observation(archive: RawArchive, date: str, obs: int, target_slot: int,
                      neighbor_dist: int = 1, all_ifus: bool = False) -> ObservationPlan:
     refs = archive.frames(date, obs, kind="sci")
     if not refs:
-        raise RemedyError(f"no science frames for {date} observation {obs:07d} under {archive.root}")
+        raise RemedyError(f"no science frames for {date} observation {obs:07d} under "
+                          f"{archive.rootdir}")
     slots = select_slots(sorted({r.ifuslot for r in refs}), target_slot, neighbor_dist, all_ifus)
     exposures = sorted({r.exp for r in refs})
     by_key = {(r.exp, f"{r.ifuslot:03d}{r.amp}"): r for r in refs if r.ifuslot in slots}
-    cal_status = calfile.amp_statuses(cal_path)
+    cal_status = calfile.amp_statuses(cal_path, science=True)
     skipped, cal_keys = [], []
     for slot in slots:
         for amp in geometry.AMPS:
@@ -75,6 +77,8 @@ def plan_observation(archive: RawArchive, date: str, obs: int, target_slot: int,
             status = cal_status.get(key)
             if status is None:
                 skipped.append(f"{key}: no calibration in {cal_path.name}")
+            elif status.startswith("invalid: "):
+                skipped.append(f"{key}: {status[len('invalid: '):]}")
             elif status != "ok":
                 skipped.append(f"{key}: calibration {status}")
             elif not any((e, key) in by_key for e in exposures):
@@ -90,7 +94,8 @@ def plan_observation(archive: RawArchive, date: str, obs: int, target_slot: int,
 
 
 def build_amp_graph(plan: ObservationPlan, cal_path: Path, work_root: Path,
-                    config: PipelineConfig) -> tuple[dict[int, list[Any]], int]:
+                    config: PipelineConfig, keys: CheckpointKeys
+                    ) -> tuple[dict[int, list[Any]], int]:
     """Delayed chains per exposure; returns ({exp: [summaries]}, number of chains skipped).
 
     Each chain measures its wavelength shift (``wave-shift``, a small result) and applies it
@@ -98,19 +103,16 @@ def build_amp_graph(plan: ObservationPlan, cal_path: Path, work_root: Path,
     contributes its stored measurement.  Each exposure lists its amps in the plan's order,
     resumed or not (the exposure fan-in concatenates them in that order)."""
     rc = config.reduction
-    chash = config.section_hash("reduction")
     chains: dict[tuple[int, str], Any] = {}  # in plan order: a summary (resumed) or a delayed one
     pending: dict[tuple[int, str], tuple[Any, Any, Any, str]] = {}  # (ax, shift, cal, ikey)
     resumed: set[tuple[int, str]] = set()
     for key in plan.cal_keys:
         cal = None
-        partner = _partner_key(plan, key)
         for exp in plan.exposures:
             ref = plan.refs.get((exp, key))
             if ref is None:
                 continue
-            ikey = amp_chain.frame_input_key(ref, cal_path, chash, __version__,
-                                             plan.refs.get((exp, partner)) if partner else None)
+            ikey = keys.amp(plan, exp, key)
             if store.is_complete(work_root, exp, key, ikey):
                 resumed.add((exp, key))
                 chains[(exp, key)] = {"key": key, "exp": exp, "failed": None, "resumed": True}
@@ -181,19 +183,37 @@ def build_reduction(req: ReduceRequest, archive: RawArchive) -> Reduction:
     if not plan.cal_keys:
         raise RemedyError("no amplifier of the selected IFUs can be reduced: "
                           + "; ".join(plan.skipped[:5]))
+    check_dither(config, plan.exposures, str(req.config_file or "the default configuration"))
     out = Path(req.out)
     work_root = out / "work" / f"{req.date}_{req.obs:07d}.zarr"
     work_root.mkdir(parents=True, exist_ok=True)
     store.clean_temporaries(work_root)
-    summaries, n_done = build_amp_graph(plan, cal_path, work_root, config)
+    keys = CheckpointKeys.of(plan, cal_path, config, req.fplane, req.ifucen)
+    summaries, n_done = build_amp_graph(plan, cal_path, work_root, config, keys)
     if n_done:
         print(f"resuming: {n_done} amp-exposure(s) already reduced in {work_root}")
     exposures = build_exposure_graph(plan, summaries, cal_path, work_root, req.fplane, req.ifucen,
-                                     config)
+                                     config, keys)
     cond, catalog, pointing = prepare_observation(plan, archive, req, out)
     final = build_observation_graph(plan, exposures, cal_path, out, req.cubes, config, cond,
                                     catalog, pointing, injection=_injection(req, plan))
     return Reduction(plan, final, out, catalog, n_done)
+
+
+def pending_checkpoints(req: ReduceRequest) -> list[str]:
+    """The checkpoints (``expNN/{IFUSLOT}{AMP}``, ``expNN/sky``) a run of ``req`` would
+    compute rather than reuse: those whose key differs from their completion marker's, or
+    whose files are incomplete.  Nothing is computed or written."""
+    cal_path = Path(req.calfile)
+    plan = plan_observation(RawArchive(req.rootdir), req.date, req.obs, req.ifuslot,
+                            cal_path, req.neighbor_dist, req.all_ifus)
+    keys = CheckpointKeys.of(plan, cal_path, req.config, req.fplane, req.ifucen)
+    work_root = Path(req.out) / "work" / f"{req.date}_{req.obs:07d}.zarr"
+    pending = [f"exp{e:02d}/{k}" for k in plan.cal_keys for e in plan.exposures
+               if (e, k) in plan.refs
+               and not store.is_complete(work_root, e, k, keys.amp(plan, e, k))]
+    return pending + [f"exp{e:02d}/sky" for e in plan.exposures
+                      if not store.is_complete(work_root, e, "sky", keys.sky(plan, e))]
 
 
 def report(red: Reduction, product: str, seconds: float) -> Path:
@@ -211,62 +231,115 @@ def report(red: Reduction, product: str, seconds: float) -> Path:
 
 
 def run_reduce(req: ReduceRequest) -> Path:
-    """``remedy-dask reduce``: plan, build the graph, run it, write the products."""
+    """``remedy-dask reduce``: plan, build the graph, run it, write the products (holding the
+    output folder's lock)."""
+    from remedy_dask.io.lock import output_lock
+
     t0 = time.perf_counter()
-    red = build_reduction(req, RawArchive(req.rootdir))
-    with open_client(**req.cluster.client_kwargs()) as client:
-        product = _compute_with_progress(red.final, client, red.out, red.plan)
-    report(red, product, time.perf_counter() - t0)
+    with output_lock(req.out):
+        red = build_reduction(req, RawArchive(req.rootdir))
+        with open_client(**req.cluster.client_kwargs()) as client:
+            product = _compute_with_progress(red.final, client, red.out, red.plan)
+        report(red, product, time.perf_counter() - t0)
     return Path(product)
 
 
-def run_reduce_night(req: NightRequest) -> dict[int, str]:
-    """``remedy-dask reduce-night``: every science observation of a night in one cluster, each
-    isolated (one failing observation does not stop the others), and a summary table."""
+def run_reduce_night(req: NightRequest) -> dict[int, dict[str, Any]]:
+    """``remedy-dask reduce-night``: every science observation of a night in one cluster."""
     with open_client(**req.cluster.client_kwargs()) as client:
         return reduce_night(req, client)
 
 
-def reduce_night(req: NightRequest, client: Any) -> dict[int, str]:
-    """The observations of ``req`` on a running ``client`` (None: synchronous); returns
-    {obs: product path or 'failed: reason'}."""
-    from remedy_dask.qa.observation import observation_report
-    from remedy_dask.workflow.cluster import compute
+def reduce_night(req: NightRequest, client: Any) -> dict[int, dict[str, Any]]:
+    """The observations of ``req`` on a running ``client`` (None: synchronous), each isolated
+    (an observation that cannot be read or reduced is flagged in the summary and the others are
+    reduced); returns ``{obs: {"product", "flags", "error", "bad_input"}}``."""
+    from remedy_dask.io.lock import output_lock
 
     archive = RawArchive(req.rootdir)
-    observations = list(req.observations or [
-        o for o in archive.observations(req.date) if archive.frames(req.date, o, kind="sci")])
-    if not observations:
-        raise RemedyError(f"no science observations on {req.date} under {req.rootdir}")
-    results: dict[int, str] = {}
-    reductions: dict[int, Reduction] = {}
-    t0 = time.perf_counter()
-    for obs in observations:
-        slots = archive.ifuslots(req.date, obs, "sci")
-        try:
-            reductions[obs] = build_reduction(req.observation(obs, slots[0] if slots else 0),
-                                              archive)
-        except RemedyError as exc:
-            results[obs] = f"failed: {exc}"
-    # all observations share the cluster: submitted together, collected one by one
-    pending = {obs: (client.compute(red.final) if client is not None else red.final)
-               for obs, red in reductions.items()}
-    for obs, job in pending.items():
-        try:
-            results[obs] = job.result() if client is not None else compute(job, None)
-        except Exception as exc:  # one failing observation does not stop the others
-            log.exception("observation %07d failed", obs)
-            results[obs] = f"failed: {type(exc).__name__}: {exc}"
-    for obs, red in reductions.items():
-        if not str(results[obs]).startswith("failed"):
-            observation_report(results[obs], catalog=red.catalog)
+    results: dict[int, dict[str, Any]] = {}
+    with output_lock(req.out):
+        observations = _night_observations(archive, req, results)
+        t0 = time.perf_counter()
+        reductions = _build_night(archive, req, observations, results)
+        _compute_night(client, reductions, results)
     print(f"\nnight {req.date}: {len(observations)} observation(s) in "
           f"{time.perf_counter() - t0:.0f} s")
     print(f"{'obs':>8}  {'amps':>5}  result")
     for obs in observations:
         n = len(reductions[obs].plan.cal_keys) if obs in reductions else 0
-        print(f"{obs:08d}  {n:5d}  {results[obs]}")
+        r = results[obs]
+        text = (f"{r['product']}" + (f" ({len(r['flags'])} left out)" if r["flags"] else "")
+                if r.get("product") else f"failed: {r['error']}")
+        print(f"{obs:08d}  {n:5d}  {text}")
     return results
+
+
+def _failure(exc: BaseException) -> dict[str, Any]:
+    """A per-observation failure: one line, and whether it is the input's fault."""
+    bad = isinstance(exc, RemedyError)
+    return {"product": None, "flags": [], "bad_input": bad,
+            "error": str(exc) if bad else f"{type(exc).__name__}: {exc}"}
+
+
+def _night_observations(archive: RawArchive, req: NightRequest,
+                        results: dict[int, dict[str, Any]]) -> list[int]:
+    """The night's science observations (or ``--observations``); one whose frames cannot be
+    listed (an unreadable tar) is kept with its failure recorded in ``results``."""
+    candidates = req.observations or archive.observations(req.date)
+    observations = []
+    for obs in candidates:
+        try:
+            if req.observations or archive.frames(req.date, obs, kind="sci"):
+                observations.append(obs)
+        except RemedyError as exc:
+            log.warning("observation %07d: %s", obs, exc)
+            results[obs] = _failure(exc)
+            observations.append(obs)
+    if not observations:
+        raise RemedyError(f"no science observations on {req.date} under {req.rootdir}")
+    return observations
+
+
+def _build_night(archive: RawArchive, req: NightRequest, observations: list[int],
+                 results: dict[int, dict[str, Any]]) -> dict[int, Reduction]:
+    reductions: dict[int, Reduction] = {}
+    for obs in observations:
+        if obs in results:
+            continue
+        try:
+            slots = archive.ifuslots(req.date, obs, "sci")
+            reductions[obs] = build_reduction(req.observation(obs, slots[0] if slots else 0),
+                                              archive)
+        except Exception as exc:  # one bad observation does not stop the others
+            log.debug("observation %07d", obs, exc_info=True)
+            log.error("observation %07d left out: %s", obs, _failure(exc)["error"])
+            results[obs] = _failure(exc)
+    return reductions
+
+
+def _compute_night(client: Any, reductions: dict[int, Reduction],
+                   results: dict[int, dict[str, Any]]) -> None:
+    """All observations share the cluster: submitted together, collected one by one."""
+    from remedy_dask.qa.observation import observation_report
+    from remedy_dask.workflow.cluster import compute
+    from remedy_dask.workflow.outcome import product_flags
+
+    pending = {obs: (client.compute(red.final) if client is not None else red.final)
+               for obs, red in reductions.items()}
+    for obs, job in pending.items():
+        try:
+            product = job.result() if client is not None else compute(job, None)
+        except Exception as exc:  # one failing observation does not stop the others
+            log.debug("observation %07d", obs, exc_info=True)
+            log.error("observation %07d failed: %s: %s", obs, type(exc).__name__, exc)
+            results[obs] = _failure(exc)
+            continue
+        results[obs] = {"product": str(product), "flags": product_flags(product),
+                        "error": None, "bad_input": False}
+    for obs, red in reductions.items():
+        if results[obs].get("product"):
+            observation_report(results[obs]["product"], catalog=red.catalog)
 
 
 def _injection(req: ReduceRequest, plan: ObservationPlan) -> Any:
