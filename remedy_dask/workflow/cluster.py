@@ -62,6 +62,9 @@ def open_client(
     dashboard_address: str | None = None, quiet: bool = False,
 ) -> Iterator[Any]:
     """Yield a ``distributed.Client`` (or ``None`` for ``sync``) and close what we started."""
+    from remedy_dask.logsetup import console_quiet
+
+    quiet = quiet or console_quiet()
     if cluster == "sync":  # everything runs in this process
         from remedy_dask.workflow.worker_setup import tune_malloc
 
@@ -103,7 +106,7 @@ def open_client(
         lc = LocalCluster(
             n_workers=n, threads_per_worker=settings["threads_per_worker"],
             memory_limit=settings["memory_limit"], dashboard_address=address,
-            processes=True, silence_logs=logging.WARNING,
+            processes=True, silence_logs=logging.CRITICAL if quiet else logging.WARNING,
         )
     else:
         lc = _jobqueue_cluster(cluster, settings, workers)
@@ -145,19 +148,15 @@ def _jobqueue_cluster(kind: str, settings: dict[str, Any], workers: int | None) 
 
 def compute(obj: Any, client: Any) -> Any:
     """Compute ``obj`` on ``client`` (or synchronously without one), with a progress bar in a
-    terminal (plain output, e.g. a batch log, gets no bar)."""
-    import sys
-
+    terminal and progress lines in a batch log (``workflow.progress``)."""
     import dask
+
+    from remedy_dask.workflow.progress import wait_with_progress
 
     if client is None:
         return dask.compute(obj, scheduler="sync")[0]
     future = client.compute(obj)
-    if sys.stdout.isatty():
-        from distributed import progress
-
-        progress(future, notebook=False)
-        print()
+    wait_with_progress([future])
     return future.result()
 
 

@@ -247,6 +247,10 @@ def run_reduce_night(args: Any) -> dict[int, str]:
         # all observations share the cluster: submitted together, collected one by one
         pending = {obs: (client.compute(red.final) if client is not None else red.final)
                    for obs, red in reductions.items()}
+        if client is not None and pending:
+            from remedy_dask.workflow.progress import wait_with_progress
+
+            wait_with_progress(list(pending.values()))
         for obs, job in pending.items():
             try:
                 results[obs] = job.result() if client is not None else compute(job, None)
