@@ -302,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             _error("interrupted: finished intermediates are kept; rerun the command to resume")
             return 130
+        except BaseException:
+            logging.getLogger(STDOUT_LOGGER).exception("failed")  # the traceback, in the log file
+            raise
 
 
 def _error(line: str) -> None:

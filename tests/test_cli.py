@@ -89,7 +89,7 @@ def test_log_progress_reports_a_running_computation(caplog):
         return x
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=None) as lc, Client(lc) as client:
+                      dashboard_address=":0") as lc, Client(lc) as client:
         parts = [dask.delayed(slow)(i, dask_key_name=f"work-{i}") for i in range(6)]
         future = client.compute(dask.delayed(sum)(parts, dask_key_name="total"))
         with caplog.at_level(logging.INFO, logger="remedy_dask.progress"):
