@@ -72,10 +72,10 @@ def observation_cards(date_obs: str, object_name: str, exptimes: np.ndarray,
         "DATE-OBS": (start.isot, "start of the first exposure (UTC)"),
         "MJD-OBS": (float(f"{start.mjd:.8f}"), "[d] MJD of DATE-OBS"),
         "EXPTIME": (float(np.nanmedian(exptimes)) if exptimes.size else 0.0,
-                    "[s] exposure time of each exposure"),
+                    "[s] exposure time (median of the exposures)"),
         "NEXP": (int(exptimes.size), "number of dithered exposures combined"),
-        "RA": (float(pointing[0]), "[deg] telescope pointing (field centre), ICRS"),
-        "DEC": (float(pointing[1]), "[deg] telescope pointing (field centre), ICRS"),
+        "RA": (float(pointing[0]), "[deg] field centre (raw header pointing)"),
+        "DEC": (float(pointing[1]), "[deg] field centre (raw header pointing)"),
         "ORIGIN": ("remedy-dask", "software that wrote this file"),
         "CREATOR": (CREATOR, "program and version"),
         "PIPEVER": (__version__, "remedy-dask version"),
@@ -93,7 +93,7 @@ def observation_cards(date_obs: str, object_name: str, exptimes: np.ndarray,
 def hdf5_attributes(cards: dict[str, tuple[Any, str]]) -> dict[str, Any]:
     """The observation cards as root attributes of the HDF5 product (lower-case names)."""
     names = {"TELESCOP": "telescope", "INSTRUME": "instrument", "OBJECT": "object",
-             "DATE-OBS": "date_obs", "MJD-OBS": "mjd_obs", "EXPTIME": "exptime",
+             "DATE-OBS": "date_obs", "MJD-OBS": "mjd_obs",
              "RA": "ra_pointing", "DEC": "dec_pointing", "CALDATE": "calibration_created",
              "CONFHASH": "config_digest"}
     attrs = {attr: cards[key][0] for key, attr in names.items() if key in cards}
