@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 title="commands (remedy-dask COMMAND --help for details)")
 
+    for add in (_add_simulate, _add_calibrate, _add_reduce, _add_reduce_night, _add_tools):
+        add(sub)
+    return parser
+
+
+def _add_simulate(sub: Any) -> None:
+    """``simulate OUT``."""
     p = _command(sub, "simulate", "write a night of simulated raw VIRUS data with its truth",
                  "remedy-dask simulate night/ --ifuslots 047,048 --seed 3")
     p.add_argument("out", type=Path, metavar="OUT",
@@ -104,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the science exposures (no calibration frames)")
     p.add_argument("--processes", type=int, default=2, help="worker processes")
 
+
+def _add_calibrate(sub: Any) -> None:
+    """``calibrate ROOTDIR --date --out CAL.h5``."""
     p = _command(sub, "calibrate", "build the calibration file from a window of nights",
                  "remedy-dask calibrate /data/virus --date 20190822 --days 3 --out cal.h5 "
                  "--fplane fplane.txt")
@@ -125,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only these IFU slots, comma-separated (default: all found)")
     _add_cluster_args(p)
 
+
+def _add_reduce(sub: Any) -> None:
+    """``reduce DATE OBS IFUSLOT CAL.h5``."""
     p = _command(sub, "reduce", "reduce one observation (target IFU and its neighbours)",
                  "remedy-dask reduce 20190822 7 047 cal.h5 --rootdir /data/virus "
                  "--fplane fplane.txt --out reduced/ --catalog ps1.csv")
@@ -156,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "PSF")
     _add_cluster_args(p)
 
+
+def _add_reduce_night(sub: Any) -> None:
+    """``reduce-night ROOTDIR DATE CAL.h5``."""
     p = _command(sub, "reduce-night", "reduce every science observation of a night",
                  "remedy-dask reduce-night /data/virus 20190822 cal.h5 --fplane fplane.txt "
                  "--out reduced/")
@@ -175,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(neighbor_dist=0, source_file=None, source_x=None, source_y=None,
                    source_seeing=None)
 
+
+def _add_tools(sub: Any) -> None:
+    """``demo``, ``graphs``, ``config show``."""
     p = _command(sub, "demo", "simulate, calibrate and reduce a small night",
                  "remedy-dask demo /tmp/demo --workers 2")
     p.add_argument("out", type=Path, nargs="?", default=Path("demo_out"), metavar="OUT",
@@ -193,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show: print the effective reduction parameters (YAML)")
     p.add_argument("--config", type=Path, metavar="FILE.yaml",
                    help="YAML file of reduction parameters to merge over the built-in ones")
-    return parser
+
 
 
 def _add_observation_args(p: argparse.ArgumentParser) -> None:
