@@ -214,7 +214,6 @@ def _add_tools(sub: Any) -> None:
                    help="YAML file of reduction parameters to merge over the built-in ones")
 
 
-
 def _add_observation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--catalog", type=Path, metavar="FILE",
                    help="star catalogue (CSV/ECSV/FITS with raMean, decMean, gMeanApMag, ...); "
