@@ -1,9 +1,10 @@
 """The ``remedy-dask`` command line (also ``python -m remedy_dask``).
 
-Sub-commands and their arguments follow shared/interface.md.  Every error ends with one line
-``error: ...`` on stderr; ``--debug`` shows tracebacks.  Exit status (``workflow.outcome``): 0 all
-reduced, 1 internal error, 2 bad input or arguments (or OUTDIR held by another run), 3 products
-written with something left out.
+``cli_parser`` defines the arguments; this module turns them into typed requests
+(``requests.py``) and runs them.  Every error ends with one line ``error: ...`` on stderr;
+``--debug`` shows tracebacks.  Exit status (``workflow.outcome``): 0 all reduced, 1 internal
+error, 2 bad input or arguments (or OUTDIR held by another run), 3 products written with
+something left out.
 """
 
 from __future__ import annotations
@@ -18,210 +19,18 @@ from remedy_dask.threads import one_thread_per_process
 
 one_thread_per_process()  # before numpy is imported anywhere
 
-from remedy_dask import __version__  # noqa: E402
+from remedy_dask.cli_parser import add_sbatch_args, build_parser  # noqa: E402
 from remedy_dask.config import load_config  # noqa: E402
 from remedy_dask.errors import ConfigError, RemedyError  # noqa: E402
+from remedy_dask.logsetup import STDOUT_LOGGER, command_logging  # noqa: E402
 from remedy_dask.requests import (  # noqa: E402
     CalibrateRequest, ClusterRequest, InjectionRequest, NightRequest, RangeRequest, ReduceRequest,
 )
 
 log = logging.getLogger("remedy_dask")
 
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _date(text: str) -> str:
-    from remedy_dask.requests import check_date
-
-    try:
-        return check_date(text)
-    except RemedyError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="remedy-dask",
-        description="VIRUS fiber-IFU reduction (Remedy re-created) as a Dask task graph.",
-    )
-    parser.add_argument("--version", action="version", version=f"remedy-dask {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("simulate", help="write a night of simulated raw VIRUS data with its truth")
-    p.add_argument("out", type=Path)
-    p.add_argument("--date", type=_date, default="20190822")
-    p.add_argument("--ifuslots", type=_int_list, default=[47, 48, 57, 58])
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--tar", action="store_true", help="write tarred observations")
-    p.add_argument("--science-obs", type=int, default=7)
-    p.add_argument("--science-only", action="store_true", help="only the science exposures")
-    p.add_argument("--processes", type=int, default=2, help="worker processes")
-
-    p = sub.add_parser("calibrate", help="build the calibration file from a window of nights")
-    p.add_argument("rootdir", type=Path)
-    p.add_argument("--date", type=_date, required=True)
-    p.add_argument("--days", type=int, default=1)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--fplane", type=Path)
-    p.add_argument("--ifucen", type=Path)
-    p.add_argument("--fiber-locations", type=Path)
-    p.add_argument("--ifuslots", type=_int_list, help="restrict to these IFU slots")
-    _add_cluster_args(p)
-
-    p = sub.add_parser("reduce", help="reduce one observation")
-    p.add_argument("date", type=_date)
-    p.add_argument("obs", type=int)
-    p.add_argument("ifuslot", type=int)
-    p.add_argument("calfile", type=Path)
-    p.add_argument("--rootdir", type=Path, required=True)
-    p.add_argument("--fplane", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--catalog", type=Path)
-    p.add_argument("--throughput", type=Path)
-    p.add_argument("--ifucen", type=Path)
-    p.add_argument("--neighbor-dist", type=int, default=1)
-    p.add_argument("--all-ifus", action="store_true")
-    p.add_argument("--source-file", type=Path)
-    p.add_argument("--source-x", type=float)
-    p.add_argument("--source-y", type=float)
-    p.add_argument("--source-seeing", type=float, default=None,
-                   help="FWHM (arcsec) of the injected source; default: each exposure's fitted PSF")
-    p.add_argument("--cubes", choices=["target", "all", "none"], default="target",
-                   help="data cube and per-IFU FITS for the target IFU, every reduced IFU, or none")
-    _add_cluster_args(p)
-
-    p = sub.add_parser("reduce-night", help="reduce every science observation of a night")
-    p.add_argument("rootdir", type=Path)
-    p.add_argument("date", type=_date)
-    p.add_argument("calfile", type=Path)
-    p.add_argument("--fplane", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--observations", type=_int_list, help="only these observation numbers")
-    p.add_argument("--catalog", type=Path)
-    p.add_argument("--throughput", type=Path)
-    p.add_argument("--ifucen", type=Path)
-    p.add_argument("--cubes", choices=["target", "all", "none"], default="none",
-                   help="data cubes and per-IFU FITS for every IFU (all), the lowest IFU slot of "
-                        "each observation (target) or none")
-    _add_cluster_args(p)
-
-    p = sub.add_parser("reduce-range", help="calibrate and reduce every science observation of "
-                       "a range of nights, one calibration file per window, with a summary CSV")
-    p.add_argument("rootdir", type=Path, help="raw data root (ROOT/YYYYMMDD/virus/...)")
-    p.add_argument("--start", type=_date, required=True, help="first night, YYYYMMDD")
-    p.add_argument("--end", type=_date, required=True, help="last night (included), YYYYMMDD")
-    p.add_argument("--out", type=Path, required=True,
-                   help="output folder: cal/, reduced/ and summary.csv")
-    p.add_argument("--program", help="only observations whose QPROG header equals this")
-    p.add_argument("--cal-window", type=int, default=7,
-                   help="days per calibration window, counted from --start")
-    p.add_argument("--fplane", type=Path, required=True, help="focal-plane (fplane) file")
-    p.add_argument("--ifucen", type=Path, help="IFUcen fiber map (default: the standard layout)")
-    p.add_argument("--fiber-locations", type=Path, help="folder of fiber_loc_*.txt references")
-    p.add_argument("--catalog", type=Path, help="star catalogue file (default: Pan-STARRS query)")
-    p.add_argument("--throughput", type=Path, help="throughput curve (default: the shipped one)")
-    p.add_argument("--cubes", choices=["target", "all", "none"], default="none",
-                   help="data cubes and per-IFU FITS: every IFU, the lowest slot, or none")
-    _add_cluster_args(p)
-
-    p = sub.add_parser("demo", help="simulate, calibrate and reduce a small night")
-    p.add_argument("out", type=Path, nargs="?", default=Path("demo_out"))
-    p.add_argument("--workers", type=int, default=None)
-
-    p = sub.add_parser("graphs", help="regenerate the task-graph views (graphs/*.md)")
-    p.add_argument("outdir", type=Path, nargs="?", default=Path("graphs"))
-
-    p = sub.add_parser(
-        "config", help="print the effective reduction or cluster settings",
-        description="Print the effective reduction settings, or with --cluster the cluster "
-                    "settings and the batch job script that would be submitted.",
-        epilog="example: remedy-dask config show --cluster slurm --site tacc-stampede3")
-    p.add_argument("action", choices=["show"], help="what to do (show)")
-    p.add_argument("--config", type=Path, help="YAML file of reduction parameters")
-    p.add_argument("--cluster", choices=["local", "slurm", "pbs"],
-                   help="show these cluster settings instead of the reduction settings")
-    _add_site_args(p)
-
-    p = sub.add_parser(
-        "sbatch", help="write (and with --submit, submit) a whole-node SLURM job for a command",
-        description="Print a SLURM batch script that runs `remedy-dask COMMAND ARGS...` inside "
-                    "one node allocation (a LocalCluster over the allocation's cores, this "
-                    "Python environment). Options may come before COMMAND or after its ARGS.",
-        epilog="example: remedy-dask sbatch reduce 20190822 7 47 cal.h5 --rootdir raw "
-               "--fplane fplane.txt --out out --site tacc-stampede3 --account AST23001 --submit")
-    _add_sbatch_args(p)
-    p.add_argument("inner", nargs=argparse.REMAINDER, metavar="COMMAND ARGS",
-                   help="the remedy-dask command to run and its arguments")
-    return parser
-
-
-def _add_site_args(p: argparse.ArgumentParser) -> None:
-    from remedy_dask.workflow.cluster_settings import site_names
-
-    p.add_argument("--site", choices=site_names(),
-                   help="site preset of the SLURM settings (default: generic settings)")
-    p.add_argument("--cluster-config", type=Path,
-                   help="YAML file of cluster settings (any dask-jobqueue argument), applied last")
-
-
-def _add_sbatch_args(p: argparse.ArgumentParser, suppress: bool = False) -> None:
-    from remedy_dask.workflow.cluster_settings import site_names
-
-    default = argparse.SUPPRESS if suppress else None
-    p.add_argument("--site", choices=site_names(), default=default,
-                   help="take partition, account, cores and walltime from this site preset")
-    p.add_argument("--partition", default=default, help="SLURM partition (queue)")
-    p.add_argument("--account", default=default, help="allocation to charge (-A)")
-    p.add_argument("--reservation", default=default, help="SLURM reservation name")
-    p.add_argument("--nodes", type=int, default=argparse.SUPPRESS if suppress else 1,
-                   help="nodes (only 1: a LocalCluster covers one node)")
-    p.add_argument("--cores", type=int, default=default,
-                   help="cores (= worker processes); default: the site's cores per node, else "
-                        "all cores SLURM gives the job")
-    p.add_argument("--walltime", default=default, help="wall-clock limit HH:MM:SS (default "
-                   "the site's, else 02:00:00)")
-    p.add_argument("--job-name", default=default, help="job name (default remedy-COMMAND)")
-    p.add_argument("--submit", action="store_true",
-                   default=argparse.SUPPRESS if suppress else False,
-                   help="submit the script with sbatch and print the job id")
-
-
-def _add_cluster_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cluster", default="local",
-                   help="local | slurm | pbs | sync | tls://ADDRESS | tcp://ADDRESS "
-                        "(default: local)")
-    p.add_argument("--workers", type=int, default=None, help="workers (default: cores)")
-    p.add_argument("--config", type=Path, help="YAML file of reduction parameters")
-    _add_site_args(p)
-    p.add_argument("--worker-timeout", type=float, default=None, metavar="SECONDS",
-                   help="with slurm/pbs: give up (exit 2) when no worker has started after "
-                        "this long (default: wait, logging the queue state every minute)")
-    p.add_argument("--dashboard-address", default=None, metavar="HOST:PORT",
-                   help="where the dashboard listens (default 127.0.0.1:8787, this machine "
-                        "only; a free port if taken)")
-    p.add_argument("--tls-ca-file", type=Path, help="CA certificate for tls:// (with "
-                   "--tls-cert and --tls-key; default: temporary certificates for clusters "
-                   "started here)")
-    p.add_argument("--tls-cert", type=Path, help="certificate for tls://")
-    p.add_argument("--tls-key", type=Path, help="private key for tls://")
-
-
-def _setup_logging(debug: bool, quiet: bool) -> None:
-    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(
-        level=max(level, logging.INFO), datefmt="%H:%M:%S",
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("remedy_dask").setLevel(level)
-    for noisy in ("distributed", "bokeh", "tornado", "numba", "fsspec", "asyncio", "numcodecs"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+LOG_NAME = "remedy-dask.log"
+RESULT_ON_STDOUT = ("config", "sbatch")  # commands whose printed output is the answer
 
 
 def _cluster_request(args: argparse.Namespace) -> ClusterRequest:
@@ -274,6 +83,17 @@ def range_request(args: argparse.Namespace) -> RangeRequest:
         fiber_locations=args.fiber_locations, catalog=args.catalog, throughput=args.throughput,
         cubes=args.cubes, config=load_config(args.config), config_file=args.config,
         cluster=_cluster_request(args))
+
+
+def log_file_for(args: argparse.Namespace) -> Path | None:
+    """The log file of a command: ``--log-file``, else beside its products."""
+    if getattr(args, "log_file", None):
+        return Path(args.log_file)
+    if args.command in ("reduce", "reduce-night", "reduce-range", "demo"):
+        return Path(args.out) / LOG_NAME
+    if args.command == "calibrate":
+        return Path(args.out).parent / LOG_NAME
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -344,7 +164,7 @@ def _run_sbatch(args: argparse.Namespace) -> int:
     from remedy_dask.workflow import batch
 
     trailing = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    _add_sbatch_args(trailing, suppress=True)
+    add_sbatch_args(trailing, suppress=True)
     later, inner = trailing.parse_known_args(args.inner)
     opts = {**vars(args), **vars(later)}
     job = batch.BatchJob(
@@ -362,28 +182,38 @@ def _run_sbatch(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.debug, args.quiet)
-    try:
-        return run(args)
-    except RemedyError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (OSError, ValueError) as exc:
-        if args.debug:
-            raise
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished intermediates are kept; rerun the command to resume",
-              file=sys.stderr)
-        return 130
-    except Exception as exc:  # anything else: one line, the traceback only with --debug
-        if args.debug:
-            raise
-        print(f"error: {_describe(exc)} (rerun with --debug for the traceback)", file=sys.stderr)
-        return 1
+    debug, quiet = args.debug, args.quiet
+    command_line = " ".join(["remedy-dask", *(sys.argv[1:] if argv is None else argv)])
+    with command_logging(debug, quiet, log_file_for(args), command_line,
+                         stdout_is_result=args.command in RESULT_ON_STDOUT):
+        try:
+            return run(args)
+        except RemedyError as exc:
+            if debug:
+                raise
+            log.debug("error", exc_info=True)
+            _error(f"error: {exc}")
+            return 2
+        except (OSError, ValueError) as exc:
+            if debug:
+                raise
+            _error(f"error: {type(exc).__name__}: {exc}")
+            return 2
+        except KeyboardInterrupt:
+            _error("interrupted: finished intermediates are kept; rerun the command to resume")
+            return 130
+        except Exception as exc:  # anything else: one line, the traceback in the log file
+            logging.getLogger(STDOUT_LOGGER).error("internal error", exc_info=True)
+            if debug:
+                raise
+            _error(f"error: {_describe(exc)} (rerun with --debug for the traceback)")
+            return 1
+
+
+def _error(line: str) -> None:
+    """The one-line error on stderr, and in the log file."""
+    print(line, file=sys.stderr)
+    logging.getLogger(STDOUT_LOGGER).error(line)
 
 
 def _describe(exc: BaseException) -> str:

@@ -133,7 +133,7 @@ def test_second_run_into_the_same_outdir_stops_naming_the_holder(tmp_path, capsy
 
 def test_calibrate_on_an_empty_root_is_one_line(tmp_path, capsys):
     status = cli.main(["calibrate", str(tmp_path), "--date", DATE, "--out",
-                       str(tmp_path / "cal.h5")])
+                       str(tmp_path / "cal.h5"), "--quiet"])
     err = capsys.readouterr().err.strip()
     assert status == 2 and err == (f"error: no calibration frames found for {DATE} under "
                                    f"{tmp_path}")

@@ -1,6 +1,9 @@
 """Final products: the observation HDF5 (netCDF4-compatible) and the per-IFU FITS files.
 
-Names follow docs/interface.md.  Every array carries a ``units`` attribute; the root carries the
+Names follow docs/interface.md; the file follows CF-1.10 (root ``Conventions``): every number
+array carries ``units`` and ``long_name``, and every group with a spectral axis has its own
+``wavelength`` coordinate (a netCDF4 dimension scale), so ``xarray.open_dataset(path,
+group="fibers", engine="h5netcdf")`` returns spectra with their wavelengths.  The root carries the
 provenance (code version, configuration, calibration file, inputs, step timings, flags).  The
 HDF5 file is streamed block by block (one IFU at a time) under a temporary name and renamed when
 complete, so a reader never sees a partial product.
@@ -20,16 +23,64 @@ import numpy as np
 
 from remedy_dask import __version__, geometry
 
-FLUX_UNITS = "1e-17 erg / (s cm2 Angstrom)"
-LINE_FLUX_UNITS = "1e-17 erg / (s cm2)"
+FLUX_UNITS = "1e-17 erg s-1 cm-2 Angstrom-1"  # UDUNITS syntax (CF); astropy parses it too
+LINE_FLUX_UNITS = "1e-17 erg s-1 cm-2"
+CONVENTIONS = "CF-1.10"
+WAVE_DIM = "wavelength"  # the dimension of every spectral axis, with a coordinate per group
 
 UNITS = {
     "spectrum": FLUX_UNITS, "error": FLUX_UNITS, "sky": FLUX_UNITS, "ra": "deg", "dec": "deg",
     "dar_ra": "arcsec", "dar_dec": "arcsec", "exptime": "s", "fwhm": "arcsec", "wave": "Angstrom",
     "flux": LINE_FLUX_UNITS, "flux_err": LINE_FLUX_UNITS, "ifu_x": "arcsec", "ifu_y": "arcsec",
     "fx": "arcsec", "fy": "arcsec", "gmag_catalog": "mag(AB)", "gmag_virus": "mag(AB)",
-    "wave_err": "Angstrom", "x": "arcsec", "y": "arcsec",
+    "wave_err": "Angstrom", "x": "arcsec", "y": "arcsec", "wavelength": "Angstrom",
+    "fwhm_guider": "arcsec",
+    **dict.fromkeys(("mask", "ifuslot", "fiber_id", "exposure", "transparency", "flux_scale",
+                     "sn", "chi2"), "1"),
 }
+GROUP_UNITS = {("detections", "fwhm"): "Angstrom"}
+
+LONG_NAMES = {
+    "wavelength": "air wavelength",
+    "spectrum": "sky-subtracted, flux-calibrated flux density (NaN where masked)",
+    "error": "1-sigma error of spectrum",
+    "sky": "subtracted sky flux density",
+    "mask": "bad-pixel flag (non-zero = bad)",
+    "ra": "right ascension (ICRS)", "dec": "declination (ICRS)",
+    "ifuslot": "IFU slot", "amp": "amplifier (LL, LU, RL, RU)", "fiber_id": "fiber number (1-448)",
+    "exposure": "exposure number (1-based)",
+    "ifu_x": "x in the IFU frame", "ifu_y": "y in the IFU frame",
+    "fx": "x in the focal plane", "fy": "y in the focal plane",
+    "dar_ra": "differential atmospheric refraction offset east",
+    "dar_dec": "differential atmospheric refraction offset north",
+    "exptime": "exposure time", "transparency": "relative transparency",
+    "fwhm": "seeing FWHM (fitted PSF)", "fwhm_guider": "seeing FWHM (guider)",
+    "flux_scale": "flux scale applied to the exposure",
+    "gmag_catalog": "catalogue g magnitude", "gmag_virus": "synthetic g magnitude from VIRUS",
+    "wave": "line wavelength", "wave_err": "error of the line wavelength",
+    "flux": "integrated line flux", "flux_err": "error of the integrated line flux",
+    "sn": "signal-to-noise ratio", "chi2": "reduced chi-square of the line fit",
+}
+GROUP_LONG_NAMES = {
+    ("sources", "spectrum"): "flux density of the source (total, PSF-weighted extraction)",
+    ("sources", "error"): "1-sigma error of spectrum",
+    ("detections", "spectrum"): "flux density at the detection (PSF-weighted extraction)",
+    ("detections", "fwhm"): "line FWHM",
+}
+
+
+def variable_attributes(group: str, name: str, dtype: np.dtype) -> dict[str, str]:
+    """CF ``units`` (numbers only) and ``long_name`` of the variable ``group/name``."""
+    attrs = {}
+    units = GROUP_UNITS.get((group, name), UNITS.get(name))
+    if units is not None and dtype.kind in "iufb":
+        attrs["units"] = units
+    long_name = GROUP_LONG_NAMES.get((group, name), LONG_NAMES.get(name))
+    if long_name is not None:
+        attrs["long_name"] = long_name
+    if name == "mask":
+        attrs.update(flag_values=np.array([0, 1], np.uint8), flag_meanings="good bad")
+    return attrs
 
 
 # fiber rows per HDF5 chunk of the 2-D fiber arrays: one amp, so that every IFU block (whole amps)
@@ -111,15 +162,26 @@ class ObservationWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         self.f = h5netcdf.File(self.tmp, "w")
-        self.f.dimensions = {"wave": geometry.N_WAVE}
-        wave = self.f.create_variable("wavelength", ("wave",), "f8")
-        wave[:] = geometry.DEF_WAVE
-        wave.attrs["units"] = "Angstrom"
+        self._wavelength_coordinate(self.f)
         self.fibers = self.f.create_group("fibers")
         self.fibers.dimensions = {"fiber": n_fibers}
+        self._wavelength_coordinate(self.fibers)
         self.n_fibers = n_fibers
-        self._provenance = {"code_version": __version__, "flux_units": FLUX_UNITS,
-                            **{k: _plain(v) for k, v in provenance.items()}}
+        self._provenance = {
+            "Conventions": CONVENTIONS,
+            "title": "VIRUS fiber spectra, sources and detections of one observation",
+            "institution": "remedy-dask", "source": f"remedy-dask {__version__}",
+            "code_version": __version__, "flux_units": FLUX_UNITS,
+            **{k: _plain(v) for k, v in provenance.items()}}
+
+    @staticmethod
+    def _wavelength_coordinate(group: Any) -> None:
+        """The dimension ``wavelength`` of ``group`` with its coordinate variable (a netCDF4
+        dimension scale), so that xarray opens each group with wavelengths."""
+        group.dimensions[WAVE_DIM] = geometry.N_WAVE
+        wave = group.create_variable(WAVE_DIM, (WAVE_DIM,), "f8")
+        wave[:] = geometry.DEF_WAVE
+        wave.attrs.update(variable_attributes("", WAVE_DIM, wave.dtype))
 
     def _variable(self, group: Any, name: str, dims: tuple[str, ...], dtype: np.dtype,
                   n_rows: int = 0) -> Any:
@@ -134,16 +196,15 @@ class ObservationWriter:
             kwargs.update(compression="gzip", compression_opts=GZIP_LEVEL, shuffle=True,
                           chunks=(rows, geometry.N_WAVE))
         var = group.create_variable(name, dims, dtype, **kwargs)
-        if name in UNITS:
-            var.attrs["units"] = UNITS[name]
+        var.attrs.update(variable_attributes(group.name.strip("/"), name, np.dtype(dtype)))
         return var
 
     def write_fibers(self, start: int, block: dict[str, np.ndarray]) -> None:
         """Write rows ``start:start+n`` of the fiber datasets (creating them on first use)."""
-        if not self.fibers.variables:
-            for name, values in block.items():
+        for name, values in block.items():
+            if name not in self.fibers.variables:
                 values = np.asarray(values)
-                dims = ("fiber", "wave") if values.ndim == 2 else ("fiber",)
+                dims = ("fiber", WAVE_DIM) if values.ndim == 2 else ("fiber",)
                 self._variable(self.fibers, name, dims, values.dtype, self.n_fibers)
         n = len(next(iter(block.values())))
         for name, values in block.items():
@@ -157,11 +218,12 @@ class ObservationWriter:
         and plain 1-D ``columns``; ``start`` must be a multiple of FIBER_CHUNK."""
         if start % FIBER_CHUNK:
             raise ValueError(f"write_fiber_chunks: start {start} is not on a chunk boundary")
-        if not self.fibers.variables:
-            for name in chunks:
-                self._variable(self.fibers, name, ("fiber", "wave"), np.dtype(dtypes[name]),
+        for name in chunks:
+            if name not in self.fibers.variables:
+                self._variable(self.fibers, name, ("fiber", WAVE_DIM), np.dtype(dtypes[name]),
                                self.n_fibers)
-            for name, values in columns.items():
+        for name, values in columns.items():
+            if name not in self.fibers.variables:
                 self._variable(self.fibers, name, ("fiber",), np.asarray(values).dtype,
                                self.n_fibers)
         for name, encoded in chunks.items():
@@ -178,21 +240,21 @@ class ObservationWriter:
         """(1036,) arrays such as ``dar_ra``/``dar_dec`` in a group."""
         group = self.f[group_name] if group_name else self.f
         for name, values in columns.items():
-            self._variable(group, name, ("wave",), np.asarray(values).dtype)[:] = values
+            self._variable(group, name, (WAVE_DIM,), np.asarray(values).dtype)[:] = values
 
     def write_table(self, group_name: str, row_dim: str, columns: dict[str, np.ndarray]) -> None:
         """A group of equal-length columns (rows along ``row_dim``; 2-D ones along ``wave``)."""
         group = self.f.create_group(group_name)
         n = len(next(iter(columns.values()))) if columns else 0
         group.dimensions = {row_dim: n}
+        if any(np.ndim(v) == 2 for v in columns.values()):
+            self._wavelength_coordinate(group)
         for name, values in columns.items():
             values = np.asarray(values)
-            dims = (row_dim, "wave") if values.ndim == 2 else (row_dim,)
+            dims = (row_dim, WAVE_DIM) if values.ndim == 2 else (row_dim,)
             var = self._variable(group, name, dims, values.dtype, n)
             if n:
                 var[...] = values.astype(object) if values.dtype.kind == "U" else values
-            if group_name == "detections" and name == "fwhm":
-                var.attrs["units"] = "Angstrom"
 
     def close(self, group_attrs: dict[str, dict[str, Any]]) -> Path:
         """Finish: scalar attributes (root provenance, e.g. ``astrometry``) and rename."""

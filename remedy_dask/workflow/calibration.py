@@ -13,10 +13,12 @@ passes zeros off as a calibration.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -413,15 +415,23 @@ def focal_positions(keys: list[str], fplane: dict | None, ifucen: Any
 
 
 def run_calibrate(req: CalibrateRequest) -> Path:
-    """``remedy-dask calibrate``: build the graph and run it on the chosen cluster."""
-    with open_client(**req.cluster.client_kwargs()) as client:
-        return calibrate(req, client)
+    """``remedy-dask calibrate``: plan and build the graph (bad input stops here, before any
+    cluster starts), then run it on the chosen cluster."""
+    with _calibration_run(req) as build:
+        with open_client(**req.cluster.client_kwargs()) as client:
+            return _finish(req, build, client)
 
 
 def calibrate(req: CalibrateRequest, client: Any) -> Path:
-    """Build the calibration graph of ``req`` and run it on ``client`` (None: synchronous),
-    holding the lock of the output file's folder; the per-amp parts (``CAL.h5.parts/``) are
-    removed after the merge, or when the run fails."""
+    """The calibration of ``req`` on a running ``client`` (None: synchronous)."""
+    with _calibration_run(req) as build:
+        return _finish(req, build, client)
+
+
+@contextlib.contextmanager
+def _calibration_run(req: CalibrateRequest) -> Iterator[tuple[Any, list[str], float]]:
+    """Hold the lock of the output file's folder and build the graph; the per-amp parts
+    (``CAL.h5.parts/``) are removed after the merge, or when the run fails."""
     import shutil
 
     from remedy_dask.io.lock import output_lock
@@ -429,38 +439,43 @@ def calibrate(req: CalibrateRequest, client: Any) -> Path:
     out = Path(req.out)
     with output_lock(out.parent, f".{out.name}.remedy-dask.lock"):
         try:
-            return _calibrate(req, client)
+            yield _build(req)
         finally:
             shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)
 
 
-def _calibrate(req: CalibrateRequest, client: Any) -> Path:
+def _build(req: CalibrateRequest) -> tuple[Any, list[str], float]:
+    """(final delayed, amp keys, start time) of the calibration of ``req``."""
     from datetime import datetime, timedelta
 
     from remedy_dask.io.fplane import read_fplane
     from remedy_dask.io.ifucen import read_ifucen, standard_ifucen
 
-    config = req.config
     start = datetime.strptime(req.date, "%Y%m%d")
     dates = [(start + timedelta(days=i)).strftime("%Y%m%d") for i in range(req.days)]
     archive = RawArchive(req.rootdir)
     fplane = read_fplane(req.fplane) if req.fplane else None
     ifucen = read_ifucen(req.ifucen) if req.ifucen else standard_ifucen()
-    ifuslots = req.ifuslots
     t0 = time.perf_counter()
     refs = archive.frames_in_window(dates, ("flt",))
     keys = sorted({f"{r.ifuslot:03d}{r.amp}" for r in refs
-                   if not ifuslots or r.ifuslot in ifuslots})
+                   if not req.ifuslots or r.ifuslot in req.ifuslots})
     positions, notes = focal_positions(keys, fplane, ifucen)
     for note in notes:
         log.warning(note)
     final, keys = build_calibration_graph(
-        archive, dates, Path(req.out), config, positions, ifuslots=ifuslots, fplane=fplane,
-        fiber_loc_dir=req.fiber_locations,
+        archive, dates, Path(req.out), req.config, positions, ifuslots=req.ifuslots,
+        fplane=fplane, fiber_loc_dir=req.fiber_locations,
     )
-    path = compute(final, client)
+    return final, keys, t0
+
+
+def _finish(req: CalibrateRequest, build: tuple[Any, list[str], float], client: Any) -> Path:
+    """Compute the built graph, write the QA page and print the summary."""
     from remedy_dask.qa.calibration import calibration_report
 
+    final, keys, t0 = build
+    path = compute(final, client)
     statuses = calfile.amp_statuses(path)
     failed = {k: v for k, v in statuses.items() if v != "ok"}
     report = calibration_report(path)

@@ -87,6 +87,9 @@ def open_client(
     tls_cert: Path | None = None, tls_key: Path | None = None,
 ) -> Iterator[Any]:
     """Yield a ``distributed.Client`` (or ``None`` for ``sync``) and close what we started."""
+    from remedy_dask.logsetup import console_quiet
+
+    quiet = quiet or console_quiet()
     if cluster == "sync":  # everything runs in this process
         from remedy_dask.workflow.worker_setup import tune_malloc
 
@@ -111,7 +114,7 @@ def open_client(
     dashboard = _dashboard_address(dashboard_address or settings.get("dashboard_address"))
     security = _cluster_security(settings, security, cluster)
     if cluster == "local":
-        lc = _local_cluster(settings, workers, dashboard, security)
+        lc = _local_cluster(settings, workers, dashboard, security, quiet)
     else:
         lc = _jobqueue_cluster(cluster, settings, workers, dashboard, security, worker_timeout)
     try:
@@ -158,7 +161,7 @@ def _quiet_distributed() -> None:
 
 
 def _local_cluster(settings: dict[str, Any], workers: int | None, dashboard: str,
-                   security: Any) -> Any:
+                   security: Any, quiet: bool = False) -> Any:
     from distributed import LocalCluster
 
     n = workers or settings.get("n_workers") or os.cpu_count() or 1
@@ -167,7 +170,7 @@ def _local_cluster(settings: dict[str, Any], workers: int | None, dashboard: str
     extra.setdefault("threads_per_worker", 1)
     return LocalCluster(
         n_workers=n, host="127.0.0.1", dashboard_address=dashboard, security=security,
-        processes=True, silence_logs=logging.WARNING, **extra,
+        processes=True, silence_logs=logging.CRITICAL if quiet else logging.WARNING, **extra,
     )
 
 
@@ -243,19 +246,15 @@ def _jobqueue_cluster(kind: str, settings: dict[str, Any], workers: int | None, 
 
 def compute(obj: Any, client: Any) -> Any:
     """Compute ``obj`` on ``client`` (or synchronously without one), with a progress bar in a
-    terminal (plain output, e.g. a batch log, gets no bar)."""
-    import sys
-
+    terminal and progress lines in a batch log (``workflow.progress``)."""
     import dask
+
+    from remedy_dask.workflow.progress import wait_with_progress
 
     if client is None:
         return dask.compute(obj, scheduler="sync")[0]
     future = client.compute(obj)
-    if sys.stdout.isatty():
-        from distributed import progress
-
-        progress(future, notebook=False)
-        print()
+    wait_with_progress([future])
     return future.result()
 
 

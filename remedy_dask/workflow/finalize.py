@@ -11,8 +11,9 @@ from typing import Any
 import dask
 import numpy as np
 
-from remedy_dask import __version__, geometry
+from remedy_dask import geometry
 from remedy_dask.config import PipelineConfig
+from remedy_dask.io.provenance import hdf5_attributes
 from remedy_dask.workflow.nodes import gather
 from remedy_dask.workflow.observation import (
     Conditions, calibrated, fit_field, fit_psf, flux_calibration, ifu_sources, ifu_stars,
@@ -128,7 +129,7 @@ def ifu_cube(work_root: str, exposures: list[int], slot: int, cond: Conditions,
         return []
     dx = float(np.median(c["fx"] - c["ifu_x"]))
     dy = float(np.median(c["fy"] - c["ifu_y"]))
-    cards = {**header_cards, "IFUSLOT": slot}
+    cards = {**header_cards, "IFUSLOT": (slot, "IFU slot of this file")}
     paths = []
     if config.observation.make_cube:
         res = make_cube(c["flux"], c["error"], c["bad"], c["ifu_x"], c["ifu_y"],
@@ -149,7 +150,7 @@ def ifu_cube(work_root: str, exposures: list[int], slot: int, cond: Conditions,
               "fiber_id": c["fiber_id"], "amp": c["amp"].astype("U2"),
               "exposure": c["exp_index"] + 1}
     paths.append(str(write_ifu_fits(Path(outdir) / f"{prefix}_{slot:03d}.fits", c["flux"],
-                                    c["error"], c["sky"], fibers, img.image, gwcs.to_header(),
+                                    c["error"], c["sky"], c["bad"], fibers, img.image, gwcs.to_header(),
                                     cards)))
     return paths
 
@@ -229,6 +230,18 @@ def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_roo
     return str(path)
 
 
+def product_cards(plan: Any, cond: Conditions, pointing: tuple[float, float, float],
+                  cal_path: Path, config: PipelineConfig) -> dict[str, Any]:
+    """FITS cards of the observation: start and object from the first exposure's raw header."""
+    from remedy_dask.io.provenance import observation_cards
+    from remedy_dask.io.raw import read_header_model
+
+    first = min(key for key in plan.refs if key[1] in plan.cal_keys)
+    header = read_header_model(plan.refs[first])
+    return observation_cards(header.date, header.object, cond.exptime, pointing, cal_path, config,
+                             plan.obs)
+
+
 def _run(func: Any, deps: Any, *args: Any) -> Any:
     """Run ``func(*args)`` after ``deps`` (a Dask dependency that is not an input)."""
     return func(*args)
@@ -275,8 +288,7 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
             for s in slots]
     cube_slots = {"all": slots, "none": [], "target": [s for s in slots if s == plan.target_slot]}[cubes]
     prefix = f"{plan.date}_{plan.obs:07d}"
-    cards = {"OBJECT": "", "DATE-OBS": plan.date, "OBSID": plan.obs, "ORIGIN": "remedy-dask",
-             "PIPEVER": __version__}
+    cards = {} if dry else product_cards(plan, cond, pointing, cal_path, config)
     cubes = [dask.delayed(ifu_cube, pure=False)(work_root, exps, s, cond, psf, fcal, astro,
                                                 str(out), prefix, config, cards, injection,
                                                 dask_key_name=f"ifu-cube-{s:03d}")
@@ -289,7 +301,7 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
     provenance = {"date": plan.date, "obs": plan.obs, "target_ifuslot": plan.target_slot,
                   "calibration_file": str(cal_path), "config": config.to_yaml(),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
-                  "ifuslots": slots,
+                  "ifuslots": slots, **({} if dry else hdf5_attributes(cards)),
                   "injection": injection.describe() if injection else "none"}
     return dask.delayed(write_products, pure=False)(
         deps, plan, work_root, cond, astro, psf, fcal, srcs, gather(dets, "ifu-detect-all"),

@@ -327,6 +327,10 @@ def _compute_night(client: Any, reductions: dict[int, Reduction],
 
     pending = {obs: (client.compute(red.final) if client is not None else red.final)
                for obs, red in reductions.items()}
+    if client is not None and pending:
+        from remedy_dask.workflow.progress import wait_with_progress
+
+        wait_with_progress(list(pending.values()))
     for obs, job in pending.items():
         try:
             product = job.result() if client is not None else compute(job, None)
