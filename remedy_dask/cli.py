@@ -29,6 +29,14 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _float_pair(text: str) -> tuple[float, float]:
+    try:
+        east, north = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected EAST,NORTH in arcsec, got {text!r}") from None
+    return east, north
+
+
 def _date(text: str) -> str:
     if len(text) != 8 or not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a date YYYYMMDD, got {text!r}")
@@ -54,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--science-obs", type=int, default=7)
     p.add_argument("--science-only", action="store_true", help="only the science exposures")
     p.add_argument("--processes", type=int, default=2, help="worker processes")
+    p.add_argument("--harsh", action="store_true",
+                   help="a harsher night (sim.config.harsh_config: no guider frames, "
+                        "illumination and PSF shape varying per exposure, catalogue noise and "
+                        "colour term, edge/pair/saturated stars, profile halo, faint multi-pixel "
+                        "cosmic rays, per-amp drifts; docs/simulator.md)")
+    p.add_argument("--second-pointing", type=_float_pair, metavar="EAST,NORTH", nargs="?",
+                   const=(30.0, 20.0), default=None,
+                   help="also write science observation SCIENCE_OBS+1 pointed EAST,NORTH arcsec "
+                        "from the first (overlapping fields; default offset 30,20)")
 
     p = sub.add_parser("calibrate", help="build the calibration file from a window of nights")
     p.add_argument("rootdir", type=Path)
@@ -134,13 +151,19 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     """Dispatch one parsed command; returns the exit status."""
     if args.command == "simulate":
-        from remedy_dask.sim import simulate_night
+        import dataclasses
+
+        from remedy_dask.sim import SimConfig, simulate_night
+        from remedy_dask.sim.config import harsh_config
 
         t0 = time.perf_counter()
+        config = harsh_config() if args.harsh else SimConfig()
+        if args.second_pointing is not None:
+            config = dataclasses.replace(config, second_pointing_arcsec=args.second_pointing)
         result = simulate_night(
             args.out, date=args.date, ifuslots=args.ifuslots, seed=args.seed, tar=args.tar,
             science_obs=args.science_obs, science_only=args.science_only,
-            n_workers=args.processes,
+            n_workers=args.processes, config=config,
         )
         print(f"simulated night written to {args.out} in {time.perf_counter() - t0:.1f} s")
         print(f"truth: {getattr(result, 'truth_dir', args.out / 'truth')}")
