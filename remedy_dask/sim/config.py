@@ -175,16 +175,17 @@ def harsh_config(**overrides: object) -> SimConfig:
     that differs from panstarrs-g (colour term), Moffat beta 2.5-4.5 per exposure, stars at IFU
     edges, close pairs and a saturated star, exponential profile wings, low-energy 1-5 px cosmic
     rays (500-20000 e-) also in flats and twilights, and per-amp trace/wavelength drifts."""
-    harsh: dict[str, object] = dict(
-        write_guider=False, transparency_range=(0.85, 1.0), illumination_range=(0.96, 1.04),
-        catalog_mag_noise=0.02, catalog_pos_noise_arcsec=0.05, catalog_g_shift_A=50.0,
-        catalog_g_tilt=0.3, moffat_beta_range=(2.5, 4.5), edge_stars_per_ifu=2,
-        close_pairs_per_ifu=1, saturated_stars=1, profile_halo_fraction=0.04,
-        profile_halo_scale_px=4.0, profile_half_window=24, cosmics_per_360s=40.0,
-        cosmic_kinds=("drk", "flt", "twi", "sci"), cosmic_max_length_px=4.0,
-        cosmic_track_e_range=(500.0, 20000.0), drift_amp_rms_px=0.03,
-        drift_amp_exposure_rms_px=0.01,
-    )
+    harsh: dict[str, object] = {
+        "write_guider": False, "transparency_range": (0.85, 1.0),
+        "illumination_range": (0.96, 1.04), "catalog_mag_noise": 0.02,
+        "catalog_pos_noise_arcsec": 0.05, "catalog_g_shift_A": 50.0, "catalog_g_tilt": 0.3,
+        "moffat_beta_range": (2.5, 4.5), "edge_stars_per_ifu": 2, "close_pairs_per_ifu": 1,
+        "saturated_stars": 1, "profile_halo_fraction": 0.04, "profile_halo_scale_px": 4.0,
+        "profile_half_window": 24, "cosmics_per_360s": 40.0,
+        "cosmic_kinds": ("drk", "flt", "twi", "sci"), "cosmic_max_length_px": 4.0,
+        "cosmic_track_e_range": (500.0, 20000.0), "drift_amp_rms_px": 0.03,
+        "drift_amp_exposure_rms_px": 0.01,
+    }
     harsh.update(overrides)
     return SimConfig(**harsh)  # type: ignore[arg-type]
 

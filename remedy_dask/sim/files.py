@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from remedy_dask.sim import instrument
-from remedy_dask.sim import spectra
+from remedy_dask.sim import instrument, spectra
 from remedy_dask.sim.amp import AmpModel
 from remedy_dask.sim.config import rng_for
 from remedy_dask.sim.scene import NightPlan

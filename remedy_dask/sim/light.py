@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from remedy_dask.sim import instrument
-from remedy_dask.sim import spectra
+from remedy_dask.sim import instrument, spectra
 from remedy_dask.sim.amp import AmpModel
 from remedy_dask.sim.scene import Frame, NightPlan
 
@@ -57,7 +56,8 @@ def fiber_light(plan: NightPlan, model: AmpModel, frame: Frame) -> FiberLight:
     if scene.extra is not None:
         conv = spectra.lsf_convolve(scene.extra, cfg.lsf_fwhm)
         counts += np.diff(spectra.interp_fine(spectra.cumulative(conv), edges), axis=1)
-        expected += spectra.interp_fine(conv, np.broadcast_to(instrument.WAVE, (n, instrument.N_WAVE)))
+        expected += spectra.interp_fine(conv, np.broadcast_to(instrument.WAVE,
+                                                              (n, instrument.N_WAVE)))
     if scene.line_centres.size:
         counts += spectra.line_pixel_counts(edges, scene.line_centres, scene.line_sigmas,
                                             scene.line_totals)
@@ -163,7 +163,8 @@ def _science_scene(plan: NightPlan, model: AmpModel, frame: Frame) -> _Scene:
                 frac_nodes = _psf_fraction(plan, sci, ra_f, dec_f, st["ra"][i], st["dec"][i])
                 if not np.any(frac_nodes > 0):
                     continue
-                frac = frac_nodes[:, _NODE_I] * (1.0 - _NODE_T) + frac_nodes[:, _NODE_I + 1] * _NODE_T
+                frac = (frac_nodes[:, _NODE_I] * (1.0 - _NODE_T)
+                        + frac_nodes[:, _NODE_I + 1] * _NODE_T)
                 flam = st["flam_scale"][i] * spectra.blackbody_flam(w, float(st["teff"][i]))
                 extra += (thr[:, None] * frac) * (flam * conv)[None, :]
 

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import h5py
 
-from remedy_dask.sim import instrument
 from remedy_dask.errors import ConfigError
-from remedy_dask.sim import files, truth
+from remedy_dask.sim import files, instrument, truth
 from remedy_dask.sim.amp import AmpModel, check_coverage, make_amp_model
 from remedy_dask.sim.config import SimConfig
 from remedy_dask.sim.render import AmpCache, RenderedFrame, render_amp_frame

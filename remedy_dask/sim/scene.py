@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from remedy_dask.sim import instrument
-from remedy_dask.sim import spectra
+from remedy_dask.sim import instrument, spectra
 from remedy_dask.sim.config import SimConfig, rng_for
 
 CAL_SEQUENCE = (("zro", None), ("drk", None), ("flt", None), ("cmp", "Hg"), ("cmp", "Cd-A"),

@@ -11,8 +11,7 @@ from typing import Iterable
 import h5py
 import numpy as np
 
-from remedy_dask.sim import instrument
-from remedy_dask.sim import spectra
+from remedy_dask.sim import instrument, spectra
 from remedy_dask.sim.amp import AmpModel
 from remedy_dask.sim.files import guider_values
 from remedy_dask.sim.light import science_conversion, sky_flam
