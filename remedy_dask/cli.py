@@ -99,13 +99,19 @@ def log_file_for(args: argparse.Namespace) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     """Dispatch one parsed command; returns the exit status."""
     if args.command == "simulate":
-        from remedy_dask.sim import simulate_night
+        import dataclasses
+
+        from remedy_dask.sim import SimConfig, simulate_night
+        from remedy_dask.sim.config import harsh_config
 
         t0 = time.perf_counter()
+        config = harsh_config() if args.harsh else SimConfig()
+        if args.second_pointing is not None:
+            config = dataclasses.replace(config, second_pointing_arcsec=args.second_pointing)
         result = simulate_night(
             args.out, date=args.date, ifuslots=args.ifuslots, seed=args.seed, tar=args.tar,
             science_obs=args.science_obs, science_only=args.science_only,
-            n_workers=args.processes,
+            n_workers=args.processes, config=config,
         )
         print(f"simulated night written to {args.out} in {time.perf_counter() - t0:.1f} s")
         print(f"truth: {getattr(result, 'truth_dir', args.out / 'truth')}")

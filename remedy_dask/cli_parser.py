@@ -18,6 +18,14 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _float_pair(text: str) -> tuple[float, float]:
+    try:
+        east, north = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected EAST,NORTH in arcsec, got {text!r}") from None
+    return east, north
+
+
 def _date(text: str) -> str:
     try:
         return check_date(text)
@@ -96,6 +104,15 @@ def _add_simulate(sub: Any) -> None:
     p.add_argument("--science-only", action="store_true",
                    help="only the science exposures (no calibration frames)")
     p.add_argument("--processes", type=int, default=2, help="worker processes")
+    p.add_argument("--harsh", action="store_true",
+                   help="a harsher night (sim.config.harsh_config: no guider frames, "
+                        "illumination and PSF shape varying per exposure, catalogue noise and "
+                        "colour term, edge/pair/saturated stars, profile halo, faint multi-pixel "
+                        "cosmic rays, per-amp drifts; docs/simulator.md)")
+    p.add_argument("--second-pointing", type=_float_pair, metavar="EAST,NORTH", nargs="?",
+                   const=(30.0, 20.0), default=None,
+                   help="also write science observation SCIENCE_OBS+1 pointed EAST,NORTH arcsec "
+                        "from the first (overlapping fields; 30,20 if no value is given)")
 
 
 def _add_calibrate(sub: Any) -> None:

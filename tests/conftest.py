@@ -54,3 +54,39 @@ def e2e(tmp_path_factory):
     return {"sim": sim, "truth": sim / "truth" / "truth.h5", "cal": cal, "out": out,
             "product": out / "20190822_0000007.h5", "work": out / "work" / "20190822_0000007.zarr",
             "timings": timings}
+
+
+HARSH_SLOTS = (57, 58)
+
+
+@pytest.fixture(scope="session")
+def e2e_harsh(tmp_path_factory):
+    """A harsh simulated 2-IFU night (``simulate --harsh``, another seed), calibrated and reduced
+    through the command line like ``e2e``."""
+    import time
+
+    from remedy_dask import cli
+
+    root = tmp_path_factory.mktemp("e2e_harsh")
+    sim, cal, out = root / "sim", root / "cal.h5", root / "reduced"
+    timings = {}
+    t0 = time.perf_counter()
+    slots = ",".join(str(s) for s in HARSH_SLOTS)
+    assert cli.main(["--quiet", "simulate", str(sim), "--ifuslots", slots, "--seed", "23",
+                     "--harsh", "--tar", "--processes", "2"]) == 0
+    timings["simulate"] = time.perf_counter() - t0
+    common = ["--fplane", str(sim / "fplane.txt"), "--ifucen", str(sim / "IFUcen_HETDEX.txt")]
+    t0 = time.perf_counter()
+    assert cli.main(["--quiet", "calibrate", str(sim / "raw"), "--date", "20190822", "--out",
+                     str(cal), "--fiber-locations", str(sim / "fiber_loc"), "--workers", "2",
+                     *common]) == 0
+    timings["calibrate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    assert cli.main(["--quiet", "reduce", "20190822", "7", str(HARSH_SLOTS[0]), str(cal),
+                     "--rootdir", str(sim / "raw"), "--out", str(out), "--catalog",
+                     str(sim / "ps1_catalog.csv"), "--all-ifus", "--workers", "2", *common]) == 0
+    timings["reduce"] = time.perf_counter() - t0
+    print(f"e2e_harsh timings: {timings}")
+    return {"sim": sim, "truth": sim / "truth" / "truth.h5", "cal": cal, "out": out,
+            "product": out / "20190822_0000007.h5", "work": out / "work" / "20190822_0000007.zarr",
+            "slots": HARSH_SLOTS, "timings": timings}

@@ -358,10 +358,13 @@ def test_simulator_shift_over_amp_exposures():
     assert np.sqrt(np.mean(pooled[:, 0] ** 2)) < 0.013 and np.abs(pooled[:, 0]).max() < 0.03
     assert np.abs(pooled[:, 1]).max() < 3.0
     # each amp alone: formal errors 0.015-0.017 px are the photon-noise bound, so ~5 % of
-    # amp-exposures exceed 0.03 px (measured here: rms 0.0165, max 0.031; with the pre-2026-11-25
-    # per-amp drifts over 36 amp-exposures, seeds 1-3: rms 0.0133, max 0.0303).  Pooled over the
-    # CCD (above): rms 0.005, max 0.009.
-    assert np.sqrt(np.mean(diff**2)) < 0.018
-    assert np.abs(diff).max() < 0.035
-    assert np.all(np.abs(diff) < 3.0 * formal)
+    # amp-exposures exceed 0.03 px (measured here: rms 0.0165, max 0.031; with the simulator's
+    # own conventions (sim/instrument.py), another noise realisation: rms 0.0190; with the
+    # pre-2026-11-25 per-amp drifts over 36 amp-exposures, seeds 1-3: rms 0.0133, max 0.0303).
+    # Pooled over the CCD (above): rms 0.005, max 0.009.  The rms of 12 photon-limited errors
+    # scatters by ~20 %, so it is bounded through the pulls: chi-square(12)/12 < 2.18 (99 %).
+    pull_rms = np.sqrt(np.mean((diff / formal) ** 2))
+    print(f"own pull rms {pull_rms:.3f}")
+    assert pull_rms < np.sqrt(2.18) and np.sqrt(np.mean(diff**2)) < 0.021
+    assert np.all(np.abs(diff) < 3.0 * formal)  # (max 0.031, then 0.038 px = 2.4 sigma)
     assert np.all((formal > 0.010) & (formal < 0.022))

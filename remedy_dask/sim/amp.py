@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from remedy_dask import geometry
+from remedy_dask.sim import instrument
 from remedy_dask.sim.config import rng_for
 from remedy_dask.sim.scene import NightPlan, fiber_focal_positions
 
-COLS = np.arange(geometry.N_COLS, dtype=float)
-X_MID = (geometry.N_COLS - 1) / 2.0
+COLS = np.arange(instrument.N_COLS, dtype=float)
+X_MID = (instrument.N_COLS - 1) / 2.0
 
 
 def col_u(x: np.ndarray) -> np.ndarray:
@@ -70,19 +70,19 @@ class AmpModel:
 
     def pixel_edges(self, shift: float = 0.0) -> np.ndarray:
         """(112, 1033) wavelengths of the pixel edges x = -0.5 .. 1031.5."""
-        return self.wavelength(shift, np.arange(geometry.N_COLS + 1) - 0.5)
+        return self.wavelength(shift, np.arange(instrument.N_COLS + 1) - 0.5)
 
     def bias_image(self) -> np.ndarray:
         """Fixed 2-D bias structure (ADU, oriented, without the frame level)."""
-        r = np.linspace(-0.5, 0.5, geometry.N_ROWS)[:, None]
-        c = np.linspace(-0.5, 0.5, geometry.N_COLS)[None, :]
+        r = np.linspace(-0.5, 0.5, instrument.N_ROWS)[:, None]
+        c = np.linspace(-0.5, 0.5, instrument.N_COLS)[None, :]
         return self.bias_grad_row * r + self.bias_grad_col * c + self.bias_columns[None, :]
 
 
 def slit_rows(cfg, rng: np.random.Generator) -> np.ndarray:
     """Nominal fiber rows at the central column: three groups, gaps of ``group_gap_pitches``."""
     pitch = cfg.fiber_pitch_px * (1.0 + rng.normal(0.0, 0.002))
-    steps = np.full(geometry.N_FIBERS_AMP - 1, pitch)
+    steps = np.full(instrument.N_FIBERS_AMP - 1, pitch)
     g1, g2, _ = cfg.fibers_per_group
     steps[g1 - 1] = steps[g1 + g2 - 1] = cfg.group_gap_pitches * pitch
     y0 = cfg.first_fiber_row + rng.normal(0.0, 0.5)
@@ -93,7 +93,8 @@ def ccd_drifts(plan: NightPlan, ifuslot: int, amp: str) -> tuple[np.ndarray, np.
     """Trace and wavelength shifts (px) of the science exposures vs the calibrations for one
     amp.  The spectrum moves on the detector (temperature), so the two amps of one CCD (``LL``
     and ``LU``, or ``RL`` and ``RU``) share the CCD's drift; a small rotation adds +-half of a
-    differential term to the two halves.  Base (night) + per-exposure jitter, per CCD."""
+    differential term to the two halves.  Base (night) + per-exposure jitter, per CCD, plus (on
+    harsh nights) a per-amp offset and per-amp jitter."""
     cfg = plan.config
     rng = rng_for(plan.seed, "ccd-drift", ifuslot, amp[0])
     half = 0.5 if amp[1] == "U" else -0.5
@@ -103,6 +104,11 @@ def ccd_drifts(plan: NightPlan, ifuslot: int, amp: str) -> tuple[np.ndarray, np.
         jitter = rng.normal(0.0, cfg.drift_exposure_rms_px, plan.n_sci)
         differential = rng.normal(0.0, cfg.drift_half_differential_px, plan.n_sci)
         shifts.append(base + jitter + half * differential)
+    if cfg.drift_amp_rms_px or cfg.drift_amp_exposure_rms_px:  # the amp's own share
+        rng = rng_for(plan.seed, "amp-drift", ifuslot, amp)
+        for i in range(2):
+            shifts[i] = shifts[i] + rng.normal(0.0, cfg.drift_amp_rms_px) + rng.normal(
+                0.0, cfg.drift_amp_exposure_rms_px, plan.n_sci)
     return shifts[0], shifts[1]
 
 
@@ -110,10 +116,10 @@ def make_amp_model(plan: NightPlan, ifuslot: int, amp: str) -> AmpModel:
     """Draw the true model of ``ifuslot``/``amp`` for this night."""
     cfg = plan.config
     rng = rng_for(plan.seed, "amp", ifuslot, amp)
-    n = geometry.N_FIBERS_AMP
+    n = instrument.N_FIBERS_AMP
     specid, ifuid, contid = plan.ids[ifuslot]
-    fid = geometry.fiber_ids(amp)
-    lx, ly = geometry.ifu_fiber_layout()
+    fid = instrument.amp_fiber_ids(amp)
+    lx, ly = instrument.ifu_layout()
     fx, fy = fiber_focal_positions(plan, ifuslot, fid)
     slot_index = plan.ifuslots.index(ifuslot)
     flips = dict(cfg.ampname_flip) if slot_index % 2 == 0 else {}
@@ -155,7 +161,7 @@ def make_amp_model(plan: NightPlan, ifuslot: int, amp: str) -> AmpModel:
     # detector
     gain = round(float(rng.uniform(*cfg.gain_range)), 3)
     read_noise = round(float(rng.uniform(*cfg.read_noise_range)), 2)
-    npix = geometry.N_ROWS * geometry.N_COLS
+    npix = instrument.N_ROWS * instrument.N_COLS
     n_hot = rng.poisson(cfg.hot_pixel_fraction * npix)
     hot_index = np.unique(rng.integers(0, npix, n_hot))
     lo, hi = np.log(cfg.hot_pixel_rate_range)
@@ -174,7 +180,7 @@ def make_amp_model(plan: NightPlan, ifuslot: int, amp: str) -> AmpModel:
         read_noise=read_noise, bias_level=float(rng.uniform(*cfg.bias_level_range)),
         bias_grad_row=float(rng.uniform(-1, 1) * cfg.bias_gradient_adu),
         bias_grad_col=float(rng.uniform(-1, 1) * cfg.bias_gradient_adu),
-        bias_columns=rng.normal(0.0, cfg.bias_column_rms_adu, geometry.N_COLS),
+        bias_columns=rng.normal(0.0, cfg.bias_column_rms_adu, instrument.N_COLS),
         dark_current=float(rng.uniform(*cfg.dark_current_range)), hot_index=hot_index,
         hot_rate=hot_rate, bad_column=bad_column, trap_row=trap_row, trap_col=trap_col,
         fiber_loc_ref=np.round(ref, 3),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from remedy_dask import geometry
+from remedy_dask.sim import instrument
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class SimConfig:
     )
 
     # --- sky and sources ----------------------------------------------------------------------
-    area_cm2: float = geometry.DEFAULT_AREA_CM2
+    area_cm2: float = instrument.AREA_CM2
     sky_g_mag_arcsec2: float = 22.0
     sky_exposure_rms: float = 0.03  # exposure-to-exposure sky level change
     sky_lines: tuple[tuple[float, float], ...] = (  # (A, 1e-17 erg/s/cm^2/arcsec^2)
@@ -129,7 +129,7 @@ class SimConfig:
     line_wave_range: tuple[float, float] = (3600.0, 5450.0)
 
     # --- pointing and astrometry ------------------------------------------------------------
-    dither_pattern: tuple[tuple[float, float], ...] = geometry.DITHER_PATTERN
+    dither_pattern: tuple[tuple[float, float], ...] = instrument.DITHER_PATTERN
     pointing_offset_arcsec: float = 4.0  # |header - truth| of the field centre
     rotation_offset_deg: float = 0.03  # |header - truth| of the rotation
     trajra_offset_arcsec: float = 2.0  # |TRAJRA - TRAJCRA|
@@ -138,6 +138,23 @@ class SimConfig:
     catalog_pos_noise_arcsec: float = 0.01
     ifu_pitch_arcsec: float = 100.0
     ifu_position_jitter_arcsec: float = 1.0
+
+    # --- harsher nights (defaults leave the kind night unchanged; see harsh_config) ----------
+    illumination_range: tuple[float, float] = (1.0, 1.0)  # mirror illumination per exposure
+    moffat_beta_range: tuple[float, float] | None = None  # per-exposure beta (None: moffat_beta)
+    catalog_g_shift_A: float = 0.0  # catalogue g measured through panstarrs-g shifted by this
+    catalog_g_tilt: float = 0.0  # ... and multiplied by 1 + tilt * (lambda - 4800 A) / 1000 A
+    # (zero point: equal magnitudes for a 6500 K star; spectra.modified_g_magnitudes)
+    edge_stars_per_ifu: int = 0  # bright stars 20-25" from the IFU centre along x or y
+    close_pairs_per_ifu: int = 0  # bright star + companion 1.5-3" away
+    saturated_stars: int = 0  # stars of g = saturated_star_g near IFU centres
+    saturated_star_g: float = 11.5  # peaks above 65535 ADU in a 360 s exposure
+    profile_halo_fraction: float = 0.0  # exponential (Laplace) cross-dispersion wings
+    profile_halo_scale_px: float = 4.0
+    cosmic_track_e_range: tuple[float, float] | None = None  # total e- per track, log-uniform
+    drift_amp_rms_px: float = 0.0  # per-amp offset of the night's drift (on top of the CCD's)
+    drift_amp_exposure_rms_px: float = 0.0  # per-amp, per-exposure jitter
+    second_pointing_arcsec: tuple[float, float] | None = None  # (east, north) of a 2nd science obs
 
     # --- odds and ends ----------------------------------------------------------------------
     ampname_flip: tuple[tuple[str, str], ...] = (("LL", "LR"), ("LU", "UL"))  # even IFU index
@@ -148,8 +165,29 @@ class SimConfig:
     def __post_init__(self) -> None:
         if self.n_sci > len(self.dither_pattern):
             raise ValueError(f"n_sci={self.n_sci} exceeds the dither pattern length")
-        if sum(self.fibers_per_group) != geometry.N_FIBERS_AMP:
+        if sum(self.fibers_per_group) != instrument.N_FIBERS_AMP:
             raise ValueError("fibers_per_group must add up to 112")
+
+
+def harsh_config(**overrides: object) -> SimConfig:
+    """A harsher night (issue 14): no guider frames, transparency 0.85-1.0 and mirror
+    illumination +-4 % per exposure, catalogue noise 0.02 mag / 0.05" and a catalogue g band
+    that differs from panstarrs-g (colour term), Moffat beta 2.5-4.5 per exposure, stars at IFU
+    edges, close pairs and a saturated star, exponential profile wings, low-energy 1-5 px cosmic
+    rays (500-20000 e-) also in flats and twilights, and per-amp trace/wavelength drifts."""
+    harsh: dict[str, object] = {
+        "write_guider": False, "transparency_range": (0.85, 1.0),
+        "illumination_range": (0.96, 1.04), "catalog_mag_noise": 0.02,
+        "catalog_pos_noise_arcsec": 0.05, "catalog_g_shift_A": 50.0, "catalog_g_tilt": 0.3,
+        "moffat_beta_range": (2.5, 4.5), "edge_stars_per_ifu": 2, "close_pairs_per_ifu": 1,
+        "saturated_stars": 1, "profile_halo_fraction": 0.04, "profile_halo_scale_px": 4.0,
+        "profile_half_window": 24, "cosmics_per_360s": 40.0,
+        "cosmic_kinds": ("drk", "flt", "twi", "sci"), "cosmic_max_length_px": 4.0,
+        "cosmic_track_e_range": (500.0, 20000.0), "drift_amp_rms_px": 0.03,
+        "drift_amp_exposure_rms_px": 0.01,
+    }
+    harsh.update(overrides)
+    return SimConfig(**harsh)  # type: ignore[arg-type]
 
 
 def standard_ifuslots() -> tuple[int, ...]:

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from remedy_dask import geometry
-from remedy_dask.sim import spectra
+from remedy_dask.sim import instrument, spectra
 from remedy_dask.sim.amp import AmpModel
 from remedy_dask.sim.config import rng_for
 from remedy_dask.sim.scene import NightPlan
@@ -123,13 +122,13 @@ def write_fplane(plan: NightPlan, path: Path) -> None:
 
 def write_ifucen(path: Path) -> None:
     """IFUcen file: 30 header lines, then ID x y L/R fibnum throughput."""
-    x, y = geometry.ifu_fiber_layout()
+    x, y = instrument.ifu_layout()
     head = ["# IFUcen_HETDEX.txt: standard VIRUS IFU fiber map (simulated night)",
             "# columns: fiber ID, x [arcsec], y [arcsec], unit L/R, fiber number in unit 1-224,",
             "#          relative throughput"]
     head += ["#"] * (30 - len(head))
     rows = []
-    for i in range(geometry.N_FIBERS_IFU):
+    for i in range(instrument.N_FIBERS_IFU):
         fid = i + 1
         unit, num = ("L", fid) if fid <= 224 else ("R", fid - 224)
         rows.append(f"{fid:3d} {x[i]:8.3f} {y[i]:8.3f} {unit} {num:3d} 1.000")
@@ -148,7 +147,7 @@ def write_fiber_loc(model: AmpModel, folder: Path) -> Path:
 
 
 def write_throughput(path: Path) -> None:
-    wave = geometry.DEF_WAVE
+    wave = instrument.WAVE
     lines = ["# wavelength throughput", "# A dimensionless (simulated HETDEX end-to-end curve)"]
     lines += [f"{w:7.1f} {t:.6f}" for w, t in zip(wave, spectra.throughput(wave))]
     path.write_text("\n".join(lines) + "\n")

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from remedy_dask import geometry
+from remedy_dask.sim import instrument
 from remedy_dask.sim.amp import AmpModel, make_amp_model
 from remedy_dask.sim.config import SimConfig
 from remedy_dask.sim.render import AmpCache, RenderedFrame, render_amp_frame
@@ -35,7 +35,7 @@ def render_amp_electrons(
     """
     if plan is None:
         slots = tuple(ifuslots) if ifuslots is not None else (ifuslot,)
-        plan = make_plan(date, slots, seed, 7, config or SimConfig(), geometry.FRAME_KINDS)
+        plan = make_plan(date, slots, seed, 7, config or SimConfig(), instrument.FRAME_KINDS)
     model = make_amp_model(plan, ifuslot, amp)
     frame = find_frame(plan, kind, exp, lamp)
     rendered = render_amp_frame(plan, model, frame, AmpCache())

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from remedy_dask import geometry
-from remedy_dask.sim import spectra
+from remedy_dask.sim import instrument, spectra
 from remedy_dask.sim.amp import AmpModel
 from remedy_dask.sim.scene import Frame, NightPlan
 
@@ -46,28 +45,29 @@ def fiber_light(plan: NightPlan, model: AmpModel, frame: Frame) -> FiberLight:
     shift = 0.0 if sci is None else float(model.wave_shift[sci])
     scene = _scene(plan, model, frame)
     edges = model.pixel_edges(shift)
-    n = geometry.N_FIBERS_AMP
-    counts = np.zeros((n, geometry.N_COLS))
-    expected = np.zeros((n, geometry.N_WAVE))
+    n = instrument.N_FIBERS_AMP
+    counts = np.zeros((n, instrument.N_COLS))
+    expected = np.zeros((n, instrument.N_WAVE))
     for density, factor in scene.common:
         conv = spectra.lsf_convolve(density, cfg.lsf_fwhm)
         cum = spectra.interp_fine(spectra.cumulative(conv), edges)
         counts += factor[:, None] * np.diff(cum, axis=1)
-        expected += factor[:, None] * spectra.interp_fine(conv, geometry.DEF_WAVE)[None, :]
+        expected += factor[:, None] * spectra.interp_fine(conv, instrument.WAVE)[None, :]
     if scene.extra is not None:
         conv = spectra.lsf_convolve(scene.extra, cfg.lsf_fwhm)
         counts += np.diff(spectra.interp_fine(spectra.cumulative(conv), edges), axis=1)
-        expected += spectra.interp_fine(conv, np.broadcast_to(geometry.DEF_WAVE, (n, geometry.N_WAVE)))
+        expected += spectra.interp_fine(conv, np.broadcast_to(instrument.WAVE,
+                                                              (n, instrument.N_WAVE)))
     if scene.line_centres.size:
         counts += spectra.line_pixel_counts(edges, scene.line_centres, scene.line_sigmas,
                                             scene.line_totals)
-        expected += spectra.line_density(geometry.DEF_WAVE, scene.line_centres,
+        expected += spectra.line_density(instrument.WAVE, scene.line_centres,
                                          scene.line_sigmas, scene.line_totals)
     return FiberLight(counts, expected)
 
 
 def _empty_lines() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return np.zeros(0), np.zeros(0), np.zeros((geometry.N_FIBERS_AMP, 0))
+    return np.zeros(0), np.zeros(0), np.zeros((instrument.N_FIBERS_AMP, 0))
 
 
 def _scene(plan: NightPlan, model: AmpModel, frame: Frame) -> _Scene:
@@ -87,7 +87,7 @@ def _scene(plan: NightPlan, model: AmpModel, frame: Frame) -> _Scene:
         base = cfg.twilight_peak_e_per_A * spectra.solar_shape(w)
         return _Scene([(base, thr * model.twi_illum)], None, *_empty_lines())
     if frame.kind == "cmp":
-        waves = np.array(geometry.ARC_LINES[frame.lamp])
+        waves = np.array(instrument.ARC_LINES[frame.lamp])
         totals = np.array([cfg.arc_line_e[x] for x in waves])
         per_fiber = (thr * model.flat_illum)[:, None] * totals[None, :]
         return _Scene([], None, waves, np.full(waves.size, lsf_sigma), per_fiber)
@@ -98,10 +98,13 @@ def _scene(plan: NightPlan, model: AmpModel, frame: Frame) -> _Scene:
 
 def science_conversion(plan: NightPlan, sci: int, wave: np.ndarray) -> np.ndarray:
     """e-/A per (erg/s/cm^2/A) for science exposure ``sci`` (fiber throughput 1, all light in
-    the fiber): lambda/(hc) * area * transparency * EXPTIME * throughput(lambda)."""
+    the fiber): lambda/(hc) * area * transparency * EXPTIME * throughput(lambda), times the
+    exposure's mirror illumination when it is not 1."""
     cfg = plan.config
-    return spectra.flux_to_counts(wave, cfg.exptime["sci"], float(plan.transparency[sci]),
+    conv = spectra.flux_to_counts(wave, cfg.exptime["sci"], float(plan.transparency[sci]),
                                   cfg.area_cm2)
+    illumination = float(plan.illumination[sci]) if plan.illumination.size else 1.0
+    return conv if illumination == 1.0 else conv * illumination
 
 
 def sky_flam(plan: NightPlan, sci: int, wave: np.ndarray) -> np.ndarray:
@@ -116,14 +119,14 @@ def fiber_sky_positions(plan: NightPlan, model: AmpModel, sci: int, dar_x: np.nd
     ddx, ddy = plan.dither(sci)
     fx = (model.focal_x + ddx)[:, None] - np.asarray(dar_x)[None, :]
     fy = np.broadcast_to((model.focal_y + ddy)[:, None], fx.shape)
-    return geometry.focal_to_sky(fx, fy, plan.ra0, plan.dec0, plan.rotation)
+    p = plan.pointing_of(sci)
+    return instrument.focal_to_radec(fx, fy, p.ra0, p.dec0, p.rotation)
 
 
 def _psf_fraction(plan: NightPlan, sci: int, ra: np.ndarray, dec: np.ndarray,
                   src_ra: float, src_dec: float) -> np.ndarray:
     """Fiber-integrated PSF fraction of a point source for fibers at (ra, dec)."""
-    xi, eta = geometry.tan_project(ra, dec, src_ra, src_dec)
-    r = np.hypot(xi, eta) * (180.0 / np.pi * 3600.0)
+    r = instrument.separation_arcsec(ra, dec, src_ra, src_dec)
     return np.interp(r, plan.psf_r, plan.psf_frac[sci], right=0.0)
 
 
@@ -146,7 +149,7 @@ def _science_scene(plan: NightPlan, model: AmpModel, frame: Frame) -> _Scene:
     totals = [thr[:, None] * sky_tot[None, :]]
 
     # stars near this amp's fibers (distance computed on the sky, DAR per wavelength node)
-    dar = geometry.dar_offsets(DAR_NODES)
+    dar = instrument.dar_offset(DAR_NODES)
     ra_f, dec_f = fiber_sky_positions(plan, model, sci, dar)
     ra_c, dec_c = ra_f.mean(), dec_f.mean()
     st = plan.stars
@@ -155,12 +158,13 @@ def _science_scene(plan: NightPlan, model: AmpModel, frame: Frame) -> _Scene:
         sep = _sep_arcsec(st["ra"], st["dec"], ra_c, dec_c)
         near = np.flatnonzero(sep < 60.0 + plan.psf_r[-1])
         if near.size:
-            extra = np.zeros((geometry.N_FIBERS_AMP, w.size))
+            extra = np.zeros((instrument.N_FIBERS_AMP, w.size))
             for i in near:
                 frac_nodes = _psf_fraction(plan, sci, ra_f, dec_f, st["ra"][i], st["dec"][i])
                 if not np.any(frac_nodes > 0):
                     continue
-                frac = frac_nodes[:, _NODE_I] * (1.0 - _NODE_T) + frac_nodes[:, _NODE_I + 1] * _NODE_T
+                frac = (frac_nodes[:, _NODE_I] * (1.0 - _NODE_T)
+                        + frac_nodes[:, _NODE_I + 1] * _NODE_T)
                 flam = st["flam_scale"][i] * spectra.blackbody_flam(w, float(st["teff"][i]))
                 extra += (thr[:, None] * frac) * (flam * conv)[None, :]
 
@@ -170,7 +174,7 @@ def _science_scene(plan: NightPlan, model: AmpModel, frame: Frame) -> _Scene:
         sep = _sep_arcsec(ls["ra"], ls["dec"], ra_c, dec_c)
         for i in np.flatnonzero(sep < 60.0 + plan.psf_r[-1]):
             lam = ls["wave"][i]
-            ra_l, dec_l = fiber_sky_positions(plan, model, sci, geometry.dar_offsets([lam]))
+            ra_l, dec_l = fiber_sky_positions(plan, model, sci, instrument.dar_offset([lam]))
             frac = _psf_fraction(plan, sci, ra_l[:, 0], dec_l[:, 0], ls["ra"][i], ls["dec"][i])
             tot = ls["flux"][i] * 1e-17 * science_conversion(plan, sci, np.array([lam]))[0]
             centres.append(np.array([lam]))

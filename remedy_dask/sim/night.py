@@ -15,9 +15,8 @@ from pathlib import Path
 
 import h5py
 
-from remedy_dask import geometry
 from remedy_dask.errors import ConfigError
-from remedy_dask.sim import files, truth
+from remedy_dask.sim import files, instrument, truth
 from remedy_dask.sim.amp import AmpModel, check_coverage, make_amp_model
 from remedy_dask.sim.config import SimConfig
 from remedy_dask.sim.render import AmpCache, RenderedFrame, render_amp_frame
@@ -75,7 +74,7 @@ def _check_inputs(date: str, ifuslots: Sequence[int], n_workers: int) -> tuple[i
     if not slots or len(set(slots)) != len(slots):
         raise ConfigError(f"ifuslots must be unique and non-empty, got {list(ifuslots)}")
     for s in slots:
-        row, col = geometry.slot_row_col(s)
+        row, col = instrument.ihmp_row_col(s)
         if not (1 <= row <= 10 and 1 <= col <= 9):
             raise ConfigError(f"IFU slot {s:03d} is not an IHMP slot RRC (row 01-10, col 1-9)")
     if n_workers < 1:
@@ -135,8 +134,8 @@ def simulate_night(out: str | Path, date: str = "20190822",
     cfg = config or SimConfig()
     slots = _check_inputs(date, ifuslots, n_workers)
     kinds = tuple(kinds) if kinds is not None else ("sci",) if science_only \
-        else geometry.FRAME_KINDS
-    unknown = set(kinds) - set(geometry.FRAME_KINDS)
+        else instrument.FRAME_KINDS
+    unknown = set(kinds) - set(instrument.FRAME_KINDS)
     if unknown:
         raise ConfigError(f"unknown frame kinds {sorted(unknown)}")
     try:
@@ -145,7 +144,7 @@ def simulate_night(out: str | Path, date: str = "20190822",
         raise ConfigError(str(exc)) from None
 
     for s in slots:  # fail fast, before any rendering, if a drawn solution misses the range
-        for amp in geometry.AMPS:
+        for amp in instrument.AMPS:
             try:
                 check_coverage(make_amp_model(plan, s, amp))
             except ValueError as exc:
@@ -166,7 +165,7 @@ def simulate_night(out: str | Path, date: str = "20190822",
     files.write_catalog(plan, out / "ps1_catalog.csv")
     seconds = {"setup": time.perf_counter() - t0}
 
-    tasks = [(s, amp) for s in sorted(slots) for amp in geometry.AMPS]
+    tasks = [(s, amp) for s in sorted(slots) for amp in instrument.AMPS]
     truth_file = truth_dir / truth.TRUTH_FILE
     t1 = time.perf_counter()
     with h5py.File(truth_file, "w") as h5:

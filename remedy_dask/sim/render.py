@@ -10,13 +10,13 @@ import numpy as np
 from scipy.signal import fftconvolve
 from scipy.special import ndtr
 
-from remedy_dask import geometry
+from remedy_dask.sim import instrument
 from remedy_dask.sim.amp import AmpModel
 from remedy_dask.sim.config import SimConfig, rng_for
 from remedy_dask.sim.light import FiberLight, fiber_light
 from remedy_dask.sim.scene import Frame, NightPlan
 
-NR, NC = geometry.N_ROWS, geometry.N_COLS
+NR, NC = instrument.N_ROWS, instrument.N_COLS
 
 
 @dataclass
@@ -43,13 +43,19 @@ class AmpCache:
 
 
 def profile_weights(trace: np.ndarray, sigma_core: np.ndarray, wing_fraction: float,
-                    sigma_wing: float, half_window: int) -> tuple[np.ndarray, np.ndarray]:
+                    sigma_wing: float, half_window: int, halo_fraction: float = 0.0,
+                    halo_scale: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
     """Flat pixel indices and weights (F, 2h+1, C) of the cross-dispersion profile (Gaussian
-    core + Gaussian wings) integrated exactly over each pixel (CDF differences)."""
+    core + Gaussian wings + optional exponential halo) integrated exactly over each pixel (CDF
+    differences); light beyond +-half_window rows is lost."""
     base = np.rint(trace).astype(np.int32)
     offs = np.arange(-half_window, half_window + 2, dtype=np.int32)
     edge = (base[:, None, :] + offs[None, :, None]) - 0.5 - trace[:, None, :]
     cdf = wing_fraction * ndtr(edge / sigma_wing)
+    if halo_fraction:
+        e = np.exp(-np.abs(edge) / halo_scale)
+        cdf += halo_fraction * np.where(edge < 0, 0.5 * e, 1.0 - 0.5 * e)
+    wing_fraction = wing_fraction + halo_fraction
     # the core is exactly 0 / 1 (to < 1e-15) beyond 8 sigma: evaluate it only near the trace
     reach = min(half_window, int(np.ceil(8.0 * float(sigma_core.max()))))
     inner = slice(half_window - reach, half_window + reach + 2)
@@ -125,14 +131,17 @@ def cosmic_rays(rng: np.random.Generator, cfg: SimConfig, darktime: float
     r0, c0 = rng.uniform(0, NR - 1, n), rng.uniform(0, NC - 1, n)
     length = rng.uniform(0.0, cfg.cosmic_max_length_px, n)
     theta = rng.uniform(0.0, np.pi, n)
-    lo, hi = np.log(cfg.cosmic_e_per_px_range)
+    lo, hi = np.log(cfg.cosmic_track_e_range or cfg.cosmic_e_per_px_range)
     e_px = np.exp(rng.uniform(lo, hi, n))
     nstep = np.maximum(1, np.ceil(length / 0.25)).astype(int)
     track = np.repeat(np.arange(n), nstep)
     t = (np.arange(track.size) - np.repeat(np.cumsum(nstep) - nstep, nstep)) * 0.25
     rr = np.rint(r0[track] + t * np.sin(theta[track])).astype(int)
     cc = np.rint(c0[track] + t * np.cos(theta[track])).astype(int)
-    dep = e_px[track] * np.where(nstep[track] == 1, 1.0, 0.25)
+    if cfg.cosmic_track_e_range is not None:  # e_px is the track's total: spread it evenly
+        dep = e_px[track] / nstep[track]
+    else:
+        dep = e_px[track] * np.where(nstep[track] == 1, 1.0, 0.25)
     ok = (rr >= 0) & (rr < NR) & (cc >= 0) & (cc < NC)
     img += np.bincount(rr[ok] * NC + cc[ok], weights=dep[ok], minlength=NR * NC)
     img = img.reshape(NR, NC)
@@ -146,24 +155,13 @@ def apply_charge_trap(img: np.ndarray, model: AmpModel, cfg: SimConfig) -> None:
 
 
 def raw_layout(oriented: np.ndarray, amp: str, ampname: str) -> np.ndarray:
-    """Inverse of the documented orientation (flips are involutions and commute)."""
-    out = oriented
-    if amp in geometry.FLIP_BOTH_AMPS:
-        out = out[::-1, ::-1]
-    if ampname in geometry.FLIP_COLUMNS_AMPNAMES:
-        out = out[:, ::-1]
-    return out
+    """Inverse of the documented orientation."""
+    return instrument.to_raw(oriented, amp, ampname)
 
 
 def orient_raw(raw: np.ndarray, amp: str, ampname: str) -> np.ndarray:
     """The documented reader rule (trim, flip LU/RL, flip columns for AMPNAME LR/UL)."""
-    ncols = raw.shape[1]
-    data = raw[:, : ncols - int(32 * ncols / 1064)]
-    if amp in geometry.FLIP_BOTH_AMPS:
-        data = data[::-1, ::-1]
-    if ampname in geometry.FLIP_COLUMNS_AMPNAMES:
-        data = data[:, ::-1]
-    return data
+    return instrument.to_oriented(instrument.trim_overscan(raw), amp, ampname)
 
 
 def _light_image(plan: NightPlan, model: AmpModel, frame: Frame, cache: AmpCache
@@ -178,7 +176,9 @@ def _light_image(plan: NightPlan, model: AmpModel, frame: Frame, cache: AmpCache
         dy = 0.0 if frame.sci_index is None else float(model.trace_shift[frame.sci_index])
         cache.profiles[pkey] = profile_weights(model.trace + dy, model.sigma_core,
                                                model.wing_fraction, model.sigma_wing,
-                                               cfg.profile_half_window)
+                                               cfg.profile_half_window,
+                                               cfg.profile_halo_fraction,
+                                               cfg.profile_halo_scale_px)
     light = fiber_light(plan, model, frame)
     direct = render_direct(light.counts, *cache.profiles[pkey])
     scat, coarse = scattered_light(direct, cfg)
@@ -216,7 +216,7 @@ def render_amp_frame(plan: NightPlan, model: AmpModel, frame: Frame,
     adu = level + model.bias_image() + electrons / model.gain
     adu += rng.normal(0.0, model.read_noise / model.gain, adu.shape)
     data = raw_layout(adu, model.amp, model.ampname)
-    over = level + rng.normal(0.0, model.read_noise / model.gain, (NR, geometry.N_OVERSCAN))
+    over = level + rng.normal(0.0, model.read_noise / model.gain, (NR, instrument.N_OVERSCAN))
     for j, frac in enumerate(cfg.overscan_bleed):
         over[:, j] += frac * np.maximum(data[:, -1] - level, 0.0)
     raw = np.rint(np.hstack([data, over]))
@@ -229,6 +229,7 @@ def make_header(plan: NightPlan, model: AmpModel, frame: Frame) -> dict[str, tup
     """Header cards (keyword -> (value, comment)) of an amp frame, per virus-raw-format.md."""
     ccdpos, ccdhalf = model.amp[0], model.amp[1]
     sci = frame.kind == "sci"
+    pnt = plan.pointings[frame.pointing] if plan.pointings else plan
     return {
         "CCDPOS": (ccdpos, "CCD position L/R"),
         "CCDHALF": (ccdhalf, "amplifier half L/U"),
@@ -244,11 +245,11 @@ def make_header(plan: NightPlan, model: AmpModel, frame: Frame) -> dict[str, tup
         "DATE": (frame.date_str, "UT start of exposure"),
         "DATE-OBS": (frame.start.strftime("%Y-%m-%d"), "UT date of exposure start"),
         "UT": (frame.date_str.split("T")[1], "UT time of exposure start"),
-        "TRAJRA": (round(plan.trajra / 15.0, 8), "telescope RA, hours"),
-        "TRAJDEC": (round(plan.trajdec, 7), "telescope Dec, deg"),
-        "TRAJCRA": (round(plan.header_ra / 15.0, 8), "commanded RA, hours"),
-        "TRAJCDEC": (round(plan.header_dec, 7), "commanded Dec, deg"),
-        "PARANGLE": (plan.parangle, "parallactic angle, deg"),
+        "TRAJRA": (round(pnt.trajra / 15.0, 8), "telescope RA, hours"),
+        "TRAJDEC": (round(pnt.trajdec, 7), "telescope Dec, deg"),
+        "TRAJCRA": (round(pnt.header_ra / 15.0, 8), "commanded RA, hours"),
+        "TRAJCDEC": (round(pnt.header_dec, 7), "commanded Dec, deg"),
+        "PARANGLE": (pnt.parangle, "parallactic angle, deg"),
         "AMBTEMP": (16.2 if sci else 18.6, "ambient temperature, C"),
         "QPROG": ("HETSIM-1" if sci else "CAL", "program id"),
         "GAIN": (model.gain, "e-/ADU"),

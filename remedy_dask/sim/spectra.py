@@ -13,14 +13,14 @@ import numpy as np
 from scipy.interpolate import PchipInterpolator
 from scipy.special import ndtr
 
-from remedy_dask import geometry
+from remedy_dask.sim import instrument
 
 HC_ERG_A = 6.62607015e-27 * 2.99792458e18  # h c in erg * Angstrom
 C_A_PER_S = 2.99792458e18
 FINE_STEP = 0.25
 FINE_WAVE = np.arange(3300.0, 5700.0 + FINE_STEP / 2, FINE_STEP)
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
-FIBER_AREA_ARCSEC2 = np.pi * (geometry.FIBER_DIAMETER / 2.0) ** 2
+FIBER_AREA_ARCSEC2 = np.pi * (instrument.FIBER_DIAMETER / 2.0) ** 2
 
 # Published HETDEX end-to-end throughput anchors (0.0246 at 3470, peak 0.161 at 4640, 0.128 at
 # 5540 A) plus smooth intermediate nodes; PCHIP keeps the curve monotone between nodes, so the
@@ -80,6 +80,32 @@ def star_norm_and_colors(teff: np.ndarray, g_mag: np.ndarray) -> tuple[np.ndarra
     return scale, mags + (np.asarray(g_mag, float) - mags[:, 0])[:, None]
 
 
+def modified_g_magnitudes(scale: np.ndarray, teff: np.ndarray, shift_A: float, tilt: float
+                          ) -> np.ndarray:
+    """AB magnitudes of stars ``scale * blackbody_flam(teff)`` through a g band that is not the
+    one the pipeline uses: speclite's panstarrs-g response moved by ``shift_A`` and multiplied by
+    1 + tilt (lambda - 4800 A)/1000 A (clipped at 0), the way a real survey's g differs from a
+    synthetic band by colour terms; the zero point is set so that a 6500 K star has the same
+    magnitude in both bands.  Photon-counting AB definition, integrated on a 2 A grid."""
+    import speclite.filters as sf
+
+    band = sf.load_filter("panstarrs-g")
+    wave = np.arange(3000.0, 11500.0, 2.0)
+    resp = np.interp(wave - shift_A, band.wavelength, band.response, left=0.0, right=0.0)
+    resp = resp * np.clip(1.0 + tilt * (wave - 4800.0) / 1000.0, 0.0, None)
+    f_nu_ab = 3631e-23 * C_A_PER_S / wave**2  # AB zero point as F_lambda
+
+    def mags(flam: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        return -2.5 * np.log10(np.sum(flam * weights * wave, axis=-1)
+                               / np.sum(f_nu_ab * weights * wave))
+
+    ref = blackbody_flam(wave, 6500.0)
+    offset = mags(ref, resp) - mags(ref, np.interp(wave, band.wavelength, band.response,
+                                                   left=0.0, right=0.0))
+    flam = np.asarray(scale, float)[:, None] * blackbody_flam(wave, np.asarray(teff, float))
+    return mags(flam, resp) - offset
+
+
 def sky_continuum(wave: np.ndarray, g_mag_arcsec2: float) -> np.ndarray:
     """Dark-sky continuum F_lambda per arcsec^2 (erg/s/cm^2/A/arcsec^2): a 5800 K solar-like
     shape reddened by (lambda/4700)^1, normalised to ``g_mag_arcsec2`` AB in panstarrs-g."""
@@ -98,7 +124,7 @@ def solar_shape(wave: np.ndarray) -> np.ndarray:
     for centre, depth, sig in _SOLAR_LINES:
         absorb *= 1.0 - depth * np.exp(-0.5 * ((w - centre) / sig) ** 2)
     spec = spec * absorb
-    ref = blackbody_flam(geometry.DEF_WAVE, 5800.0) * (geometry.DEF_WAVE / 4500.0) ** -2
+    ref = blackbody_flam(instrument.WAVE, 5800.0) * (instrument.WAVE / 4500.0) ** -2
     return spec / ref.max()
 
 
@@ -106,7 +132,7 @@ def ldls_shape(wave: np.ndarray) -> np.ndarray:
     """LDLS flat lamp as seen through the spectrograph (e-/A shape): the throughput curve times
     a blue-rising lamp (lambda/4500)^-1, peak over 3470-5540 A equals 1."""
     f = lambda w: throughput(w) * (np.asarray(w, float) / 4500.0) ** -1.0  # noqa: E731
-    return f(wave) / f(geometry.DEF_WAVE).max()
+    return f(wave) / f(instrument.WAVE).max()
 
 
 def flux_to_counts(wave: np.ndarray, exptime: float, transparency: float, area_cm2: float
@@ -181,7 +207,7 @@ def moffat_fiber_fraction(fwhm: float, beta: float, r_max: float = 20.0, dr: flo
     r arcsec from the source: (r grid, fraction).  Exact quadrature over the disc (Gauss-Legendre
     in radius x 96-point trapezoid in angle, spectrally accurate for this smooth integrand)."""
     alpha = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
-    radius = geometry.FIBER_DIAMETER / 2.0
+    radius = instrument.FIBER_DIAMETER / 2.0
     x, wx = np.polynomial.legendre.leggauss(24)
     rho = 0.5 * radius * (x + 1.0)
     w_rho = 0.5 * radius * wx * rho

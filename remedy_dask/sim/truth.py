@@ -11,13 +11,12 @@ from typing import Iterable
 import h5py
 import numpy as np
 
-from remedy_dask import geometry
-from remedy_dask.sim import spectra
+from remedy_dask.sim import instrument, spectra
 from remedy_dask.sim.amp import AmpModel
 from remedy_dask.sim.files import guider_values
 from remedy_dask.sim.light import science_conversion, sky_flam
 from remedy_dask.sim.render import RenderedFrame
-from remedy_dask.sim.scene import Frame, NightPlan
+from remedy_dask.sim.scene import STAR_KINDS, Frame, NightPlan
 
 TRUTH_FILE = "truth.h5"
 _GZIP = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
@@ -38,12 +37,14 @@ def amp_record(plan: NightPlan, model: AmpModel,
         "charge_trap_capacity": plan.config.trap_capacity_e,
         "charge_trap_glow": np.array(plan.config.trap_glow_e_per_s),
         "profile_wing_fraction": model.wing_fraction, "profile_sigma_wing": model.sigma_wing,
+        "profile_halo_fraction": plan.config.profile_halo_fraction,
+        "profile_halo_scale_px": plan.config.profile_halo_scale_px,
         "scattered_light_fraction": plan.config.scattered_fraction,
         "scattered_r0_px": plan.config.scattered_r0_px,
         "scattered_power": plan.config.scattered_power,
         "scattered_block": plan.config.scattered_block,
     }
-    hot = np.zeros(geometry.N_ROWS * geometry.N_COLS, bool)
+    hot = np.zeros(instrument.N_ROWS * instrument.N_COLS, bool)
     hot[model.hot_index] = True
     data = {
         "trace": model.trace, "wavelength": model.wavelength(), "wave_coeff": model.wave_coeff,
@@ -56,11 +57,11 @@ def amp_record(plan: NightPlan, model: AmpModel,
         "bias_column_pattern": model.bias_columns, "hot_pixel_index": model.hot_index,
         "hot_pixel_rate": model.hot_rate, "fiber_loc_ref": model.fiber_loc_ref,
     }
-    masks = {"hot_pixel_mask": hot.reshape(geometry.N_ROWS, geometry.N_COLS)}
+    masks = {"hot_pixel_mask": hot.reshape(instrument.N_ROWS, instrument.N_COLS)}
     obs, exp, level = [], [], []
     cosmic: dict[str, list[np.ndarray]] = {}
-    sci_expected = np.zeros((n_sci, geometry.N_FIBERS_AMP, geometry.N_WAVE), np.float32)
-    nb = geometry.N_ROWS // plan.config.scattered_block
+    sci_expected = np.zeros((n_sci, instrument.N_FIBERS_AMP, instrument.N_WAVE), np.float32)
+    nb = instrument.N_ROWS // plan.config.scattered_block
     sci_scat = np.zeros((n_sci, nb, nb), np.float32)
     sci_seen: set[int] = set()
     for frame, r in rendered:
@@ -93,8 +94,9 @@ def amp_record(plan: NightPlan, model: AmpModel,
     ra, dec = [], []
     for i in range(n_sci):
         dx, dy = plan.dither(i)
-        r_, d_ = geometry.focal_to_sky(model.focal_x + dx, model.focal_y + dy, plan.ra0,
-                                       plan.dec0, plan.rotation)
+        p = plan.pointing_of(i)
+        r_, d_ = instrument.focal_to_radec(model.focal_x + dx, model.focal_y + dy, p.ra0,
+                                           p.dec0, p.rotation)
         ra.append(r_)
         dec.append(d_)
     data["fiber_ra"] = np.array(ra).reshape(n_sci, -1)
@@ -125,30 +127,39 @@ def write_global(h5: h5py.File, plan: NightPlan, frames_written: list[Frame]) ->
     g = h5.create_group("astrometry")
     for key, val in {"ra": plan.ra0, "dec": plan.dec0, "rotation": plan.rotation,
                      "parangle": plan.parangle,
-                     "rotation_from_parangle": geometry.rotation_from_parangle(plan.parangle),
+                     "rotation_from_parangle": instrument.parangle_rotation(plan.parangle),
                      "header_ra": plan.header_ra, "header_dec": plan.header_dec,
                      "trajra": plan.trajra, "trajdec": plan.trajdec}.items():
         g.attrs[key] = val
-    xi, eta = geometry.tan_project(plan.header_ra, plan.header_dec, plan.ra0, plan.dec0)
-    g.attrs["header_offset_east_arcsec"] = float(np.rad2deg(xi) * 3600)
-    g.attrs["header_offset_north_arcsec"] = float(np.rad2deg(eta) * 3600)
+    east, north = instrument.tangent_offset(plan.header_ra, plan.header_dec, plan.ra0, plan.dec0)
+    g.attrs["header_offset_east_arcsec"] = east
+    g.attrs["header_offset_north_arcsec"] = north
 
     n = plan.n_sci
     g = h5.create_group("exposures")
+    sci_frames = [f for f in plan.frames if f.sci_index is not None]
+    g["obs"] = np.array([f.obs for f in sci_frames], int)
+    g["exp"] = np.array([f.exp for f in sci_frames], int)
+    pnts = [plan.pointing_of(i) for i in range(n)]
+    g["ra0"] = np.array([p.ra0 for p in pnts])
+    g["dec0"] = np.array([p.dec0 for p in pnts])
+    g["rotation"] = np.array([p.rotation for p in pnts])
     g["transparency"] = plan.transparency
+    g["illumination"] = plan.illumination
+    g["moffat_beta"] = plan.moffat_beta
     g["seeing_fwhm"] = plan.seeing
     g["sky_scale"] = plan.sky_scale
     g["exptime"] = np.full(n, cfg.exptime["sci"])
     g["dither_x"] = np.array([plan.dither(i)[0] for i in range(n)])
     g["dither_y"] = np.array([plan.dither(i)[1] for i in range(n)])
-    sci_frames = [f for f in plan.frames if f.sci_index is not None]
     g["start"] = np.array([f.date_str for f in sci_frames], dtype="S")
     gv = [guider_values(plan, i) for i in range(n)]
+    g.attrs["guider_frames_written"] = bool(cfg.write_guider)
     g["guider_transparency"] = np.array([v[1] for v in gv]).reshape(n, -1)
     g["guider_iq"] = np.array([v[2] for v in gv]).reshape(n, -1)
     g["area_cm2"] = np.full(n, cfg.area_cm2)
 
-    wave = geometry.DEF_WAVE
+    wave = instrument.WAVE
     g = h5.create_group("sky")
     g["wave"] = wave
     g["continuum"] = np.array([sky_flam(plan, i, wave) / 1e-17 for i in range(n)]).reshape(n, -1)
@@ -184,16 +195,20 @@ def write_global(h5: h5py.File, plan: NightPlan, frames_written: list[Frame]) ->
     g = h5.create_group("psf")
     g["r"] = plan.psf_r
     g["fiber_fraction"] = plan.psf_frac
-    g.attrs["moffat_beta"] = cfg.moffat_beta
+    g.attrs["moffat_beta"] = cfg.moffat_beta  # the kind night's; per exposure: exposures/
+    g["moffat_beta"] = plan.moffat_beta
     g = h5.create_group("dar")
     g["wave"] = wave
-    g["offset_x"] = geometry.dar_offsets(wave)
+    g["offset_x"] = instrument.dar_offset(wave)
 
     st = plan.stars
     g = h5.create_group("stars")
     for key in ("ra", "dec", "fx", "fy", "g", "teff", "flam_scale", "grizy", "cat_ra",
-                "cat_dec", "cat_grizy", "obj_id"):
+                "cat_dec", "cat_grizy", "obj_id", "g_catalog_filter", "kind"):
         g[key] = st[key]
+    g.attrs["kind_names"] = ",".join(STAR_KINDS)
+    g.attrs["catalog_g_shift_A"] = cfg.catalog_g_shift_A
+    g.attrs["catalog_g_tilt"] = cfg.catalog_g_tilt
     g["spectrum"] = (st["flam_scale"][:, None]
                      * spectra.blackbody_flam(wave, st["teff"]).reshape(-1, wave.size) / 1e-17)
     g = h5.create_group("line_sources")
@@ -229,7 +244,7 @@ def write_readme(folder: Path) -> Path:
 README = """# Truth of the simulated VIRUS night (`truth.h5`)
 
 Everything the remedy-dask virtual instrument put into the raw frames.  Conventions as in
-`remedy_dask/geometry.py`: oriented amp images (rows = fibers, columns = wavelength, blue left),
+`remedy_dask/sim/instrument.py` (written from virus-raw-format.md): oriented amp images (rows = fibers, columns = wavelength, blue left),
 fiber k = 0..111 by increasing row, pixel centres at integer coordinates.  Wavelengths in A (air),
 fluxes in 1e-17 erg/s/cm^2/A unless stated.  See docs/simulator.md for the physics.
 
@@ -243,13 +258,14 @@ Attributes: `ifuslot specid ifuid contid amp ampname`; `gain` (e-/ADU, = header 
 `dark_current` (e-/s/px); `bad_column` (oriented column) with `bad_column_response` (relative QE,
 all rows); `charge_trap_row`, `charge_trap_col`: every pixel with row > charge_trap_row in that
 column loses min(value, `charge_trap_capacity`) e-; the trap pixel and the 2 rows below it glow
-with `charge_trap_glow` e-/s; `profile_wing_fraction`, `profile_sigma_wing` (px);
+with `charge_trap_glow` e-/s; `profile_wing_fraction`, `profile_sigma_wing` (px),
+`profile_halo_fraction`, `profile_halo_scale_px` (exponential wings, 0 on the kind night);
 `scattered_light_fraction`, `scattered_r0_px`, `scattered_power`, `scattered_block`.
 
 | dataset | shape | unit | meaning |
 |---|---|---|---|
 | `trace` | (112,1032) | px | row of the fiber centre in the calibration frames |
-| `trace_shift` | (n_sci,) | px | science trace = trace + shift |
+| `trace_shift` | (n_sci,) | px | science trace = trace + shift (CCD drift + the amp's own share on harsh nights) |
 | `wavelength` | (112,1032) | A | wavelength of each column in the calibration frames |
 | `wave_coeff` | (112,4) | A | wavelength = sum c_i u^i, u = (x - 515.5)/515.5 |
 | `wavelength_shift` | (n_sci,) | px | science wavelength(x) = wavelength_cal(x - shift) |
@@ -260,7 +276,7 @@ with `charge_trap_glow` e-/s; `profile_wing_fraction`, `profile_sigma_wing` (px)
 | `dead` | (112,) | bool | dead fiber (also flagged in fiber_loc) |
 | `flat_illumination`, `flat_color` | (112,) | | LDLS factor = flat_illumination * (1 + flat_color * (lambda-4500)/1000), times fiber_throughput |
 | `twilight_illumination` | (112,) | | twilight factor (x fiber_throughput) |
-| `profile_sigma_core` | (112,1032) | px | profile = (1-f) N(0, sigma_core) + f N(0, sigma_wing), integrated over pixels |
+| `profile_sigma_core` | (112,1032) | px | profile = (1-f-h) N(0, sigma_core) + f N(0, sigma_wing) + h Laplace(0, halo_scale), integrated over pixels, cut at +-`profile_half_window` rows |
 | `bias_column_pattern` | (1032,) | ADU | fixed column pattern (oriented columns); bias structure = grad_row*(r/1031-0.5) + grad_col*(c/1031-0.5) + pattern[c] |
 | `hot_pixel_mask` | (1032,1032) | bool | hot pixels (oriented) |
 | `hot_pixel_index`, `hot_pixel_rate` | (n,) | -, e-/s | flat index row*1032+col and rate |
@@ -276,12 +292,18 @@ edges (wavelength at x-0.5 .. x+0.5, shifted for science) spread over rows by th
 
 ## Global groups
 - `astrometry` attrs: `ra`, `dec` (true sky position of the focal-plane origin, deg), `rotation`
-  (true, deg, for `geometry.focal_to_sky`), `parangle` (header), `rotation_from_parangle`,
+  (true, deg, for `instrument.focal_to_radec`), `parangle` (header), `rotation_from_parangle`,
   `header_ra`/`header_dec` (TRAJCRA/TRAJCDEC in deg), `trajra`/`trajdec`,
-  `header_offset_east_arcsec`/`_north_` (header minus truth).
-- `exposures`: `transparency`, `seeing_fwhm` (arcsec, Moffat beta 3.5), `sky_scale`, `exptime`,
-  `dither_x`, `dither_y` (arcsec, IFU frame), `start`, `area_cm2`, `guider_transparency`,
-  `guider_iq` (the values in the gc1 guider frames, every 30 s).
+  `header_offset_east_arcsec`/`_north_` (header minus truth).  These are the first science
+  observation's; every science exposure's own true centre and rotation are in `exposures`.
+- `exposures` (one row per science exposure of every science observation, in time order;
+  `n_sci` = 3, or 6 with a second pointing): `obs`, `exp`, `ra0`, `dec0`, `rotation` (true
+  astrometry of the exposure's pointing), `transparency`, `illumination` (mirror illumination
+  factor, 1 on the kind night; both multiply the source and sky light), `seeing_fwhm` (arcsec),
+  `moffat_beta` (per exposure; 3.5 on the kind night), `sky_scale`, `exptime`, `dither_x`,
+  `dither_y` (arcsec, IFU frame), `start`, `area_cm2`, `guider_transparency`, `guider_iq` (the
+  values in the gc1 guider frames, every 30 s; attribute `guider_frames_written` says whether
+  the frames exist - a harsh night has none).
 - `sky`: `wave` (DEF_WAVE); `continuum` (n_sci,1036) 1e-17 erg/s/cm^2/A/arcsec^2 (intrinsic);
   `line_wave`, `line_flux` (1e-17 erg/s/cm^2/arcsec^2, multiply by `exposures/sky_scale`);
   `e_per_A_fiber` (n_sci,1036) expected e-/A in a fiber of throughput 1 (LSF-convolved, lines in);
@@ -290,11 +312,18 @@ edges (wavelength at x-0.5 .. x+0.5, shifted for science) spread over rows by th
   entirely in a fiber of throughput 1; attribute `formula`.
 - `throughput`: `wave`, `throughput` (the curve written to throughput.txt).
 - `psf`: `r` (arcsec), `fiber_fraction` (n_sci, len r): fraction of a point source in a 1.5"
-  fiber whose centre is r from it.  `dar`: `wave`, `offset_x` (arcsec along focal-plane x;
+  fiber whose centre is r from it (Moffat of `exposures/moffat_beta`).  `dar`: `wave`, `offset_x` (arcsec along focal-plane x;
   fiber effective position = nominal - offset).
 - `stars`: `ra`, `dec` (true), `fx`, `fy` (focal plane), `g` (true AB), `grizy`, `teff`,
   `flam_scale`, `spectrum` (N,1036) 1e-17 erg/s/cm^2/A, `cat_ra`, `cat_dec`, `cat_grizy`,
-  `obj_id` (the catalogue values in ps1_catalog.csv, with small noise).
+  `obj_id` (the catalogue values in ps1_catalog.csv: true + noise of `catalog_mag_noise` mag
+  and `catalog_pos_noise_arcsec`, see `config_json`); `g_catalog_filter`: the noiseless g of the
+  catalogue's band - equal to `g` unless attributes `catalog_g_shift_A`/`catalog_g_tilt` are set,
+  in which case the catalogue g is measured through panstarrs-g shifted by that many A and
+  multiplied by 1 + tilt (lambda-4800)/1000 (zero point: a 6500 K star is unchanged), a colour
+  term the pipeline's synthetic panstarrs-g does not know; `kind` (index into attribute
+  `kind_names`: field, edge (20-25" from an IFU centre), pair_primary, pair_companion (1.5-3"
+  apart), saturated).
 - `line_sources`: `ra`, `dec`, `fx`, `fy`, `wave` (A), `flux` (integrated, 1e-17 erg/s/cm^2),
   `fwhm` (intrinsic A), `fwhm_observed` (with the 5.6 A LSF), `ifuslot`.
 - `ifus`: `ifuslot`, `specid`, `ifuid`, `contid`, `x_fp`, `y_fp`, `dead_fiber_id`.

@@ -1,0 +1,175 @@
+"""The harsh night (issue 14): accuracy of the current reduction against the truth.
+
+Where the reduction already meets the issue's target, the target is asserted.  Where it does
+not yet, the measured level (docs/accuracy.md) is asserted with a small margin so that a
+regression fails, and the line carries ``# issue 14 target: ...``.
+"""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from remedy_dask import geometry
+from remedy_dask.io import calfile
+
+pytestmark = pytest.mark.e2e
+
+
+def _sep_arcsec(ra1, dec1, ra2, dec2):
+    cosd = np.cos(np.deg2rad(dec2))
+    return np.hypot((ra1 - ra2) * cosd, dec1 - dec2) * 3600.0
+
+
+@pytest.fixture(scope="module")
+def prod(e2e_harsh):
+    with h5py.File(e2e_harsh["product"]) as P, h5py.File(e2e_harsh["truth"]) as T:
+        yield P, T
+
+
+@pytest.fixture(scope="module")
+def cal_errors(e2e_harsh):
+    trace, wave = [], []
+    with h5py.File(e2e_harsh["truth"]) as truth:
+        for key in calfile.list_amps(e2e_harsh["cal"]):
+            cal = calfile.read_amp(e2e_harsh["cal"], key)
+            dead = truth[key]["dead"][...].astype(bool)
+            trace.append((cal["trace"] - truth[key]["trace"][...])[~dead])
+            wave.append((cal["wavelength"] - truth[key]["wavelength"][...])[~dead])
+    return np.concatenate(trace), np.concatenate(wave)
+
+
+def test_the_night_is_harsh(e2e_harsh, prod):
+    """The options reached the files: no guider frames, varying illumination and beta, the
+    special stars, a saturated pixel in a science frame."""
+    _, T = prod
+    assert not list((e2e_harsh["sim"] / "raw" / "20190822").glob("gc*"))
+    assert np.ptp(T["exposures/illumination"][...]) > 0
+    assert np.ptp(T["exposures/moffat_beta"][...]) > 0
+    kinds = np.bincount(T["stars/kind"][...], minlength=5)
+    assert kinds[1] >= 4 and kinds[2] >= 2 and kinds[4] == 1
+    colour = T["stars/g_catalog_filter"][...] - T["stars/g"][...]
+    assert np.ptp(colour) > 0.03
+
+
+def test_star_flux_calibration(prod):
+    P, T = prod
+    ra, dec = P["sources/ra"][...], P["sources/dec"][...]
+    tra, tdec, g = T["stars/ra"][...], T["stars/dec"][...], T["stars/g"][...]
+    kind = T["stars/kind"][...]
+    w = (geometry.DEF_WAVE > 4000) & (geometry.DEF_WAVE < 5400)
+    ratios, isolated = [], []
+    for i in range(len(ra)):
+        d = _sep_arcsec(tra, tdec, ra[i], dec[i])
+        j = int(np.argmin(d))
+        if d[j] < 1.0 and g[j] < 19 and kind[j] != 4:  # not the saturated star
+            ratios.append(np.nanmedian(P["sources/spectrum"][i][w] / T["stars/spectrum"][j][w]))
+            isolated.append(kind[j] in (0, 1))  # field and edge stars, not pair members
+    ratios, isolated = np.asarray(ratios), np.asarray(isolated)
+    med, scatter = np.median(ratios), np.std(ratios)
+    med_iso, scatter_iso = np.median(ratios[isolated]), np.std(ratios[isolated])
+    print(f"harsh star flux: n={ratios.size} median={med:.4f} std={scatter:.4f}; isolated "
+          f"n={isolated.sum()} median={med_iso:.4f} std={scatter_iso:.4f}; "
+          f"ratios={np.round(np.sort(ratios), 3).tolist()}")
+    assert ratios.size >= 8
+    assert abs(med - 1) <= 0.02  # issue 14 target
+    assert scatter <= 0.26  # issue 14 target: <= 0.03 (measured 0.243: a blended companion)
+    assert abs(med_iso - 1) <= 0.035  # issue 14 target: 0.02 (measured 0.973)
+    assert scatter_iso <= 0.04  # issue 14 target: 0.03 (measured 0.033)
+
+
+def test_trace(cal_errors):
+    err, _ = cal_errors
+    rms, worst = np.sqrt(np.mean(err**2)), np.sqrt(np.mean(err**2, axis=1)).max()
+    print(f"harsh trace: rms={rms:.4f} worst fiber={worst:.4f} px")
+    assert rms <= 0.005  # issue 14 target
+    assert worst <= 0.015  # issue 14 target
+
+
+def test_wavelength(cal_errors):
+    _, err = cal_errors
+    rms = np.sqrt(np.mean(err**2))
+    print(f"harsh wavelength: rms={rms:.4f} A")
+    assert rms <= 0.01  # issue 14 target
+
+
+def test_field_centre_and_fiber_positions(e2e_harsh, prod):
+    P, T = prod
+    a, t = P["astrometry"].attrs, T["astrometry"].attrs
+    centre = _sep_arcsec(a["ra"], a["dec"], t["ra"], t["dec"])
+    exp, fid, slot = (P[f"fibers/{k}"][...] for k in ("exposure", "fiber_id", "ifuslot"))
+    pra, pdec = P["fibers/ra"][...], P["fibers/dec"][...]
+    errs = []
+    for s in e2e_harsh["slots"]:
+        for amp in geometry.AMPS:
+            g = T[f"{s:03d}{amp}"]
+            ids = g["fiber_id"][...]
+            for e in (1, 2, 3):
+                rows = np.flatnonzero((slot == s) & (exp == e) & np.isin(fid, ids))
+                k = np.argsort(ids)[np.searchsorted(np.sort(ids), fid[rows])]
+                errs.append(_sep_arcsec(pra[rows], pdec[rows], g["fiber_ra"][e - 1][k],
+                                        g["fiber_dec"][e - 1][k]))
+    rms = np.sqrt(np.mean(np.concatenate(errs) ** 2))
+    print(f"harsh astrometry: field centre {centre:.4f}\", rotation error "
+          f"{a['rotation'] - t['rotation']:+.4f} deg, fiber positions rms {rms:.4f}\"")
+    assert centre <= 0.40  # issue 14 target: 0.03" (measured 0.357")
+    assert rms <= 0.10  # issue 14 target: 0.025" (measured 0.088")
+
+
+def test_emission_lines(e2e_harsh, prod):
+    P, T = prod
+    ls, D = T["line_sources"], P["detections"]
+    dra, ddec, dwave, dflux = (D[k][...] for k in ("ra", "dec", "wave", "flux"))
+    strong = ls["flux"][...] >= 10.0  # 1e-16 erg/s/cm^2
+    found, ratio = 0, []
+    for i in np.flatnonzero(strong):
+        ok = np.flatnonzero((_sep_arcsec(dra, ddec, ls["ra"][i], ls["dec"][i]) < 1.5)
+                            & (np.abs(dwave - ls["wave"][i]) < 3))
+        if ok.size:
+            found += 1
+            ratio.append(dflux[ok[0]] / ls["flux"][i])
+    false = sum(not np.any((_sep_arcsec(ls["ra"][...], ls["dec"][...], dra[k], ddec[k]) < 1.5)
+                           & (np.abs(ls["wave"][...] - dwave[k]) < 3)) for k in range(len(dra)))
+    n_ifu = len(e2e_harsh["slots"])
+    print(f"harsh lines: {found}/{int(strong.sum())} found, flux median {np.median(ratio):.4f}, "
+          f"{false} false ({false / n_ifu:.2f} per IFU)")
+    assert strong.sum() >= 4
+    assert found / strong.sum() >= 0.85  # issue 14 target: 0.9 (measured 7/8)
+    assert abs(np.median(ratio) - 1) <= 0.23  # issue 14 target: 0.05 (measured 1.208)
+    assert false / n_ifu <= 1.5  # issue 14 target: 0.5 (measured 1.0)
+
+
+def test_sky_pull(e2e_harsh, prod):
+    P, T = prod
+    src_ra = np.concatenate([T["stars/ra"][...], T["line_sources/ra"][...]])
+    src_dec = np.concatenate([T["stars/dec"][...], T["line_sources/dec"][...]])
+    ra, dec = P["fibers/ra"][...], P["fibers/dec"][...]
+    blank = np.array([_sep_arcsec(src_ra, src_dec, r, d).min() > 6.0 for r, d in zip(ra, dec)])
+    w = (geometry.DEF_WAVE > 3700) & (geometry.DEF_WAVE < 5400)
+    pull = (P["fibers/spectrum"][...] / P["fibers/error"][...])[blank][:, w]
+    std = np.std(pull[np.isfinite(pull)])
+    print(f"harsh sky pull std {std:.4f} over {blank.sum()} blank fibers")
+    assert 0.98 <= std <= 1.04  # issue 14 target: 0.98-1.03 (measured 1.032)
+
+
+def test_trace_and_wavelength_shifts(e2e_harsh):
+    """Per-exposure drifts, which on this night differ between the two amps of a CCD."""
+    import zarr
+
+    errs_t, errs_w = [], []
+    with h5py.File(e2e_harsh["truth"]) as truth:
+        for s in e2e_harsh["slots"]:
+            for amp in geometry.AMPS:
+                key = f"{s:03d}{amp}"
+                for exp in (1, 2, 3):
+                    a = zarr.open_group(str(e2e_harsh["work"] / f"exp{exp:02d}" / key),
+                                        mode="r").attrs
+                    errs_t.append(a["trace_shift"] - truth[key]["trace_shift"][exp - 1])
+                    errs_w.append(a["wave_shift"] - truth[key]["wavelength_shift"][exp - 1])
+    errs_t, errs_w = np.abs(errs_t), np.abs(errs_w)
+    print(f"harsh shifts: trace rms/max {np.sqrt(np.mean(errs_t**2)):.4f}/{errs_t.max():.4f} px, "
+          f"wavelength rms/max {np.sqrt(np.mean(errs_w**2)):.4f}/{errs_w.max():.4f} px")
+    assert errs_t.max() <= 0.03  # the kind night's target (measured 0.0023)
+    # kind night's target: rms 0.014, max 0.03 px (measured 0.0169 / 0.0354: per-amp drifts)
+    assert np.sqrt(np.mean(errs_w**2)) <= 0.019 and errs_w.max() <= 0.04
