@@ -3,7 +3,7 @@
 A checkpoint's key covers everything that changes its content: the raw frame's identity
 (:func:`frame_identity`), the calibration's content (``calfile.amp_digests``), auxiliary tables
 (:func:`file_digest`), the whole effective configuration (:func:`config_digest`) and the code
-(:func:`code_digest`, the package's Python sources).
+(:func:`code_digest`, the Python sources a stage runs).
 """
 
 from __future__ import annotations
@@ -24,12 +24,17 @@ def hash_parts(*parts: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-@functools.lru_cache(maxsize=1)
-def code_digest() -> str:
-    """Digest of every ``.py`` source of the package (computed once per process)."""
+@functools.lru_cache(maxsize=8)
+def code_digest(parts: tuple[str, ...] = ()) -> str:
+    """Digest of the package's ``.py`` sources under ``parts`` (folders or files relative to
+    the package; all of it when empty), computed once per process and stage."""
     root = Path(__file__).resolve().parents[1]
+    paths = set()
+    for part in parts or ("",):
+        target = root / part
+        paths |= {target} if target.is_file() else set(target.rglob("*.py"))
     h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted(paths):
         h.update(path.relative_to(root).as_posix().encode() + b"\0")
         h.update(path.read_bytes())
     return h.hexdigest()[:24]

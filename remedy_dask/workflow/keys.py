@@ -2,10 +2,14 @@
 
 * amp-exposure (``expNN/{IFUSLOT}{AMP}``): its raw frame's identity, its amp's calibration
   digest, the same two of the other amp of its CCD (their wavelength shifts are pooled), the
-  whole configuration and the code's digest;
+  whole configuration and the digest of the code the amp chain runs (:data:`AMP_CODE`);
 * exposure sky (``expNN/sky``): the keys of its amp-exposures in order, their calibration
   digests (fiber-to-fiber, dead fibers), the fplane and IFUcen contents (fiber positions), the
-  whole configuration (dither pattern, sky parameters) and the code's digest.
+  whole configuration (dither pattern, sky parameters) and the digest of the code of the amp
+  chain and the exposure fan-in (:data:`SKY_CODE`).
+
+A change to the observation stage's code (astrometry, PSF, flux calibration, ...) therefore
+keeps every checkpoint, while a change to a kernel of the amp chain recomputes them all.
 
 The observation stage (astrometry, flux calibration, sources, cubes) is not checkpointed: it is
 recomputed on every run, so the catalogue and the throughput curve need no key here.
@@ -22,11 +26,18 @@ from remedy_dask.io import calfile, store
 from remedy_dask.io.digest import code_digest, config_digest, file_digest, frame_identity
 
 
+# the package's sources each stored stage runs (folders and modules, relative to the package)
+AMP_CODE = ("amp", "numeric", "io", "geometry.py", "config.py", "errors.py", "exposure/fiberflat.py",
+            "workflow/amp_chain.py", "workflow/frames.py", "workflow/keys.py", "workflow/nodes.py")
+SKY_CODE = AMP_CODE + ("exposure", "workflow/exposure.py")
+
+
 @dataclass(frozen=True)
 class CheckpointKeys:
     """Digests shared by every key of one observation's run."""
 
-    code: str
+    amp_code: str
+    sky_code: str
     config: str
     cal: dict[str, str]  # amp key -> calibration content digest
     fplane: str
@@ -36,14 +47,14 @@ class CheckpointKeys:
     def of(cls, plan: Any, cal_path: Path, config: Any, fplane: Path | None,
            ifucen: Path | None) -> CheckpointKeys:
         """Read the digests once (the calibration groups' attributes, the tables' bytes)."""
-        return cls(code_digest(), config_digest(config),
+        return cls(code_digest(AMP_CODE), code_digest(SKY_CODE), config_digest(config),
                    calfile.amp_digests(cal_path, list(plan.cal_keys)),
                    file_digest(fplane), file_digest(ifucen) if ifucen else "standard")
 
     @classmethod
     def dry(cls, keys: list[str]) -> CheckpointKeys:
         """Placeholder digests (graph views, where no file is read)."""
-        return cls("dry", "dry", {k: "dry" for k in keys}, "", "standard")
+        return cls("dry", "dry", "dry", {k: "dry" for k in keys}, "", "standard")
 
     def amp(self, plan: Any, exp: int, key: str) -> str:
         """Key of the amp-exposure (``exp``, ``key``)."""
@@ -52,11 +63,11 @@ class CheckpointKeys:
         return store.input_key(
             "amp", frame_identity(plan.refs[(exp, key)]), self.cal[key],
             frame_identity(pref) if pref is not None else None,
-            self.cal.get(partner) if pref is not None else None, self.config, self.code)
+            self.cal.get(partner) if pref is not None else None, self.config, self.amp_code)
 
     def sky(self, plan: Any, exp: int) -> str:
         """Key of the sky-subtracted exposure ``exp``."""
         amps = [(k, self.amp(plan, exp, k), self.cal[k]) for k in plan.cal_keys
                 if (exp, k) in plan.refs]
         return store.input_key("sky", exp, amps, self.fplane, self.ifucen, self.config,
-                               self.code)
+                               self.sky_code)
