@@ -16,7 +16,7 @@ from remedy_dask.threads import one_thread_per_process
 
 one_thread_per_process()  # before numpy is imported anywhere
 
-from remedy_dask import __version__  # noqa: E402
+from remedy_dask import __version__, cli_multiobs  # noqa: E402
 from remedy_dask.errors import RemedyError
 
 log = logging.getLogger("remedy_dask")
@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(neighbor_dist=0, source_file=None, source_x=None, source_y=None,
                    source_seeing=None)
 
+    cli_multiobs.add_parsers(sub)
+
     p = sub.add_parser("demo", help="simulate, calibrate and reduce a small night")
     p.add_argument("out", type=Path, nargs="?", default=Path("demo_out"))
     p.add_argument("--workers", type=int, default=None)
@@ -160,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
 
         results = run_reduce_night(args)
         return 0 if all(not str(r).startswith("failed") for r in results.values()) else 1
+    if args.command in cli_multiobs.COMMANDS:
+        return cli_multiobs.run(args)
     if args.command == "demo":
         from remedy_dask.workflow.demo import run_demo
 
