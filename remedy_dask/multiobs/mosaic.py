@@ -28,7 +28,7 @@ _TINY = 1e-12
 
 @dataclass
 class MosaicFibers:
-    """The fibers of one observation in the mosaic frame, for one wavelength range."""
+    """Fibers of one observation (or one IFU of it) in the mosaic frame, for a wavelength range."""
 
     flux: np.ndarray  # (n_fiber, n_wave_chunk)
     error: np.ndarray
@@ -72,25 +72,46 @@ def mosaic_grid(x: np.ndarray, y: np.ndarray, pixscale: float, margin: float = 2
                      pixscale)
 
 
-def mosaic_chunk(observations: list[MosaicFibers], grid: ImageGrid, kernel_sigma: float = 0.7,
+def tile_window(grid: ImageGrid, x: np.ndarray, y: np.ndarray, reach: float
+                ) -> tuple[slice, slice, ImageGrid]:
+    """(rows, cols, sub-grid) of the pixels of ``grid`` within ``reach`` of the points (x, y)."""
+    s = grid.pixscale
+    ix0 = max(0, int(np.floor((np.min(x) - reach - grid.x0) / s)))
+    iy0 = max(0, int(np.floor((np.min(y) - reach - grid.y0) / s)))
+    ix1 = min(grid.nx, int(np.ceil((np.max(x) + reach - grid.x0) / s)) + 1)
+    iy1 = min(grid.ny, int(np.ceil((np.max(y) + reach - grid.y0) / s)) + 1)
+    sub = ImageGrid(grid.x0 + ix0 * s, grid.y0 + iy0 * s, max(ix1 - ix0, 0), max(iy1 - iy0, 0), s)
+    return slice(iy0, iy1), slice(ix0, ix1), sub
+
+
+def mosaic_chunk(tiles: list[MosaicFibers], grid: ImageGrid, kernel_sigma: float = 0.7,
                  min_weight: float = MIN_WEIGHT) -> np.ndarray:
     """(3, n_wave_chunk, ny, nx) float32: flux, error and summed kernel weight of one wavelength
-    chunk (NaN flux and error where the weight is below ``min_weight``)."""
-    n_wave = observations[0].flux.shape[1]
+    chunk (NaN flux and error where the weight is below ``min_weight``).
+
+    Each tile (e.g. one IFU of one observation, with its own DAR) is resampled only on the pixels
+    its kernel reaches, so the work scales with the fibers, not with the mosaic's area.
+    """
+    n_wave = tiles[0].flux.shape[1]
     shape = (n_wave, grid.ny, grid.nx)
     wsum = np.zeros(shape)
     num = np.zeros(shape)
     var = np.zeros(shape)
-    for o in observations:
-        if len(o.x) == 0:
+    for t in tiles:
+        if len(t.x) == 0:
             continue
-        res = make_cube(o.flux, o.error, o.mask, o.x, o.y, np.arange(n_wave, dtype=float),
-                        np.vstack([o.dar_x, o.dar_y]), grid, kernel_sigma=kernel_sigma,
+        px = np.r_[t.x - t.dar_x.min(), t.x - t.dar_x.max()]
+        py = np.r_[t.y - t.dar_y.min(), t.y - t.dar_y.max()]
+        rows, cols, sub = tile_window(grid, px, py, 3.0 * kernel_sigma + grid.pixscale)
+        if sub.nx == 0 or sub.ny == 0:
+            continue
+        res = make_cube(t.flux, t.error, t.mask, t.x, t.y, np.arange(n_wave, dtype=float),
+                        np.vstack([t.dar_x, t.dar_y]), sub, kernel_sigma=kernel_sigma,
                         min_weight=_TINY, dtype=np.float64)
         has = res.weight > _TINY
-        wsum += np.where(has, res.weight, 0.0)
-        num += np.where(has, res.weight * res.cube, 0.0)
-        var += np.where(has, (res.weight * res.error) ** 2, 0.0)
+        wsum[:, rows, cols] += np.where(has, res.weight, 0.0)
+        num[:, rows, cols] += np.where(has, res.weight * res.cube, 0.0)
+        var[:, rows, cols] += np.where(has, (res.weight * res.error) ** 2, 0.0)
     ok = wsum >= min_weight
     safe = np.where(ok, wsum, 1.0)
     out = np.empty((3, *shape), np.float32)

@@ -103,7 +103,7 @@ def run_extract(args: Any) -> Path:
             columns[name] = np.asarray(positions[name])
     cards = {"ORIGIN": "remedy-dask", "PIPEVER": __version__, "NPRODUCT": len(metas),
              "RADIUS": (args.radius, "[arcsec] fibers used around each position"),
-             "EDGEMARG": (3.0, "[arcsec] edge flag: circle not fully covered by fibers")}
+             "EDGEMARG": (3.0, "[arcsec] edge: this circle not all covered")}
     for k, m in enumerate(metas[:99]):
         cards[f"PRODUC{k + 1:02d}"] = Path(m.path).name
     path = write_table_fits(args.out, columns, {"ra": "deg", "dec": "deg", "spectrum": FLUX_UNIT,
@@ -122,13 +122,21 @@ def mosaic_block(metas: list[Any], ra0: float, dec0: float, grid: Any, j0: int, 
     from remedy_dask.io.observation_reader import read_fiber_rows
     from remedy_dask.multiobs.mosaic import MosaicFibers, dar_in_frame, mosaic_chunk, mosaic_frame
 
-    obs = []
+    tiles = []
     for m in metas:
         d = read_fiber_rows(m.path, np.arange(len(m.ra)), slice(j0, j1))
         x, y = mosaic_frame(m.ra, m.dec, ra0, dec0)
         dx, dy = dar_in_frame(m.dar_ra[j0:j1], m.dar_dec[j0:j1])
-        obs.append(MosaicFibers(d["spectrum"], d["error"], d["mask"], x, y, dx, dy))
-    return mosaic_chunk(obs, grid)
+        for slot in np.unique(m.ifuslot):  # one tile per IFU: only the pixels it reaches
+            k = m.ifuslot == slot
+            tiles.append(MosaicFibers(d["spectrum"][k], d["error"][k], d["mask"][k], x[k], y[k],
+                                      dx, dy))
+    return mosaic_chunk(tiles, grid)
+
+
+def _count(parts: list[Any]) -> int:
+    """Join node of the chunk writes (each returns an empty array)."""
+    return len(parts)
 
 
 def run_mosaic(args: Any) -> Path:
@@ -180,8 +188,9 @@ def run_mosaic(args: Any) -> Path:
              shape[0], len(starts))
     try:
         stored = da.store([cube[0], cube[1], cube[2]], slabs, lock=False, compute=False)
+        done = dask.delayed(_count, pure=True)(list(stored), dask_key_name="mosaic-written")
         with _client(args) as client:
-            compute(stored, client)
+            compute(done, client)
         path = finish_file(tmp, args.out)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -268,13 +277,13 @@ def run_catalog(args: Any) -> Path:
                                           dask_key_name="catalog-merge")
     with _client(args) as client:
         table = compute(merged, client)
-    units = {"ra": "deg", "dec": "deg", "gflux": "uJy", "gflux_err": "uJy", "gmag": "mag(AB)",
-             "gmag_catalog": "mag(AB)", "wave": "Angstrom", "line_flux": LINE_FLUX_UNIT,
+    units = {"ra": "deg", "dec": "deg", "gflux": "uJy", "gflux_err": "uJy", "gmag": "mag",
+             "gmag_catalog": "mag", "wave": "Angstrom", "line_flux": LINE_FLUX_UNIT,
              "line_flux_err": LINE_FLUX_UNIT, "max_sep": "arcsec"}
     cards = {"ORIGIN": "remedy-dask", "PIPEVER": __version__, "NPRODUCT": len(args.products),
              "RADIUS": (args.radius, "[arcsec] continuum sources merged within"),
              "LRADIUS": (args.line_radius, "[arcsec] emission lines merged within"),
-             "WAVETOL": (args.wave_tol, "[Angstrom] and within this wavelength difference")}
+             "WAVETOL": (args.wave_tol, "[Angstrom] lines: and within this in wavelength")}
     for k, p in enumerate(args.products[:99]):
         cards[f"PRODUC{k + 1:02d}"] = Path(p).name
     path = write_table_fits(args.out, table, units, cards, "CATALOG")
