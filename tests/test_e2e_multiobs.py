@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import warnings
 
 import h5py
 import numpy as np
@@ -34,7 +35,7 @@ def _table(path, hdu):
 def _fitsverify(path):
     if shutil.which("fitsverify") is None:
         pytest.skip("fitsverify is not installed (apt-get install fitsverify)")
-    out = subprocess.run(["fitsverify", str(path)], capture_output=True, text=True)
+    out = subprocess.run(["fitsverify", str(path)], capture_output=True, text=True, check=False)
     text = out.stdout + out.stderr
     assert "0 warning(s) and 0 error(s)" in text and out.returncode == 0, text
 
@@ -184,8 +185,8 @@ def test_mosaic_wcs_layout_and_fitsverify(mosaic):
         n_wave = hdul[0].data.shape[0]
         assert n_wave == int(np.sum((geometry.DEF_WAVE >= 4000) & (geometry.DEF_WAVE <= 5400)))
         # the spectral axis, independently: pixel k (0-based) is at 4000 + 2 k A
-        assert w.sub([3]).pixel_to_world_values(np.array([0.0, 10.0]))[0] * 1e10 == \
-            pytest.approx([4000.0, 4020.0])
+        spectral = np.atleast_1d(w.sub([3]).pixel_to_world_values(np.array([0.0, 10.0])))
+        assert spectral * 1e10 == pytest.approx([4000.0, 4020.0])
         weight = hdul["WEIGHT"].data
         assert hdul["ERROR"].data.shape == weight.shape == hdul[0].data.shape
         covered = weight[n_wave // 2] >= 0.2
@@ -201,7 +202,12 @@ def _psf_image_fit(cut, grid, meta, ra0, dec0, band, guess):
     + background.  A plain centroid is biased by up to ~0.2" by the 1.3" fiber sampling."""
     from scipy.optimize import least_squares
 
-    from remedy_dask.multiobs.mosaic import MosaicFibers, dar_in_frame, mosaic_chunk, mosaic_frame
+    from remedy_dask.multiobs.mosaic import (
+        MosaicFibers,
+        dar_in_frame,
+        mosaic_chunk,
+        mosaic_frame,
+    )
     from remedy_dask.multiobs.positions import exposure_psfs
     from remedy_dask.sources import source_weights
 
@@ -236,8 +242,10 @@ def test_mosaic_star_at_its_true_position(e2e, mosaic):
         w = WCS(h).celestial
         wave = WCS(h).sub([3]).pixel_to_world_values(np.arange(h["NAXIS3"])) * 1e10
         cube = hdul[0].data
-        images = {b: np.nanmean(cube[(wave >= b[0]) & (wave < b[1])], axis=0)
-                  for b in ((4000, 4200), (5100, 5300))}
+        with warnings.catch_warnings():  # pixels outside the IFUs: all NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            images = {b: np.nanmean(cube[(wave >= b[0]) & (wave < b[1])], axis=0)
+                      for b in ((4000, 4200), (5100, 5300))}
     ps, ra0, dec0 = h["PIXSCALE"], h["CRVAL1"], h["CRVAL2"]
     x0, y0 = (1 - h["CRPIX1"]) * ps, (1 - h["CRPIX2"]) * ps  # frame x of FITS pixel 1
     with h5py.File(e2e["truth"]) as T:
@@ -248,7 +256,7 @@ def test_mosaic_star_at_its_true_position(e2e, mosaic):
         if s["g"][i] > 20 or np.any((d > 0) & (d < 8) & (s["g"] < s["g"][i] + 4)):
             continue
         px, py = w.world_to_pixel_values(s["ra"][i], s["dec"][i])
-        ix, iy = int(round(float(px))), int(round(float(py)))
+        ix, iy = round(float(px)), round(float(py))
         for band, image in images.items():
             cut = image[iy - 6:iy + 7, ix - 6:ix + 7] if min(ix, iy) >= 6 else np.zeros((0, 0))
             if cut.shape != (13, 13) or not np.all(np.isfinite(cut)):

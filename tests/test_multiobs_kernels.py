@@ -8,7 +8,11 @@ import pytest
 from remedy_dask import geometry
 from remedy_dask.multiobs.merge import group_entries, merge_entries
 from remedy_dask.multiobs.positions import (
-    combine_observations, extract_positions, near_edge, rows_near, sky_offsets,
+    combine_observations,
+    extract_positions,
+    near_edge,
+    rows_near,
+    sky_offsets,
 )
 
 DEC0 = 51.0

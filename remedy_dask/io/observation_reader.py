@@ -36,6 +36,15 @@ class ObservationMeta:
     dar_dec: np.ndarray  # (n_wave,) arcsec north
 
 
+def _open(path: str) -> h5py.File:
+    if not Path(path).is_file():
+        raise InputFileError(path, "no such file")
+    try:
+        return h5py.File(path, "r")
+    except OSError:
+        raise InputFileError(path, "not an HDF5 file (expected an observation product)") from None
+
+
 def _need(h5: h5py.File, path: str, name: str) -> h5py.Dataset:
     if name not in h5:
         raise InputFileError(path, f"not an observation product: '{name}' is missing")
@@ -54,11 +63,7 @@ def observation_name(h5: h5py.File, path: str) -> str:
 def read_meta(path: str | Path) -> ObservationMeta:
     """Fiber positions, exposures' PSF and flux scale, DAR and wavelengths of one product."""
     path = str(path)
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputFileError(path, f"cannot open as HDF5 ({exc})") from None
-    with h5:
+    with _open(path) as h5:
         wave = np.asarray(_need(h5, path, "wavelength")[...], float)
         cols = {k: _need(h5, path, f"fibers/{k}")[...] for k in FIBER_COLUMNS}
         for name in FIBER_ARRAYS:
@@ -112,11 +117,7 @@ def read_catalog_tables(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
     wanted = {"sources": ("ra", "dec", "gmag_catalog", "spectrum", "error"),
               "detections": ("ra", "dec", "wave", "flux", "flux_err", "sn", "fwhm")}
     out: dict[str, dict[str, np.ndarray]] = {}
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputFileError(path, f"cannot open as HDF5 ({exc})") from None
-    with h5:
+    with _open(path) as h5:
         wave = np.asarray(_need(h5, path, "wavelength")[...], float)
         for group, names in wanted.items():
             out[group] = {k: np.asarray(_need(h5, path, f"{group}/{k}")[...]) for k in names}
