@@ -113,3 +113,28 @@ def test_near_edge_inside_and_outside():
     xx, yy = np.meshgrid(g, g)
     assert not near_edge(xx.ravel(), yy.ravel(), 3.0)
     assert near_edge(xx.ravel() + 9.0, yy.ravel(), 3.0)  # edge 1" away: circle 2" beyond it
+
+
+def test_mosaic_of_tiles_equals_one_cube_of_all_fibers():
+    """Splitting fibers into tiles (IFUs, observations) changes nothing: each pixel is the same
+    linear combination of fiber values as make_cube over all fibers at once."""
+    from remedy_dask.cube import ImageGrid, make_cube
+    from remedy_dask.multiobs.mosaic import MosaicFibers, mosaic_chunk
+
+    rng = np.random.default_rng(3)
+    x, y = rng.uniform(-8, 8, 400), rng.uniform(-8, 8, 400)
+    flux = rng.normal(1.0, 0.3, (400, 5))
+    err = rng.uniform(0.1, 0.2, (400, 5))
+    mask = rng.uniform(size=(400, 5)) < 0.05
+    dar = np.zeros(5), np.linspace(-0.3, 0.3, 5)
+    grid = ImageGrid(-10.0, -10.0, 41, 41, 0.5)
+    left = x < 0
+    tiles = [MosaicFibers(flux[k], err[k], mask[k], x[k], y[k], *dar) for k in (left, ~left)]
+    out = mosaic_chunk(tiles, grid)
+    ref = make_cube(flux, err, mask, x, y, np.arange(5.0), np.vstack(dar), grid,
+                    dtype=np.float64)
+    assert np.array_equal(np.isnan(out[0]), np.isnan(ref.cube))
+    ok = np.isfinite(ref.cube)
+    assert np.allclose(out[0][ok], ref.cube[ok], rtol=1e-5)
+    assert np.allclose(out[1][ok], ref.error[ok], rtol=1e-5)
+    assert np.allclose(out[2], ref.weight, rtol=1e-5, atol=1e-6)

@@ -4,7 +4,7 @@
 - the ``extract`` table: one row per position plus a ``WAVELENGTH`` extension;
 - the mosaic cube: a FITS file whose three image HDUs (flux, ``ERROR``, ``WEIGHT``) are laid out
   empty first and then filled wavelength chunk by wavelength chunk through :class:`FitsSlab`
-  targets, from any process, so that no more than one chunk is ever in memory;
+  targets, from any process, so that no more than one chunk per worker is ever in memory;
 - the merged catalogue table.
 Every file is written under a temporary name and renamed when complete.
 """
@@ -133,9 +133,8 @@ def create_cube_file(path: str | Path, shape: tuple[int, int, int],
 
 
 def finish_file(tmp: Path, path: str | Path) -> Path:
-    """Add checksums to a file from :func:`create_cube_file` and rename it to ``path``."""
-    with fits.open(tmp, mode="update", memmap=True) as hdul:
-        for hdu in hdul:
-            hdu.add_checksum()
+    """Rename a file from :func:`create_cube_file` to ``path`` once every chunk is written.
+
+    No CHECKSUM/DATASUM cards: computing them would read the whole cube into memory at once."""
     os.replace(tmp, path)
     return Path(path)
