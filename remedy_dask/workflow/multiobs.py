@@ -66,7 +66,11 @@ def run_extract(args: Any) -> Path:
     """``remedy-dask extract``: the table of spectra at the positions."""
     from astropy.table import Table
 
-    from remedy_dask.io.multiobs_products import FLUX_UNIT, read_positions, write_table_fits
+    from remedy_dask.io.multiobs_products import (
+        FLUX_UNIT,
+        read_positions,
+        write_table_fits,
+    )
     from remedy_dask.multiobs.positions import combine_observations
     from remedy_dask.workflow.cluster import compute
 
@@ -101,6 +105,9 @@ def run_extract(args: Any) -> Path:
     for name in positions.colnames:
         if name not in columns:
             columns[name] = np.asarray(positions[name])
+        elif name not in ("ra", "dec"):
+            log.warning("%s: column '%s' is not carried through (an output column has that name)",
+                        args.coords, name)
     cards = {"ORIGIN": "remedy-dask", "PIPEVER": __version__, "NPRODUCT": len(metas),
              "RADIUS": (args.radius, "[arcsec] fibers used around each position"),
              "EDGEMARG": (3.0, "[arcsec] edge: this circle not all covered")}
@@ -120,7 +127,12 @@ def mosaic_block(metas: list[Any], ra0: float, dec0: float, grid: Any, j0: int, 
                  ) -> np.ndarray:
     """(3, j1 - j0, ny, nx) flux, error and weight of wavelengths j0:j1 of the mosaic."""
     from remedy_dask.io.observation_reader import read_fiber_rows
-    from remedy_dask.multiobs.mosaic import MosaicFibers, dar_in_frame, mosaic_chunk, mosaic_frame
+    from remedy_dask.multiobs.mosaic import (
+        MosaicFibers,
+        dar_in_frame,
+        mosaic_chunk,
+        mosaic_frame,
+    )
 
     tiles = []
     for m in metas:
