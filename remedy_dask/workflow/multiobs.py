@@ -116,6 +116,9 @@ def run_extract(args: Any) -> Path:
     path = write_table_fits(args.out, columns, {"ra": "deg", "dec": "deg", "spectrum": FLUX_UNIT,
                                                 "error": FLUX_UNIT}, cards, "SPECTRA", metas[0].wave)
     covered = int(np.sum(res.n_exposures > 0))
+    if covered < len(ra):
+        log.warning("%d of %d position(s) lie outside every product's fibers: their rows have "
+                    "NaN spectra and n_exposures = 0", len(ra) - covered, len(ra))
     print(f"extracted {len(ra)} position(s) ({covered} covered) from {len(metas)} product(s): {path}")
     return path
 
