@@ -19,6 +19,7 @@ from remedy_dask.threads import one_thread_per_process
 
 one_thread_per_process()  # before numpy is imported anywhere
 
+from remedy_dask import cli_multiobs  # noqa: E402
 from remedy_dask.cli_parser import add_sbatch_args, build_parser  # noqa: E402
 from remedy_dask.config import load_config  # noqa: E402
 from remedy_dask.errors import ConfigError, RemedyError  # noqa: E402
@@ -139,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         from remedy_dask.workflow.outcome import range_status
 
         return range_status(run_reduce_range(range_request(args)))
+    if args.command in cli_multiobs.COMMANDS:
+        return cli_multiobs.run(args, _cluster_request(args))
     if args.command == "demo":
         from remedy_dask.workflow.demo import run_demo
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from remedy_dask import __version__
+from remedy_dask.cli_multiobs import add_parsers as add_multiobs_parsers
 from remedy_dask.errors import RemedyError
 from remedy_dask.requests import CUBE_CHOICES, check_date
 
@@ -62,7 +63,7 @@ def _global_options(parser: argparse.ArgumentParser, in_subcommand: bool) -> Non
                              "demo, remedy-dask.log next to CAL.h5 for calibrate")
 
 
-def _command(sub: Any, name: str, summary: str, examples: str) -> argparse.ArgumentParser:
+def command(sub: Any, name: str, summary: str, examples: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=summary, description=summary, formatter_class=HelpFormatter,
                        epilog="example:\n  " + examples.strip().replace("\n", "\n  "))
     _global_options(p, in_subcommand=True)
@@ -82,14 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 title="commands (remedy-dask COMMAND --help for details)")
 
     for add in (_add_simulate, _add_calibrate, _add_reduce, _add_reduce_night, _add_reduce_range,
-                _add_tools, _add_sbatch):
+                add_multiobs_parsers, _add_tools, _add_sbatch):
         add(sub)
     return parser
 
 
 def _add_simulate(sub: Any) -> None:
     """``simulate OUT``."""
-    p = _command(sub, "simulate", "write a night of simulated raw VIRUS data with its truth",
+    p = command(sub, "simulate", "write a night of simulated raw VIRUS data with its truth",
                  "remedy-dask simulate night/ --ifuslots 047,048 --seed 3")
     p.add_argument("out", type=Path, metavar="OUT",
                    help="output folder: OUT/raw/YYYYMMDD/virus/..., fplane.txt, truth/, ...")
@@ -117,7 +118,7 @@ def _add_simulate(sub: Any) -> None:
 
 def _add_calibrate(sub: Any) -> None:
     """``calibrate ROOTDIR --date --out CAL.h5``."""
-    p = _command(sub, "calibrate", "build the calibration file from a window of nights",
+    p = command(sub, "calibrate", "build the calibration file from a window of nights",
                  "remedy-dask calibrate /data/virus --date 20190822 --days 3 --out cal.h5 "
                  "--fplane fplane.txt")
     p.add_argument("rootdir", type=Path, metavar="ROOTDIR",
@@ -136,12 +137,12 @@ def _add_calibrate(sub: Any) -> None:
                    help="folder of per-IFU fiber-location files (trace starting rows)")
     p.add_argument("--ifuslots", type=_int_list, metavar="LIST",
                    help="only these IFU slots, comma-separated (default: all found)")
-    _add_cluster_args(p)
+    add_cluster_args(p)
 
 
 def _add_reduce(sub: Any) -> None:
     """``reduce DATE OBS IFUSLOT CAL.h5``."""
-    p = _command(sub, "reduce", "reduce one observation (target IFU and its neighbours)",
+    p = command(sub, "reduce", "reduce one observation (target IFU and its neighbours)",
                  "remedy-dask reduce 20190822 7 047 cal.h5 --rootdir /data/virus "
                  "--fplane fplane.txt --out reduced/ --catalog ps1.csv")
     p.add_argument("date", type=_date, metavar="DATE", help="night YYYYMMDD")
@@ -172,12 +173,12 @@ def _add_reduce(sub: Any) -> None:
                         "PSF")
     p.add_argument("--cubes", choices=CUBE_CHOICES, default="target",
                    help="data cube and per-IFU FITS for the target IFU, every reduced IFU, or none")
-    _add_cluster_args(p)
+    add_cluster_args(p)
 
 
 def _add_reduce_night(sub: Any) -> None:
     """``reduce-night ROOTDIR DATE CAL.h5``."""
-    p = _command(sub, "reduce-night", "reduce every science observation of a night",
+    p = command(sub, "reduce-night", "reduce every science observation of a night",
                  "remedy-dask reduce-night /data/virus 20190822 cal.h5 --fplane fplane.txt "
                  "--out reduced/")
     p.add_argument("rootdir", type=Path, metavar="ROOTDIR",
@@ -195,12 +196,12 @@ def _add_reduce_night(sub: Any) -> None:
     p.add_argument("--cubes", choices=CUBE_CHOICES, default="none",
                    help="data cubes and per-IFU FITS for every IFU (all), the lowest IFU slot of "
                         "each observation (target) or none")
-    _add_cluster_args(p)
+    add_cluster_args(p)
 
 
 def _add_reduce_range(sub: Any) -> None:
     """``reduce-range ROOTDIR --start --end --out``."""
-    p = _command(sub, "reduce-range", "calibrate and reduce every science observation of a "
+    p = command(sub, "reduce-range", "calibrate and reduce every science observation of a "
                  "range of nights: one calibration file per window, a summary CSV",
                  "remedy-dask reduce-range /data/virus --start 20190801 --end 20190831 "
                  "--cal-window 7 --fplane fplane.txt --out archive/")
@@ -222,24 +223,24 @@ def _add_reduce_range(sub: Any) -> None:
     _add_observation_args(p)
     p.add_argument("--cubes", choices=CUBE_CHOICES, default="none",
                    help="data cubes and per-IFU FITS: every IFU, the lowest slot, or none")
-    _add_cluster_args(p)
+    add_cluster_args(p)
 
 
 def _add_tools(sub: Any) -> None:
     """``demo``, ``graphs``, ``config show``."""
-    p = _command(sub, "demo", "simulate, calibrate and reduce a small night",
+    p = command(sub, "demo", "simulate, calibrate and reduce a small night",
                  "remedy-dask demo /tmp/demo --workers 2")
     p.add_argument("out", type=Path, nargs="?", default=Path("demo_out"), metavar="OUT",
                    help="folder for the simulated night, calibration and products")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="worker processes (default: one per core)")
 
-    p = _command(sub, "graphs", "regenerate the task-graph views (graphs/*.md)",
+    p = command(sub, "graphs", "regenerate the task-graph views (graphs/*.md)",
                  "remedy-dask graphs graphs/")
     p.add_argument("outdir", type=Path, nargs="?", default=Path("graphs"), metavar="OUTDIR",
                    help="folder for the graph views")
 
-    p = _command(sub, "config", "configuration helpers",
+    p = command(sub, "config", "configuration helpers",
                  "remedy-dask config show --config my_reduction.yaml")
     p.add_argument("action", choices=["show"], metavar="show",
                    help="show: print the effective reduction parameters (YAML)")
@@ -262,7 +263,7 @@ def _add_observation_args(p: argparse.ArgumentParser) -> None:
                    help="IFUcen fiber-position file; default: the standard HETDEX layout")
 
 
-def _add_cluster_args(p: argparse.ArgumentParser) -> None:
+def add_cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", default="local", metavar="KIND",
                    help="where to run: local (this machine), slurm or pbs (dask-jobqueue), "
                         "sync (one process, for debugging), tls://ADDRESS or tcp://ADDRESS of "
@@ -297,7 +298,7 @@ def _add_site_args(p: argparse.ArgumentParser) -> None:
 
 def _add_sbatch(sub: Any) -> None:
     """``sbatch COMMAND ARGS...``."""
-    p = _command(sub, "sbatch", "write (and with --submit, submit) a whole-node SLURM job that "
+    p = command(sub, "sbatch", "write (and with --submit, submit) a whole-node SLURM job that "
                  "runs a remedy-dask command (options may also follow the command's arguments)",
                  "remedy-dask sbatch reduce 20190822 7 47 cal.h5 --rootdir raw --fplane "
                  "fplane.txt --out out --site tacc-stampede3 --account AST23001 --submit")
