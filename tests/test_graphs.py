@@ -48,3 +48,36 @@ def test_resumed_and_recomputed_chains_keep_the_plan_order(tmp_path, monkeypatch
     for exp in (1, 2):
         listed = [s["key"] if isinstance(s, dict) else s.key.split("-")[1] for s in summaries[exp]]
         assert listed == keys
+
+
+def test_two_observations_in_one_cluster_share_no_task(tmp_path):
+    """reduce-night and reduce-range submit several observations (and calibrations) to one
+    scheduler: a task name shared by two of them would hand one observation the other's result."""
+    from remedy_dask import geometry
+    from remedy_dask.config import PipelineConfig
+    from remedy_dask.workflow.calibration import build_calibration_graph
+    from remedy_dask.workflow.exposure import build_exposure_graph
+    from remedy_dask.workflow.finalize import build_observation_graph
+    from remedy_dask.workflow.graphview import _FakeArchive, _ref
+    from remedy_dask.workflow.keys import CheckpointKeys
+    from remedy_dask.workflow.science import ObservationPlan, build_amp_graph
+
+    keys = [f"047{a}" for a in geometry.AMPS]
+    cal = tmp_path / "cal.h5"
+    cal.write_bytes(b"")
+    names = []
+    for obs in (7, 8):
+        refs = {(e, k): _ref("sci", 47, k[3:], obs, e) for e in (1, 2) for k in keys}
+        plan = ObservationPlan("20190822", obs, 47, [47], [1, 2], refs, keys, [])
+        ck = CheckpointKeys.dry(keys)
+        summaries, _ = build_amp_graph(plan, cal, tmp_path / f"w{obs}", PipelineConfig(), ck)
+        exposures = build_exposure_graph(plan, summaries, cal, tmp_path / f"w{obs}", None, None,
+                                         PipelineConfig(), ck)
+        final = build_observation_graph(plan, exposures, cal, tmp_path, "target",
+                                        PipelineConfig(), dry=True)
+        names.append(set(dict(final.__dask_graph__())))
+    assert len(names[0]) > 50 and not names[0] & names[1]
+    cals = [set(dict(build_calibration_graph(_FakeArchive(), ["20190822"], tmp_path / f"{n}.h5",
+                                             PipelineConfig(), {k: (None, None) for k in keys}
+                                             )[0].__dask_graph__())) for n in ("a", "b")]
+    assert not cals[0] & cals[1]

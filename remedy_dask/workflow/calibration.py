@@ -14,6 +14,7 @@ passes zeros off as a calibration.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -364,6 +365,8 @@ def build_calibration_graph(
     if not by_amp:
         raise RemedyError(f"no calibration frames found for {', '.join(dates)} under {archive.rootdir}")
     cc = config.calibration
+    # ends every task name: two calibrations in one cluster (reduce-range) never share a task
+    tag = f"{dates[0]}_{hashlib.sha1(str(out).encode()).hexdigest()[:8]}"
     parts_dir = out.with_name(out.name + ".parts")
     works, pieces, keys = [], {}, []
     for (slot, amp), kinds in sorted(by_amp.items()):
@@ -371,7 +374,7 @@ def build_calibration_graph(
         keys.append(key)
 
         def node(func: Callable[..., Any], *args: Any, step: str) -> Any:
-            return dask.delayed(func, pure=False)(*args, dask_key_name=f"cal-{step}-{key}")
+            return dask.delayed(func, pure=False)(*args, dask_key_name=f"cal-{step}-{key}-{tag}")
 
         expected = None
         if fplane is not None and slot in fplane:
@@ -386,16 +389,16 @@ def build_calibration_graph(
         pieces[key] = node(twilight_piece, w, step="twilight-piece")
         works.append(node(write_amp_part, w, parts_dir, step="write-amp"))
     ftf = dask.delayed(cal_fiber_to_fiber, pure=False)(
-        gather_dict(pieces, "cal-twilight-all"), positions, cc, dask_key_name="cal-fiber-to-fiber")
+        gather_dict(pieces, f"cal-twilight-all-{tag}"), positions, cc, dask_key_name=f"cal-fiber-to-fiber-{tag}")
     parts = [
         dask.delayed(finish_amp_part, pure=False)(
-            part, dask.delayed(ftf_of_amp, pure=False)(ftf, k, dask_key_name=f"cal-ftf-{k}"),
-            dask_key_name=f"cal-finish-amp-{k}")
+            part, dask.delayed(ftf_of_amp, pure=False)(ftf, k, dask_key_name=f"cal-ftf-{k}-{tag}"),
+            dask_key_name=f"cal-finish-amp-{k}-{tag}")
         for part, k in zip(works, keys)
     ]
     attrs = {"window": dates, "config": config.to_yaml(), "code_version": __version__}
-    final = dask.delayed(calfile.merge_parts, pure=False)(gather(parts, "cal-parts"), out, attrs,
-                                                          dask_key_name="cal-merge")
+    final = dask.delayed(calfile.merge_parts, pure=False)(gather(parts, f"cal-parts-{tag}"), out, attrs,
+                                                          dask_key_name=f"cal-merge-{tag}")
     return final, keys
 
 

@@ -186,10 +186,10 @@ def build_exposure_graph(plan: Any, summaries: dict[int, list[Any]], cal_path: P
     ifucen = read_ifucen(ifucen_file) if ifucen_file else standard_ifucen()
     fibers_of = partial(fiber_table, fplane=fplane, ifucen=ifucen,
                         dither=config.observation.dither_pattern)
-    out = {}
+    out, tag = {}, plan.tag
     for exp in plan.exposures:
         ikey = keys.sky(plan, exp)
         out[exp] = dask.delayed(reduce_exposure, pure=False)(
-            gather(summaries[exp], f"amps-done-exp{exp:02d}"), exp, str(cal_path), str(work_root), fibers_of, config, ikey,
-            dask_key_name=f"sky-exp{exp:02d}")
+            gather(summaries[exp], f"amps-done-exp{exp:02d}-{tag}"), exp, str(cal_path), str(work_root), fibers_of, config, ikey,
+            dask_key_name=f"sky-exp{exp:02d}-{tag}")
     return out

@@ -261,42 +261,42 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
         catalog = Table({"raMean": [0.0], "decMean": [0.0], "gMeanApMag": [18.0]})
         pointing = (0.0, 0.0, 0.0)
     work_root = str(out / "work" / f"{plan.date}_{plan.obs:07d}.zarr")
-    exps = list(plan.exposures)
-    deps = gather([exposures[e] for e in exps], "exposures-done")
+    exps, tag = list(plan.exposures), plan.tag
+    deps = gather([exposures[e] for e in exps], f"exposures-done-{tag}")
     slots = sorted({int(k[:3]) for k in plan.cal_keys})
 
     def node(func: Any, *a: Any, name: str) -> Any:
-        return dask.delayed(_run, pure=False)(func, deps, *a, dask_key_name=name)
+        return dask.delayed(_run, pure=False)(func, deps, *a, dask_key_name=f"{name}-{tag}")
 
     stars = [node(ifu_stars, work_root, exps, s, cond, name=f"ifu-stars-{s:03d}") for s in slots]
-    stars = gather(stars, "ifu-stars-all")
-    astro = dask.delayed(fit_field, pure=False)(stars, catalog, pointing, dask_key_name="astrometry")
+    stars = gather(stars, f"ifu-stars-all-{tag}")
+    astro = dask.delayed(fit_field, pure=False)(stars, catalog, pointing, dask_key_name=f"astrometry-{tag}")
     cut = [dask.delayed(star_cutouts, pure=False)(work_root, exps, s, cond, catalog, astro,
-                                                  dask_key_name=f"ifu-psf-stars-{s:03d}")
+                                                  dask_key_name=f"ifu-psf-stars-{s:03d}-{tag}")
            for s in slots]
-    psf = dask.delayed(fit_psf, pure=False)(gather(cut, "ifu-psf-stars-all"), cond,
-                                            dask_key_name="seeing")
+    psf = dask.delayed(fit_psf, pure=False)(gather(cut, f"ifu-psf-stars-all-{tag}"), cond,
+                                            dask_key_name=f"seeing-{tag}")
     astro = dask.delayed(refine_field, pure=False)(astro, psf, catalog,
-                                                   dask_key_name="astrometry-refine")
+                                                   dask_key_name=f"astrometry-refine-{tag}")
     srcs = [dask.delayed(ifu_sources, pure=False)(work_root, exps, s, cond, catalog, astro, psf,
-                                                  dask_key_name=f"ifu-sources-{s:03d}")
+                                                  dask_key_name=f"ifu-sources-{s:03d}-{tag}")
             for s in slots]
-    srcs = gather(srcs, "ifu-sources-all")
-    fcal = dask.delayed(flux_calibration, pure=False)(srcs, catalog, dask_key_name="fluxcal")
+    srcs = gather(srcs, f"ifu-sources-all-{tag}")
+    fcal = dask.delayed(flux_calibration, pure=False)(srcs, catalog, dask_key_name=f"fluxcal-{tag}")
     dets = [dask.delayed(ifu_detect, pure=False)(work_root, exps, s, cond, psf, fcal, astro, config,
-                                                 injection, dask_key_name=f"ifu-detect-{s:03d}")
+                                                 injection, dask_key_name=f"ifu-detect-{s:03d}-{tag}")
             for s in slots]
     cube_slots = {"all": slots, "none": [], "target": [s for s in slots if s == plan.target_slot]}[cubes]
     prefix = f"{plan.date}_{plan.obs:07d}"
     cards = {} if dry else product_cards(plan, cond, pointing, cal_path, config)
     cubes = [dask.delayed(ifu_cube, pure=False)(work_root, exps, s, cond, psf, fcal, astro,
                                                 str(out), prefix, config, cards, injection,
-                                                dask_key_name=f"ifu-cube-{s:03d}")
+                                                dask_key_name=f"ifu-cube-{s:03d}-{tag}")
              for s in cube_slots]
     block_dir = str(out / "work" / f"{prefix}_fibers")
     fibers = [dask.delayed(ifu_fibers, pure=False)(work_root, exps, s, cond, psf, fcal, astro,
                                                    block_dir, injection,
-                                                   dask_key_name=f"ifu-fibers-{s:03d}")
+                                                   dask_key_name=f"ifu-fibers-{s:03d}-{tag}")
               for s in slots]
     provenance = {"date": plan.date, "obs": plan.obs, "target_ifuslot": plan.target_slot,
                   "calibration_file": str(cal_path), "config": config.to_yaml(),
@@ -304,6 +304,6 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
                   "ifuslots": slots, **({} if dry else hdf5_attributes(cards)),
                   "injection": injection.describe() if injection else "none"}
     return dask.delayed(write_products, pure=False)(
-        deps, plan, work_root, cond, astro, psf, fcal, srcs, gather(dets, "ifu-detect-all"),
-        catalog, str(out), provenance, gather(cubes, "ifu-cube-all"),
-        gather(fibers, "ifu-fibers-all"), dask_key_name="write-products")
+        deps, plan, work_root, cond, astro, psf, fcal, srcs, gather(dets, f"ifu-detect-all-{tag}"),
+        catalog, str(out), provenance, gather(cubes, f"ifu-cube-all-{tag}"),
+        gather(fibers, f"ifu-fibers-all-{tag}"), dask_key_name=f"write-products-{tag}")

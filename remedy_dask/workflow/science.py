@@ -46,6 +46,12 @@ class ObservationPlan:
     cal_keys: list[str]  # amps with a usable calibration
     skipped: list[str]  # reasons for amps left out
 
+    @property
+    def tag(self) -> str:
+        """``DATE_OBS``: ends every task name of the observation, so that observations sharing a
+        cluster (``reduce-night``, ``reduce-range``) never share a task."""
+        return f"{self.date}_{self.obs:07d}"
+
 
 def select_slots(available: list[int], target: int, neighbor_dist: int, all_ifus: bool) -> list[int]:
     """The target slot and its IHMP neighbours within ``neighbor_dist`` rows/columns."""
@@ -102,7 +108,7 @@ def build_amp_graph(plan: ObservationPlan, cal_path: Path, work_root: Path,
     pooled with the other amp of its CCD (``ccd-shift``); a partner already checkpointed
     contributes its stored measurement.  Each exposure lists its amps in the plan's order,
     resumed or not (the exposure fan-in concatenates them in that order)."""
-    rc = config.reduction
+    rc, tag = config.reduction, plan.tag
     chains: dict[tuple[int, str], Any] = {}  # in plan order: a summary (resumed) or a delayed one
     pending: dict[tuple[int, str], tuple[Any, Any, Any, str]] = {}  # (ax, shift, cal, ikey)
     resumed: set[tuple[int, str]] = set()
@@ -119,8 +125,8 @@ def build_amp_graph(plan: ObservationPlan, cal_path: Path, work_root: Path,
                 continue
             if cal is None:
                 cal = dask.delayed(amp_chain.load_calibration, pure=True)(
-                    str(cal_path), key, dask_key_name=f"load-cal-{key}")
-            node = _chain_node(key, exp)
+                    str(cal_path), key, dask_key_name=f"load-cal-{key}-{tag}")
+            node = _chain_node(key, exp, tag)
             ax = node(amp_chain.ccd, ref, cal, exp, step="ccd")
             ax = node(amp_chain.trace_shift, ax, rc, step="trace-shift")
             ax = node(amp_chain.scattered, ax, rc, step="scattered-light")
@@ -135,7 +141,7 @@ def build_amp_graph(plan: ObservationPlan, cal_path: Path, work_root: Path,
             other = pending[(exp, partner)][1]
         elif partner and (exp, partner) in resumed:
             other = amp_chain.stored_shift(work_root, exp, partner)
-        node = _chain_node(key, exp)
+        node = _chain_node(key, exp, tag)
         ax = node(amp_chain.apply_wave_shift, ax, measured, other, rc, step="ccd-shift")
         ax = node(amp_chain.mask_spectra, ax, cal, rc, step="mask")
         chains[(exp, key)] = node(amp_chain.rectify_and_store, ax, str(work_root), ikey,
@@ -146,11 +152,11 @@ def build_amp_graph(plan: ObservationPlan, cal_path: Path, work_root: Path,
     return summaries, len(resumed)
 
 
-def _chain_node(key: str, exp: int) -> Any:
+def _chain_node(key: str, exp: int, tag: str) -> Any:
     """``node(func, *args, step=...)``: a delayed task of the chain of (``key``, ``exp``), named
-    ``{step}-{key}-expNN`` (the names the dashboard and the benchmarks group by)."""
+    ``{step}-{key}-expNN-{tag}`` (the dashboard and the benchmarks group by ``step``)."""
     def node(func: Any, *args: Any, step: str) -> Any:
-        return dask.delayed(func, pure=False)(*args, dask_key_name=f"{step}-{key}-exp{exp:02d}")
+        return dask.delayed(func, pure=False)(*args, dask_key_name=f"{step}-{key}-exp{exp:02d}-{tag}")
     return node
 
 
