@@ -25,6 +25,7 @@ along either axis (rows 1032/b, columns 1064/b, overscan ``int(32 * ncols / 1064
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -40,6 +41,7 @@ from astropy.io import fits
 
 from remedy_dask import geometry
 from remedy_dask.errors import RawDataError
+from remedy_dask.io.slot_history import physical_slot
 from remedy_dask.io.header import AmpHeader, parse_amp_header
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,7 @@ class FrameRef:
     name: str
     source: str | TarMember
     timestamp: str = ""
+    recorded_ifuslot: int | None = None  # the file's slot, when a known swap corrected it
 
     @property
     def in_tar(self) -> bool:
@@ -296,9 +299,13 @@ def _frame_order(ref: FrameRef) -> tuple:
 
 
 def _make_ref(date: str, obs: int, exp: int, match: re.Match, source: str | TarMember) -> FrameRef:
+    """The frame's reference, its IFU slot corrected for the known slot swaps of ``date``."""
+    recorded = int(match["ifuslot"])
+    slot = physical_slot(date, recorded)
     return FrameRef(
-        date=date, obs=obs, exp=exp, ifuslot=int(match["ifuslot"]), amp=match["amp"],
-        kind=match["kind"], name=match.group(0), source=source, timestamp=match["stamp"],
+        date=date, obs=obs, exp=exp, ifuslot=slot, amp=match["amp"], kind=match["kind"],
+        name=match.group(0), source=source, timestamp=match["stamp"],
+        recorded_ifuslot=recorded if slot != recorded else None,
     )
 
 
@@ -380,7 +387,14 @@ def read_primary_header(ref: FrameRef) -> fits.Header:
 
 def read_header_model(ref: FrameRef) -> AmpHeader:
     """The parsed :class:`AmpHeader` of a frame, reading only its header blocks."""
-    return parse_amp_header(read_primary_header(ref), ref.display_path, kind=ref.kind)
+    return _header_model(read_primary_header(ref), ref)
+
+
+def _header_model(header: fits.Header, ref: FrameRef) -> AmpHeader:
+    """The parsed header, its IFUSLOT corrected for the known slot swaps (as the file name's)."""
+    model = parse_amp_header(header, ref.display_path, kind=ref.kind)
+    slot = physical_slot(ref.date, model.ifuslot)
+    return model if slot == model.ifuslot else dataclasses.replace(model, ifuslot=slot)
 
 
 def _parse_header(block: bytes, where: str) -> fits.Header:
@@ -458,7 +472,7 @@ def read_raw_amp(ref: FrameRef) -> RawAmp:
     header_length = _header_length(buf, where)
     raw_header = _parse_header(buf[:header_length], where)
     data = _decode_image(buf, header_length, raw_header, where)
-    header = parse_amp_header(raw_header, where, kind=ref.kind)
+    header = _header_model(raw_header, ref)
     if (header.ifuslot, header.amp) != (ref.ifuslot, ref.amp):
         log.warning(
             "%s: file name says %03d%s but the header says IFUSLOT=%03d amp %s; using the header",

@@ -174,7 +174,7 @@ def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_roo
 
     blocks = sorted((b for b in fiber_blocks if b), key=lambda b: b["slot"])
     n = sum(b["n"] for b in blocks)
-    notes = list(cond.notes) + [x for x in (astro.get("note"), psf.get("note"), fluxcal.get("note")) if x]
+    notes = list(plan.notes) + list(cond.notes) + [x for x in (astro.get("note"), psf.get("note"), fluxcal.get("note")) if x]
     flags = list(plan.skipped) + [f"{k} exp{s['exp']:02d}: {v}" for s in exposure_summaries
                                   for k, v in s.get("failed", {}).items()]
     prov = {**provenance, "notes": notes, "flags": flags, "astrometry": astro.get("note", ""),

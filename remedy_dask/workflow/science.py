@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from remedy_dask.config import PipelineConfig, check_dither
 from remedy_dask.errors import RemedyError
 from remedy_dask.io import calfile, store
 from remedy_dask.io.raw import FrameRef, RawArchive
+from remedy_dask.io.slot_history import slot_note
 from remedy_dask.requests import NightRequest, ReduceRequest
 from remedy_dask.workflow import amp_chain
 from remedy_dask.workflow.cluster import open_client
@@ -45,6 +46,7 @@ class ObservationPlan:
     refs: dict[tuple[int, str], FrameRef]  # (exp, amp key) -> frame
     cal_keys: list[str]  # amps with a usable calibration
     skipped: list[str]  # reasons for amps left out
+    notes: list[str] = field(default_factory=list)  # substitutions, recorded in the product
 
     @property
     def tag(self) -> str:
@@ -96,7 +98,12 @@ def plan_observation(archive: RawArchive, date: str, obs: int, target_slot: int,
                         skipped.append(f"{key} exp{e:02d}: frame missing")
     for reason in skipped:
         log.warning("left out: %s", reason)
-    return ObservationPlan(date, obs, target_slot, slots, exposures, by_key, cal_keys, skipped)
+    notes = sorted({slot_note(date, r.recorded_ifuslot) for r in by_key.values()
+                    if r.recorded_ifuslot is not None})
+    for note in notes:
+        log.info(note)
+    return ObservationPlan(date, obs, target_slot, slots, exposures, by_key, cal_keys, skipped,
+                           notes)
 
 
 def build_amp_graph(plan: ObservationPlan, cal_path: Path, work_root: Path,
