@@ -1,6 +1,6 @@
 """The ``remedy-dask`` command line (also ``python -m remedy_dask``).
 
-Sub-commands and their arguments follow shared/interface.md.  Bad input ends with a one-line
+Sub-commands and their arguments: ``remedy-dask COMMAND --help`` and the README's Commands section.  Bad input ends with a one-line
 ``error: ...`` on stderr and exit status 2; ``--debug`` shows tracebacks.
 """
 

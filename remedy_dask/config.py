@@ -44,7 +44,6 @@ class ReductionConfig:
     wave_shift_pooling: str = "ccd"  # "ccd": combine the two amps of a CCD; "amp": each alone
     wave_shift_ccd_differential_px: float = 0.005  # rms shift difference of a CCD's two halves
     wave_shift_ccd_max_trace_difference_px: float = 0.02  # halves moved alike: pool only then
-    mask_bad_pixels: bool = True  # NaN the masked pixels in the products
     quick_sky: bool = False  # global sky only, no smooth per-amp residual model
     chi2_threshold: float = 5.0
     max_masked_fiber_fraction: float = 0.2

@@ -1,6 +1,6 @@
 """Final products: the observation HDF5 (netCDF4-compatible) and the per-IFU FITS files.
 
-Names follow docs/interface.md.  Every array carries a ``units`` attribute; the root carries the
+Names as listed in the README's Products section.  Every array carries a ``units`` attribute; the root carries the
 provenance (code version, configuration, calibration file, inputs, step timings, flags).  The
 HDF5 file is streamed block by block (one IFU at a time) under a temporary name and renamed when
 complete, so a reader never sees a partial product.

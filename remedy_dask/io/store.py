@@ -113,7 +113,3 @@ def clean_temporaries(root: str | Path) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
         n += 1
     return n
-
-
-def as_float32(values: np.ndarray) -> np.ndarray:
-    return np.asarray(values, dtype=np.float32)

@@ -34,12 +34,6 @@ def moffat_alpha(fwhm: float, beta: float = DEFAULT_BETA) -> float:
     return fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
 
 
-def moffat_profile(r: np.ndarray, fwhm: float, beta: float = DEFAULT_BETA) -> np.ndarray:
-    """Moffat surface density (1/arcsec^2) at radius ``r``; integrates to 1 over the plane."""
-    alpha = moffat_alpha(fwhm, beta)
-    return (beta - 1.0) / (np.pi * alpha**2) * (1.0 + (np.asarray(r) / alpha) ** 2) ** (-beta)
-
-
 def moffat_enclosed(r: np.ndarray, fwhm: float, beta: float = DEFAULT_BETA) -> np.ndarray:
     """Fraction of a Moffat's flux within radius ``r`` of its centre."""
     alpha = moffat_alpha(fwhm, beta)
@@ -112,13 +106,6 @@ def fiber_integrated_moffat(
 
 
 PSFLike = RadialPSF | Sequence[RadialPSF]
-
-
-def psf_weights(
-    dx: np.ndarray, dy: np.ndarray, fwhm: float, beta: float = DEFAULT_BETA, **kwargs
-) -> np.ndarray:
-    """Fiber fractions of fibers offset by ``(dx, dy)`` arcsec from a source of this FWHM."""
-    return fiber_integrated_moffat(fwhm, beta, **kwargs)(dx, dy)
 
 
 def evaluate_psf(

@@ -29,7 +29,7 @@ class SimResult:
     """Where everything of a simulated night was written."""
 
     out: Path
-    raw_root: Path  # OUT/raw (the ROOT of virus-raw-format.md)
+    raw_root: Path  # OUT/raw (the archive ROOT that io/raw.py reads)
     truth_dir: Path
     truth_file: Path
     fplane: Path

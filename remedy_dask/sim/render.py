@@ -226,7 +226,7 @@ def render_amp_frame(plan: NightPlan, model: AmpModel, frame: Frame,
 
 
 def make_header(plan: NightPlan, model: AmpModel, frame: Frame) -> dict[str, tuple[object, str]]:
-    """Header cards (keyword -> (value, comment)) of an amp frame, per virus-raw-format.md."""
+    """Header cards (keyword -> (value, comment)) of an amp frame, as io/raw.py reads them."""
     ccdpos, ccdhalf = model.amp[0], model.amp[1]
     sci = frame.kind == "sci"
     return {

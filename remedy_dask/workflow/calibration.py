@@ -307,9 +307,8 @@ def ftf_of_amp(ftf: dict[str, tuple[np.ndarray, np.ndarray]], key: str
 
 def write_amp_part(work: AmpWork, parts_dir: Path) -> dict[str, Any]:
     """Write the amp's part file as soon as its chain is done, so that its state (masters,
-    profile, spectra) is released before the focal-plane fan-in (the full calibration's peak
-    fell by 7.4 GB, ~24 MB per amp); the fiber-to-fiber
-    result is added by :func:`finish_amp_part`."""
+    profile, spectra: ~24 MB per amp) is released before the focal-plane fan-in; the
+    fiber-to-fiber result is added by :func:`finish_amp_part`."""
     path = calfile.write_calibration(parts_dir / f"{work.key}.h5", [to_amp_calibration(work)])
     return {"key": work.key, "path": str(path), "failed": bool(work.failed)}
 
