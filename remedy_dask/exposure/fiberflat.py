@@ -28,6 +28,7 @@ from scipy.interpolate import make_interp_spline
 
 from remedy_dask.errors import CalibrationError
 from remedy_dask.geometry import DEF_WAVE
+from remedy_dask.numeric.robust import mad_sigma
 
 
 @dataclass
@@ -100,7 +101,7 @@ def fit_illumination(
         for _ in range(5):
             c, *_ = np.linalg.lstsq(a[ok], ratio[ok, b], rcond=None)
             res = ratio[:, b] - a @ c
-            mad = 1.4826 * np.median(np.abs(res[ok]))
+            mad = mad_sigma(res[ok], 0.0)
             new = use & np.isfinite(ratio[:, b]) & (np.abs(res) <= clip * max(mad, 1e-6))
             if np.array_equal(new, ok):
                 break

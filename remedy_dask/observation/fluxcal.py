@@ -19,6 +19,7 @@ import numpy as np
 
 from remedy_dask.errors import CalibrationError
 from remedy_dask.geometry import DEFAULT_AREA_CM2, DEFAULT_TRANSPARENCY
+from remedy_dask.numeric.robust import mad_sigma
 
 FLUX_UNIT = 1e-17  # erg/s/cm^2/A per unit of the pipeline's flux arrays
 HC_ERG_ANGSTROM = 6.62607015e-27 * 2.99792458e18  # h*c in erg*A
@@ -186,14 +187,14 @@ def photometric_offset(
         raise CalibrationError(f"photometric_offset: {used.sum()} usable stars, need {min_stars}")
     for _ in range(max_iter):
         med = np.median(diff[used])
-        sigma = max(1.4826 * np.median(np.abs(diff[used] - med)), scatter_floor)
+        sigma = max(mad_sigma(diff[used], med), scatter_floor)
         new_used = used & (np.abs(diff - med) < clip * sigma)
         if new_used.sum() < min_stars or np.array_equal(new_used, used):
             break
         used = new_used
     med = float(np.median(diff[used]))
     n = int(used.sum())
-    scatter = float(1.4826 * np.median(np.abs(diff[used] - med)))
+    scatter = float(mad_sigma(diff[used], med))
     return PhotometricOffset(
         delta_mag=med, factor=float(10 ** (-0.4 * med)), n_used=n, scatter=scatter,
         error=float(1.2533 * max(scatter, scatter_floor) / np.sqrt(n)), used=used,

@@ -51,6 +51,7 @@ from remedy_dask.amp.trace.assign import (
     windowed_centroid,
 )
 from remedy_dask.amp.trace.shift import HALF_WINDOW
+from remedy_dask.numeric.robust import MAD_TO_SIGMA, nan_mad_sigma
 
 
 
@@ -180,7 +181,7 @@ def _robust_sigma(res: np.ndarray, weight: np.ndarray) -> np.ndarray:
     empty = ~used.any(0)
     r = np.where(used, res, np.nan)
     r[:, empty] = 0.0
-    sig = 1.4826 * np.nanmedian(np.abs(r - np.nanmedian(r, 0)), 0)
+    sig = nan_mad_sigma(r, axis=0)
     return np.where(empty, np.nan, sig)
 
 
@@ -210,7 +211,7 @@ def fit_along_columns(pos: np.ndarray, ok: np.ndarray, centres: np.ndarray, n_co
             sol, *_ = np.linalg.lstsq(cross[use], coef[use, free_orders:], rcond=None)
             smooth = cross @ sol
             dev = np.abs(coef[:, free_orders:] - smooth)
-            scale = 1.4826 * np.median(dev[live], 0) + 1e-6
+            scale = MAD_TO_SIGMA * np.median(dev[live], 0) + 1e-6
             use = live & np.all(dev < 5.0 * scale, axis=1)
         target = pos - design[:, free_orders:] @ smooth.T
         low = _batched_wls(design[:, :free_orders], weight, target)

@@ -20,6 +20,7 @@ from numba import njit
 
 from remedy_dask.errors import CalibrationError
 from remedy_dask.numeric.sortnet import median_network
+from remedy_dask.numeric.robust import mad_sigma
 
 HALF_WINDOW = 7  # rows gathered on each side of a fiber for the windowed centroid
 _LANES = 16  # lanes per window in the kernel's work arrays (>= 2 * HALF_WINDOW + 1)
@@ -282,6 +283,6 @@ def measure_trace_shift(image: np.ndarray, variance: np.ndarray | None, mask: np
         wgt = 1.0 / err[keep] ** 2
         mean = float(np.sum(wgt * s[keep]) / wgt.sum())
         chi = (s - mean) / err
-        scale = max(1.4826 * np.median(np.abs(chi - np.median(chi))), 1.0)
+        scale = max(mad_sigma(chi), 1.0)
         keep = np.abs(chi) < 4.0 * scale
     return mean

@@ -43,6 +43,8 @@ from remedy_dask.observation.psf import PSFLike, RadialPSF, dar_xy, evaluate_psf
 from remedy_dask.observation.detect.matched_filter import line_kernel, matched_filter_cube
 from remedy_dask.numeric.running_median import median_above, nanmedian_lastaxis, running_median
 from remedy_dask.observation.sources import extract_source
+from remedy_dask.numeric.peaks import parabola_vertex
+from remedy_dask.numeric.robust import MAD_TO_SIGMA
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 DEFAULT_THRESHOLD = 5.4  # matched-filter S/N
@@ -143,7 +145,7 @@ def _find_peaks(num: np.ndarray, den: np.ndarray, threshold: float, renormalize:
     noise_scale = 1.0
     if renormalize:
         sample = snr[covered][::7]
-        noise_scale = float(1.4826 * median_above(np.abs(sample - median_above(sample))))
+        noise_scale = float(MAD_TO_SIGMA * median_above(np.abs(sample - median_above(sample))))
         if not np.isfinite(noise_scale) or noise_scale <= 0:
             raise CalibrationError("detect_emission_lines: S/N cube has no scatter")
         snr /= noise_scale
@@ -191,14 +193,6 @@ def _merge_peaks(pos: np.ndarray, sn: np.ndarray, radius: float, dwave: float) -
         members = np.flatnonzero(group == gid)
         keep.append(members[np.argmax(sn[members])])
     return np.array(keep, dtype=int)
-
-
-def _parabolic(vm: float, v0: float, vp: float) -> float:
-    """Sub-pixel offset of the vertex of a parabola through three equally spaced values."""
-    denom = vm - 2.0 * v0 + vp
-    if not np.isfinite(denom) or denom >= 0:
-        return 0.0
-    return float(np.clip(0.5 * (vm - vp) / denom, -0.5, 0.5))
 
 
 def _fit_position(resid, ivar, fiber_x, fiber_y, psf, exposure, dxy, j0, x0, y0, g_kernel,
@@ -336,8 +330,8 @@ def detect_emission_lines(
     for k in keep:
         iy, ix, j0 = peaks[k]
         plane = snr[:, :, j0]
-        dx = _parabolic(*plane[iy, ix - 1 : ix + 2]) if 0 < ix < grid.nx - 1 else 0.0
-        dy = _parabolic(*plane[iy - 1 : iy + 2, ix]) if 0 < iy < grid.ny - 1 else 0.0
+        dx = parabola_vertex(*plane[iy, ix - 1 : ix + 2]) if 0 < ix < grid.nx - 1 else 0.0
+        dy = parabola_vertex(*plane[iy - 1 : iy + 2, ix]) if 0 < iy < grid.ny - 1 else 0.0
         x0, y0 = grid.to_arcsec(ix + dx, iy + dy)
         x0, y0 = _fit_position(resid, ivar, fiber_x, fiber_y, psf, exposure, dxy, j0,
                                float(x0), float(y0), g_kernel)
