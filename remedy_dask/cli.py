@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "config":
         from remedy_dask.config import load_config
 
-        print(load_config(args.config).to_yaml(), end="")
+        print(load_config(args.config).describe(), end="")
         return 0
     raise AssertionError(args.command)
 

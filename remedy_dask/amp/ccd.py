@@ -169,3 +169,9 @@ def smooth_master(master: np.ndarray, mask: np.ndarray | None = None, block: int
     model = (columns[None, :] + smooth).astype(np.float32)
     resid = (master - model)[good]
     return model, float(np.std(resid))
+
+
+def subtract_bias_dark(image: np.ndarray, bias: np.ndarray, dark_rate: np.ndarray,
+                       exptime: float) -> np.ndarray:
+    """``image - bias - dark_rate * exptime`` (electrons; dark rate in e-/s)."""
+    return image - bias - dark_rate * exptime

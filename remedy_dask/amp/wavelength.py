@@ -346,3 +346,13 @@ def measure_wavelength_shift(spectra: np.ndarray, wavelength: np.ndarray,
     """
     return fit_wavelength_shift(spectra, wavelength, mask, lines, error=error, lsf_fwhm=lsf_fwhm,
                                 min_snr=min_snr, per_line=False).shift
+
+
+def shifted_wavelength(wavelength: np.ndarray, shift: float) -> np.ndarray:
+    """The wavelengths of a frame whose features moved by ``shift`` columns from the
+    calibration: wavelength_sci(x) = wavelength_cal(x - shift), linear along columns."""
+    ncol = wavelength.shape[1]
+    x = np.arange(ncol) - shift
+    i0 = np.clip(np.floor(x).astype(int), 0, ncol - 2)
+    frac = x - i0
+    return wavelength[:, i0] * (1 - frac) + wavelength[:, i0 + 1] * frac

@@ -37,6 +37,7 @@ import h5py
 import numpy as np
 
 from remedy_dask import __version__
+from remedy_dask.io.jsonable import jsonable
 from remedy_dask.errors import InputFileError
 
 FORMAT_VERSION = "1.0"
@@ -119,7 +120,7 @@ def write_calibration(
             g.attrs.update(
                 specid=cal.specid, ifuid=cal.ifuid, ifuslot=cal.ifuslot, amp=cal.amp,
                 contid=cal.contid, read_noise=cal.read_noise, status=cal.status,
-                flags=json.dumps(cal.flags), qa=json.dumps(_jsonable(cal.qa)),
+                flags=json.dumps(cal.flags), qa=json.dumps(jsonable(cal.qa, nonfinite_as_null=True)),
             )
             g.attrs["read_noise_units"] = "electron"
             for name, values in cal.arrays.items():
@@ -159,7 +160,7 @@ def amend_amp(path: str | Path, key: str, arrays: dict[str, np.ndarray],
         for name, values in arrays.items():
             _write_array(g, name, values)
         if qa:
-            g.attrs["qa"] = json.dumps(_jsonable({**json.loads(g.attrs["qa"]), **qa}))
+            g.attrs["qa"] = json.dumps(jsonable({**json.loads(g.attrs["qa"]), **qa}, nonfinite_as_null=True))
         if failed:
             g.attrs["status"] = "failed"
             g.attrs["flags"] = json.dumps(json.loads(g.attrs["flags"]) + [failed])
@@ -179,20 +180,6 @@ def merge_parts(parts: list[Path], path: str | Path, attrs: dict[str, Any] | Non
                     src.copy(src[key], out, name=key)
     os.replace(tmp, path)
     return path
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 def list_amps(path: str | Path) -> list[str]:

@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 
 from remedy_dask import __version__, geometry
+from remedy_dask.io.jsonable import jsonable
 
 FLUX_UNITS = "1e-17 erg / (s cm2 Angstrom)"
 LINE_FLUX_UNITS = "1e-17 erg / (s cm2)"
@@ -98,9 +99,10 @@ def observation_path(outdir: str | Path, date: str, obs: int) -> Path:
 
 
 def _plain(value: Any) -> Any:
+    """An HDF5 attribute value: a scalar as it is, anything else as JSON text."""
     if isinstance(value, (str, int, float, np.integer, np.floating)):
         return value
-    return json.dumps(value, default=str)
+    return json.dumps(jsonable(value), default=str)
 
 
 class ObservationWriter:

@@ -326,3 +326,10 @@ def fit_astrometry(
         used=used, ra0_err=sigma_axis / np.sqrt(n), dec0_err=sigma_axis / np.sqrt(n),
         rotation_err=float(np.rad2deg(sigma_axis / np.sqrt(max(spread, 1e-12)))),
     )
+
+
+def dar_on_sky(dar: np.ndarray, rotation: float) -> tuple[np.ndarray, np.ndarray]:
+    """DAR offsets (arcsec east, north): the focal-plane x offsets ``dar`` rotated to the sky
+    by the field rotation (degrees)."""
+    r = np.deg2rad(rotation)
+    return -np.cos(r) * dar, -np.sin(r) * dar
