@@ -185,7 +185,7 @@ def _isolated(catalog: Catalog, idx: np.ndarray, x: np.ndarray, y: np.ndarray,
 
 def fit_psf(cutouts: list[dict[str, Any] | None], cond: Conditions) -> dict[str, Any]:
     """Fan-in: FWHM per exposure and relative exposure throughput from the field stars."""
-    from remedy_dask.observation.psf import fit_seeing
+    from remedy_dask.observation.seeing import fit_seeing
 
     cutouts = [c for c in cutouts if c is not None]
     fallback = {"fwhm": cond.fwhm_guider.tolist(), "norm": [1.0] * len(cond.exposures),
