@@ -64,6 +64,60 @@ def _reject_pass(data, model, w, v0c, rmin, rmax, poisson, profile_error, sig2, 
 
 
 @njit(cache=True, nogil=True)
+def _ring_buffers(ring, nf, nwin, n_rows, band):  # pragma: no cover - compiled
+    """Per-column state kept for the ``ring`` columns between stage 1 and stage 2: profiles,
+    their row ranges and totals, coverage, row limits, and the stage-1 solution (reused by
+    stage 2 when its weights are unchanged)."""
+    prof = np.zeros((ring, nf, nwin))
+    r0 = np.zeros((ring, nf), np.int64)
+    nr = np.zeros((ring, nf), np.int64)
+    tot = np.zeros((ring, nf))
+    cov = np.zeros((ring, n_rows))
+    rlim = np.zeros((ring, 2), np.int64)
+    f1 = np.zeros((ring, nf))
+    lb1 = np.zeros((ring, nf, band + 1))
+    model1 = np.zeros((ring, n_rows))
+    return prof, r0, nr, tot, cov, rlim, f1, lb1, model1
+
+
+@njit(cache=True, nogil=True)
+def _row_buffers(n_rows):  # pragma: no cover - compiled
+    """Per-row work arrays of one column: weights, v0, model, model flux, squared pulls, a
+    scratch buffer, bad rows."""
+    return (np.zeros(n_rows), np.zeros(n_rows), np.zeros(n_rows), np.zeros(n_rows),
+            np.zeros(n_rows), np.zeros(n_rows), np.zeros(n_rows, np.bool_))
+
+
+@njit(cache=True, nogil=True)
+def _fiber_buffers(nf, band):  # pragma: no cover - compiled
+    """Per-fiber work arrays: banded normal matrix, its Cholesky factor and inverse diagonal,
+    right-hand side, intermediate and final solution, model flux."""
+    return (np.zeros((nf, band + 1)), np.zeros((nf, band + 1)), np.zeros((nf, band + 1)),
+            np.zeros(nf), np.zeros(nf), np.zeros(nf), np.zeros(nf))
+
+
+@njit(cache=True, nogil=True)
+def _stage1_fit(data, w, v0c, prof_s, r0_s, nr_s, rmin, rmax, band, nb, lb, rhs, y, f, model,
+                wp, z2, rejected_c, do_reject, max_iter, poisson, profile_error, sig2, rel2
+                ):  # pragma: no cover - compiled
+    """Stage-1 fit of one column, refitted after each rejection pass (at most ``max_iter``);
+    returns the number of pixels rejected."""
+    n_new = 0
+    for it in range(max_iter + 1):
+        fit_column(data, w, prof_s, r0_s, nr_s, rmin, rmax, band, nb, lb, rhs, y, f, model, wp)
+        if not do_reject or it == max_iter:
+            break
+        if not any_outlier(data, model, w, v0c, rmin, rmax, poisson, profile_error, sig2):
+            break
+        new = _reject_pass(data, model, w, v0c, rmin, rmax, poisson, profile_error, sig2, rel2,
+                           z2, rejected_c)
+        n_new += new
+        if new == 0:
+            break
+    return n_new
+
+
+@njit(cache=True, nogil=True)
 def _lost_fraction(w, prof_s, r0_s, nr_s, tot_s, k, any_zero):  # pragma: no cover - compiled
     """Fraction of fiber k's profile on rows of zero weight (1 without profile)."""
     gone = 0.0
@@ -163,6 +217,18 @@ def _reject_tracks(data, trace, c2, prof_s, r0_s, nr_s, tot_s, lost1, flux1, fvk
 
 
 @njit(cache=True, nogil=True)
+def _stage2_weights(badc, cov_s, v0c, vflux, poisson, rmin, rmax, w):  # pragma: no cover
+    """Stage-2 weights: 1 / (v0 + model) with ``poisson``, else 1 / v0; 0 on bad rows."""
+    for r in range(_U(rmin), _U(rmax + 1)):
+        if badc[r] or cov_s[r] <= 0.0:
+            w[r] = 0.0
+        elif poisson:
+            w[r] = 1.0 / (v0c[r] + max(vflux[r], 0.0))
+        else:
+            w[r] = 1.0 / v0c[r]
+
+
+@njit(cache=True, nogil=True)
 def _store_column(c2, f, zb, data, model, vflux, v0c, badc, n_bad, prof_s, r0_s, nr_s, tot_s,
                   trace, poisson, profile_error, chi2_half, flux, var_out, chi2, lost
                   ):  # pragma: no cover - compiled
@@ -221,36 +287,15 @@ def extract_amp(
     nf = trace.shape[0]
     nwin = int(np.ceil(2.0 * half_width)) + 2
     ring = 3
-    prof = np.zeros((ring, nf, nwin))
-    r0 = np.zeros((ring, nf), np.int64)
-    nr = np.zeros((ring, nf), np.int64)
-    tot = np.zeros((ring, nf))
-    cov = np.zeros((ring, n_rows))
-    rlim = np.zeros((ring, 2), np.int64)
-    # stage-1 solution of each ring column, reused by stage 2 when its weights are unchanged
-    f1 = np.zeros((ring, nf))
-    lb1 = np.zeros((ring, nf, band + 1))
-    model1 = np.zeros((ring, n_rows))
+    prof, r0, nr, tot, cov, rlim, f1, lb1, model1 = _ring_buffers(ring, nf, nwin, n_rows, band)
     tcol = np.zeros((tables.shape[1], tables.shape[2]))
     wp = np.zeros((nf, nwin))
-    w = np.zeros(n_rows)
-    v0c = np.zeros(n_rows)
-    model = np.zeros(n_rows)
-    vflux = np.zeros(n_rows)
-    z2 = np.zeros(n_rows)
-    buf = np.zeros(n_rows)
-    badc = np.zeros(n_rows, np.bool_)
-    nb = np.zeros((nf, band + 1))
-    lb = np.zeros((nf, band + 1))
-    zb = np.zeros((nf, band + 1))
-    rhs = np.zeros(nf)
-    y = np.zeros(nf)
-    f = np.zeros(nf)
+    w, v0c, model, vflux, z2, buf, badc = _row_buffers(n_rows)
+    nb, lb, zb, rhs, y, f, fvk = _fiber_buffers(nf, band)
     sg = np.array([-3.0, 12.0, 17.0, 12.0, -3.0]) / 35.0
     n_rej = np.zeros(n_cols, np.int64)
     flux1 = np.zeros((nf, n_cols))
     lost1 = np.zeros((nf, n_cols))
-    fvk = np.zeros(nf)
     run_stage1 = do_reject or poisson
     sig2 = reject_sigma * reject_sigma
     rel2 = reject_rel * reject_rel
@@ -267,21 +312,10 @@ def extract_amp(
             if run_stage1 or do_reject:
                 fill_column(v0, block, c, v0c)
             if run_stage1 and rmax >= 0:
-                data = image[c]
                 n_masked = _stage1_weights(bad[c], cov[s], v0c, w, rmin, rmax)
-                for it in range(max_iter + 1):
-                    fit_column(data, w, prof[s], r0[s], nr[s], rmin, rmax, band, nb, lb, rhs, y,
-                               f, model, wp)
-                    if not do_reject or it == max_iter:
-                        break
-                    if not any_outlier(data, model, w, v0c, rmin, rmax, poisson,
-                                       profile_error, sig2):
-                        break
-                    new = _reject_pass(data, model, w, v0c, rmin, rmax, poisson, profile_error,
-                                       sig2, rel2, z2, rejected[c])
-                    n_rej[c] += new
-                    if new == 0:
-                        break
+                n_rej[c] += _stage1_fit(image[c], w, v0c, prof[s], r0[s], nr[s], rmin, rmax,
+                                        band, nb, lb, rhs, y, f, model, wp, z2, rejected[c],
+                                        do_reject, max_iter, poisson, profile_error, sig2, rel2)
                 for kk in range(nf):
                     k = _U(kk)
                     flux1[k, c] = f[k]
@@ -320,13 +354,7 @@ def extract_amp(
         else:
             if not (poisson or do_reject):
                 fill_column(v0, block, c2, v0c)
-            for r in range(_U(rmin), _U(rmax + 1)):
-                if badc[r] or cov[s, r] <= 0.0:
-                    w[r] = 0.0
-                elif poisson:
-                    w[r] = 1.0 / (v0c[r] + max(vflux[r], 0.0))
-                else:
-                    w[r] = 1.0 / v0c[r]
+            _stage2_weights(badc, cov[s], v0c, vflux, poisson, rmin, rmax, w)
             fit_column(data, w, prof[s], r0[s], nr[s], rmin, rmax, band, nb, lb, rhs, y, f,
                        model, wp)
         band_inverse_diagonal(lb, zb, band)
