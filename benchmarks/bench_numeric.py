@@ -21,12 +21,10 @@ import time  # noqa: E402
 import bottleneck as bn  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
-from scipy.ndimage import median_filter  # noqa: E402
 
 from remedy_dask.exposure.fiberflat import apply_fiber_to_fiber  # noqa: E402
 from remedy_dask.numeric.quickselect import select_kth  # noqa: E402
 from remedy_dask.numeric.rowstats import nanmedian_cols, nanmedian_rows  # noqa: E402
-from remedy_dask.numeric.running_median import running_median  # noqa: E402
 from remedy_dask.numeric.sortnet import median_network, sort_lanes  # noqa: E402
 
 
@@ -57,7 +55,6 @@ def cases(rng: np.random.Generator) -> list[tuple[str, str, object, object]]:
     nanflux = np.where(mask, np.nan, flux)
     cols = np.arange(200, 900)
     rows = np.flatnonzero(rng.random(n_fib) < 0.3)
-    spectra = rng.normal(size=(448, n_wave))
     tiles = rng.normal(size=(4096, 64 * 64))
     windows = rng.normal(size=(9, 112 * 1032))
     pairs = median_network(9)
@@ -86,12 +83,6 @@ def cases(rng: np.random.Generator) -> list[tuple[str, str, object, object]]:
          lambda: nanmedian_cols(flux, mask, rows), lambda: bn.nanmedian(nanflux[rows], axis=0)),
         ("rowstats.nanmedian_cols", "np.nanmedian(axis=0)",
          lambda: nanmedian_cols(flux, mask, rows), lambda: np.nanmedian(nanflux[rows], axis=0)),
-        ("running_median (448 x 1036, window 201)", "bottleneck.move_median",
-         lambda: running_median(spectra, 201),
-         lambda: bn.move_median(spectra, 201, axis=1)[:, 200:]),
-        ("running_median", "scipy.ndimage.median_filter",
-         lambda: running_median(spectra, 201),
-         lambda: median_filter(spectra, size=(1, 201), mode="nearest")[:, 100:-100]),
         ("quickselect.select_kth (4096 tiles of 4096)", "np.partition",
          lambda: _tile_quantiles(tiles, 200), lambda: np.partition(tiles, 200, axis=1)[:, 200]),
         ("sortnet.sort_lanes median of 9 (115584 lanes)", "np.median(axis=0)",
