@@ -156,3 +156,18 @@ def test_every_setting_has_a_description():
             assert f.metadata.get("doc"), f"{section.name}.{f.name} has no description"
             assert f"  {f.name}: " in text
     assert "astrometry_gmag_range: [14.0, 21.5]  # g range" in text
+
+
+def test_store_read_rows_returns_one_ifu_block(tmp_path):
+    import xarray as xr
+
+    from remedy_dask.io import store
+
+    slots = np.array([47, 47, 48, 48, 48], np.int32)
+    flux = np.arange(10.0, dtype=np.float32).reshape(5, 2)
+    ds = xr.Dataset({"ifuslot": ("fiber", slots), "flux": (("fiber", "wave"), flux)})
+    store.write_dataset(tmp_path, 1, "sky", ds, "key")
+    rows = store.read_rows(tmp_path, 1, "sky", "ifuslot", 48, ("flux", "ifuslot"))
+    np.testing.assert_array_equal(rows["flux"], flux[2:])
+    np.testing.assert_array_equal(rows["ifuslot"], [48, 48, 48])
+    assert store.read_rows(tmp_path, 1, "sky", "ifuslot", 57, ("flux",)) is None
