@@ -1,10 +1,9 @@
 """Medians: a running median along rows, a NaN-aware median along the last axis, and the
 median of a large array by bracketing.
 
-The running median of an odd window is bottleneck's ``move_median`` (a double heap, as fast as
-the compiled sorted-window kernel it replaced at the window the detection uses, 1.5x faster at
-wide windows: docs/benchmarks.md); an even window takes the upper of the two middle values, as
-:func:`scipy.ndimage.median_filter` does.
+The running median of an odd window is bottleneck's ``move_median`` (a double heap; no
+compiled kernel beats it, docs/benchmarks.md); an even window takes the upper of the two middle
+values, as :func:`scipy.ndimage.median_filter` does.
 """
 
 from __future__ import annotations

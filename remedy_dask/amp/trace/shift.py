@@ -5,11 +5,10 @@ Gaussian-windowed centroids (the estimator of :func:`remedy_dask.amp.trace.fit.w
 pixel-phase bias) of every fiber in every other column chunk, on the unbinned pixels, after
 replacing masked pixels and cosmic rays by the chunk's median fiber profile.
 
-Speed (~5 ms per amp on one idle core, 4-5x the numpy version it replaced, same shifts to
-1e-8 px): one compiled pass per fiber gathers its windows (15 rows x a chunk's columns, stored
+Speed (~5 ms per amp on one idle core, 4-5x a numpy formulation, same shifts to 1e-8 px): one
+compiled pass per fiber gathers its windows (15 rows x a chunk's columns, stored
 [column, chunk * 16 + row] so that the rows of all chunks are SIMD lanes), replaces the outliers
-in float32 as the numpy version did (medians over the columns by a sorting network run
-on all lanes at once) and runs the centroids' Newton steps in float64 with the Gaussian window
+in float32 (medians over the columns by a sorting network run on all lanes at once) and runs the centroids' Newton steps in float64 with the Gaussian window
 factorised into per-row and per-column exponentials (no exp per pixel).
 """
 
