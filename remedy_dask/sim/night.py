@@ -81,6 +81,43 @@ def _check_inputs(date: str, ifuslots: Sequence[int], n_workers: int) -> tuple[i
     return slots
 
 
+def _checked_plan(date: str, slots: tuple[int, ...], seed: int, science_obs: int,
+                  cfg: SimConfig, kinds: tuple[str, ...]) -> NightPlan:
+    """The night plan; ConfigError for unknown kinds, a bad plan or a drawn wavelength solution
+    that misses the detector (checked before any rendering)."""
+    unknown = set(kinds) - set(geometry.FRAME_KINDS)
+    if unknown:
+        raise ConfigError(f"unknown frame kinds {sorted(unknown)}")
+    try:
+        plan = make_plan(date, slots, seed, science_obs, cfg, kinds)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    for s in slots:
+        for amp in geometry.AMPS:
+            try:
+                check_coverage(make_amp_model(plan, s, amp))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+    return plan
+
+
+def _render_all(plan: NightPlan, tasks: list[tuple[int, str]], out: Path, truth_file: Path,
+                n_workers: int) -> None:
+    """Render and write every amp (in a spawn-based pool if ``n_workers`` > 1) and the truth."""
+    with h5py.File(truth_file, "w") as h5:
+        truth.write_global(h5, plan, list(plan.frames))
+        if n_workers == 1:
+            for s, amp in tasks:
+                truth.write_amp(h5, simulate_amp(plan, s, amp, str(out)))
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
+                results = pool.map(simulate_amp, [plan] * len(tasks), [t[0] for t in tasks],
+                                   [t[1] for t in tasks], [str(out)] * len(tasks))
+                for record in results:
+                    truth.write_amp(h5, record)
+
+
 def simulate_night(out: str | Path, date: str = "20190822",
                    ifuslots: Sequence[int] = (47, 48, 57, 58), seed: int = 1, tar: bool = False,
                    science_obs: int = 7, config: SimConfig | None = None, n_workers: int = 1,
@@ -96,21 +133,7 @@ def simulate_night(out: str | Path, date: str = "20190822",
     slots = _check_inputs(date, ifuslots, n_workers)
     kinds = tuple(kinds) if kinds is not None else ("sci",) if science_only \
         else geometry.FRAME_KINDS
-    unknown = set(kinds) - set(geometry.FRAME_KINDS)
-    if unknown:
-        raise ConfigError(f"unknown frame kinds {sorted(unknown)}")
-    try:
-        plan = make_plan(date, slots, seed, science_obs, cfg, kinds)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-    for s in slots:  # fail fast, before any rendering, if a drawn solution misses the range
-        for amp in geometry.AMPS:
-            try:
-                check_coverage(make_amp_model(plan, s, amp))
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-
+    plan = _checked_plan(date, slots, seed, science_obs, cfg, kinds)
     out = Path(out)
     raw_root = out / "raw"
     virus_dir = raw_root / date / "virus"
@@ -132,18 +155,7 @@ def simulate_night(out: str | Path, date: str = "20190822",
     tasks = [(s, amp) for s in sorted(slots) for amp in geometry.AMPS]
     truth_file = truth_dir / truth.TRUTH_FILE
     t1 = time.perf_counter()
-    with h5py.File(truth_file, "w") as h5:
-        truth.write_global(h5, plan, list(plan.frames))
-        if n_workers == 1:
-            for s, amp in tasks:
-                truth.write_amp(h5, simulate_amp(plan, s, amp, str(out)))
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
-                results = pool.map(simulate_amp, [plan] * len(tasks), [t[0] for t in tasks],
-                                   [t[1] for t in tasks], [str(out)] * len(tasks))
-                for record in results:
-                    truth.write_amp(h5, record)
+    _render_all(plan, tasks, out, truth_file, n_workers)
     seconds["render"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()

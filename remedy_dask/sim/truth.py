@@ -121,7 +121,15 @@ def write_global(h5: h5py.File, plan: NightPlan, frames_written: list[Frame]) ->
     h5.attrs["ifuslots"] = np.array(plan.ifuslots)
     h5.attrs["science_obs"] = plan.science_obs
     h5.attrs["config_json"] = json.dumps(dataclasses.asdict(cfg), default=str)
+    _write_astrometry(h5, plan)
+    _write_exposures(h5, plan)
+    conv = _write_sky(h5, plan)
+    _write_models(h5, plan, conv)
+    _write_sources(h5, plan)
+    _write_ifus_and_frames(h5, plan, frames_written)
 
+
+def _write_astrometry(h5: h5py.File, plan: NightPlan) -> None:
     g = h5.create_group("astrometry")
     for key, val in {"ra": plan.ra0, "dec": plan.dec0, "rotation": plan.rotation,
                      "parangle": plan.parangle,
@@ -133,6 +141,9 @@ def write_global(h5: h5py.File, plan: NightPlan, frames_written: list[Frame]) ->
     g.attrs["header_offset_east_arcsec"] = float(np.rad2deg(xi) * 3600)
     g.attrs["header_offset_north_arcsec"] = float(np.rad2deg(eta) * 3600)
 
+
+def _write_exposures(h5: h5py.File, plan: NightPlan) -> None:
+    cfg = plan.config
     n = plan.n_sci
     g = h5.create_group("exposures")
     g["transparency"] = plan.transparency
@@ -148,6 +159,10 @@ def write_global(h5: h5py.File, plan: NightPlan, frames_written: list[Frame]) ->
     g["guider_iq"] = np.array([v[2] for v in gv]).reshape(n, -1)
     g["area_cm2"] = np.full(n, cfg.area_cm2)
 
+
+def _write_sky(h5: h5py.File, plan: NightPlan) -> np.ndarray:
+    """The sky truth; returns the flux-to-counts conversion of each exposure on DEF_WAVE."""
+    cfg, n = plan.config, plan.n_sci
     wave = geometry.DEF_WAVE
     g = h5.create_group("sky")
     g["wave"] = wave
@@ -170,7 +185,11 @@ def write_global(h5: h5py.File, plan: NightPlan, frames_written: list[Frame]) ->
     g["e_per_A_fiber"] = np.array(e_fiber).reshape(n, -1)
     g["flam_convolved"] = (g["e_per_A_fiber"][()] / conv / spectra.FIBER_AREA_ARCSEC2 / 1e-17
                            if n else np.zeros((0, wave.size)))
+    return conv
 
+
+def _write_models(h5: h5py.File, plan: NightPlan, conv: np.ndarray) -> None:
+    cfg, wave = plan.config, geometry.DEF_WAVE
     g = h5.create_group("flux_to_counts")
     g["wave"] = wave
     g["e_per_A_per_flam17"] = conv * 1e-17
@@ -189,6 +208,9 @@ def write_global(h5: h5py.File, plan: NightPlan, frames_written: list[Frame]) ->
     g["wave"] = wave
     g["offset_x"] = geometry.dar_offsets(wave)
 
+
+def _write_sources(h5: h5py.File, plan: NightPlan) -> None:
+    wave = geometry.DEF_WAVE
     st = plan.stars
     g = h5.create_group("stars")
     for key in ("ra", "dec", "fx", "fy", "g", "teff", "flam_scale", "grizy", "cat_ra",
@@ -200,6 +222,8 @@ def write_global(h5: h5py.File, plan: NightPlan, frames_written: list[Frame]) ->
     for key, val in plan.lines.items():
         g[key] = val
 
+
+def _write_ifus_and_frames(h5: h5py.File, plan: NightPlan, frames_written: list[Frame]) -> None:
     g = h5.create_group("ifus")
     slots = sorted(plan.ifuslots)
     g["ifuslot"] = np.array(slots)
