@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         from remedy_dask.config import load_config
 
-        print(load_config(args.config).to_yaml(), end="")
+        print(load_config(args.config).describe(), end="")
         return 0
     if args.command == "sbatch":
         return _run_sbatch(args)

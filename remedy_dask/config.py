@@ -17,53 +17,91 @@ from typing import Any
 
 import yaml
 
+from remedy_dask import geometry
 from remedy_dask.errors import ConfigError
+
+
+def setting(default: Any, doc: str) -> Any:
+    """A configuration field with its one-line description (printed by ``config show``)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: [list(v) if isinstance(v, (list, tuple)) else v
+                                              for v in default], metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
 
 
 @dataclass
 class CalibrationConfig:
     """Parameters of ``remedy-dask calibrate``."""
 
-    min_bias_frames: int = 3
-    min_dark_frames: int = 1
-    min_flat_frames: int = 1
-    min_twilight_frames: int = 1
-    combine: str = "median"
-    dead_fiber_threshold: float = 0.5  # relative throughput below which a fiber is dead
-    illumination_degree: int = 1  # 2-D polynomial of the twilight illumination across the focal plane
+    min_bias_frames: int = setting(3, "fewest usable bias frames per amp")
+    min_dark_frames: int = setting(1, "fewest usable dark frames per amp")
+    min_flat_frames: int = setting(1, "fewest usable flat frames per amp")
+    min_twilight_frames: int = setting(1, "fewest usable twilight frames per amp")
+    combine: str = setting("median", "how frames are combined into a master")
+    dead_fiber_threshold: float = setting(
+        0.5, "relative throughput below which a fiber is dead")
+    illumination_degree: int = setting(
+        1, "degree of the 2-D polynomial of the twilight illumination across the focal plane")
 
 
 @dataclass
 class ReductionConfig:
     """Parameters of the per-amplifier chain and the per-exposure fan-in."""
 
-    extraction: str = "optimal"  # "optimal" or "aperture" (Remedy's 5-pixel weighted aperture)
-    aperture_half_width: float = 2.5
-    subtract_scattered_light: bool = True
-    measure_trace_shift: bool = True
-    measure_wavelength_shift: bool = True
-    wave_shift_pooling: str = "ccd"  # "ccd": combine the two amps of a CCD; "amp": each alone
-    wave_shift_ccd_differential_px: float = 0.005  # rms shift difference of a CCD's two halves
-    wave_shift_ccd_max_trace_difference_px: float = 0.02  # halves moved alike: pool only then
-    mask_bad_pixels: bool = True  # NaN the masked pixels in the products
-    quick_sky: bool = False  # global sky only, no smooth per-amp residual model
-    chi2_threshold: float = 5.0
-    max_masked_fiber_fraction: float = 0.2
-    max_masked_amp_fraction: float = 0.2
+    extraction: str = setting(
+        "optimal", "'optimal' or 'aperture' (Remedy's 5-pixel weighted aperture)")
+    aperture_half_width: float = setting(2.5, "half width (pixels) of the aperture extraction")
+    subtract_scattered_light: bool = setting(True, "model and subtract the scattered light")
+    measure_trace_shift: bool = setting(True, "measure each frame's trace offset")
+    measure_wavelength_shift: bool = setting(
+        True, "measure each frame's wavelength shift on the night-sky lines")
+    wave_shift_pooling: str = setting(
+        "ccd", "'ccd': combine the wavelength shifts of a CCD's two amps; 'amp': each alone")
+    wave_shift_ccd_differential_px: float = setting(
+        0.005, "rms wavelength-shift difference (px) of a CCD's two halves")
+    wave_shift_ccd_max_trace_difference_px: float = setting(
+        0.02, "pool a CCD's shifts only if its halves' traces moved alike within this (px)")
+    quick_sky: bool = setting(False, "global sky only, no smooth per-amp residual model")
+    chi2_threshold: float = setting(5.0, "extraction chi2 above which a pixel is masked")
+    max_masked_fiber_fraction: float = setting(
+        0.2, "a fiber with a larger masked fraction is masked whole")
+    max_masked_amp_fraction: float = setting(
+        0.2, "an amp with a larger masked fraction is masked whole")
 
 
 @dataclass
 class ObservationConfig:
     """Parameters of astrometry, flux calibration, sources, detections and cubes."""
 
-    dither_pattern: list[list[float]] = field(
-        default_factory=lambda: [[0.0, 0.0], [1.215, -0.70], [1.215, 0.70]]
-    )
-    catalog_radius_deg: float = 0.25
-    detect: bool = True
-    detection_threshold: float = 5.4  # matched-filter S/N: ~0.3 false detections per IFU
-    make_cube: bool = True
-    cube_pixscale: float = 0.5  # arcsec
+    dither_pattern: list[list[float]] = setting(
+        [list(offset) for offset in geometry.DITHER_PATTERN],
+        "dither offsets (arcsec, IFU frame) of the exposures")
+    catalog_radius_deg: float = setting(0.25, "radius (deg) of the Pan-STARRS query")
+    astrometry_gmag_range: list[float] = setting(
+        [14.0, 21.5], "g range of the catalogue stars matched for the astrometry")
+    astrometry_match_radii: list[float] = setting(
+        [8.0, 2.0], "match radii (arcsec) of the successive astrometric fits")
+    astrometry_refine_clip: float = setting(
+        3.5, "clip (sigma) of the astrometric refinement on PSF-fitted positions")
+    astrometry_refine_floor: float = setting(
+        0.01, "floor (arcsec) of the residual scale of that refinement")
+    psf_star_gmax: float = setting(19.5, "faintest g of the stars of the PSF fit")
+    psf_star_radius: float = setting(4.5, "fibers within this (arcsec) of a star enter the PSF fit")
+    psf_star_half_size: float = setting(
+        22.0, "PSF stars within this (arcsec) of the IFU centre in x and y")
+    psf_isolation_radius: float = setting(
+        4.0, "a PSF star needs no catalogue neighbour within this (arcsec) ...")
+    psf_isolation_dmag: float = setting(4.0, "... that is less than this (mag) fainter")
+    source_gmax: float = setting(23.0, "faintest g of the catalogue sources extracted")
+    source_half_size: float = setting(
+        26.0, "sources within this (arcsec) of the IFU centre in x and y are extracted")
+    photometry_gmag_range: list[float] = setting(
+        [15.0, 19.0], "g range of the stars of the photometric offset")
+    detect: bool = setting(True, "search for emission lines")
+    detection_threshold: float = setting(
+        5.4, "matched-filter S/N of a detection (~0.3 false detections per IFU)")
+    make_cube: bool = setting(True, "write the data cube of the target IFU")
+    cube_pixscale: float = setting(0.5, "cube pixel size (arcsec)")
 
 
 @dataclass
@@ -79,6 +117,17 @@ class PipelineConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def describe(self) -> str:
+        """The effective values as YAML, each with its description as a comment."""
+        lines = []
+        for section in dataclasses.fields(self):
+            lines.append(f"{section.name}:")
+            for f in dataclasses.fields(getattr(self, section.name)):
+                value = yaml.safe_dump(getattr(getattr(self, section.name), f.name),
+                                       default_flow_style=True).strip().removesuffix("\n...")
+                lines.append(f"  {f.name}: {value}  # {f.metadata.get('doc', '')}")
+        return "\n".join(lines) + "\n"
 
     def section_hash(self, name: str) -> str:
         """Stable short hash of one section: part of the key of resumable intermediates."""

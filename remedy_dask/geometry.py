@@ -1,6 +1,6 @@
 """VIRUS instrument geometry and published constants shared by the reduction and the simulator.
 
-Everything here is a published fact about VIRUS / HET (see shared/virus-raw-format.md) or a
+Everything here is a published fact about VIRUS / HET (the raw layout is read by ``io/raw.py``) or a
 convention of this project.  Conventions used across the whole package:
 
 * An *oriented amp image* is a (1032, 1032) array after overscan trim and the orientation flips:
@@ -90,15 +90,6 @@ def ccd_partner(amp: str) -> str:
 def fiber_ids(amp: str) -> np.ndarray:
     """IFU fiber IDs (1..448) of the 112 fibers of ``amp``, in order of increasing row."""
     return FIBER_ID_OFFSET[amp] - np.arange(N_FIBERS_AMP)
-
-
-def amp_of_fiber_id(fiber_id: int) -> tuple[str, int]:
-    """Inverse of :func:`fiber_ids`: the amp and row-order index k of an IFU fiber ID."""
-    for amp, offset in FIBER_ID_OFFSET.items():
-        k = offset - fiber_id
-        if 0 <= k < N_FIBERS_AMP:
-            return amp, int(k)
-    raise ValueError(f"fiber id {fiber_id} is outside 1..448")
 
 
 def ifu_fiber_layout() -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,8 @@ from remedy_dask.geometry import (
     focal_to_sky,
     ifu_fiber_layout,
 )
-from remedy_dask.observation.psf import fit_seeing, moffat_alpha
+from remedy_dask.observation.psf import moffat_alpha
+from remedy_dask.observation.seeing import fit_seeing
 
 R = FIBER_DIAMETER / 2.0
 RA0, DEC0, ROT = 215.31, 53.12, 123.456

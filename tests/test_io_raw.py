@@ -1,6 +1,6 @@
 """Raw VIRUS frame discovery and reading (folders and tars), header parsing, bad inputs.
 
-Every frame is built here with astropy, following shared/virus-raw-format.md.
+Every frame is built here with astropy, following the raw layout of docs/design.md (Conventions).
 """
 
 from __future__ import annotations

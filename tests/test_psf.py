@@ -9,10 +9,10 @@ from remedy_dask.observation.psf import (
     RadialPSF,
     evaluate_psf,
     fiber_integrated_moffat,
-    fit_seeing,
     moffat_alpha,
     moffat_enclosed,
 )
+from remedy_dask.observation.seeing import fit_seeing
 
 R = FIBER_DIAMETER / 2.0
 

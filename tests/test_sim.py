@@ -1,5 +1,5 @@
 """Tests of the virtual instrument (remedy_dask.sim): layout, headers, orientation, physics
-bookkeeping, determinism and truth.  Readers here are written from virus-raw-format.md directly
+bookkeeping, determinism and truth.  Readers here are written from the raw layout (docs/design.md) directly
 (the test re-implements the documented rules rather than calling the simulator's helpers)."""
 
 from __future__ import annotations

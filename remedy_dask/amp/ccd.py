@@ -118,17 +118,17 @@ def column_offsets(columns: np.ndarray, rest: np.ndarray, keep_sigma: float = 5.
     the pattern variance being the robust spread of the columns minus the noise: ~1 for a real
     pattern (bias), ~0 for noise alone (dark).  Columns beyond ``keep_sigma`` of that spread
     (hot or warm columns) are kept as measured."""
-    from remedy_dask.amp.masters import mad_sigma
+    from remedy_dask.numeric.robust import mad_sigma
 
     finite = rest[np.isfinite(rest)]
     if finite.size < 100:
         return columns
-    sigma_pix = mad_sigma(finite, max_samples=200_000)
+    sigma_pix = float(mad_sigma(finite, max_samples=200_000))
     n_rows = np.maximum(np.isfinite(rest).sum(axis=0), 1)
     noise = 1.2533 * sigma_pix / np.sqrt(n_rows)
     centre = float(np.median(columns))
     dev = columns - centre
-    spread = mad_sigma(columns)  # pattern + noise, robust to hot columns
+    spread = float(mad_sigma(columns, max_samples=150_000))  # pattern + noise, robust to hot columns
     signal_var = max(spread**2 - float(np.median(noise**2)), 0.0)
     gain = signal_var / (signal_var + noise**2)
     outlier = np.abs(dev) > keep_sigma * np.sqrt(signal_var + noise**2)
@@ -169,3 +169,9 @@ def smooth_master(master: np.ndarray, mask: np.ndarray | None = None, block: int
     model = (columns[None, :] + smooth).astype(np.float32)
     resid = (master - model)[good]
     return model, float(np.std(resid))
+
+
+def subtract_bias_dark(image: np.ndarray, bias: np.ndarray, dark_rate: np.ndarray,
+                       exptime: float) -> np.ndarray:
+    """``image - bias - dark_rate * exptime`` (electrons; dark rate in e-/s)."""
+    return image - bias - dark_rate * exptime

@@ -63,16 +63,7 @@ def spectral_mask(
         counts[rule] = int(np.count_nonzero(new & ~mask))
         mask[...] |= new
 
-    c = np.where(np.isfinite(chi2), chi2, 0.0)
-    high = c > chi2_max
-    pair = np.zeros_like(high)
-    both = (c[:, 1:] > chi2_pair) & (c[:, :-1] > chi2_pair)
-    pair[:, 1:] |= both
-    pair[:, :-1] |= both
-    seed = high | pair
-    if dilate > 0:
-        seed = binary_dilation(seed, structure=np.ones((1, 2 * dilate + 1), bool))
-    add("chi2", seed)
+    add("chi2", _chi2_seeds(chi2, chi2_max, chi2_pair, dilate))
     add("extraction", ext)
     dead = np.zeros(n, bool)
     if ftf is not None:
@@ -82,11 +73,7 @@ def spectral_mask(
             raise CalibrationError(f"spectral_mask: ftf shape {f.shape} does not match {(n, m)}")
         with np.errstate(invalid="ignore"):
             add("low_throughput", ~(f2 >= ftf_min))
-        finite = np.isfinite(f2)
-        med = np.full(n, np.nan)
-        rows = finite.any(axis=1)
-        med[rows] = np.nanmedian(f2[rows], axis=1)
-        dead = ~(med >= dead_ftf)
+        dead = _dead_fibers(f2, dead_ftf)
         add("dead", np.broadcast_to(dead[:, None], (n, m)))
     bad_fiber = mask.mean(axis=1) > max_fiber_fraction
     add("fiber", np.broadcast_to(bad_fiber[:, None], (n, m)))
@@ -110,3 +97,26 @@ def spectral_mask(
     counts["masked_fibers"] = np.flatnonzero(mask.all(axis=1)).tolist()
     counts["masked_amps"] = bad_amps
     return mask, counts
+
+
+def _chi2_seeds(chi2: np.ndarray, chi2_max: float, chi2_pair: float, dilate: int) -> np.ndarray:
+    """Pixels above ``chi2_max``, or two neighbours along the wavelength both above
+    ``chi2_pair``, grown by ``dilate`` columns (NaN chi2 counts as 0)."""
+    c = np.where(np.isfinite(chi2), chi2, 0.0)
+    high = c > chi2_max
+    pair = np.zeros_like(high)
+    both = (c[:, 1:] > chi2_pair) & (c[:, :-1] > chi2_pair)
+    pair[:, 1:] |= both
+    pair[:, :-1] |= both
+    seed = high | pair
+    if dilate > 0:
+        seed = binary_dilation(seed, structure=np.ones((1, 2 * dilate + 1), bool))
+    return seed
+
+
+def _dead_fibers(ftf: np.ndarray, dead_ftf: float) -> np.ndarray:
+    """Fibers whose median measured throughput is below ``dead_ftf`` (or unmeasured)."""
+    med = np.full(ftf.shape[0], np.nan)
+    rows = np.isfinite(ftf).any(axis=1)
+    med[rows] = np.nanmedian(ftf[rows], axis=1)
+    return ~(med >= dead_ftf)

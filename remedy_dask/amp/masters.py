@@ -13,6 +13,7 @@ from scipy.stats import chi2
 
 from remedy_dask import geometry
 from remedy_dask.errors import CalibrationError
+from remedy_dask.numeric.robust import mad_sigma
 
 # variance of the median of n Gaussian samples over the variance of their mean (n = 1..10)
 _MEDIAN_EFFICIENCY = (1.0, 1.0, 1.346, 1.192, 1.434, 1.283, 1.478, 1.347, 1.497, 1.381)
@@ -99,7 +100,7 @@ def _clipped_std(values: np.ndarray, clip: float = 5.0) -> float:
     the MAD itself it is not biased by the ADU quantisation of the data."""
     v = values[np.isfinite(values)]
     centre = np.median(v)
-    sig = 1.4826 * np.median(np.abs(v - centre))
+    sig = mad_sigma(v, centre)
     for _ in range(3):
         sel = v[np.abs(v - centre) < clip * max(sig, 1e-12)]
         centre, sig = sel.mean(), sel.std()
@@ -155,7 +156,7 @@ def smooth_dark(rate: np.ndarray, keep_sigma: float = 5.0, block: int = 24) -> n
     pixels deviating from it by more than ``keep_sigma`` robust sigma."""
     smooth = block_smooth(rate, block)
     dev = rate - smooth
-    sig = mad_sigma(dev)
+    sig = float(mad_sigma(dev, max_samples=150_000))
     return np.where(np.abs(dev) > keep_sigma * sig, rate, smooth)
 
 
@@ -182,13 +183,6 @@ def _bilinear(grid: np.ndarray, centres_r: np.ndarray, centres_c: np.ndarray, n_
         return m
 
     return weights(centres_r, n_rows) @ grid @ weights(centres_c, n_cols).T
-
-
-def mad_sigma(values: np.ndarray, max_samples: int = 150_000) -> float:
-    """1.4826 x median absolute deviation, on a regular subsample of large arrays."""
-    v = np.ravel(values)
-    v = v[:: max(v.size // max_samples, 1)]
-    return float(1.4826 * np.median(np.abs(v - np.median(v))))
 
 
 def _row_median9(image: np.ndarray) -> np.ndarray:
@@ -238,7 +232,7 @@ def pixel_mask(dark_rate: np.ndarray, master_flat: np.ndarray, trace: np.ndarray
 
     # --- dark: hot pixels and columns ---
     excess = dark - block_smooth(dark)  # the dark is smooth apart from its defects
-    sig = mad_sigma(excess)
+    sig = float(mad_sigma(excess, max_samples=150_000))
     # a denoised dark (master_dark default) is exactly smooth except at deviant pixels: floor
     # the noise at 1 e- per dark exposure
     sig = max(sig, 1.0 / dark_exptime)
@@ -251,7 +245,7 @@ def pixel_mask(dark_rate: np.ndarray, master_flat: np.ndarray, trace: np.ndarray
     flat_local = _row_median9(flat)
     bright = flat_local > flat_level * np.nanpercentile(flat_local, 99)
     z = (flat - flat_local) / np.sqrt(np.clip(flat_local, 1.0, None))
-    zs = mad_sigma(z[bright]) + 1e-12
+    zs = float(mad_sigma(z[bright], max_samples=150_000)) + 1e-12
     z = np.where(bright, z / zs, np.nan)
     zb = z[:rows_used].reshape(n_blocks, block, n_cols)
     enough = np.isfinite(zb).sum(1) >= 4

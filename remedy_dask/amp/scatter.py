@@ -37,6 +37,7 @@ from remedy_dask.amp.profile.fibermodel import (
     chunk_positions,
     chunk_profiles,
 )
+from remedy_dask.numeric.robust import mad_sigma
 
 # --------------------------------------------------------------------------------------------
 # scattered light from gaps and edges with halo templates
@@ -283,7 +284,7 @@ def scattered_light(image: np.ndarray, trace: np.ndarray, mask: np.ndarray | Non
             coef = bounded_lstsq(design[keep], data[keep], nonneg,
                                  None if coef is None else coef != 0)
             res = data - np.einsum("ij,j->i", design, coef)  # (no threaded BLAS)
-            sig = 1.4826 * np.median(np.abs(res[keep])) + 1e-9
+            sig = mad_sigma(res[keep], 0.0) + 1e-9
             keep = np.abs(res) < 5.0 * sig
         background = (np.einsum("k,kjr->jr", coef[:n_t], templates) + coef[n_t]
                       + coef[n_t + 1] * xu_chunk[:, None] + coef[n_t + 2] * yu_row[None, :])

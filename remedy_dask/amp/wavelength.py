@@ -24,12 +24,14 @@ from typing import Any
 
 import numpy as np
 from numpy.polynomial import legendre
+from scipy import signal
 from scipy.ndimage import gaussian_filter1d, median_filter
 
 from remedy_dask import geometry
 from remedy_dask.errors import CalibrationError
 from remedy_dask.amp.skyshift import fit_wavelength_shift
 from remedy_dask.amp.trace.assign import windowed_centroid
+from remedy_dask.numeric.robust import mad_sigma
 
 ALL_ARC_LINES: tuple[float, ...] = tuple(sorted(w for lamp in geometry.ARC_LINES.values() for w in lamp))
 LSF_FWHM = 5.6  # A, VIRUS line-spread function
@@ -56,17 +58,10 @@ def find_lines(spectrum: np.ndarray, n_max: int = 15, snr_min: float = 8.0, min_
     spec = np.nan_to_num(np.asarray(spectrum, dtype=float))
     base = median_filter(spec, size=41, mode="nearest")
     h = gaussian_filter1d(spec - base, 1.0)
-    noise = 1.4826 * np.median(np.abs(h - np.median(h))) + 1e-12
-    is_max = np.r_[False, (h[1:-1] > h[:-2]) & (h[1:-1] >= h[2:]), False]
-    idx = np.flatnonzero(is_max & (h > snr_min * noise))
-    idx = idx[np.argsort(-h[idx])]
-    keep: list[int] = []
-    for i in idx:
-        if len(keep) == n_max:
-            break
-        if all(abs(i - k) >= min_sep for k in keep):
-            keep.append(int(i))
-    idx = np.array(sorted(keep), dtype=int)
+    noise = mad_sigma(h) + 1e-12
+    idx, _ = signal.find_peaks(h, distance=min_sep)  # of two close maxima the higher stays
+    idx = idx[h[idx] > snr_min * noise]
+    idx = np.sort(idx[np.argsort(-h[idx], kind="stable")[:n_max]])
     idx = idx[(idx >= HALF_WINDOW) & (idx < spec.size - HALF_WINDOW)]
     if idx.size == 0:
         return np.zeros(0), np.zeros(0)
@@ -278,7 +273,7 @@ def solve_wavelength(arc_spectra: np.ndarray, arc_error: np.ndarray | None = Non
         sol[:] = 0.0
         sol[active] = sol_active
         chi = (lam - design @ sol) / sig
-        scale = max(1.4826 * np.median(np.abs(chi[keep])), 1.0)
+        scale = max(mad_sigma(chi[keep], 0.0), 1.0)
         new_keep = np.abs(chi) < 5.0 * scale
         if np.array_equal(new_keep, keep):
             break
@@ -351,3 +346,13 @@ def measure_wavelength_shift(spectra: np.ndarray, wavelength: np.ndarray,
     """
     return fit_wavelength_shift(spectra, wavelength, mask, lines, error=error, lsf_fwhm=lsf_fwhm,
                                 min_snr=min_snr, per_line=False).shift
+
+
+def shifted_wavelength(wavelength: np.ndarray, shift: float) -> np.ndarray:
+    """The wavelengths of a frame whose features moved by ``shift`` columns from the
+    calibration: wavelength_sci(x) = wavelength_cal(x - shift), linear along columns."""
+    ncol = wavelength.shape[1]
+    x = np.arange(ncol) - shift
+    i0 = np.clip(np.floor(x).astype(int), 0, ncol - 2)
+    frac = x - i0
+    return wavelength[:, i0] * (1 - frac) + wavelength[:, i0 + 1] * frac

@@ -24,10 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 from scipy.interpolate import make_interp_spline
 
 from remedy_dask.errors import CalibrationError
 from remedy_dask.geometry import DEF_WAVE
+from remedy_dask.numeric.robust import mad_sigma
 
 
 @dataclass
@@ -100,7 +102,7 @@ def fit_illumination(
         for _ in range(5):
             c, *_ = np.linalg.lstsq(a[ok], ratio[ok, b], rcond=None)
             res = ratio[:, b] - a @ c
-            mad = 1.4826 * np.median(np.abs(res[ok]))
+            mad = mad_sigma(res[ok], 0.0)
             new = use & np.isfinite(ratio[:, b]) & (np.abs(res) <= clip * max(mad, 1e-6))
             if np.array_equal(new, ok):
                 break
@@ -219,3 +221,22 @@ def ftf_on_native(ftf: np.ndarray, wavelength: np.ndarray, wave: np.ndarray = DE
     lo = np.take_along_axis(ftf, i0, 1)
     hi = np.take_along_axis(ftf, i0 + 1, 1)
     return lo * (1 - f) + hi * f
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def apply_fiber_to_fiber(flux: np.ndarray, error: np.ndarray, mask: np.ndarray,
+                         ftf: np.ndarray, dead: np.ndarray, out_flux: np.ndarray,
+                         out_error: np.ndarray, out_mask: np.ndarray) -> None:
+    """Divide spectra by their fiber-to-fiber throughput: flux / ftf and error / ftf in float64,
+    and the bad-pixel mask (``mask``, ``dead`` fiber, ftf not > 0, non-finite result), written
+    into ``out_flux``, ``out_error``, ``out_mask`` (all (n_fiber, n_wave); ``dead`` (n_fiber,)).
+    Compiled and releases the GIL, so it overlaps the reading of the next amps."""
+    for i in range(flux.shape[0]):
+        for j in range(flux.shape[1]):
+            t = np.float64(ftf[i, j])
+            f = np.float64(flux[i, j]) / t
+            e = np.float64(error[i, j]) / t
+            out_flux[i, j] = f
+            out_error[i, j] = e
+            out_mask[i, j] = (mask[i, j] != 0 or dead[i] != 0 or not t > 0.0
+                              or not np.isfinite(f) or not np.isfinite(e))

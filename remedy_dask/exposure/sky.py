@@ -25,6 +25,7 @@ The full-array passes (bad pixels, clipped mean, per-amp sums, slit residuals, e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numba import njit
@@ -281,15 +282,10 @@ def sky_model(
     sky_glob = np.where(np.isfinite(sky_glob), sky_glob, 0.0)
     edges = bin_edges(n_wave, n_bins)
     spline = smooth_interpolator(n_wave, edges)
-    num, den = _group_sums(flux, good, sky_rows, sky_gi, sky_glob, groups.size)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.add.reduceat(num, edges[:-1], axis=1) / np.add.reduceat(den, edges[:-1], axis=1)
     n_sky = np.diff(sky_bounds)
     measured = n_sky >= min_sky
-    flagged = ~measured[:, None] | ~np.isfinite(ratio) | (np.abs(ratio - 1.0) > max_adjust)
-    amp_scale = np.ones((groups.size, n_wave))
-    for gi in np.flatnonzero(measured):
-        amp_scale[gi] = spline @ np.where(flagged[gi], 1.0, ratio[gi])
+    amp_scale, flagged = _amp_scales(flux, good, sky_rows, sky_gi, sky_glob, groups.size, edges,
+                                     spline, measured, max_adjust)
     degree = slit_degree if fiber_index is not None and slit_degree >= 1 else 0
     slit = np.zeros((groups.size, degree, n_wave))
     slit_basis = np.zeros((n, degree))
@@ -317,17 +313,37 @@ def sky_model(
         "n_sky": int(is_sky.sum()),
         "n_fibers": n,
         "sky_chi_std": _chi_std(flux, err, bad, sky_rows, model),
-        "groups": {
-            (g.item() if hasattr(g, "item") else g): {
-                "n_sky": int(n_sky[gi]),
-                "n_flagged_bins": int(flagged[gi].sum()),
-                "scale_min": float(amp_scale[gi].min()),
-                "scale_max": float(amp_scale[gi].max()),
-            }
-            for gi, g in enumerate(groups)
-        },
+        "groups": _group_qa(groups, n_sky, flagged, amp_scale),
     }
     return model
+
+
+def _amp_scales(flux: np.ndarray, good: np.ndarray, sky_rows: np.ndarray, sky_gi: np.ndarray,
+                sky_glob: np.ndarray, n_groups: int, edges: np.ndarray, spline: np.ndarray,
+                measured: np.ndarray, max_adjust: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per group: the smooth ratio of its sky fibers to the global sky (1 where unmeasured) and
+    the wavelength bins flagged (ratio off by more than ``max_adjust``, or unmeasured)."""
+    num, den = _group_sums(flux, good, sky_rows, sky_gi, sky_glob, n_groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.add.reduceat(num, edges[:-1], axis=1) / np.add.reduceat(den, edges[:-1], axis=1)
+    flagged = ~measured[:, None] | ~np.isfinite(ratio) | (np.abs(ratio - 1.0) > max_adjust)
+    amp_scale = np.ones((n_groups, flux.shape[1]))
+    for gi in np.flatnonzero(measured):
+        amp_scale[gi] = spline @ np.where(flagged[gi], 1.0, ratio[gi])
+    return amp_scale, flagged
+
+
+def _group_qa(groups: np.ndarray, n_sky: np.ndarray, flagged: np.ndarray,
+              amp_scale: np.ndarray) -> dict[Any, dict[str, Any]]:
+    return {
+        (g.item() if hasattr(g, "item") else g): {
+            "n_sky": int(n_sky[gi]),
+            "n_flagged_bins": int(flagged[gi].sum()),
+            "scale_min": float(amp_scale[gi].min()),
+            "scale_max": float(amp_scale[gi].max()),
+        }
+        for gi, g in enumerate(groups)
+    }
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -9,20 +9,21 @@ from numba import njit
 
 from remedy_dask.geometry import DEF_WAVE
 from remedy_dask.numeric.rowstats import nanmedian_cols, nanmedian_rows
+from remedy_dask.numeric.robust import mad_sigma
 
 
 def _robust_centre(y: np.ndarray, n_iter: int = 10, clip: float = 3.0) -> tuple[float, float]:
     """Centre and scale of the core of a distribution with one-sided contamination."""
     keep = np.isfinite(y)
     c = float(np.median(y[keep]))
-    s = float(1.4826 * np.median(np.abs(y[keep] - c)))
+    s = float(mad_sigma(y[keep], c))
     for _ in range(n_iter):
         new = np.isfinite(y) & (np.abs(y - c) < clip * max(s, 1e-12))
         if new.sum() < 3 or np.array_equal(new, keep):
             break
         keep = new
         c = float(np.median(y[keep]))
-        s = float(1.4826 * np.median(np.abs(y[keep] - c)))
+        s = float(mad_sigma(y[keep], c))
     return c, s
 
 

@@ -45,6 +45,7 @@ import h5py
 import numpy as np
 
 from remedy_dask import __version__
+from remedy_dask.io.jsonable import jsonable
 from remedy_dask.errors import InputFileError
 
 FORMAT_VERSION = "1.0"
@@ -141,7 +142,7 @@ def _write_amps(tmp: Path, amps: list[AmpCalibration], attrs: dict[str, Any] | N
             g.attrs.update(
                 specid=cal.specid, ifuid=cal.ifuid, ifuslot=cal.ifuslot, amp=cal.amp,
                 contid=cal.contid, read_noise=cal.read_noise, status=cal.status,
-                flags=json.dumps(cal.flags), qa=json.dumps(_jsonable(cal.qa)),
+                flags=json.dumps(cal.flags), qa=json.dumps(jsonable(cal.qa, nonfinite_as_null=True)),
             )
             g.attrs["read_noise_units"] = "electron"
             for name, values in cal.arrays.items():
@@ -173,7 +174,7 @@ def amp_content_digest(cal: AmpCalibration) -> str:
     """Digest of everything one amp's group holds (attributes and arrays)."""
     h = hashlib.sha256()
     h.update(json.dumps([cal.specid, cal.ifuid, cal.ifuslot, cal.amp, cal.contid,
-                         repr(cal.read_noise), cal.status, cal.flags, _jsonable(cal.qa),
+                         repr(cal.read_noise), cal.status, cal.flags, jsonable(cal.qa, nonfinite_as_null=True),
                          cal.inputs], sort_keys=True, default=str).encode())
     _hash_arrays(h, {k: np.asarray(v).astype(_ARRAYS[k][0]) for k, v in cal.arrays.items()})
     _hash_arrays(h, {f"profile/{k}": v for k, v in cal.profile.items()})
@@ -209,11 +210,11 @@ def amend_amp(path: str | Path, key: str, arrays: dict[str, np.ndarray],
         g = h5[key]
         h = hashlib.sha256(str(g.attrs.get("digest", "")).encode())
         _hash_arrays(h, {k: np.asarray(v).astype(_ARRAYS[k][0]) for k, v in arrays.items()})
-        h.update(json.dumps([_jsonable(qa or {}), failed], sort_keys=True).encode())
+        h.update(json.dumps([jsonable(qa or {}, nonfinite_as_null=True), failed], sort_keys=True).encode())
         for name, values in arrays.items():
             _write_array(g, name, values)
         if qa:
-            g.attrs["qa"] = json.dumps(_jsonable({**json.loads(g.attrs["qa"]), **qa}))
+            g.attrs["qa"] = json.dumps(jsonable({**json.loads(g.attrs["qa"]), **qa}, nonfinite_as_null=True))
         if failed:
             g.attrs["status"] = "failed"
             g.attrs["flags"] = json.dumps(json.loads(g.attrs["flags"]) + [failed])
@@ -241,20 +242,6 @@ def merge_parts(parts: list[Path], path: str | Path, attrs: dict[str, Any] | Non
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 def list_amps(path: str | Path) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,30 @@ from astropy.table import Table
 from remedy_dask.errors import InputFileError, RemedyError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class Catalog:
+    """Reference stars as the pipeline uses them: position (deg) and AB g magnitude (NaN where
+    unknown).  The only place that knows the Pan-STARRS column names."""
+
+    ra: np.ndarray
+    dec: np.ndarray
+    gmag: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.ra.size)
+
+    @classmethod
+    def from_table(cls, table: Table) -> "Catalog":
+        """From a table with the standardized columns (:func:`standardize_catalog`)."""
+        return cls(np.asarray(table["raMean"], float), np.asarray(table["decMean"], float),
+                   np.asarray(table["gMeanApMag"], float))
+
+
+def as_catalog(catalog: "Catalog | Table") -> Catalog:
+    """A :class:`Catalog` from a Catalog or a standardized table."""
+    return catalog if isinstance(catalog, Catalog) else Catalog.from_table(catalog)
 
 SENTINEL = -999.0
 BANDS = ("g", "r", "i", "z", "y")

@@ -1,6 +1,6 @@
 """Final products: the observation HDF5 (netCDF4-compatible) and the per-IFU FITS files.
 
-Names follow docs/interface.md; the file follows CF-1.10 (root ``Conventions``): every number
+Names as listed in the README's Products section; the file follows CF-1.10 (root ``Conventions``): every number
 array carries ``units`` and ``long_name``, and every group with a spectral axis has its own
 ``wavelength`` coordinate (a netCDF4 dimension scale), so ``xarray.open_dataset(path,
 group="fibers", engine="h5netcdf")`` returns spectra with their wavelengths.  The root carries the
@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 
 from remedy_dask import __version__, geometry
+from remedy_dask.io.jsonable import jsonable
 
 FLUX_UNITS = "1e-17 erg s-1 cm-2 Angstrom-1"  # UDUNITS syntax (CF); astropy parses it too
 LINE_FLUX_UNITS = "1e-17 erg s-1 cm-2"
@@ -149,9 +150,10 @@ def observation_path(outdir: str | Path, date: str, obs: int) -> Path:
 
 
 def _plain(value: Any) -> Any:
+    """An HDF5 attribute value: a scalar as it is, anything else as JSON text."""
     if isinstance(value, (str, int, float, np.integer, np.floating)):
         return value
-    return json.dumps(value, default=str)
+    return json.dumps(jsonable(value), default=str)
 
 
 class ObservationWriter:

@@ -1,4 +1,4 @@
-"""Discover and read raw VIRUS amplifier frames, in folders or in tars (shared/virus-raw-format.md).
+"""Discover and read raw VIRUS amplifier frames, in folders or in tars (conventions: docs/design.md).
 
 Layouts under ``ROOT``::
 

@@ -25,6 +25,8 @@ import numpy as np
 import xarray as xr
 from zarr.codecs import BloscCodec
 
+from remedy_dask.io.jsonable import jsonable
+
 _COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
 # fiber rows per chunk of 2-D arrays: one IFU (4 amps x 112 fibers), so that reading one IFU of
 # an exposure-wide group touches only its own chunks
@@ -110,21 +112,16 @@ def _write_group(tmp: Path, ds: xr.Dataset, key: str) -> None:
     import zarr
 
     group = zarr.open_group(str(tmp), mode="w", zarr_format=3,
-                            attributes=_json_attrs({**ds.attrs, "input_key": key}))
+                            attributes=jsonable({**ds.attrs, "input_key": key}))
     for name, var in ds.variables.items():
         values = np.asarray(var.values)
         if values.dtype.kind not in "fiub":
             raise TypeError(f"store.write_dataset: variable {name} has dtype {values.dtype}")
         group.create_array(
             str(name), data=values, chunks=_chunks(values.shape), compressors=[_COMPRESSOR],
-            dimension_names=[str(d) for d in var.dims], attributes=_json_attrs(var.attrs),
+            dimension_names=[str(d) for d in var.dims], attributes=jsonable(dict(var.attrs)),
             fill_value=np.nan if values.dtype.kind == "f" else 0,
         )
-
-
-def _json_attrs(attrs: dict[Any, Any]) -> dict[str, Any]:
-    """Attributes as zarr stores them (numpy scalars -> Python scalars)."""
-    return {str(k): (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()}
 
 
 def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -148,6 +145,20 @@ def read_arrays(root: str | Path, exp: int, amp_key: str, names: tuple[str, ...]
     return {name: group[name][...] for name in names}, dict(group.attrs)
 
 
+def read_rows(root: str | Path, exp: int, amp_key: str, column: str, value: int,
+              names: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The contiguous block of rows of one group whose ``column`` equals ``value`` (e.g. one
+    IFU's fibers of an exposure-wide group), ``names`` arrays only; None if there is none."""
+    import zarr
+
+    group = zarr.open_group(str(group_path(root, exp, amp_key)), mode="r")
+    rows = np.flatnonzero(group[column][...] == value)
+    if rows.size == 0:
+        return None
+    sl = slice(rows[0], rows[-1] + 1)
+    return {name: group[name][sl] for name in names}
+
+
 def clean_temporaries(root: str | Path) -> int:
     """Remove half-written groups left by a killed run (call only while holding the output
     folder's lock: then no other run writes there); returns how many."""
@@ -159,7 +170,3 @@ def clean_temporaries(root: str | Path) -> int:
         tmp.unlink(missing_ok=True)
         n += 1
     return n
-
-
-def as_float32(values: np.ndarray) -> np.ndarray:
-    return np.asarray(values, dtype=np.float32)

@@ -15,48 +15,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-
-@njit(cache=True, nogil=True)
-def _select(buf: np.ndarray, lo: int, hi: int, k: int) -> float:
-    """k-th smallest of buf[lo:hi + 1] (partially reorders buf: afterwards buf[lo:k] <= buf[k]
-    <= buf[k + 1:hi + 1])."""
-    while hi > lo:
-        mid = (lo + hi) >> 1
-        # median of three as pivot, moved to buf[lo]
-        if buf[mid] < buf[lo]:
-            buf[mid], buf[lo] = buf[lo], buf[mid]
-        if buf[hi] < buf[lo]:
-            buf[hi], buf[lo] = buf[lo], buf[hi]
-        if buf[hi] < buf[mid]:
-            buf[hi], buf[mid] = buf[mid], buf[hi]
-        buf[mid], buf[lo] = buf[lo], buf[mid]
-        pivot = buf[lo]
-        i = lo + 1
-        j = hi
-        while True:
-            while i <= j and buf[i] < pivot:
-                i += 1
-            while i <= j and buf[j] > pivot:
-                j -= 1
-            if i >= j:
-                break
-            buf[i], buf[j] = buf[j], buf[i]
-            i += 1
-            j -= 1
-        buf[lo], buf[j] = buf[j], buf[lo]
-        if j == k:
-            return buf[k]
-        if j < k:
-            lo = j + 1
-        else:
-            hi = j - 1
-    return buf[k]
+from remedy_dask.numeric.quickselect import select_kth
+from remedy_dask.numeric.robust import MAD_TO_SIGMA
 
 
 @njit(cache=True, nogil=True)
 def _quick_pair(buf: np.ndarray, n: int, k: int, pair: bool) -> tuple[float, float]:
     """(k-1)-th (if ``pair``) and k-th smallest of buf[:n] by quickselect."""
-    upper = _select(buf, 0, n - 1, k)
+    upper = select_kth(buf, 0, n, k)
     if not pair:
         return upper, upper
     lower = buf[0]  # after the selection buf[:k] <= buf[k]: the (k-1)-th is their maximum
@@ -84,8 +50,8 @@ def _select_pair(buf: np.ndarray, n: int, k: int, pair: bool) -> tuple[float, fl
         r = (k * s) // n
         lo_rank = max(r - d, 0)
         hi_rank = min(r + d, s - 1)
-        a = _select(sample, 0, s - 1, lo_rank)
-        b = _select(sample, lo_rank, s - 1, hi_rank)
+        a = select_kth(sample, 0, s, lo_rank)
+        b = select_kth(sample, lo_rank, s, hi_rank)
         below = 0
         inside = 0
         for i in range(n):
@@ -258,7 +224,7 @@ def _group_ratio_stats(num: np.ndarray, den: np.ndarray, rows: np.ndarray, bound
             med = median_inplace(buf, m)
             for t in range(m):
                 buf[t] = abs(buf[t] - med)
-            robust[g] = 1.4826 * median_inplace(buf, m)
+            robust[g] = MAD_TO_SIGMA * median_inplace(buf, m)
     return n, n_core, mean, m2, robust
 
 

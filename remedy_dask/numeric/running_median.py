@@ -1,45 +1,15 @@
-"""Median kernels: an exact running median along rows (compiled), a NaN-aware median along
-the last axis, and the median of a large array by bracketing.
+"""Medians: a running median along rows, a NaN-aware median along the last axis, and the
+median of a large array by bracketing.
 
-The running median keeps a sorted copy of the window, updated per step (the positions of the
-value leaving and of the value entering by counting, then a shift of the values between them),
-so a row of n values costs O(n window) instead of the O(n window log window) of sorting every
-window.
+The running median of an odd window is bottleneck's ``move_median`` (a double heap; no
+compiled kernel beats it, docs/benchmarks.md); an even window takes the upper of the two middle
+values, as :func:`scipy.ndimage.median_filter` does.
 """
 
 from __future__ import annotations
 
+import bottleneck as bn
 import numpy as np
-from numba import njit
-
-
-@njit(cache=True, nogil=True)
-def _running_rank_rows(a, window, rank, out):  # pragma: no cover - compiled
-    """out[r, k] = the ``rank``-th smallest (0-based) of a[r, k : k + window]."""
-    n_row, n = a.shape
-    buf = np.empty(window)
-    for r in range(n_row):
-        for i in range(window):
-            buf[i] = a[r, i]
-        buf.sort()
-        out[r, 0] = buf[rank]
-        for k in range(1, n - window + 1):
-            old = a[r, k - 1]
-            new = a[r, k + window - 1]
-            p = 0  # the first position of ``old``
-            q = 0  # the position of ``new`` in the window with ``old`` still in
-            for i in range(window):  # branch-free counts (vectorised) beat a binary search
-                p += buf[i] < old
-                q += buf[i] < new
-            if q <= p:  # drop buf[p], shift buf[q:p] up, insert at q
-                for i in range(p, q, -1):
-                    buf[i] = buf[i - 1]
-                buf[q] = new
-            else:  # drop buf[p], shift buf[p + 1:q] down, insert at q - 1
-                for i in range(p, q - 1):
-                    buf[i] = buf[i + 1]
-                buf[q - 1] = new
-            out[r, k] = buf[rank]
 
 
 def running_median(a: np.ndarray, window: int) -> np.ndarray:
@@ -57,9 +27,10 @@ def running_median(a: np.ndarray, window: int) -> np.ndarray:
         raise ValueError(f"window must be in [1, {a.shape[1]}], got {window}")
     if not np.isfinite(a).all():
         raise ValueError("running_median needs finite values")
-    out = np.empty((a.shape[0], a.shape[1] - window + 1))
-    _running_rank_rows(a, int(window), int(window) // 2, out)
-    return out
+    if window % 2:
+        return bn.move_median(a, window, axis=1)[:, window - 1 :]
+    view = np.lib.stride_tricks.sliding_window_view(a, window, axis=1)
+    return np.partition(view, window // 2, axis=-1)[..., window // 2]
 
 
 def nanmedian_lastaxis(a: np.ndarray) -> np.ndarray:

@@ -22,6 +22,8 @@ from remedy_dask.errors import CalibrationError
 from remedy_dask.observation.fluxcal import panstarrs_g
 from remedy_dask.geometry import DEF_WAVE, sky_to_focal, tan_deproject, tan_project
 from remedy_dask.observation.psf import dar_xy, good_pixels
+from remedy_dask.numeric.peaks import parabola_vertex
+from remedy_dask.numeric.robust import mad_sigma
 
 ARCSEC = np.pi / 180.0 / 3600.0
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
@@ -149,10 +151,10 @@ def detect_stars(
     iy, ix = iy[order], ix[order]
     ny, nx = smooth.shape
     px = np.array([
-        i + (_vertex(*smooth[j, i - 1 : i + 2]) if 0 < i < nx - 1 else 0.0) for i, j in zip(ix, iy)
+        i + (parabola_vertex(*smooth[j, i - 1 : i + 2]) if 0 < i < nx - 1 else 0.0) for i, j in zip(ix, iy)
     ], dtype=float)
     py = np.array([
-        j + (_vertex(*smooth[j - 1 : j + 2, i]) if 0 < j < ny - 1 else 0.0) for i, j in zip(ix, iy)
+        j + (parabola_vertex(*smooth[j - 1 : j + 2, i]) if 0 < j < ny - 1 else 0.0) for i, j in zip(ix, iy)
     ], dtype=float)
     x, y = image.grid.to_arcsec(px, py)
     yy, xx = np.mgrid[:ny, :nx]
@@ -160,14 +162,6 @@ def detect_stars(
     flux = np.array([np.sum(filled[np.hypot(xx - a, yy - b) < rad]) for a, b in zip(px, py)])
     return StarList(np.atleast_1d(x).astype(float), np.atleast_1d(y).astype(float),
                     smooth[iy, ix], flux)
-
-
-def _vertex(vm: float, v0: float, vp: float) -> float:
-    """Sub-pixel offset of the vertex of a parabola through three equally spaced values."""
-    denom = vm - 2.0 * v0 + vp
-    if not (np.isfinite(denom) and denom < 0):
-        return 0.0
-    return float(np.clip(0.5 * (vm - vp) / denom, -0.5, 0.5))
 
 
 # --- matching ---------------------------------------------------------------------------------
@@ -314,7 +308,7 @@ def fit_astrometry(
             if np.hypot(*t) < 1e-7:
                 break
         res = _model_residuals(fx, fy, ra, dec, ra0, dec0, rotation0)
-        scale = 1.4826 * np.median(np.abs(res[used]))
+        scale = mad_sigma(res[used], 0.0)
         limit = clip * max(scale, floor)
         new_used = used & (np.hypot(res[:, 0], res[:, 1]) < limit * np.sqrt(2.0))
         if new_used.sum() < min_stars:
@@ -332,3 +326,10 @@ def fit_astrometry(
         used=used, ra0_err=sigma_axis / np.sqrt(n), dec0_err=sigma_axis / np.sqrt(n),
         rotation_err=float(np.rad2deg(sigma_axis / np.sqrt(max(spread, 1e-12)))),
     )
+
+
+def dar_on_sky(dar: np.ndarray, rotation: float) -> tuple[np.ndarray, np.ndarray]:
+    """DAR offsets (arcsec east, north): the focal-plane x offsets ``dar`` rotated to the sky
+    by the field rotation (degrees)."""
+    r = np.deg2rad(rotation)
+    return -np.cos(r) * dar, -np.sin(r) * dar

@@ -18,7 +18,8 @@ from functools import lru_cache
 import numpy as np
 
 from remedy_dask.errors import CalibrationError
-from remedy_dask.geometry import DEFAULT_AREA_CM2, DEFAULT_TRANSPARENCY
+from remedy_dask.geometry import DEF_WAVE, DEFAULT_AREA_CM2, DEFAULT_TRANSPARENCY
+from remedy_dask.numeric.robust import mad_sigma
 
 FLUX_UNIT = 1e-17  # erg/s/cm^2/A per unit of the pipeline's flux arrays
 HC_ERG_ANGSTROM = 6.62607015e-27 * 2.99792458e18  # h*c in erg*A
@@ -186,15 +187,43 @@ def photometric_offset(
         raise CalibrationError(f"photometric_offset: {used.sum()} usable stars, need {min_stars}")
     for _ in range(max_iter):
         med = np.median(diff[used])
-        sigma = max(1.4826 * np.median(np.abs(diff[used] - med)), scatter_floor)
+        sigma = max(mad_sigma(diff[used], med), scatter_floor)
         new_used = used & (np.abs(diff - med) < clip * sigma)
         if new_used.sum() < min_stars or np.array_equal(new_used, used):
             break
         used = new_used
     med = float(np.median(diff[used]))
     n = int(used.sum())
-    scatter = float(1.4826 * np.median(np.abs(diff[used] - med)))
+    scatter = float(mad_sigma(diff[used], med))
     return PhotometricOffset(
         delta_mag=med, factor=float(10 ** (-0.4 * med)), n_used=n, scatter=scatter,
         error=float(1.2533 * max(scatter, scatter_floor) / np.sqrt(n)), used=used,
     )
+
+
+def exposure_conversion(throughput: np.ndarray, area: float, transparency: np.ndarray,
+                        wave: np.ndarray = DEF_WAVE) -> np.ndarray:
+    """(n_exposure, n_wave) factors from e-/s/A to 1e-17 erg/s/cm^2/A, one row per exposure's
+    transparency (throughput curve on ``wave``; no photometric offset)."""
+    return np.stack([counts_to_flux(np.ones(wave.size), wave, 1.0, throughput, area, t)
+                     for t in np.asarray(transparency)])
+
+
+def exposure_scale(photometric_factor: float, norm: np.ndarray) -> np.ndarray:
+    """Per-exposure multiplier on top of :func:`exposure_conversion`: the photometric factor
+    over the exposure's relative throughput (``norm`` from the PSF fit)."""
+    return photometric_factor / np.asarray(norm, float)
+
+
+def calibrate_fibers(values: np.ndarray, exp_index: np.ndarray, conversion: np.ndarray,
+                     bad: np.ndarray | None = None, scale: np.ndarray | None = None
+                     ) -> np.ndarray:
+    """Fiber spectra (n_fiber, n_wave) in e-/s/A -> 1e-17 erg/s/cm^2/A: times the conversion of
+    each fiber's exposure (``exp_index``, 0-based), NaN where ``bad``, times ``scale`` of its
+    exposure (:func:`exposure_scale`) if given."""
+    out = values * conversion[exp_index]
+    if bad is not None:
+        out = np.where(bad, np.nan, out)
+    if scale is not None:
+        out = out * np.asarray(scale)[exp_index][:, None]
+    return out

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from remedy_dask.observation.psf import PSFLike, RadialPSF, dar_xy, evaluate_psf, good_pixels
+from remedy_dask.observation.psf import PSFLike, dar_xy, evaluate_psf, good_pixels
 
 
 @dataclass
@@ -27,11 +27,6 @@ class ExtractedSpectrum:
     error: np.ndarray  # (n_wave,) 1-sigma
     coverage: np.ndarray  # (n_wave,) sum of the PSF weights of the good fibers (all exposures)
     n_fibers: int
-
-
-def _psf_reach(psf: PSFLike) -> float:
-    tables = [psf] if isinstance(psf, RadialPSF) else list(psf)
-    return max(t.r_max for t in tables)
 
 
 def source_weights(

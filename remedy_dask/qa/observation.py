@@ -19,6 +19,7 @@ import numpy as np
 from scipy.optimize import least_squares
 from scipy.spatial import cKDTree
 
+from remedy_dask.io.catalog import Catalog, as_catalog
 from remedy_dask import geometry
 from remedy_dask.qa.observation_figures import (
     PHOTOMETRY_GMAX, astrometry_figure, photometry_figure, recon_figure, robust_std, stamps_figure,
@@ -291,16 +292,14 @@ def _exposure_rows(exp_table: dict[str, np.ndarray], fs: FiberSummary, qa: Any) 
 
 
 def _marks(astro: dict[str, Any], src: dict[str, np.ndarray], det: dict[str, np.ndarray],
-           catalog: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+           catalog: Catalog | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Focal-plane positions of sources, catalogue stars (14 < g < 22) and detections."""
     if not all(k in astro for k in ("ra", "dec", "rotation")):
         return {}
     cat = {}
     if catalog is not None and len(catalog):
-        g = np.asarray(catalog["gMeanApMag"], float)
-        sel = (g > 14) & (g < 22)
-        cat = {"ra": np.asarray(catalog["raMean"], float)[sel],
-               "dec": np.asarray(catalog["decMean"], float)[sel]}
+        sel = (catalog.gmag > 14) & (catalog.gmag < 22)
+        cat = {"ra": catalog.ra[sel], "dec": catalog.dec[sel]}
     return {name: _to_focal(astro, t["ra"], t["dec"]) for name, t in
             (("sources", src), ("catalog", cat), ("detections", det)) if len(t.get("ra", []))}
 
@@ -383,7 +382,8 @@ def observation_report(product_h5: str | Path, out: str | Path | None = None,
                        catalog: Any = None, max_sample_fibers: int = MAX_SAMPLE_FIBERS) -> Path:
     """Write ``{product}_qa/index.html`` (or ``out``) with plots and tables; returns its path.
 
-    ``catalog`` (astropy Table with raMean, decMean, gMeanApMag) only adds markers on the recon
+    ``catalog`` (a :class:`~remedy_dask.io.catalog.Catalog` or a standardized catalogue table)
+    only adds markers on the recon
     and excludes fibers near its stars from the "empty" fibers of the sky-residual checks.
     """
     product_h5 = Path(product_h5)
@@ -406,7 +406,7 @@ def observation_report(product_h5: str | Path, out: str | Path | None = None,
             errors = h5["detections/error"][order][pos]
 
     centres = ifu_centres(fs)
-    marks = _marks(astro, src, det, catalog)
+    marks = _marks(astro, src, det, as_catalog(catalog) if catalog is not None else None)
     n_fib = len(fs.gband)
     sections = [Section("Summary", columns=["quantity", "value"], rows=[
         ["product", product_h5.name], ["fibers (all exposures)", n_fib], ["IFUs", len(centres)],

@@ -10,6 +10,7 @@ from matplotlib.collections import EllipseCollection
 
 from remedy_dask import geometry
 from remedy_dask.qa.report import plt, save_figure
+from remedy_dask.numeric.robust import mad_sigma
 
 if TYPE_CHECKING:
     from remedy_dask.qa.observation import FiberSummary
@@ -23,7 +24,7 @@ def robust_std(x: np.ndarray) -> float:
     """1.4826 x median absolute deviation of the finite values (NaN if none)."""
     x = np.asarray(x, float)
     x = x[np.isfinite(x)]
-    return float(1.4826 * np.median(np.abs(x - np.median(x)))) if x.size else float("nan")
+    return float(mad_sigma(x)) if x.size else float("nan")
 
 
 def stretch(g: np.ndarray) -> tuple[np.ndarray, float]:

@@ -18,11 +18,14 @@ import numpy as np
 import xarray as xr
 
 from remedy_dask import geometry
+from remedy_dask.amp.ccd import subtract_bias_dark
+from remedy_dask.amp.wavelength import shifted_wavelength
 from remedy_dask.config import ReductionConfig
 from remedy_dask.errors import RawDataError
 from remedy_dask.io import calfile, store
 from remedy_dask.io.raw import FrameRef
 from remedy_dask.workflow.frames import reduce_frame
+from remedy_dask.workflow.nodes import flag_failures
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +56,15 @@ class AmpExposure:
     notes: list[str] = field(default_factory=list)
 
 
-def chain_step(func: Any) -> Any:
-    """Skip failed amp-exposures; turn an exception into a flagged failure of this amp only."""
-    import functools
+def _fail_amp_exposure(ax: AmpExposure, reason: str) -> AmpExposure:
+    ax.failed = reason
+    ax.image = ax.variance = None
+    return ax
 
-    @functools.wraps(func)
-    def wrapper(ax: AmpExposure, *args: Any) -> Any:
-        if ax.failed:
-            return ax
-        ax = replace(ax, notes=list(ax.notes))  # never mutate a task's input
-        try:
-            return func(ax, *args)
-        except Exception as exc:  # flagged in the products, never turned into zeros
-            log.exception("amp %s exp%02d failed in %s", ax.key, ax.exp, func.__name__)
-            ax.failed = f"{func.__name__}: {type(exc).__name__}: {exc}"
-            ax.image = ax.variance = None
-            return ax
 
-    return wrapper
+# skip failed amp-exposures; an exception becomes a flagged failure of this amp only
+chain_step = flag_failures(_fail_amp_exposure, prepare=lambda ax: replace(ax, notes=list(ax.notes)),
+                           label=lambda ax: f"amp {ax.key} exp{ax.exp:02d}")
 
 
 # what the chain uses of an amp's calibration (not the QA spectra of the flat, arc, twilight)
@@ -98,7 +92,7 @@ def ccd(ref: FrameRef, cal: calfile.AmpCalibration, exp: int) -> AmpExposure:
                   + ", ".join(mismatch))
         log.error("amp %s exp%02d skipped: %s", key, exp, reason)
         return AmpExposure(key, exp, ref, failed=reason)
-    image = frame.image - cal["bias"] - cal["dark_rate"] * h.exptime
+    image = subtract_bias_dark(frame.image, cal["bias"], cal["dark_rate"], h.exptime)
     # Poisson variance of the dark and the bias' own noise are small; the frame's read noise
     # and photon noise dominate (variance from basic_reduce).
     header = {
@@ -148,15 +142,6 @@ def extract(ax: AmpExposure, cal: calfile.AmpCalibration, config: ReductionConfi
                                          config.aperture_half_width)
     ax.image = ax.variance = None  # images do not leave the chain
     return ax
-
-
-def shifted_wavelength(wavelength: np.ndarray, shift: float) -> np.ndarray:
-    """wavelength_sci(x) = wavelength_cal(x - shift), by linear interpolation along columns."""
-    ncol = wavelength.shape[1]
-    x = np.arange(ncol) - shift
-    i0 = np.clip(np.floor(x).astype(int), 0, ncol - 2)
-    frac = x - i0
-    return wavelength[:, i0] * (1 - frac) + wavelength[:, i0 + 1] * frac
 
 
 def wave_shift(ax: AmpExposure, config: ReductionConfig) -> dict[str, Any] | None:

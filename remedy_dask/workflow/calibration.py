@@ -33,7 +33,7 @@ from remedy_dask.io import calfile
 from remedy_dask.io.raw import FrameRef, RawArchive
 from remedy_dask.requests import CalibrateRequest
 from remedy_dask.workflow.cluster import compute, open_client
-from remedy_dask.workflow.nodes import gather, gather_dict
+from remedy_dask.workflow.nodes import flag_failures, gather, gather_dict
 from remedy_dask.workflow.frames import ReducedFrame, reduce_frames
 
 log = logging.getLogger(__name__)
@@ -65,28 +65,15 @@ class AmpWork:
         return new
 
 
-def stage(func: Callable[..., AmpWork]) -> Callable[..., AmpWork]:
-    """Skip failed amps; turn a CalibrationError/RawDataError into a failed amp with a reason."""
+def _fail_amp(work: AmpWork, reason: str) -> AmpWork:
+    out = work.but(failed=reason)
+    out.flags.append(reason)
+    return out
 
-    def wrapper(work: AmpWork, *args: Any, **kwargs: Any) -> AmpWork:
-        if work.failed:
-            return work
-        try:
-            return func(work, *args, **kwargs)
-        except (CalibrationError, RawDataError) as exc:
-            reason = f"{func.__name__.removeprefix('cal_')}: {exc}"
-            log.error("amp %s failed: %s", work.key, reason)
-        except Exception as exc:  # a bug must not cost the other amps; it is flagged, not hidden
-            reason = (f"{func.__name__.removeprefix('cal_')}: internal error "
-                      f"{type(exc).__name__}: {exc}")
-            log.exception("amp %s failed with an internal error", work.key)
-        out = work.but(failed=reason)
-        out.flags.append(reason)
-        return out
 
-    wrapper.__name__ = func.__name__
-    wrapper.__doc__ = func.__doc__
-    return wrapper
+# skip failed amps; a CalibrationError/RawDataError or a bug becomes a failed amp with a reason
+stage = flag_failures(_fail_amp, expected=(CalibrationError, RawDataError),
+                      internal="internal error ", label=lambda work: f"amp {work.key}")
 
 
 def _reduce_checked(work: AmpWork, refs: list[FrameRef], kind: str, minimum: int,
@@ -170,10 +157,11 @@ def cal_dark(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig) -> 
 def _master(work: AmpWork, frames: list[ReducedFrame], config: CalibrationConfig,
             normalize: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Bias- and dark-subtracted combination of frames; returns (master, variance)."""
+    from remedy_dask.amp.ccd import subtract_bias_dark
     from remedy_dask.amp.masters import combine_frames
 
     bias, dark = work.data["bias"], work.data["dark_rate"]
-    stack = np.stack([f.image - bias - dark * f.header.exptime for f in frames])
+    stack = np.stack([subtract_bias_dark(f.image, bias, dark, f.header.exptime) for f in frames])
     master, error = combine_frames(stack, method=config.combine, normalize=normalize)
     return master, error**2
 
@@ -311,9 +299,8 @@ def ftf_of_amp(ftf: dict[str, tuple[np.ndarray, np.ndarray]], key: str
 
 def write_amp_part(work: AmpWork, parts_dir: Path) -> dict[str, Any]:
     """Write the amp's part file as soon as its chain is done, so that its state (masters,
-    profile, spectra) is released before the focal-plane fan-in (the full calibration's peak
-    fell by 7.4 GB, ~24 MB per amp); the fiber-to-fiber
-    result is added by :func:`finish_amp_part`."""
+    profile, spectra: ~24 MB per amp) is released before the focal-plane fan-in; the
+    fiber-to-fiber result is added by :func:`finish_amp_part`."""
     path = calfile.write_calibration(parts_dir / f"{work.key}.h5", [to_amp_calibration(work)])
     return {"key": work.key, "path": str(path), "failed": bool(work.failed)}
 

@@ -14,11 +14,12 @@ from typing import Any
 import dask
 import numpy as np
 import xarray as xr
-from numba import njit
 
 from remedy_dask import __version__, geometry
 from remedy_dask.config import PipelineConfig
+from remedy_dask.exposure.fiberflat import apply_fiber_to_fiber
 from remedy_dask.io import calfile, store
+from remedy_dask.io.jsonable import jsonable
 from remedy_dask.workflow.nodes import gather
 
 log = logging.getLogger(__name__)
@@ -50,24 +51,6 @@ def fiber_table(keys: list[str], exp: int, fplane: dict | None, ifucen: Any,
     return {k: np.concatenate(v) for k, v in cols.items()}
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _ftf_correct(flux: np.ndarray, error: np.ndarray, mask: np.ndarray, ftf: np.ndarray,
-                 dead: np.ndarray, out_flux: np.ndarray, out_error: np.ndarray,
-                 out_mask: np.ndarray) -> None:
-    """One amp: flux / ftf and error / ftf in float64, and the bad-pixel mask (amp mask, dead
-    fiber, ftf not > 0, non-finite result) into the ``out_*`` rows (releases the GIL, so it
-    overlaps the reading of the next amps)."""
-    for i in range(flux.shape[0]):
-        for j in range(flux.shape[1]):
-            t = np.float64(ftf[i, j])
-            f = np.float64(flux[i, j]) / t
-            e = np.float64(error[i, j]) / t
-            out_flux[i, j] = f
-            out_error[i, j] = e
-            out_mask[i, j] = (mask[i, j] != 0 or dead[i] != 0 or not t > 0.0
-                              or not np.isfinite(f) or not np.isfinite(e))
-
-
 def _load_exposure(work_root: str, exp: int, keys: list[str], cal_path: str
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
     """Fiber-to-fiber corrected flux and error (float64: flux_e / ftf as the sky model uses
@@ -96,8 +79,8 @@ def _load_exposure(work_root: str, exp: int, keys: list[str], cal_path: str
             if any(s != flux[rows].shape for s in shapes) or cal[key]["dead"].shape != (n,):
                 raise ValueError(f"exposure {exp}, amp {key}: array shapes {shapes} are not "
                                  f"{flux[rows].shape}")  # checked here: the kernel does not
-            _ftf_correct(amp["flux"], amp["error"], amp["mask"], cal[key]["fiber_to_fiber"],
-                         cal[key]["dead"], flux[rows], error[rows], mask[rows])
+            apply_fiber_to_fiber(amp["flux"], amp["error"], amp["mask"], cal[key]["fiber_to_fiber"],
+                                 cal[key]["dead"], flux[rows], error[rows], mask[rows])
             exptime.append(np.full(n, attrs["exptime"]))
             shifts[key] = (attrs.get("trace_shift", 0.0), attrs.get("wave_shift", 0.0))
     finally:
@@ -146,7 +129,7 @@ def reduce_exposure(summaries: list[dict[str, Any]], exp: int, cal_path: str, wo
     )
     store.write_dataset(work_root, exp, "sky", ds, input_key)
     return {"exp": exp, "keys": keys, "failed": failed,
-            "sky_qa": _plain(sky.qa), "error_check": _plain(check), "shifts": shifts}
+            "sky_qa": jsonable(sky.qa), "error_check": jsonable(check), "shifts": shifts}
 
 
 def _float32_in_place(a: np.ndarray, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -161,16 +144,6 @@ def _float32_in_place(a: np.ndarray, block: int = 4096) -> tuple[np.ndarray, np.
         rows = slice(start, start + block)
         halves[0][rows] = a[rows].astype(np.float32)
     return halves[0], halves[1]
-
-
-def _plain(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {str(k): _plain(v) for k, v in d.items()}
-    if isinstance(d, np.ndarray):
-        return d.tolist()
-    if isinstance(d, np.generic):
-        return d.item()
-    return d
 
 
 def build_exposure_graph(plan: Any, summaries: dict[int, list[Any]], cal_path: Path,

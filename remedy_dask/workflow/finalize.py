@@ -14,19 +14,15 @@ import numpy as np
 from remedy_dask import geometry
 from remedy_dask.config import PipelineConfig
 from remedy_dask.io.provenance import hdf5_attributes
+from remedy_dask.io.catalog import Catalog, as_catalog
+from remedy_dask.observation.fluxcal import exposure_scale
 from remedy_dask.workflow.nodes import gather
 from remedy_dask.workflow.observation import (
-    Conditions, calibrated, fit_field, fit_psf, flux_calibration, ifu_sources, ifu_stars,
-    load_ifu, psf_tables, refine_field, star_cutouts,
+    Conditions, calibrated, fit_field, fit_psf, flux_calibration, ifu_offset, ifu_sources,
+    ifu_stars, load_ifu, psf_tables, refine_field, star_cutouts,
 )
 
 log = logging.getLogger(__name__)
-
-
-def final_factor(d: dict[str, np.ndarray], psf: dict[str, Any], fluxcal: dict[str, Any]
-                 ) -> np.ndarray:
-    """Per-fiber multiplier on top of the throughput calibration: 1/exposure norm x offset."""
-    return fluxcal["factor"] / np.asarray(psf["norm"])[d["exp_index"]][:, None]
 
 
 @dataclass(frozen=True)
@@ -44,17 +40,14 @@ class Injection:
                 "g_band_mean_flux": float(np.mean(self.spectrum[400:900]))}
 
 
-def calibrated_ifu(work_root: str, exposures: list[int], slot: int, cond: Conditions,
+def calibrated_ifu(d: dict[str, np.ndarray] | None, slot: int, cond: Conditions,
                    psf: dict[str, Any], fluxcal: dict[str, Any],
                    injection: Injection | None = None) -> dict[str, np.ndarray] | None:
-    """One IFU's fibers in 1e-17 erg/s/cm^2/A (and the injected source, if any)."""
-    d = load_ifu(work_root, exposures, slot)
+    """One IFU's fibers in 1e-17 erg/s/cm^2/A, with the photometric offset and the exposures'
+    relative throughputs (and the injected source, if any)."""
     if d is None:
         return None
-    c = calibrated(d, cond)
-    k = final_factor(d, psf, fluxcal)
-    for name in ("flux", "error", "sky"):
-        c[name] = c[name] * k
+    c = calibrated(d, cond, exposure_scale(fluxcal["factor"], psf["norm"]))
     if injection is not None and injection.ifuslot == slot:
         from remedy_dask.observation.psf import fiber_integrated_moffat
         from remedy_dask.observation.sources import inject_source
@@ -67,14 +60,14 @@ def calibrated_ifu(work_root: str, exposures: list[int], slot: int, cond: Condit
     return c
 
 
-def ifu_fibers(work_root: str, exposures: list[int], slot: int, cond: Conditions,
+def ifu_fibers(d: dict[str, np.ndarray] | None, slot: int, cond: Conditions,
                psf: dict[str, Any], fluxcal: dict[str, Any], astro: dict[str, Any],
                block_dir: str, injection: Injection | None = None) -> dict[str, Any] | None:
     """Final fiber arrays of one IFU, encoded as HDF5 chunks into ``block_dir`` so that the
     compression runs in parallel and ``write-products`` only copies bytes."""
     from remedy_dask.io.products import save_fiber_block
 
-    c = calibrated_ifu(work_root, exposures, slot, cond, psf, fluxcal, injection)
+    c = calibrated_ifu(d, slot, cond, psf, fluxcal, injection)
     if c is None:
         return None
     ra, dec = geometry.focal_to_sky(c["fx"], c["fy"], astro["ra"], astro["dec"], astro["rotation"])
@@ -90,22 +83,21 @@ def ifu_fibers(work_root: str, exposures: list[int], slot: int, cond: Conditions
     return {"slot": slot, "path": str(path), "n": len(c["flux"])}
 
 
-def ifu_detect(work_root: str, exposures: list[int], slot: int, cond: Conditions,
+def ifu_detect(d: dict[str, np.ndarray] | None, slot: int, cond: Conditions,
                psf: dict[str, Any], fluxcal: dict[str, Any], astro: dict[str, Any],
                config: PipelineConfig, injection: Injection | None = None
                ) -> dict[str, np.ndarray]:
     """Emission-line detections of one IFU (IFU frame -> RA/Dec)."""
     from remedy_dask.observation.detect.lines import detect_emission_lines
 
-    c = calibrated_ifu(work_root, exposures, slot, cond, psf, fluxcal, injection)
+    c = calibrated_ifu(d, slot, cond, psf, fluxcal, injection)
     if c is None or not config.observation.detect:
         return {}
     table = detect_emission_lines(c["flux"], c["error"], c["bad"], c["ifu_x"], c["ifu_y"],
                                   psf_tables(psf), dar=geometry.dar_offsets(),
                                   exposure=c["exp_index"], sky=c["sky"],
                                   threshold=config.observation.detection_threshold)
-    dx = float(np.median(c["fx"] - c["ifu_x"]))
-    dy = float(np.median(c["fy"] - c["ifu_y"]))
+    dx, dy = ifu_offset(c)
     ra, dec = geometry.focal_to_sky(np.asarray(table["x"]) + dx, np.asarray(table["y"]) + dy,
                                     astro["ra"], astro["dec"], astro["rotation"])
     out = {name: np.asarray(table[name]) for name in
@@ -115,7 +107,7 @@ def ifu_detect(work_root: str, exposures: list[int], slot: int, cond: Conditions
     return out
 
 
-def ifu_cube(work_root: str, exposures: list[int], slot: int, cond: Conditions,
+def ifu_cube(d: dict[str, np.ndarray] | None, slot: int, cond: Conditions,
              psf: dict[str, Any], fluxcal: dict[str, Any], astro: dict[str, Any], outdir: str,
              prefix: str, config: PipelineConfig, header_cards: dict[str, Any],
              injection: Injection | None = None) -> list[str]:
@@ -124,11 +116,10 @@ def ifu_cube(work_root: str, exposures: list[int], slot: int, cond: Conditions,
     from remedy_dask.observation.cube import celestial_wcs, cube_header, cube_wcs, make_cube
     from remedy_dask.io.fitsproducts import write_cube_fits, write_ifu_fits
 
-    c = calibrated_ifu(work_root, exposures, slot, cond, psf, fluxcal, injection)
+    c = calibrated_ifu(d, slot, cond, psf, fluxcal, injection)
     if c is None:
         return []
-    dx = float(np.median(c["fx"] - c["ifu_x"]))
-    dy = float(np.median(c["fy"] - c["ifu_y"]))
+    dx, dy = ifu_offset(c)
     cards = {**header_cards, "IFUSLOT": (slot, "IFU slot of this file")}
     paths = []
     if config.observation.make_cube:
@@ -155,22 +146,16 @@ def ifu_cube(work_root: str, exposures: list[int], slot: int, cond: Conditions,
     return paths
 
 
-def dar_on_sky(rotation: float) -> tuple[np.ndarray, np.ndarray]:
-    """DAR offsets (arcsec east, north) on DEF_WAVE: the focal-plane x DAR rotated to the sky."""
-    dar = geometry.dar_offsets()
-    r = np.deg2rad(rotation)
-    return -np.cos(r) * dar, -np.sin(r) * dar
-
-
 def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_root: str,
                    cond: Conditions, astro: dict[str, Any], psf: dict[str, Any],
                    fluxcal: dict[str, Any], sources: list[dict[str, np.ndarray]],
-                   detections: list[dict[str, np.ndarray]], catalog: Any, outdir: str,
+                   detections: list[dict[str, np.ndarray]], catalog: Catalog, outdir: str,
                    provenance: dict[str, Any], fits_paths: list[list[str]],
                    fiber_blocks: list[dict[str, Any] | None]) -> str:
     """Stream the observation HDF5: fibers IFU by IFU (from the ``ifu-fibers`` blocks), then
     exposures, astrometry, sources, detections; provenance with every substitution and flag."""
     from remedy_dask.io.products import ObservationWriter, load_fiber_block, observation_path
+    from remedy_dask.observation.astrometry import dar_on_sky
 
     blocks = sorted((b for b in fiber_blocks if b), key=lambda b: b["slot"])
     n = sum(b["n"] for b in blocks)
@@ -188,20 +173,20 @@ def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_roo
         for block in blocks:  # encoded in parallel by the ifu-fibers tasks: copied, not recompressed
             writer.write_fiber_chunks(start, *load_fiber_block(block["path"]))
             start += block["n"]
-        dar_ra, dar_dec = dar_on_sky(astro["rotation"])
+        dar_ra, dar_dec = dar_on_sky(geometry.dar_offsets(), astro["rotation"])
         writer.write_wave_columns("fibers", {"dar_ra": dar_ra, "dar_dec": dar_dec})
         writer.write_table("exposures", "exposure", {
             "exposure": np.asarray(plan.exposures, np.int32), "exptime": cond.exptime,
             "transparency": cond.transparency, "fwhm": np.asarray(psf["fwhm"], float),
             "fwhm_guider": cond.fwhm_guider,
-            "flux_scale": fluxcal["factor"] / np.asarray(psf["norm"], float),
+            "flux_scale": exposure_scale(fluxcal["factor"], psf["norm"]),
         })
         idx = np.concatenate([s["cat_index"] for s in sources]).astype(int) if sources else np.zeros(0, int)
         cat = lambda k: np.concatenate([s[k] for s in sources]) if sources else np.zeros(0)  # noqa: E731
         src = {
-            "ra": np.asarray(catalog["raMean"], float)[idx],
-            "dec": np.asarray(catalog["decMean"], float)[idx],
-            "gmag_catalog": np.asarray(catalog["gMeanApMag"], float)[idx],
+            "ra": catalog.ra[idx],
+            "dec": catalog.dec[idx],
+            "gmag_catalog": catalog.gmag[idx],
             "gmag_virus": cat("gmag_virus") - 2.5 * np.log10(fluxcal["factor"]),
             "spectrum": (cat("spectrum").reshape(-1, geometry.N_WAVE) * fluxcal["factor"]).astype(np.float32),
             "error": (cat("error").reshape(-1, geometry.N_WAVE) * fluxcal["factor"]).astype(np.float32),
@@ -253,13 +238,13 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
                             dry: bool = False, injection: Injection | None = None) -> Any:
     """Delayed product path of the whole observation; cube and per-IFU FITS for the IFUs that
     ``cubes`` names (``target``, ``all`` or ``none``)."""
-    from astropy.table import Table
-
     if dry:  # structure only (graph views): no data is read
         cond = Conditions(plan.exposures, np.ones(3), np.ones(3), np.full(3, 1.8),
                           np.ones(geometry.N_WAVE))
-        catalog = Table({"raMean": [0.0], "decMean": [0.0], "gMeanApMag": [18.0]})
+        catalog = Catalog(np.zeros(1), np.zeros(1), np.full(1, 18.0))
         pointing = (0.0, 0.0, 0.0)
+    catalog = as_catalog(catalog)
+    oc = config.observation
     work_root = str(out / "work" / f"{plan.date}_{plan.obs:07d}.zarr")
     exps, tag = list(plan.exposures), plan.tag
     deps = gather([exposures[e] for e in exps], f"exposures-done-{tag}")
@@ -268,33 +253,36 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
     def node(func: Any, *a: Any, name: str) -> Any:
         return dask.delayed(_run, pure=False)(func, deps, *a, dask_key_name=f"{name}-{tag}")
 
-    stars = [node(ifu_stars, work_root, exps, s, cond, name=f"ifu-stars-{s:03d}") for s in slots]
+    ifus = {s: node(load_ifu, work_root, exps, s, name=f"load-ifu-{s:03d}") for s in slots}
+    stars = [dask.delayed(ifu_stars, pure=False)(ifus[s], s, cond, dask_key_name=f"ifu-stars-{s:03d}-{tag}")
+             for s in slots]
     stars = gather(stars, f"ifu-stars-all-{tag}")
-    astro = dask.delayed(fit_field, pure=False)(stars, catalog, pointing, dask_key_name=f"astrometry-{tag}")
-    cut = [dask.delayed(star_cutouts, pure=False)(work_root, exps, s, cond, catalog, astro,
+    astro = dask.delayed(fit_field, pure=False)(stars, catalog, pointing, oc,
+                                                dask_key_name=f"astrometry-{tag}")
+    cut = [dask.delayed(star_cutouts, pure=False)(ifus[s], cond, catalog, astro, oc,
                                                   dask_key_name=f"ifu-psf-stars-{s:03d}-{tag}")
            for s in slots]
     psf = dask.delayed(fit_psf, pure=False)(gather(cut, f"ifu-psf-stars-all-{tag}"), cond,
                                             dask_key_name=f"seeing-{tag}")
-    astro = dask.delayed(refine_field, pure=False)(astro, psf, catalog,
+    astro = dask.delayed(refine_field, pure=False)(astro, psf, catalog, oc,
                                                    dask_key_name=f"astrometry-refine-{tag}")
-    srcs = [dask.delayed(ifu_sources, pure=False)(work_root, exps, s, cond, catalog, astro, psf,
+    srcs = [dask.delayed(ifu_sources, pure=False)(ifus[s], s, cond, catalog, astro, psf, oc,
                                                   dask_key_name=f"ifu-sources-{s:03d}-{tag}")
             for s in slots]
     srcs = gather(srcs, f"ifu-sources-all-{tag}")
-    fcal = dask.delayed(flux_calibration, pure=False)(srcs, catalog, dask_key_name=f"fluxcal-{tag}")
-    dets = [dask.delayed(ifu_detect, pure=False)(work_root, exps, s, cond, psf, fcal, astro, config,
+    fcal = dask.delayed(flux_calibration, pure=False)(srcs, catalog, oc, dask_key_name=f"fluxcal-{tag}")
+    dets = [dask.delayed(ifu_detect, pure=False)(ifus[s], s, cond, psf, fcal, astro, config,
                                                  injection, dask_key_name=f"ifu-detect-{s:03d}-{tag}")
             for s in slots]
     cube_slots = {"all": slots, "none": [], "target": [s for s in slots if s == plan.target_slot]}[cubes]
     prefix = f"{plan.date}_{plan.obs:07d}"
     cards = {} if dry else product_cards(plan, cond, pointing, cal_path, config)
-    cubes = [dask.delayed(ifu_cube, pure=False)(work_root, exps, s, cond, psf, fcal, astro,
+    cubes = [dask.delayed(ifu_cube, pure=False)(ifus[s], s, cond, psf, fcal, astro,
                                                 str(out), prefix, config, cards, injection,
                                                 dask_key_name=f"ifu-cube-{s:03d}-{tag}")
              for s in cube_slots]
     block_dir = str(out / "work" / f"{prefix}_fibers")
-    fibers = [dask.delayed(ifu_fibers, pure=False)(work_root, exps, s, cond, psf, fcal, astro,
+    fibers = [dask.delayed(ifu_fibers, pure=False)(ifus[s], s, cond, psf, fcal, astro,
                                                    block_dir, injection,
                                                    dask_key_name=f"ifu-fibers-{s:03d}-{tag}")
               for s in slots]

@@ -3,13 +3,19 @@
 Passing a Python list or dict of ``Delayed`` objects into ``dask.delayed`` makes dask optimise
 and cull the whole merged graph on every call (quadratic in the graph size for fan-ins).  Gather
 them once into a single node with :func:`gather` / :func:`gather_dict` and pass that node.
+:func:`flag_failures` turns an exception in one unit's chain into a flagged failure of that unit.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import logging
+from typing import Any, Callable, TypeVar
 
 import dask
+
+log = logging.getLogger(__name__)
+S = TypeVar("S")
 
 
 def _as_list(*items: Any) -> list[Any]:
@@ -29,3 +35,41 @@ def gather_dict(items: dict[Any, Any], name: str) -> Any:
     """One node whose value is ``{key: value of items[key]}``."""
     keys = list(items)
     return dask.delayed(_as_dict, pure=False)(keys, *items.values(), dask_key_name=name)
+
+
+def flag_failures(fail: Callable[[S, str], S], *, prepare: Callable[[S], S] | None = None,
+                  expected: tuple[type[Exception], ...] = (), internal: str = "",
+                  label: Callable[[S], str] = lambda state: str(state.key)
+                  ) -> Callable[[Callable[..., S]], Callable[..., S]]:
+    """Decorator of a step ``func(state, *args)`` of a per-unit chain (an amp, an amp-exposure).
+
+    A state whose ``failed`` is set passes through untouched.  Otherwise the step runs on
+    ``prepare(state)`` (a copy, so no task mutates its input); an exception becomes
+    ``fail(state, reason)``: the failure of this unit only, flagged in the products, never
+    turned into zeros.  ``reason`` is ``"step: message"`` for the ``expected`` exceptions (logged
+    in one line) and ``"step: {internal}Type: message"`` for any other (logged with traceback);
+    ``step`` is the function name without a ``cal_`` prefix.
+    """
+
+    def decorate(func: Callable[..., S]) -> Callable[..., S]:
+        step = func.__name__.removeprefix("cal_")
+
+        @functools.wraps(func)
+        def wrapper(state: S, *args: Any, **kwargs: Any) -> S:
+            if state.failed:  # type: ignore[attr-defined]
+                return state
+            if prepare is not None:
+                state = prepare(state)
+            try:
+                return func(state, *args, **kwargs)
+            except expected as exc:
+                reason = f"{step}: {exc}"
+                log.error("%s failed: %s", label(state), reason)
+            except Exception as exc:  # a bug must not cost the other units; flagged, not hidden
+                reason = f"{step}: {internal}{type(exc).__name__}: {exc}"
+                log.exception("%s failed in %s", label(state), step)
+            return fail(state, reason)
+
+        return wrapper
+
+    return decorate

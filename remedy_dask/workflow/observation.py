@@ -4,7 +4,8 @@ Nodes: ``ifu-stars-{slot}`` (collapsed g image and star detection per IFU) -> ``
 (fan-in) -> ``seeing`` (PSF FWHM per exposure, DAR, exposure normalisation from matched
 stars) -> ``ifu-sources-{slot}`` (catalogue sources, synthetic g) -> ``fluxcal`` (fan-in:
 photometric offset) -> ``ifu-detect-{slot}`` and ``ifu-cube-{slot}`` -> ``write-products``.
-Per-IFU nodes read their fibers from the exposures' ``sky`` groups of the zarr store.
+Each IFU's fibers are read once from the exposures' ``sky`` groups of the zarr store
+(``load-ifu-{slot}``); the per-IFU nodes take that result.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from typing import Any
 import numpy as np
 
 from remedy_dask import geometry
+from remedy_dask.config import ObservationConfig
 from remedy_dask.errors import CalibrationError
 from remedy_dask.io import store
+from remedy_dask.io.catalog import Catalog
+from remedy_dask.observation.fluxcal import calibrate_fibers, exposure_conversion
 
 log = logging.getLogger(__name__)
 
@@ -36,34 +40,24 @@ class Conditions:
     area: float = geometry.DEFAULT_AREA_CM2
     notes: list[str] = field(default_factory=list)
 
-    def flux_factor(self, exp_index: np.ndarray) -> np.ndarray:
-        """(n_fiber, n_wave) factor from e-/s/A to 1e-17 erg/s/cm^2/A (no photometric offset)."""
-        from remedy_dask.observation.fluxcal import counts_to_flux
-
-        per_exp = np.stack([
-            counts_to_flux(np.ones(geometry.N_WAVE), geometry.DEF_WAVE, 1.0, self.throughput,
-                           self.area, self.transparency[i])
-            for i in range(len(self.exposures))
-        ])
-        return per_exp[exp_index]
+    def conversion(self) -> np.ndarray:
+        """(n_exposure, n_wave) factors from e-/s/A to 1e-17 erg/s/cm^2/A (no photometric
+        offset)."""
+        return exposure_conversion(self.throughput, self.area,
+                                   self.transparency[:len(self.exposures)])
 
 
 def load_ifu(work_root: str, exposures: list[int], slot: int, columns: tuple[str, ...] = (
         "flux", "error", "mask", "sky")) -> dict[str, np.ndarray] | None:
     """All exposures' fibers of one IFU: arrays plus ``exp_index`` (0-based exposure)."""
-    import zarr
-
     parts: dict[str, list[np.ndarray]] = {}
     for i, exp in enumerate(exposures):
-        group = zarr.open_group(str(store.group_path(work_root, exp, "sky")), mode="r")
-        slots = group["ifuslot"][...]
-        rows = np.flatnonzero(slots == slot)
-        if rows.size == 0:
+        rows = store.read_rows(work_root, exp, "sky", "ifuslot", slot, columns + FIBER_COLUMNS)
+        if rows is None:
             continue
-        sl = slice(rows[0], rows[-1] + 1)
-        for name in columns + FIBER_COLUMNS:
-            parts.setdefault(name, []).append(group[name][sl])
-        parts.setdefault("exp_index", []).append(np.full(rows.size, i))
+        for name, values in rows.items():
+            parts.setdefault(name, []).append(values)
+        parts.setdefault("exp_index", []).append(np.full(len(rows["ifuslot"]), i))
     if not parts:
         return None
     out = {k: np.concatenate(v) for k, v in parts.items()}
@@ -71,56 +65,59 @@ def load_ifu(work_root: str, exposures: list[int], slot: int, columns: tuple[str
     return out
 
 
-def calibrated(d: dict[str, np.ndarray], cond: Conditions, factor: float = 1.0) -> dict[str, np.ndarray]:
-    """Flux, error and sky in 1e-17 erg/s/cm^2/A; masked pixels NaN."""
-    f = cond.flux_factor(d["exp_index"]) * factor
+def calibrated(d: dict[str, np.ndarray], cond: Conditions, scale: np.ndarray | None = None
+               ) -> dict[str, np.ndarray]:
+    """Flux, error and sky in 1e-17 erg/s/cm^2/A (times the per-exposure ``scale`` if given);
+    masked pixels NaN."""
+    conversion = cond.conversion()
     bad = d["mask"].astype(bool)
     out = dict(d)
     for name in ("flux", "error", "sky"):
         if name in d:
-            v = d[name] * f
-            out[name] = np.where(bad, np.nan, v) if name != "sky" else v
+            out[name] = calibrate_fibers(d[name], d["exp_index"], conversion,
+                                         bad if name != "sky" else None, scale)
     out["bad"] = bad | ~np.isfinite(out["flux"]) | ~(out["error"] > 0)
     return out
 
 
-def ifu_stars(work_root: str, exposures: list[int], slot: int, cond: Conditions
-              ) -> dict[str, Any]:
+def ifu_offset(d: dict[str, np.ndarray]) -> tuple[float, float]:
+    """Focal-plane position (arcsec) of the IFU centre, from its fibers."""
+    return float(np.median(d["fx"] - d["ifu_x"])), float(np.median(d["fy"] - d["ifu_y"]))
+
+
+def ifu_stars(d: dict[str, np.ndarray] | None, slot: int, cond: Conditions) -> dict[str, Any]:
     """Collapsed g image of one IFU and the stars detected on it (focal-plane arcsec)."""
     from remedy_dask.observation.astrometry import collapsed_image, detect_stars
 
-    d = load_ifu(work_root, exposures, slot, ("flux", "error", "mask"))
     if d is None:
         return {"slot": slot, "fx": np.zeros(0), "fy": np.zeros(0), "flux": np.zeros(0),
                 "image": None, "note": "no fibers"}
-    c = calibrated(d, cond)
+    c = calibrated({k: v for k, v in d.items() if k != "sky"}, cond)
     img = collapsed_image(c["flux"], c["bad"], d["ifu_x"], d["ifu_y"], dar=geometry.dar_offsets())
     try:
         stars = detect_stars(img)
     except CalibrationError as exc:
         return {"slot": slot, "fx": np.zeros(0), "fy": np.zeros(0), "flux": np.zeros(0),
                 "image": img, "note": str(exc)}
-    offset_x = float(np.median(d["fx"] - d["ifu_x"]))
-    offset_y = float(np.median(d["fy"] - d["ifu_y"]))
+    offset_x, offset_y = ifu_offset(d)
     return {"slot": slot, "fx": stars.x + offset_x, "fy": stars.y + offset_y, "flux": stars.flux,
             "image": img, "offset": (offset_x, offset_y), "note": ""}
 
 
-def fit_field(star_lists: list[dict[str, Any]], catalog: Any, pointing: tuple[float, float, float]
-              ) -> dict[str, Any]:
+def fit_field(star_lists: list[dict[str, Any]], catalog: Catalog,
+              pointing: tuple[float, float, float], config: ObservationConfig) -> dict[str, Any]:
     """Fan-in: match detections of all IFUs to the catalogue, fit shift and rotation (twice)."""
     from remedy_dask.observation.astrometry import fit_astrometry, match_catalog
 
     fx = np.concatenate([s["fx"] for s in star_lists])
     fy = np.concatenate([s["fy"] for s in star_lists])
     ra0, dec0, rot0 = pointing
-    cat_ra = np.asarray(catalog["raMean"], float)
-    cat_dec = np.asarray(catalog["decMean"], float)
-    g = np.asarray(catalog["gMeanApMag"], float)
-    usable = np.isfinite(g) & (g > 14) & (g < 21.5)
+    cat_ra, cat_dec, g = catalog.ra, catalog.dec, catalog.gmag
+    gmin, gmax = config.astrometry_gmag_range
+    usable = np.isfinite(g) & (g > gmin) & (g < gmax)
     result = None
     ra, dec, rot = ra0, dec0, rot0
-    for radius in (8.0, 2.0):
+    for radius in config.astrometry_match_radii:
         match = match_catalog(fx, fy, cat_ra[usable], cat_dec[usable], ra, dec, rot,
                               search_radius=radius)
         if len(match.det_index) < 3:
@@ -140,47 +137,44 @@ def fit_field(star_lists: list[dict[str, Any]], catalog: Any, pointing: tuple[fl
             "residuals": result.residuals[result.used]}
 
 
-def _catalog_in_ifu(catalog: Any, astro: dict[str, Any], offset: tuple[float, float],
-                    half: float = 26.0, gmax: float = 23.0) -> tuple[np.ndarray, ...]:
+def _catalog_in_ifu(catalog: Catalog, astro: dict[str, Any], offset: tuple[float, float],
+                    half: float, gmax: float) -> tuple[np.ndarray, ...]:
     """Catalogue sources inside one IFU: (index, IFU-frame x, y)."""
-    fx, fy = geometry.sky_to_focal(np.asarray(catalog["raMean"], float),
-                                   np.asarray(catalog["decMean"], float),
-                                   astro["ra"], astro["dec"], astro["rotation"])
+    fx, fy = geometry.sky_to_focal(catalog.ra, catalog.dec, astro["ra"], astro["dec"],
+                                   astro["rotation"])
     x, y = fx - offset[0], fy - offset[1]
-    g = np.asarray(catalog["gMeanApMag"], float)
+    g = catalog.gmag
     inside = (np.abs(x) < half) & (np.abs(y) < half) & np.isfinite(g) & (g < gmax)
     idx = np.flatnonzero(inside)
     return idx, x[idx], y[idx]
 
 
-def star_cutouts(work_root: str, exposures: list[int], slot: int, cond: Conditions,
-                 catalog: Any, astro: dict[str, Any], gmax: float = 19.5, radius: float = 4.5
-                 ) -> dict[str, Any] | None:
+def star_cutouts(d: dict[str, np.ndarray] | None, cond: Conditions, catalog: Catalog,
+                 astro: dict[str, Any], config: ObservationConfig) -> dict[str, Any] | None:
     """Fibers near the bright catalogue stars of one IFU, for the joint PSF fit (focal plane)."""
-    d = load_ifu(work_root, exposures, slot, ("flux", "error", "mask"))
     if d is None:
         return None
-    offset = (float(np.median(d["fx"] - d["ifu_x"])), float(np.median(d["fy"] - d["ifu_y"])))
-    idx, x, y = _catalog_in_ifu(catalog, astro, offset, half=22.0, gmax=gmax)
-    idx, x, y = _isolated(catalog, idx, x, y)
+    offset = ifu_offset(d)
+    idx, x, y = _catalog_in_ifu(catalog, astro, offset, half=config.psf_star_half_size,
+                                gmax=config.psf_star_gmax)
+    idx, x, y = _isolated(catalog, idx, x, y, config.psf_isolation_radius,
+                          config.psf_isolation_dmag)
     if idx.size == 0:
         return None
     near = np.zeros(d["fx"].size, bool)
     for xs, ys in zip(x, y):
-        near |= np.hypot(d["ifu_x"] - xs, d["ifu_y"] - ys) < radius
-    c = calibrated({k: v[near] for k, v in d.items()}, cond)
+        near |= np.hypot(d["ifu_x"] - xs, d["ifu_y"] - ys) < config.psf_star_radius
+    c = calibrated({k: v[near] for k, v in d.items() if k != "sky"}, cond)
     return {"flux": c["flux"], "error": c["error"], "bad": c["bad"], "fx": d["fx"][near],
             "fy": d["fy"][near], "exp_index": d["exp_index"][near],
             "star_fx": x + offset[0], "star_fy": y + offset[1], "cat_index": idx}
 
 
-def _isolated(catalog: Any, idx: np.ndarray, x: np.ndarray, y: np.ndarray,
-              radius: float = 4.0, dmag: float = 4.0) -> tuple[np.ndarray, ...]:
+def _isolated(catalog: Catalog, idx: np.ndarray, x: np.ndarray, y: np.ndarray,
+              radius: float, dmag: float) -> tuple[np.ndarray, ...]:
     """Keep stars without a catalogue neighbour within ``radius`` arcsec that is less than
     ``dmag`` fainter: blends bias the PSF-fitted positions and fluxes."""
-    ra = np.asarray(catalog["raMean"], float)
-    dec = np.asarray(catalog["decMean"], float)
-    g = np.asarray(catalog["gMeanApMag"], float)
+    ra, dec, g = catalog.ra, catalog.dec, catalog.gmag
     keep = np.ones(idx.size, bool)
     for k, i in enumerate(idx):
         sep = np.hypot((ra - ra[i]) * np.cos(np.deg2rad(dec[i])), dec - dec[i]) * 3600
@@ -191,7 +185,7 @@ def _isolated(catalog: Any, idx: np.ndarray, x: np.ndarray, y: np.ndarray,
 
 def fit_psf(cutouts: list[dict[str, Any] | None], cond: Conditions) -> dict[str, Any]:
     """Fan-in: FWHM per exposure and relative exposure throughput from the field stars."""
-    from remedy_dask.observation.psf import fit_seeing
+    from remedy_dask.observation.seeing import fit_seeing
 
     cutouts = [c for c in cutouts if c is not None]
     fallback = {"fwhm": cond.fwhm_guider.tolist(), "norm": [1.0] * len(cond.exposures),
@@ -217,7 +211,8 @@ def fit_psf(cutouts: list[dict[str, Any] | None], cond: Conditions) -> dict[str,
             "star_cat_index": cat("cat_index")[used]}
 
 
-def refine_field(astro: dict[str, Any], psf: dict[str, Any], catalog: Any) -> dict[str, Any]:
+def refine_field(astro: dict[str, Any], psf: dict[str, Any], catalog: Catalog,
+                 config: ObservationConfig) -> dict[str, Any]:
     """Final astrometric fit on the PSF-fitted star positions (much more precise than the
     collapsed-image centroids); the first solution is kept if too few stars were fitted."""
     from remedy_dask.observation.astrometry import fit_astrometry
@@ -226,10 +221,10 @@ def refine_field(astro: dict[str, Any], psf: dict[str, Any], catalog: Any) -> di
     if not psf.get("fitted") or idx.size < 3:
         return astro
     try:
-        res = fit_astrometry(psf["star_fx"], psf["star_fy"],
-                             np.asarray(catalog["raMean"], float)[idx],
-                             np.asarray(catalog["decMean"], float)[idx],
-                             astro["ra"], astro["dec"], astro["rotation"], clip=3.5, floor=0.01)
+        res = fit_astrometry(psf["star_fx"], psf["star_fy"], catalog.ra[idx], catalog.dec[idx],
+                             astro["ra"], astro["dec"], astro["rotation"],
+                             clip=config.astrometry_refine_clip,
+                             floor=config.astrometry_refine_floor)
     except CalibrationError as exc:
         log.warning("astrometry refinement failed (%s): first solution kept", exc)
         return astro
@@ -245,23 +240,23 @@ def psf_tables(psf: dict[str, Any]) -> list[Any]:
     return [fiber_integrated_moffat(f) for f in psf["fwhm"]]
 
 
-def ifu_sources(work_root: str, exposures: list[int], slot: int, cond: Conditions, catalog: Any,
-                astro: dict[str, Any], psf: dict[str, Any]) -> dict[str, np.ndarray]:
+def ifu_sources(d: dict[str, np.ndarray] | None, slot: int, cond: Conditions, catalog: Catalog,
+                astro: dict[str, Any], psf: dict[str, Any], config: ObservationConfig
+                ) -> dict[str, np.ndarray]:
     """Optimal extraction of every catalogue source inside one IFU, with synthetic g."""
     from remedy_dask.observation.fluxcal import synthetic_gmag
     from remedy_dask.observation.sources import extract_sources
 
-    d = load_ifu(work_root, exposures, slot, ("flux", "error", "mask"))
     empty = {"cat_index": np.zeros(0, int), "spectrum": np.zeros((0, geometry.N_WAVE)),
              "error": np.zeros((0, geometry.N_WAVE)), "gmag_virus": np.zeros(0),
              "gmag_virus_err": np.zeros(0), "ifuslot": np.zeros(0, int)}
     if d is None:
         return empty
-    offset = (float(np.median(d["fx"] - d["ifu_x"])), float(np.median(d["fy"] - d["ifu_y"])))
-    idx, x, y = _catalog_in_ifu(catalog, astro, offset)
+    idx, x, y = _catalog_in_ifu(catalog, astro, ifu_offset(d), half=config.source_half_size,
+                                gmax=config.source_gmax)
     if idx.size == 0:
         return empty
-    c = calibrated(d, cond, 1.0)
+    c = calibrated({k: v for k, v in d.items() if k != "sky"}, cond)
     norm = np.asarray(psf["norm"])[d["exp_index"]][:, None]
     spec, err, _ = extract_sources(c["flux"] / norm, c["error"] / norm, c["bad"], d["ifu_x"],
                                    d["ifu_y"], x, y, psf_tables(psf), geometry.dar_offsets(),
@@ -271,16 +266,17 @@ def ifu_sources(work_root: str, exposures: list[int], slot: int, cond: Condition
             "gmag_virus_err": np.atleast_1d(gerr), "ifuslot": np.full(idx.size, slot)}
 
 
-def flux_calibration(sources: list[dict[str, np.ndarray]], catalog: Any) -> dict[str, Any]:
+def flux_calibration(sources: list[dict[str, np.ndarray]], catalog: Catalog,
+                     config: ObservationConfig) -> dict[str, Any]:
     """Fan-in: photometric offset of VIRUS synthetic g against the catalogue."""
     from remedy_dask.observation.fluxcal import photometric_offset
 
     idx = np.concatenate([s["cat_index"] for s in sources]).astype(int)
     gsyn = np.concatenate([s["gmag_virus"] for s in sources])
     gerr = np.concatenate([s["gmag_virus_err"] for s in sources])
-    gcat = np.asarray(catalog["gMeanApMag"], float)[idx]
+    gcat = catalog.gmag[idx]
     try:
-        off = photometric_offset(gsyn, gcat, gerr, mag_range=(15.0, 19.0))
+        off = photometric_offset(gsyn, gcat, gerr, mag_range=tuple(config.photometry_gmag_range))
     except CalibrationError as exc:
         return {"factor": 1.0, "delta_mag": 0.0, "n_stars": 0, "scatter": float("nan"),
                 "fitted": False, "note": f"no photometric offset ({exc}): throughput curve only"}

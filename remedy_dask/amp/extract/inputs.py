@@ -10,38 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-
-@njit(cache=True, nogil=True)
-def _partition_below(a, lo, hi, pivot, inclusive):  # pragma: no cover - compiled
-    """Move the values of a[lo:hi] below ``pivot`` (or equal, if ``inclusive``) to the front;
-    return their end.  Branch-free Lomuto: the swap is unconditional."""
-    store = lo
-    for i in range(lo, hi):
-        v = a[i]
-        a[i] = a[store]
-        a[store] = v
-        store += (v <= pivot) if inclusive else (v < pivot)
-    return store
-
-
-@njit(cache=True, nogil=True)
-def _select(a, n, k):  # pragma: no cover - compiled
-    """The k-th smallest of a[:n] (0-based), reordering a in place (quickselect with a
-    median-of-three pivot and a separate pass for values equal to it, so ties cannot stall)."""
-    lo = 0
-    hi = n
-    while hi - lo > 1:
-        x, y, z = a[lo], a[(lo + hi) // 2], a[hi - 1]
-        pivot = max(min(x, y), min(max(x, y), z))
-        below = _partition_below(a, lo, hi, pivot, False)
-        if k < below:
-            hi = below
-            continue
-        upto = _partition_below(a, below, hi, pivot, True)
-        if k < upto:
-            return pivot
-        lo = upto
-    return a[k]
+from remedy_dask.numeric.quickselect import select_kth
 
 
 @njit(cache=True, nogil=True)
@@ -101,7 +70,7 @@ def prepare_inputs(image, variance, mask, transpose_variance, block, quantile): 
                         n_good += 0 if bad else 1
                         n += 1
             if floor_wanted:
-                value = _select(buf, n, kth)
+                value = select_kth(buf, 0, n, kth)
                 low[br, bc] = value
                 usable[br, bc] = n_good > 2 * kth and np.isfinite(value)
     if floor_wanted:

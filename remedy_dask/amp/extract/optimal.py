@@ -158,21 +158,10 @@ def extract_optimal(
                 "extraction: variance is far below the image (an averaged master frame?): "
                 "use poisson=False for frames whose variance is not rn^2 + electrons"
             )
-        if estimate:
-            v0, block = np.ascontiguousarray(low.T), NOISE_BLOCK
-        else:
-            floor = np.asarray(noise_floor, dtype=np.float64)
-            if not np.all(floor > 0):
-                raise CalibrationError("extraction: noise_floor must be positive")
-            if floor.ndim == 0:
-                v0, block = np.full((1, 1), float(floor)), max(image.shape)
-            else:
-                v0 = np.ascontiguousarray(np.broadcast_to(floor, image.shape).T)
-                block = 1
+        v0, block = (np.ascontiguousarray(low.T), NOISE_BLOCK) if estimate else \
+            _given_noise_floor(noise_floor, image.shape)
     gi, gw = bracket(prof.group_centers, np.arange(n_fib, dtype=float))
-    band = 1  # largest fiber-index distance at which two profile windows overlap
-    while band < n_fib - 1 and np.any(trace[band + 1 :] - trace[: -band - 1] < 2 * prof.half_width):
-        band += 1
+    band = _band_width(trace, prof.half_width)
     rejected_t = np.zeros(image_t.shape, np.uint8)
     flux, var, chi2, lost = (np.full((n_fib, n_cols), np.nan) for _ in range(4))
     ek.extract_amp(
@@ -182,6 +171,32 @@ def extract_optimal(
         reject_sigma, reject_rel, int(max_iter), dilate, profile_error, chi2_half_width, band,
         smooth_variance, flux, var, chi2, lost, rejected_t,
     )
+    return _extraction(flux, var, chi2, lost, rejected_t, max_lost, band)
+
+
+def _given_noise_floor(noise_floor: np.ndarray | float, shape: tuple[int, int]
+                       ) -> tuple[np.ndarray, int]:
+    """The non-signal variance as the amp kernel takes it: (transposed values, block size)."""
+    floor = np.asarray(noise_floor, dtype=np.float64)
+    if not np.all(floor > 0):
+        raise CalibrationError("extraction: noise_floor must be positive")
+    if floor.ndim == 0:
+        return np.full((1, 1), float(floor)), max(shape)
+    return np.ascontiguousarray(np.broadcast_to(floor, shape).T), 1
+
+
+def _band_width(trace: np.ndarray, half_width: float) -> int:
+    """Largest fiber-index distance at which two profile windows overlap (at least 1)."""
+    n_fib = trace.shape[0]
+    band = 1
+    while band < n_fib - 1 and np.any(trace[band + 1 :] - trace[: -band - 1] < 2 * half_width):
+        band += 1
+    return band
+
+
+def _extraction(flux: np.ndarray, var: np.ndarray, chi2: np.ndarray, lost: np.ndarray,
+                rejected_t: np.ndarray, max_lost: float, band: int) -> Extraction:
+    """The amp kernel's outputs as an :class:`Extraction` with its QA numbers."""
     rej = rejected_t.T > 0
     n_cr = int(np.count_nonzero(rejected_t == 1))
     with np.errstate(invalid="ignore"):

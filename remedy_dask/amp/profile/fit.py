@@ -84,6 +84,32 @@ def _chunk_setup(
     return _ChunkSetup(columns, geometry, lo_pair, span, int(width))
 
 
+def _newton_step(stats: tuple[np.ndarray, ...], setup: _ChunkSetup, basis: _KnotBasis,
+                 a: np.ndarray, p: np.ndarray, shape: tuple[int, int], group_index: np.ndarray,
+                 group_weight: np.ndarray, fixed: np.ndarray, smoothness: float,
+                 workspace: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """One Gauss-Newton step of :func:`_fit_chunk` from the normal equations and penalties."""
+    g_self, g_pair, v = stats
+    scratch, lhs = workspace
+    n_fib = a.size
+
+    def assemble() -> np.ndarray:  # normal equations and penalties, lhs in place; returns rhs
+        rhs = pk.normal_equations(
+            g_self, g_pair, setup.lo_pair, setup.span, v, a, p.reshape(shape), group_index,
+            group_weight, scratch, lhs,
+        )
+        pk.regularise(lhs, rhs, p, basis.pen, basis.integ, basis.integ2, fixed, n_fib, smoothness)
+        return rhs
+
+    rhs = assemble()
+    try:  # in place (lhs.T: the Fortran-ordered view of the symmetric matrix, no copy)
+        return cho_solve(cho_factor(lhs.T, overwrite_a=True, check_finite=False), rhs,
+                         check_finite=False)
+    except LinAlgError:  # not positive definite (not seen in practice): LU, matrix rebuilt
+        rhs = assemble()
+        return solve(lhs, rhs, check_finite=False)
+
+
 def _fit_chunk(
     image: np.ndarray,
     weight: np.ndarray,
@@ -139,15 +165,7 @@ def _fit_chunk(
     fixed[n_fib + np.arange(ng) * nk + nk - 1] = True
     a = fiber_amp.astype(np.float64).copy()
     p = knot_vals.ravel().astype(np.float64).copy()
-    scratch, lhs = workspace
-
-    def assemble() -> np.ndarray:  # normal equations and penalties, lhs in place; returns rhs
-        rhs = pk.normal_equations(
-            g_self, g_pair, setup.lo_pair, setup.span, v, a, p.reshape(ng, nk), group_index,
-            group_weight, scratch, lhs,
-        )
-        pk.regularise(lhs, rhs, p, basis.pen, basis.integ, basis.integ2, fixed, n_fib, smoothness)
-        return rhs
+    stats = (g_self, g_pair, v)
 
     for it in range(n_newton):
         if it == 1 and clip_later:  # drop outliers once the model is close
@@ -157,13 +175,8 @@ def _fit_chunk(
             if drop.any():  # remove the dropped pixels from the statistics
                 pk.accumulate_stats(y, np.where(drop, -w, 0.0), scale, *setup.geometry,
                                     setup.lo_pair, g_self, g_pair, v)
-        rhs = assemble()
-        try:  # in place (lhs.T: the Fortran-ordered view of the symmetric matrix, no copy)
-            step = cho_solve(cho_factor(lhs.T, overwrite_a=True, check_finite=False), rhs,
-                             check_finite=False)
-        except LinAlgError:  # not positive definite (not seen in practice): LU, matrix rebuilt
-            rhs = assemble()
-            step = solve(lhs, rhs, check_finite=False)
+        step = _newton_step(stats, setup, basis, a, p, (ng, nk), group_index, group_weight,
+                            fixed, smoothness, workspace)
         a += step[:n_fib]
         p += step[n_fib:]
         norm = p.reshape(ng, nk) @ basis.tw  # renormalise: each table integrates to 1
@@ -207,30 +220,14 @@ def measure_profile(
     is ~1e-5 of the peak, far below the profile's noise).
     Raises CalibrationError when the flat cannot constrain the profile.
     """
-
-    image = np.asarray(master_flat, dtype=np.float64)
-    var = np.asarray(variance, dtype=np.float64)
-    trace = np.asarray(trace, dtype=np.float64)
-    if image.ndim != 2 or image.shape != var.shape or image.shape != np.shape(mask):
-        raise CalibrationError("flat, variance and mask must be 2-D arrays of one shape")
-    if trace.ndim != 2 or trace.shape[1] != image.shape[1] or not np.all(np.isfinite(trace)):
-        raise CalibrationError("trace must be finite with one column per image column")
-    bad = np.asarray(mask, dtype=bool) | ~np.isfinite(image) | ~(var > 0)
-    weight = np.where(bad, 0.0, 1.0 / np.where(bad, 1.0, var))
-    image = np.where(bad, 0.0, image)
+    image, var, bad, weight, trace = _flat_inputs(master_flat, variance, mask, trace)
     n_fib, n_cols = trace.shape
     basis = _knot_basis(half_width, n_groups)
     knots = basis.knots
     offsets = uniform_grid(half_width)
     edges = np.linspace(0, n_cols, n_chunks + 1).round().astype(int)
     chunk_centers = 0.5 * (edges[:-1] + edges[1:] - 1)
-    gedges = np.linspace(0, n_fib, n_groups + 1)
-    group_centers = 0.5 * (gedges[:-1] + gedges[1:] - 1)
-    if n_groups == 1:
-        gi, gw = np.zeros(n_fib, np.int64), np.zeros(n_fib)
-    else:
-        gi, gw = bracket(group_centers, np.arange(n_fib, dtype=float))
-    gi, gw = gi.astype(np.int64), gw.astype(np.float64)
+    group_centers, gi, gw = _slit_groups(n_fib, n_groups)
     setups: list[_ChunkSetup | None] = [None] * n_chunks
     drops: list[np.ndarray | None] = [None] * n_chunks  # pixels clipped by the first iteration
     npar = n_fib + n_groups * knots.size
@@ -245,13 +242,7 @@ def measure_profile(
             raise CalibrationError("profile: fewer than half of the flat fiber amplitudes are usable")
         tables = np.empty((n_chunks, n_groups, offsets.size))
         for ic in range(n_chunks):
-            cols = np.arange(edges[ic], edges[ic + 1])
-            usable = (np.isfinite(amplitude[:, cols]).mean(axis=0) > 0.8) & (
-                np.nansum(amplitude[:, cols], axis=0) > 0
-            )
-            if usable.sum() < 0.5 * cols.size:
-                raise CalibrationError(f"profile: flat unusable in columns {cols[0]}-{cols[-1]}")
-            cols = cols[usable]  # e.g. a masked bad column drops out of its chunk
+            cols = _usable_columns(amplitude, edges[ic], edges[ic + 1])
             setup = setups[ic]
             if setup is None or not np.array_equal(setup.columns, cols):
                 setup = setups[ic] = _chunk_setup(trace, cols, basis, image.shape[0])
@@ -265,11 +256,55 @@ def measure_profile(
                 smoothness, clip, n_newton, tol, workspace, drops[ic],
             )
             for ig in range(n_groups):
-                tab = np.interp(offsets, knots, knot_tables[ic, ig])
-                norm = np.trapezoid(tab, offsets)
-                if not np.isfinite(norm) or norm <= 0:
-                    raise CalibrationError(f"profile: chunk {ic} group {ig} has no flux")
-                tables[ic, ig] = tab / norm
+                tables[ic, ig] = _unit_table(offsets, knots, knot_tables[ic, ig], ic, ig)
         model = ProfileModel(offsets, tables, chunk_centers, group_centers)
     model.validate()
     return model
+
+
+def _flat_inputs(master_flat: np.ndarray, variance: np.ndarray, mask: np.ndarray,
+                 trace: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Checked float64 flat (0 on bad pixels), variance, bad pixels, weights 1/variance (0 on
+    bad pixels) and trace."""
+    image = np.asarray(master_flat, dtype=np.float64)
+    var = np.asarray(variance, dtype=np.float64)
+    trace = np.asarray(trace, dtype=np.float64)
+    if image.ndim != 2 or image.shape != var.shape or image.shape != np.shape(mask):
+        raise CalibrationError("flat, variance and mask must be 2-D arrays of one shape")
+    if trace.ndim != 2 or trace.shape[1] != image.shape[1] or not np.all(np.isfinite(trace)):
+        raise CalibrationError("trace must be finite with one column per image column")
+    bad = np.asarray(mask, dtype=bool) | ~np.isfinite(image) | ~(var > 0)
+    weight = np.where(bad, 0.0, 1.0 / np.where(bad, 1.0, var))
+    return np.where(bad, 0.0, image), var, bad, weight, trace
+
+
+def _slit_groups(n_fib: int, n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centres (fiber index) of the slit groups, and each fiber's bracketing group and weight."""
+    gedges = np.linspace(0, n_fib, n_groups + 1)
+    group_centers = 0.5 * (gedges[:-1] + gedges[1:] - 1)
+    if n_groups == 1:
+        gi, gw = np.zeros(n_fib, np.int64), np.zeros(n_fib)
+    else:
+        gi, gw = bracket(group_centers, np.arange(n_fib, dtype=float))
+    return group_centers, gi.astype(np.int64), gw.astype(np.float64)
+
+
+def _usable_columns(amplitude: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Columns of a chunk with most fiber amplitudes usable (a masked bad column drops out)."""
+    cols = np.arange(start, stop)
+    usable = (np.isfinite(amplitude[:, cols]).mean(axis=0) > 0.8) & (
+        np.nansum(amplitude[:, cols], axis=0) > 0
+    )
+    if usable.sum() < 0.5 * cols.size:
+        raise CalibrationError(f"profile: flat unusable in columns {cols[0]}-{cols[-1]}")
+    return cols[usable]
+
+
+def _unit_table(offsets: np.ndarray, knots: np.ndarray, knot_values: np.ndarray, ic: int,
+                ig: int) -> np.ndarray:
+    """A chunk-group profile on ``offsets``, normalised to unit integral."""
+    tab = np.interp(offsets, knots, knot_values)
+    norm = np.trapezoid(tab, offsets)
+    if not np.isfinite(norm) or norm <= 0:
+        raise CalibrationError(f"profile: chunk {ic} group {ig} has no flux")
+    return tab / norm

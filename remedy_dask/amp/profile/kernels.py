@@ -199,39 +199,9 @@ def normal_equations(g_self, g_pair, lo_pair, span, v, a, p, gi, gw, half, lhs):
     half[:] = 0.0  # the normal matrix is half + half^T
     rhs = np.zeros(npar)
     q = fiber_knots(p, gi, gw, two_groups)
-    gq_self = np.zeros((nf, nk))
-    gq_fwd = np.zeros((nf, band, nk))  # G_{k,k+j} q_{k+j}, over fiber k's knots
-    gq_bwd = np.zeros((nf, band, nk))  # G_{k,k+j}^T q_k, over fiber k+j's knots
-    for k in range(nf):
-        for i in range(nk):
-            s = g_self[k, i, 0] * q[k, i]
-            if i + 1 < nk:
-                s += g_self[k, i, 1] * q[k, i + 1]
-            if i > 0:
-                s += g_self[k, i - 1, 1] * q[k, i - 1]
-            gq_self[k, i] = s
-        for j in range(1, band + 1):
-            k2 = k + j
-            if k2 >= nf:
-                break
-            for i in range(nk):
-                lo = lo_pair[k, j - 1, i]
-                qi = q[k, i]
-                s = 0.0
-                for o in range(span[k, j - 1, i]):
-                    gval = g_pair[k, j - 1, i, o]
-                    s += gval * q[k2, lo + o]
-                    gq_bwd[k, j - 1, lo + o] += gval * qi
-                gq_fwd[k, j - 1, i] = s
-    # groups and weights of each fiber (a single one with one group)
+    gq_self, gq_fwd, gq_bwd = _gq_products(g_self, g_pair, lo_pair, span, q)
     n_beta = 2 if two_groups else 1
-    beta = np.zeros((nf, 2))
-    grp = np.zeros((nf, 2), np.int64)
-    for k in range(nf):
-        grp[k, 0] = gi[k]
-        grp[k, 1] = gi[k] + 1 if two_groups else gi[k]
-        beta[k, 0] = 1.0 - gw[k] if two_groups else 1.0
-        beta[k, 1] = gw[k] if two_groups else 0.0
+    grp, beta = _group_weights(gi, gw, nf, two_groups)
     resid = np.zeros(nk)
     cross = np.zeros(nk)
     for k in range(nf):
@@ -279,7 +249,61 @@ def normal_equations(g_self, g_pair, lo_pair, span, v, a, p, gi, gw, half, lhs):
                 col0 = nf + grp[kk, u] * nk
                 for i in range(nk):
                     half[k, col0 + i] += coef * cross[i]
-    # knot-knot block: sum_{k,k'} a_k a_k' beta_kg beta_k'g' G_kk'
+    _knot_knot_block(half, g_self, g_pair, lo_pair, span, a, grp, beta, n_beta, nf)
+    _plus_transpose(half, lhs)
+    return rhs
+
+
+@njit(cache=True, nogil=True)
+def _gq_products(g_self, g_pair, lo_pair, span, q):  # pragma: no cover - compiled
+    """The statistics times the fiber knots: G_kk q_k, G_{k,k+j} q_{k+j} (over fiber k's
+    knots) and G_{k,k+j}^T q_k (over fiber k+j's knots)."""
+    nf, band, nk, width = g_pair.shape
+    gq_self = np.zeros((nf, nk))
+    gq_fwd = np.zeros((nf, band, nk))
+    gq_bwd = np.zeros((nf, band, nk))
+    for k in range(nf):
+        for i in range(nk):
+            s = g_self[k, i, 0] * q[k, i]
+            if i + 1 < nk:
+                s += g_self[k, i, 1] * q[k, i + 1]
+            if i > 0:
+                s += g_self[k, i - 1, 1] * q[k, i - 1]
+            gq_self[k, i] = s
+        for j in range(1, band + 1):
+            k2 = k + j
+            if k2 >= nf:
+                break
+            for i in range(nk):
+                lo = lo_pair[k, j - 1, i]
+                qi = q[k, i]
+                s = 0.0
+                for o in range(span[k, j - 1, i]):
+                    gval = g_pair[k, j - 1, i, o]
+                    s += gval * q[k2, lo + o]
+                    gq_bwd[k, j - 1, lo + o] += gval * qi
+                gq_fwd[k, j - 1, i] = s
+    return gq_self, gq_fwd, gq_bwd
+
+
+@njit(cache=True, nogil=True)
+def _group_weights(gi, gw, nf, two_groups):  # pragma: no cover - compiled
+    """Groups and weights of each fiber (a single one with one group)."""
+    beta = np.zeros((nf, 2))
+    grp = np.zeros((nf, 2), np.int64)
+    for k in range(nf):
+        grp[k, 0] = gi[k]
+        grp[k, 1] = gi[k] + 1 if two_groups else gi[k]
+        beta[k, 0] = 1.0 - gw[k] if two_groups else 1.0
+        beta[k, 1] = gw[k] if two_groups else 0.0
+    return grp, beta
+
+
+@njit(cache=True, nogil=True)
+def _knot_knot_block(half, g_self, g_pair, lo_pair, span, a, grp, beta, n_beta, nf
+                     ):  # pragma: no cover - compiled
+    """Add the knot-knot block sum_{k,k'} a_k a_k' beta_kg beta_k'g' G_kk' to ``half``."""
+    band, nk = g_pair.shape[1], g_pair.shape[2]
     for k in range(nf):
         for u in range(n_beta):
             r0 = nf + grp[k, u] * nk
@@ -303,8 +327,6 @@ def normal_equations(g_self, g_pair, lo_pair, span, v, a, p, gi, gw, half, lhs):
                         lo = lo_pair[k, j - 1, i]
                         for o in range(span[k, j - 1, i]):
                             half[r0 + i, c0 + lo + o] += coef * g_pair[k, j - 1, i, o]
-    _plus_transpose(half, lhs)
-    return rhs
 
 
 @njit(cache=True, nogil=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy import signal
 from scipy.ndimage import gaussian_filter1d, minimum_filter1d
 
 from remedy_dask.errors import CalibrationError
@@ -74,8 +75,7 @@ def find_peaks(profile: np.ndarray, pitch: float = PITCH_GUESS, rel_threshold: f
     smooth = gaussian_filter1d(prof, 1.0)
     base = gaussian_filter1d(minimum_filter1d(smooth, int(3 * pitch) | 1), pitch)
     h = smooth - np.minimum(base, smooth)
-    is_max = np.r_[False, (h[1:-1] > h[:-2]) & (h[1:-1] >= h[2:]), False]
-    idx = np.flatnonzero(is_max)
+    idx, _ = signal.find_peaks(h)
     if idx.size == 0:
         return np.zeros(0)
     level = np.percentile(h[idx], 90)

@@ -51,6 +51,7 @@ from remedy_dask.amp.trace.assign import (
     windowed_centroid,
 )
 from remedy_dask.amp.trace.shift import HALF_WINDOW
+from remedy_dask.numeric.robust import MAD_TO_SIGMA, nan_mad_sigma
 
 
 
@@ -180,7 +181,7 @@ def _robust_sigma(res: np.ndarray, weight: np.ndarray) -> np.ndarray:
     empty = ~used.any(0)
     r = np.where(used, res, np.nan)
     r[:, empty] = 0.0
-    sig = 1.4826 * np.nanmedian(np.abs(r - np.nanmedian(r, 0)), 0)
+    sig = nan_mad_sigma(r, axis=0)
     return np.where(empty, np.nan, sig)
 
 
@@ -210,7 +211,7 @@ def fit_along_columns(pos: np.ndarray, ok: np.ndarray, centres: np.ndarray, n_co
             sol, *_ = np.linalg.lstsq(cross[use], coef[use, free_orders:], rcond=None)
             smooth = cross @ sol
             dev = np.abs(coef[:, free_orders:] - smooth)
-            scale = 1.4826 * np.median(dev[live], 0) + 1e-6
+            scale = MAD_TO_SIGMA * np.median(dev[live], 0) + 1e-6
             use = live & np.all(dev < 5.0 * scale, axis=1)
         target = pos - design[:, free_orders:] @ smooth.T
         low = _batched_wls(design[:, :free_orders], weight, target)
@@ -255,14 +256,7 @@ def fit_trace(master_flat: np.ndarray, variance: np.ndarray | None = None,
     profiles, centres = chunk_profiles(image, variance, mask, n_chunks)
     jc = n_chunks // 2
     peaks = find_peaks(profiles[jc])
-    if reference_y is not None:
-        ref = np.asarray(reference_y, dtype=float)
-        if ref.size != n_fibers:
-            raise CalibrationError(f"fiber-location reference has {ref.size} fibers, expected {n_fibers}")
-        ref_dead = np.zeros(n_fibers, bool) if dead is None else np.asarray(dead, dtype=bool)
-        fiber, pred, qa = assign_by_reference(peaks, ref, ref_dead)
-    else:
-        fiber, pred, qa = assign_by_pattern(peaks, n_fibers, groups, gap_pitches)
+    fiber, pred, qa = _assign(peaks, n_fibers, reference_y, dead, groups, gap_pitches)
     found = fiber >= 0
     start = pred.copy()
     start[fiber[found]] = peaks[found]
@@ -278,9 +272,48 @@ def fit_trace(master_flat: np.ndarray, variance: np.ndarray | None = None,
     if live.sum() < 0.8 * n_fibers:
         raise CalibrationError(f"only {live.sum()} of {n_fibers} fibers carry light on the flat")
 
-    # empirical profile + background + amplitudes, alternated with deblended centroids; the
-    # profile update is over-relaxed (the wing/background trade-off converges slowly otherwise)
     before = pos.copy()
+    pos, ok, table, sigma_w = _refine_positions(profiles, centres, n_cols, pos, ok, live, sigma_w,
+                                                n_profile, n_deblend, relax)
+    deblend_shift = np.abs(pos - before)[ok]
+
+    coef, rms, weight = fit_along_columns(pos, ok, centres, n_cols, degree, pos[jc], live)
+    coef = _place_dead(coef, live, pred, centres[jc], n_cols, degree)
+    trace = coef @ legendre.legvander(2.0 * np.arange(n_cols) / (n_cols - 1) - 1.0, degree).T
+    if not np.all(np.isfinite(trace)) or trace.min() < 0 or trace.max() > n_rows - 1:
+        raise CalibrationError("trace fit failed: non-finite or off-chip fiber positions")
+    dead_out = ~live
+    rms = np.where(live, rms, np.nan)
+    qa.update(n_chunks=n_chunks, degree=degree, sigma_window=sigma_w,
+              profile_fwhm=2.0 * _half_width(table),
+              n_dead=int(dead_out.sum()), dead_fibers=",".join(map(str, np.flatnonzero(dead_out))),
+              rms_median=float(np.nanmedian(rms)), rms_max=float(np.nanmax(rms)),
+              rejected_chunk_fraction=float(1.0 - weight[:, live].mean()),
+              deblend_shift_max=float(deblend_shift.max()) if deblend_shift.size else 0.0)
+    return TraceResult(trace=trace, dead=dead_out, rms=rms, qa=qa, profile=table)
+
+
+def _assign(peaks: np.ndarray, n_fibers: int, reference_y: np.ndarray | None,
+            dead: np.ndarray | None, groups: tuple[int, ...], gap_pitches: float
+            ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Fiber of each peak, predicted rows of all fibers and QA: by the fiber-location
+    reference if given, else by the slit pattern."""
+    if reference_y is None:
+        return assign_by_pattern(peaks, n_fibers, groups, gap_pitches)
+    ref = np.asarray(reference_y, dtype=float)
+    if ref.size != n_fibers:
+        raise CalibrationError(f"fiber-location reference has {ref.size} fibers, expected {n_fibers}")
+    ref_dead = np.zeros(n_fibers, bool) if dead is None else np.asarray(dead, dtype=bool)
+    return assign_by_reference(peaks, ref, ref_dead)
+
+
+def _refine_positions(profiles: np.ndarray, centres: np.ndarray, n_cols: int, pos: np.ndarray,
+                      ok: np.ndarray, live: np.ndarray, sigma_w: float, n_profile: int,
+                      n_deblend: int, relax: float
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Empirical profile + background + amplitudes, alternated with deblended centroids; the
+    profile update is over-relaxed (the wing/background trade-off converges slowly otherwise).
+    Returns positions, their validity, the profile table and the centroid window sigma."""
     table = initial_profile()
     basis = BackgroundBasis.build(profiles, centres, n_cols)
     fibers = fit_amplitudes_and_background(profiles, pos, table, centres, n_cols, basis)
@@ -300,22 +333,7 @@ def fit_trace(master_flat: np.ndarray, variance: np.ndarray | None = None,
             if not last:
                 fibers = fit_amplitudes_and_background(profiles, pos, table, centres, n_cols,
                                                        basis)
-    deblend_shift = np.abs(pos - before)[ok]
-
-    coef, rms, weight = fit_along_columns(pos, ok, centres, n_cols, degree, pos[jc], live)
-    coef = _place_dead(coef, live, pred, centres[jc], n_cols, degree)
-    trace = coef @ legendre.legvander(2.0 * np.arange(n_cols) / (n_cols - 1) - 1.0, degree).T
-    if not np.all(np.isfinite(trace)) or trace.min() < 0 or trace.max() > n_rows - 1:
-        raise CalibrationError("trace fit failed: non-finite or off-chip fiber positions")
-    dead_out = ~live
-    rms = np.where(live, rms, np.nan)
-    qa.update(n_chunks=n_chunks, degree=degree, sigma_window=sigma_w,
-              profile_fwhm=2.0 * _half_width(table),
-              n_dead=int(dead_out.sum()), dead_fibers=",".join(map(str, np.flatnonzero(dead_out))),
-              rms_median=float(np.nanmedian(rms)), rms_max=float(np.nanmax(rms)),
-              rejected_chunk_fraction=float(1.0 - weight[:, live].mean()),
-              deblend_shift_max=float(deblend_shift.max()) if deblend_shift.size else 0.0)
-    return TraceResult(trace=trace, dead=dead_out, rms=rms, qa=qa, profile=table)
+    return pos, ok, table, sigma_w
 
 
 def _place_dead(coef: np.ndarray, live: np.ndarray, pred: np.ndarray, x_centre: float, n_cols: int,

@@ -5,11 +5,10 @@ Gaussian-windowed centroids (the estimator of :func:`remedy_dask.amp.trace.fit.w
 pixel-phase bias) of every fiber in every other column chunk, on the unbinned pixels, after
 replacing masked pixels and cosmic rays by the chunk's median fiber profile.
 
-Speed (~5 ms per amp on one idle core, 4-5x the numpy version it replaced, same shifts to
-1e-8 px): one compiled pass per fiber gathers its windows (15 rows x a chunk's columns, stored
+Speed (~5 ms per amp on one idle core, 4-5x a numpy formulation, same shifts to 1e-8 px): one
+compiled pass per fiber gathers its windows (15 rows x a chunk's columns, stored
 [column, chunk * 16 + row] so that the rows of all chunks are SIMD lanes), replaces the outliers
-in float32 as the numpy version did (medians over the columns by a sorting network run
-on all lanes at once) and runs the centroids' Newton steps in float64 with the Gaussian window
+in float32 (medians over the columns by a sorting network run on all lanes at once) and runs the centroids' Newton steps in float64 with the Gaussian window
 factorised into per-row and per-column exponentials (no exp per pixel).
 """
 
@@ -20,6 +19,7 @@ from numba import njit
 
 from remedy_dask.errors import CalibrationError
 from remedy_dask.numeric.sortnet import median_network
+from remedy_dask.numeric.robust import mad_sigma
 
 HALF_WINDOW = 7  # rows gathered on each side of a fiber for the windowed centroid
 _LANES = 16  # lanes per window in the kernel's work arrays (>= 2 * HALF_WINDOW + 1)
@@ -282,6 +282,6 @@ def measure_trace_shift(image: np.ndarray, variance: np.ndarray | None, mask: np
         wgt = 1.0 / err[keep] ** 2
         mean = float(np.sum(wgt * s[keep]) / wgt.sum())
         chi = (s - mean) / err
-        scale = max(1.4826 * np.median(np.abs(chi - np.median(chi))), 1.0)
+        scale = max(mad_sigma(chi), 1.0)
         keep = np.abs(chi) < 4.0 * scale
     return mean

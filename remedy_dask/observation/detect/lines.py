@@ -43,6 +43,8 @@ from remedy_dask.observation.psf import PSFLike, RadialPSF, dar_xy, evaluate_psf
 from remedy_dask.observation.detect.matched_filter import line_kernel, matched_filter_cube
 from remedy_dask.numeric.running_median import median_above, nanmedian_lastaxis, running_median
 from remedy_dask.observation.sources import extract_source
+from remedy_dask.numeric.peaks import parabola_vertex
+from remedy_dask.numeric.robust import MAD_TO_SIGMA
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 DEFAULT_THRESHOLD = 5.4  # matched-filter S/N
@@ -143,7 +145,7 @@ def _find_peaks(num: np.ndarray, den: np.ndarray, threshold: float, renormalize:
     noise_scale = 1.0
     if renormalize:
         sample = snr[covered][::7]
-        noise_scale = float(1.4826 * median_above(np.abs(sample - median_above(sample))))
+        noise_scale = float(MAD_TO_SIGMA * median_above(np.abs(sample - median_above(sample))))
         if not np.isfinite(noise_scale) or noise_scale <= 0:
             raise CalibrationError("detect_emission_lines: S/N cube has no scatter")
         snr /= noise_scale
@@ -191,14 +193,6 @@ def _merge_peaks(pos: np.ndarray, sn: np.ndarray, radius: float, dwave: float) -
         members = np.flatnonzero(group == gid)
         keep.append(members[np.argmax(sn[members])])
     return np.array(keep, dtype=int)
-
-
-def _parabolic(vm: float, v0: float, vp: float) -> float:
-    """Sub-pixel offset of the vertex of a parabola through three equally spaced values."""
-    denom = vm - 2.0 * v0 + vp
-    if not np.isfinite(denom) or denom >= 0:
-        return 0.0
-    return float(np.clip(0.5 * (vm - vp) / denom, -0.5, 0.5))
 
 
 def _fit_position(resid, ivar, fiber_x, fiber_y, psf, exposure, dxy, j0, x0, y0, g_kernel,
@@ -285,33 +279,12 @@ def detect_emission_lines(
     if isinstance(psf, RadialPSF):
         exposure = None
     good_in = good_pixels(flux, error, mask)
-    cont = remove_continuum(flux, good_in, continuum_window)
-    good = good_in & np.isfinite(cont)
-    if not good.any():
-        raise CalibrationError("detect_emission_lines: no unmasked data")
-    resid = np.where(good, flux - np.where(good, cont, 0.0), np.nan)
-    if subtract_residual_sky:
-        flux = flux.copy()  # never modify the caller's array
-        for rows, shared in _residual_sky(resid, groups):
-            resid[rows] -= shared
-            flux[rows] -= shared
-    resid = np.where(good, resid, 0.0)
-    # a continuum model is good to a few per cent of the continuum: add that to the noise so that
-    # residual features of bright stars do not pass as lines
-    var = np.where(good, error, 1.0) ** 2 + (continuum_error * np.where(good, cont, 0.0)) ** 2
-    if sky is not None:  # sky-subtraction residuals scale with the subtracted sky (bright lines)
-        var += (sky_error * np.where(good, np.nan_to_num(np.asarray(sky, dtype=float)), 0.0)) ** 2
-    ivar = np.where(good, 1.0 / var, 0.0)
+    flux, resid, ivar = _line_residuals(flux, error, good_in, groups, sky, continuum_window,
+                                        continuum_error, sky_error, subtract_residual_sky)
     dxy = dar_xy(dar, n_wave)
     step = float(np.median(np.diff(wave)))
     line_sigma = line_fwhm * FWHM_TO_SIGMA
-
-    margin = 1.0
-    grid = ImageGrid(
-        fiber_x.min() - margin, fiber_y.min() - margin,
-        int(np.ceil((np.ptp(fiber_x) + 2 * margin) / grid_step)) + 1,
-        int(np.ceil((np.ptp(fiber_y) + 2 * margin) / grid_step)) + 1, grid_step,
-    )
+    grid = _search_grid(fiber_x, fiber_y, grid_step)
     num, den = matched_filter_cube(resid, ivar, fiber_x, fiber_y, grid, psf, dxy, line_sigma,
                                    step, exposure)
     snr, noise_scale, peaks = _find_peaks(num, den, threshold, renormalize)
@@ -333,11 +306,11 @@ def detect_emission_lines(
 
     g_kernel = line_kernel(line_sigma, step)
     rows = []
-    for k in keep:
+    for k in keep:  # refine each candidate's position, then fit its line
         iy, ix, j0 = peaks[k]
         plane = snr[:, :, j0]
-        dx = _parabolic(*plane[iy, ix - 1 : ix + 2]) if 0 < ix < grid.nx - 1 else 0.0
-        dy = _parabolic(*plane[iy - 1 : iy + 2, ix]) if 0 < iy < grid.ny - 1 else 0.0
+        dx = parabola_vertex(*plane[iy, ix - 1 : ix + 2]) if 0 < ix < grid.nx - 1 else 0.0
+        dy = parabola_vertex(*plane[iy - 1 : iy + 2, ix]) if 0 < iy < grid.ny - 1 else 0.0
         x0, y0 = grid.to_arcsec(ix + dx, iy + dy)
         x0, y0 = _fit_position(resid, ivar, fiber_x, fiber_y, psf, exposure, dxy, j0,
                                float(x0), float(y0), g_kernel)
@@ -347,6 +320,41 @@ def detect_emission_lines(
             row["sn"] = float(peak_sn[k])
             rows.append(row)
     return _table(sorted(rows, key=lambda r: -r["sn"]), n_wave, meta)
+
+
+def _line_residuals(flux: np.ndarray, error: np.ndarray, good_in: np.ndarray, groups: np.ndarray,
+                    sky: np.ndarray | None, continuum_window: int, continuum_error: float,
+                    sky_error: float, subtract_residual_sky: bool
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Continuum-subtracted spectra (0 where bad) and their inverse variance, and the flux with
+    the exposures' common residual removed (a copy) if ``subtract_residual_sky``."""
+    cont = remove_continuum(flux, good_in, continuum_window)
+    good = good_in & np.isfinite(cont)
+    if not good.any():
+        raise CalibrationError("detect_emission_lines: no unmasked data")
+    resid = np.where(good, flux - np.where(good, cont, 0.0), np.nan)
+    if subtract_residual_sky:
+        flux = flux.copy()  # never modify the caller's array
+        for rows, shared in _residual_sky(resid, groups):
+            resid[rows] -= shared
+            flux[rows] -= shared
+    resid = np.where(good, resid, 0.0)
+    # a continuum model is good to a few per cent of the continuum: add that to the noise so that
+    # residual features of bright stars do not pass as lines
+    var = np.where(good, error, 1.0) ** 2 + (continuum_error * np.where(good, cont, 0.0)) ** 2
+    if sky is not None:  # sky-subtraction residuals scale with the subtracted sky (bright lines)
+        var += (sky_error * np.where(good, np.nan_to_num(np.asarray(sky, dtype=float)), 0.0)) ** 2
+    return flux, resid, np.where(good, 1.0 / var, 0.0)
+
+
+def _search_grid(fiber_x: np.ndarray, fiber_y: np.ndarray, grid_step: float,
+                 margin: float = 1.0) -> ImageGrid:
+    """The matched filter's spatial grid: the fibers' extent plus ``margin`` arcsec."""
+    return ImageGrid(
+        fiber_x.min() - margin, fiber_y.min() - margin,
+        int(np.ceil((np.ptp(fiber_x) + 2 * margin) / grid_step)) + 1,
+        int(np.ceil((np.ptp(fiber_y) + 2 * margin) / grid_step)) + 1, grid_step,
+    )
 
 
 def _gauss(wave, flux, mu, sigma):

@@ -1,0 +1,226 @@
+"""Compiled per-column pieces of the optimal extraction (:mod:`remedy_dask.amp.extract.kernels`):
+banded normal equations of the fibers crossing a column, their Cholesky solution, the column's
+fiber profiles, its variance and its outliers.  Columns are contiguous (images transposed).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# Array indices in the hot loops are cast to unsigned: numba then drops its negative-index
+# wrap-around checks, which otherwise cost ~25% of the per-column fit.
+_U = np.uint64
+
+
+@njit(cache=True, nogil=True)
+def band_cholesky(nb, lb, band):  # pragma: no cover - compiled
+    """Cholesky factor of a banded SPD matrix: nb[i, j] = N[i, i+j], lb[i, j] = L[i+j, i]
+    for j >= 1 and lb[i, 0] = 1 / L[i, i] (the reciprocal saves divisions downstream)."""
+    nf = nb.shape[0]
+    for i in range(nf):
+        s = nb[i, 0]
+        for p in range(max(0, i - band), i):
+            s -= lb[p, i - p] ** 2
+        inv = 1.0 / np.sqrt(max(s, 1e-300))
+        lb[i, 0] = inv
+        for j in range(1, band + 1):
+            row = i + j
+            if row >= nf:
+                lb[i, j] = 0.0
+                continue
+            s = nb[i, j]
+            for p in range(max(0, row - band), i):
+                s -= lb[p, row - p] * lb[p, i - p]
+            lb[i, j] = s * inv
+
+
+@njit(cache=True, nogil=True)
+def band_solve(lb, rhs, y, f, band):  # pragma: no cover - compiled
+    nf = lb.shape[0]
+    for i in range(nf):
+        s = rhs[i]
+        for p in range(max(0, i - band), i):
+            s -= lb[p, i - p] * y[p]
+        y[i] = s * lb[i, 0]
+    for i in range(nf - 1, -1, -1):
+        s = y[i]
+        for q in range(i + 1, min(nf, i + band + 1)):
+            s -= lb[i, q - i] * f[q]
+        f[i] = s * lb[i, 0]
+
+
+@njit(cache=True, nogil=True)
+def band_inverse_diagonal(lb, zb, band):  # pragma: no cover - compiled
+    """Selected inversion: zb[i, j] = (N^-1)[i, i+j] inside the band, from the Cholesky factor
+    (Takahashi recurrence on L^T Z = L^-1, last row first)."""
+    nf = lb.shape[0]
+    for i in range(nf - 1, -1, -1):
+        inv = lb[i, 0]
+        for j in range(band, 0, -1):
+            col = i + j
+            if col >= nf:
+                zb[i, j] = 0.0
+                continue
+            s = 0.0
+            for m in range(i + 1, min(nf, i + band + 1)):
+                zmc = zb[m, col - m] if m <= col else zb[col, m - col]
+                s += lb[i, m - i] * zmc
+            zb[i, j] = -s * inv
+        s = 0.0
+        for m in range(i + 1, min(nf, i + band + 1)):
+            s += lb[i, m - i] * zb[i, m - i]
+        zb[i, 0] = (inv - s) * inv
+
+
+@njit(cache=True, nogil=True)
+def column_profile(
+    c, trace, tables, chunk_centers, fiber_group, fiber_gweight, grid0, step, half_width,
+    n_rows, tcol, prof, r0, nr, tot, cov,
+):  # pragma: no cover - compiled
+    """Profile of every fiber on its window of rows at column ``c``, its sum ``tot`` per fiber
+    and the coverage ``cov`` per row (sum over fibers); returns (rmin, rmax), rmax < 0 if no
+    fiber falls on the chip."""
+    nf = trace.shape[0]
+    ngroup, ngrid = tables.shape[1], tables.shape[2]
+    nwin = prof.shape[1]
+    nchunk = chunk_centers.size
+    per_pixel = int(round(1.0 / step))
+    ic = 0
+    while ic < nchunk - 2 and chunk_centers[ic + 1] <= c:
+        ic += 1
+    wc = (c - chunk_centers[ic]) / (chunk_centers[ic + 1] - chunk_centers[ic])
+    wc = min(max(wc, 0.0), 1.0)
+    for g in range(ngroup):
+        for i in range(ngrid):
+            tcol[g, i] = (1.0 - wc) * tables[ic, g, i] + wc * tables[ic + 1, g, i]
+    cov[:] = 0.0
+    rmin = n_rows
+    rmax = -1
+    for kk in range(nf):
+        k = _U(kk)
+        t = trace[k, c]
+        lo = max(int(np.ceil(t - half_width)), 0)
+        hi = min(int(np.floor(t + half_width)), n_rows - 1)
+        n = min(max(hi - lo + 1, 0), nwin)
+        r0[k] = lo
+        nr[k] = n
+        g0 = _U(fiber_group[k])
+        wg = fiber_gweight[k]
+        x0 = (lo - t - grid0) / step  # grid position of the first window row
+        i0 = int(np.floor(x0))
+        fx = x0 - i0
+        total = 0.0
+        for m in range(_U(n)):
+            i = i0 + int(m) * per_pixel  # rows are per_pixel grid steps apart: same fraction fx
+            if i < 0 or i + 1 > ngrid - 1:
+                prof[k, m] = 0.0
+                continue
+            ui = _U(i)
+            a0 = tcol[g0, ui] * (1.0 - fx) + tcol[g0, ui + 1] * fx
+            a1 = tcol[g0 + 1, ui] * (1.0 - fx) + tcol[g0 + 1, ui + 1] * fx
+            pv = (1.0 - wg) * a0 + wg * a1
+            prof[k, m] = pv
+            total += pv
+            cov[_U(lo) + m] += pv
+        tot[k] = total
+        if n > 0:
+            rmin = min(rmin, lo)
+            rmax = max(rmax, lo + n - 1)
+    return rmin, rmax
+
+
+@njit(cache=True, nogil=True)
+def fit_column(
+    data, w, prof, r0, nr, rmin, rmax, band, nb, lb, rhs, y, f, model, wp
+):  # pragma: no cover - compiled
+    """Weighted least-squares fluxes ``f`` of all fibers of one column (Cholesky factor left
+    in ``lb``), and the ``model`` on rows rmin..rmax; ``wp`` is scratch of prof's shape."""
+    nf = prof.shape[0]
+    for kk in range(nf):
+        k = _U(kk)
+        lo = _U(r0[k])
+        acc_r = 0.0
+        acc_d = 0.0
+        for m in range(_U(nr[k])):
+            p = w[lo + m] * prof[k, m]
+            wp[k, m] = p
+            acc_r += p * data[lo + m]
+            acc_d += p * prof[k, m]
+        rhs[k] = acc_r
+        nb[k, 0] = acc_d
+    for kk in range(nf):
+        k = _U(kk)
+        lo = _U(r0[k])
+        hi = lo + _U(nr[k])
+        for j in range(1, band + 1):
+            k2 = k + _U(j)
+            acc = 0.0
+            if k2 < nf:
+                off = _U(r0[k2])
+                for r in range(max(lo, off), min(hi, off + _U(nr[k2]))):
+                    acc += wp[k, r - lo] * prof[k2, r - off]
+            nb[k, j] = acc
+    for i in range(nf):
+        if nb[i, 0] <= 0.0:  # fiber without any usable pixel: pin it to 0
+            nb[i, 0] = 1.0
+            rhs[i] = 0.0
+    band_cholesky(nb, lb, band)
+    band_solve(lb, rhs, y, f, band)
+    for r in range(_U(rmin), _U(rmax + 1)):
+        model[r] = 0.0
+    for kk in range(nf):
+        k = _U(kk)
+        lo = _U(r0[k])
+        fk = f[k]
+        for m in range(_U(nr[k])):
+            model[lo + m] += fk * prof[k, m]
+
+
+@njit(cache=True, nogil=True)
+def any_outlier(data, model, w, v0c, rmin, rmax, poisson, profile_error, sig2):  # pragma: no cover
+    """Whether any used row of rmin..rmax may have a squared pull above ``sig2`` (a cheap
+    division-free filter, slightly loose so that it never misses one)."""
+    limit = sig2 * (1.0 - 1e-9)
+    for r in range(_U(rmin), _U(rmax + 1)):
+        if w[r] == 0.0:
+            continue
+        mv = max(model[r], 0.0)
+        v = v0c[r] + (mv if poisson else 0.0) + (profile_error * mv) ** 2
+        res = data[r] - model[r]
+        if res * res > limit * v:
+            return True
+    return False
+
+
+@njit(cache=True, nogil=True)
+def fill_column(v0, block, c, out):  # pragma: no cover - compiled
+    """out[r] = v0 of pixel (r, c), from the blocked [column block, row block] array."""
+    n = out.size
+    vc = v0[min(c // block, v0.shape[0] - 1)]
+    for rb in range(vc.size):
+        value = vc[rb]
+        for r in range(rb * block, min((rb + 1) * block, n)):
+            out[r] = value
+    for r in range(vc.size * block, n):
+        out[r] = vc[vc.size - 1]
+
+
+@njit(cache=True, nogil=True)
+def reject_outside(data, v0, bad, rmin, rmax, reject_sigma, rejected, buf):  # pragma: no cover
+    """Flag positive outliers in the rows below ``rmin`` and above ``rmax`` of one column."""
+    n = data.size
+    for lo, hi in ((0, min(rmin, n)), (max(rmax + 1, 0), n)):
+        if hi - lo < 3:
+            continue
+        count = 0
+        for r in range(lo, hi):
+            if not bad[r]:
+                buf[count] = data[r]
+                count += 1
+        if count < 3:
+            continue
+        med = np.median(buf[:count])
+        for r in range(lo, hi):
+            if not bad[r] and (data[r] - med) > reject_sigma * np.sqrt(v0[r] + max(med, 0.0)):
+                rejected[r] = 1
