@@ -20,6 +20,7 @@ import numpy as np
 
 from remedy_dask.errors import CalibrationError
 from remedy_dask.geometry import DEF_WAVE
+from remedy_dask.amp.rectify_kernel import rectify_fibers
 
 
 def pixel_edges(wavelength: np.ndarray) -> np.ndarray:
@@ -92,35 +93,12 @@ def rectify(
     edges = pixel_edges(wavelength)
     good_fiber = _valid_fibers(edges)
     edges = np.where(good_fiber[:, None], edges, _placeholder_edges(out_edges, m))
-    f = np.where(bad, 0.0, spec)
-    v = np.where(bad, 0.0, err**2)
-    cf = np.concatenate([np.zeros((n, 1)), np.cumsum(f, axis=1)], axis=1)
-    cv = np.concatenate([np.zeros((n, 1)), np.cumsum(v, axis=1)], axis=1)
-    cb = np.concatenate([np.zeros((n, 1), int), np.cumsum(bad, axis=1)], axis=1)
-    p, frac = _locate(edges, out_edges)
-    rows = np.arange(n)[:, None]
-    # electrons below each output edge
-    below = cf[rows, p] + frac * f[rows, p]
-    flux = np.diff(below, axis=1)
-    pa, pb = p[:, :-1], p[:, 1:]
-    fa, fb = frac[:, :-1], frac[:, 1:]
-    same = pa == pb
-    # squared-weight variance: partial end pixels, whole pixels in between
-    var_out = np.where(
-        same,
-        (fb - fa) ** 2 * v[rows, pa],
-        (1 - fa) ** 2 * v[rows, pa] + fb**2 * v[rows, pb] + (cv[rows, pb] - cv[rows, np.minimum(pa + 1, pb)]),
-    )
-    touched_bad = np.where(
-        same,
-        bad[rows, pa] & (fb > fa),
-        (bad[rows, pa] & (fa < 1)) | (bad[rows, pb] & (fb > 0)) | ((cb[rows, pb] - cb[rows, np.minimum(pa + 1, pb)]) > 0),
-    )
-    covered = (out_edges[None, :-1] >= edges[:, :1]) & (out_edges[None, 1:] <= edges[:, -1:])
-    out_mask = touched_bad | ~covered | ~good_fiber[:, None]
-    width = np.diff(out_edges)[None, :]
-    flux = np.where(out_mask, np.nan, flux / width)
-    sigma = np.where(out_mask, np.nan, np.sqrt(var_out) / width)
+    span = float(np.nanmax(edges) - np.nanmin(edges)) + float(np.ptp(out_edges)) + 1.0
+    flux = np.empty((n, out_edges.size - 1))
+    sigma = np.empty_like(flux)
+    out_mask = np.empty(flux.shape, bool)
+    rectify_fibers(spec, err, bad, np.ascontiguousarray(edges), good_fiber, out_edges, span,
+                   flux, sigma, out_mask)
     return flux, sigma, out_mask
 
 
