@@ -107,7 +107,8 @@ def _add_calibrate(sub: Any) -> None:
                    help="raw-data root holding YYYYMMDD/virus/virusNNNNNNN[.tar]")
     p.add_argument("--date", type=_date, required=True, help="night YYYYMMDD (required)")
     p.add_argument("--days", type=int, default=1,
-                   help="calibration window: this many nights ending on --date")
+                   help="calibration window: this many nights starting on --date "
+                        "(--date .. --date + DAYS - 1)")
     p.add_argument("--out", type=Path, required=True, metavar="CAL.h5",
                    help="calibration file to write (required)")
     p.add_argument("--fplane", type=Path, metavar="FILE",
