@@ -50,8 +50,9 @@ def _global_options(parser: argparse.ArgumentParser, in_subcommand: bool) -> Non
                              "'config show' still prints its answer)")
     parser.add_argument("--log-file", type=Path, metavar="FILE", **unset,
                         help="append the full log (INFO, timestamps) to FILE instead of the "
-                             "default: OUTDIR/remedy-dask.log for reduce, reduce-night and "
-                             "demo, remedy-dask.log next to CAL.h5 for calibrate")
+                             "default: OUTDIR/remedy-dask.log for reduce, reduce-night, "
+                             "reduce-range and demo, remedy-dask.log next to CAL.h5 for "
+                             "calibrate")
 
 
 def _command(sub: Any, name: str, summary: str, examples: str) -> argparse.ArgumentParser:
