@@ -6,7 +6,7 @@ stream, peak memory of the whole process tree, the raw-read floor and worker sca
     python benchmarks/bench_pipeline.py full   OUT --workers 1 2
     python benchmarks/bench_pipeline.py full   OUT --reduce-only   # reuse OUT/cal_<n>w.h5
 
-Results go to OUT/bench_<mode>.json; the numbers in the README come from these runs.
+Results go to OUT/bench_<mode>.json; the numbers in docs/benchmarks.md come from these runs.
 """
 
 from __future__ import annotations

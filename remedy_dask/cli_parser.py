@@ -59,8 +59,9 @@ def _global_options(parser: argparse.ArgumentParser, in_subcommand: bool) -> Non
                              "'config show' still prints its answer)")
     parser.add_argument("--log-file", type=Path, metavar="FILE", **unset,
                         help="append the full log (INFO, timestamps) to FILE instead of the "
-                             "default: OUTDIR/remedy-dask.log for reduce, reduce-night and "
-                             "demo, remedy-dask.log next to CAL.h5 for calibrate")
+                             "default: OUTDIR/remedy-dask.log for reduce, reduce-night, "
+                             "reduce-range and demo, remedy-dask.log next to CAL.h5 for "
+                             "calibrate")
 
 
 def command(sub: Any, name: str, summary: str, examples: str) -> argparse.ArgumentParser:
@@ -125,7 +126,8 @@ def _add_calibrate(sub: Any) -> None:
                    help="raw-data root holding YYYYMMDD/virus/virusNNNNNNN[.tar]")
     p.add_argument("--date", type=_date, required=True, help="night YYYYMMDD (required)")
     p.add_argument("--days", type=int, default=1,
-                   help="calibration window: this many nights ending on --date")
+                   help="calibration window: this many nights starting on --date "
+                        "(--date .. --date + DAYS - 1)")
     p.add_argument("--out", type=Path, required=True, metavar="CAL.h5",
                    help="calibration file to write (required)")
     p.add_argument("--fplane", type=Path, metavar="FILE",
