@@ -64,6 +64,19 @@ class ObservationConfig:
     detection_threshold: float = 5.4  # matched-filter S/N: ~0.3 false detections per IFU
     make_cube: bool = True
     cube_pixscale: float = 0.5  # arcsec
+    psf_fit_beta: bool = True  # fit the Moffat beta of each exposure (else psf_beta for all)
+    psf_beta: float = 3.5  # Moffat beta when not fitted, and the fit's starting value
+    psf_star_gmax: float = 19.5  # faintest catalogue g used for the PSF fit
+    psf_star_clip: float = 3.0  # drop PSF stars with reduced chi^2 above this x the median star's
+    star_bright_limit: float = 15.0  # g: brighter stars saturate; not used to calibrate
+    star_blend_radius: float = 15.0  # arcsec: catalogue neighbours considered for blending
+    star_blend_limit: float = 0.01  # neighbour / own light in the optimal extraction: above = blend
+    star_blend_fwhm: float = 1.8  # arcsec: FWHM of the beta 2.5 Moffat predicting neighbour light
+    star_min_coverage: float = 0.9  # PSF weight on the fibers relative to the IFU centre: below = edge
+    fluxcal_mag_range: list[float] = field(default_factory=lambda: [15.0, 19.0])  # catalogue g
+    fluxcal_clip: float = 3.0  # reject |g_cat - g_virus - median| > clip x max(1.4826 MAD, floor)
+    fluxcal_scatter_floor: float = 0.02  # mag: floor of the clipping scale
+    exposure_norm_min_stars: int = 3  # fewer stars in every exposure: normalisation 1 (noted)
 
 
 @dataclass
@@ -150,6 +163,17 @@ RANGES = {
     ("observation", "catalog_radius_deg"): (0.001, 5.0),
     ("observation", "detection_threshold"): (0.0, 1e3),
     ("observation", "cube_pixscale"): (0.05, 10.0),
+    ("observation", "psf_beta"): (1.1, 20.0),
+    ("observation", "psf_star_gmax"): (5.0, 30.0),
+    ("observation", "psf_star_clip"): (1.0, 1e6),
+    ("observation", "star_bright_limit"): (0.0, 30.0),
+    ("observation", "star_blend_radius"): (0.0, 60.0),
+    ("observation", "star_blend_limit"): (0.0, 100.0),
+    ("observation", "star_blend_fwhm"): (0.3, 10.0),
+    ("observation", "star_min_coverage"): (0.0, 1.0),
+    ("observation", "fluxcal_clip"): (1.0, 100.0),
+    ("observation", "fluxcal_scatter_floor"): (0.0, 1.0),
+    ("observation", "exposure_norm_min_stars"): (1, 1000),
 }
 MAX_DITHER_ARCSEC = 60.0
 
@@ -165,6 +189,12 @@ def validate(config: PipelineConfig, where: str = "configuration") -> None:
         value = getattr(getattr(config, section), name)
         if not lo <= value <= hi:
             raise ConfigError(f"{where}: {section}.{name}={value!r} is outside [{lo}, {hi}]")
+    mags = config.observation.fluxcal_mag_range
+    if not (isinstance(mags, list) and len(mags) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in mags)
+            and mags[0] < mags[1]):
+        raise ConfigError(f"{where}: observation.fluxcal_mag_range must be [bright, faint] "
+                          f"catalogue g with bright < faint, got {mags!r}")
     dither = config.observation.dither_pattern
     ok = isinstance(dither, list) and dither and all(
         isinstance(d, (list, tuple)) and len(d) == 2

@@ -177,6 +177,7 @@ class SeeingFit:
 
     exposure_ids: np.ndarray
     fwhm: np.ndarray  # (n_exp,) arcsec
+    beta: np.ndarray  # (n_exp,) Moffat beta (the input beta unless fitted)
     norm: np.ndarray  # (n_exp,) relative throughput, geometric mean 1
     dar_scale: tuple[float, float]  # (along the given DAR, perpendicular to it)
     star_x: np.ndarray  # fitted star positions (input frame), NaN if unused
@@ -226,6 +227,9 @@ def fit_seeing(
     fit_positions: bool = True,
     model_error: float = 0.03,
     min_separation: float = 5.0,
+    fit_beta: bool = False,
+    beta_bounds: tuple[float, float] = (1.5, 8.0),
+    star_clip: float | None = None,
 ) -> SeeingFit:
     """Jointly fit the PSF FWHM per exposure, relative exposure throughputs, a DAR scale and the
     star positions to the fiber fluxes of bright stars.
@@ -233,9 +237,12 @@ def fit_seeing(
     Model for fiber i of exposure e near star s in wavelength chunk c:
     ``d = A[s, c] * norm[e] * f_e(|p_i - (X_s + dar_c)|)`` with ``dar_c = k_par * DAR_c + k_perp *
     rot90(DAR_c)``.  Amplitudes ``A`` are solved linearly inside the non-linear least-squares fit
-    (variable projection).  ``model_error`` adds ``(model_error * model)^2`` to the variance.
+    (variable projection).  With ``fit_beta`` the Moffat beta of each exposure is free too
+    (within ``beta_bounds``), else fixed at ``beta``.  ``model_error`` adds ``(model_error * model)^2`` to the variance.
     Stars closer than ``min_separation`` arcsec to another listed star are left out (a blend
-    would widen the PSF).  Raises :class:`CalibrationError` if no star has enough data.
+    would widen the PSF).  With ``star_clip`` the stars whose reduced chi^2 exceeds ``star_clip``
+    times the median star's (blends, edge stars, artefacts) are dropped and the fit repeated
+    until none is (at least two stars stay).  Raises :class:`CalibrationError` if no star has enough data.
     """
     flux = np.asarray(flux, dtype=float)
     error = np.asarray(error, dtype=float)
@@ -258,6 +265,7 @@ def fit_seeing(
     good = good_pixels(flux, error, mask)
     rows, star_of, blocks_f, blocks_e = [], [], [], []
     sep = np.hypot(star_x[:, None] - star_x[None, :], star_y[:, None] - star_y[None, :])
+    sep = np.where(np.isfinite(sep), sep, np.inf)
     np.fill_diagonal(sep, np.inf)
     isolated = sep.min(axis=1, initial=np.inf) >= min_separation
     for s in range(n_star):
@@ -291,17 +299,17 @@ def fit_seeing(
     r0 = np.hypot(fx - star_x[used][owner], fy - star_y[used][owner])
     w = (r0 < radius)[:, None] & (ivar0 > 0)
 
-    n_glob = n_exp + (n_exp - 1) + 2
+    n_glob = 2 * n_exp + (n_exp - 1) + 2
 
     def unpack(p):
-        fwhm = p[:n_exp]
-        lognorm = np.concatenate([[0.0], p[n_exp : 2 * n_exp - 1]])
-        k = p[2 * n_exp - 1 : n_glob]
+        fwhm, betas = p[:n_exp], p[n_exp : 2 * n_exp]
+        lognorm = np.concatenate([[0.0], p[2 * n_exp : 3 * n_exp - 1]])
+        k = p[3 * n_exp - 1 : n_glob]
         pos = p[n_glob:].reshape(n_used, 2)
-        return fwhm, lognorm, k, pos
+        return fwhm, betas, lognorm, k, pos
 
     def model_shape(p):
-        fwhm, lognorm, k, pos = unpack(p)
+        fwhm, betas, lognorm, k, pos = unpack(p)
         dc = k[0] * dar_c + k[1] * perp  # (2, n_chunk)
         sx = star_x[used][owner] + pos[owner, 0]
         sy = star_y[used][owner] + pos[owner, 1]
@@ -312,7 +320,7 @@ def fit_seeing(
         for e in range(n_exp):
             sel = fe == e
             table = fiber_integrated_moffat(
-                fwhm[e], beta, r_grid, n_radial=10, n_azimuth=32
+                fwhm[e], betas[e], r_grid, n_radial=10, n_azimuth=32
             ).fraction
             shape[sel] = np.exp(lognorm[e]) * np.interp(r[sel], r_grid, table, right=0.0)
         return shape
@@ -331,18 +339,18 @@ def fit_seeing(
         var = np.where(w, 1.0 / np.where(ivar0 > 0, ivar0, 1.0) + (model_error * m) ** 2, 1.0)
         return (np.where(w, (d - m) / np.sqrt(var), 0.0)).ravel()
 
-    p0 = np.concatenate(
-        [np.full(n_exp, fwhm0), np.zeros(n_exp - 1), [1.0, 0.0], np.zeros(2 * n_used)]
-    )
-    lo = np.concatenate(
-        [np.full(n_exp, 0.6), np.full(n_exp - 1, -1.0), [0.0, -1.0], np.full(2 * n_used, -2.0)]
-    )
-    hi = np.concatenate(
-        [np.full(n_exp, 5.0), np.full(n_exp - 1, 1.0), [2.0, 1.0], np.full(2 * n_used, 2.0)]
-    )
+    beta0 = float(np.clip(beta, *beta_bounds)) if fit_beta else float(beta)
+    p0 = np.concatenate([np.full(n_exp, fwhm0), np.full(n_exp, beta0), np.zeros(n_exp - 1),
+                         [1.0, 0.0], np.zeros(2 * n_used)])
+    lo = np.concatenate([np.full(n_exp, 0.6), np.full(n_exp, min(beta_bounds[0], beta0)),
+                         np.full(n_exp - 1, -1.0), [0.0, -1.0], np.full(2 * n_used, -2.0)])
+    hi = np.concatenate([np.full(n_exp, 5.0), np.full(n_exp, max(beta_bounds[1], beta0)),
+                         np.full(n_exp - 1, 1.0), [2.0, 1.0], np.full(2 * n_used, 2.0)])
     free = np.ones(p0.size, dtype=bool)
+    if not fit_beta:
+        free[n_exp : 2 * n_exp] = False
     if not fit_dar:
-        free[2 * n_exp - 1 : n_glob] = False
+        free[3 * n_exp - 1 : n_glob] = False
     if not fit_positions:
         free[n_glob:] = False
 
@@ -368,9 +376,21 @@ def fit_seeing(
     )
     p = p0.copy()
     p[free] = sol.x
-    fwhm, lognorm, k, pos = unpack(p)
+    fwhm, betas, lognorm, k, pos = unpack(p)
     lognorm = lognorm - lognorm.mean()
     chi2 = float(np.sum(sol.fun**2) / max(w.sum() - sol.x.size - n_used * n_chunks, 1))
+    if star_clip is not None and n_used > 2:
+        fun = sol.fun.reshape(-1, n_chunks)
+        per_star = (np.bincount(owner, (fun**2).sum(axis=1), n_used)
+                    / np.maximum(np.bincount(owner, w.sum(axis=1), n_used), 1))
+        worst = int(np.argmax(per_star))
+        if per_star[worst] > star_clip * np.median(per_star):
+            keep_x = star_x.copy()
+            keep_x[used[worst]] = np.nan  # no fibers near a NaN position: the star is skipped
+            return fit_seeing(flux, error, mask, fiber_x, fiber_y, exposure, keep_x, star_y, wave,
+                              dar, fwhm0, beta, n_chunks, wave_range, radius, fit_dar,
+                              fit_positions, model_error, min_separation, fit_beta,
+                              beta_bounds, star_clip)
     sx = np.full(n_star, np.nan)
     sy = np.full(n_star, np.nan)
     sx[used] = star_x[used] + pos[:, 0]
@@ -378,7 +398,7 @@ def fit_seeing(
     used_mask = np.zeros(n_star, dtype=bool)
     used_mask[used] = True
     return SeeingFit(
-        exposure_ids=exp_ids, fwhm=fwhm, norm=np.exp(lognorm), dar_scale=(float(k[0]), float(k[1])),
+        exposure_ids=exp_ids, fwhm=fwhm, beta=betas.copy(), norm=np.exp(lognorm), dar_scale=(float(k[0]), float(k[1])),
         star_x=sx, star_y=sy, star_used=used_mask, chi2=chi2, n_stars=n_used,
         success=bool(sol.success), message=str(sol.message),
     )

@@ -155,6 +155,17 @@ def ifu_cube(work_root: str, exposures: list[int], slot: int, cond: Conditions,
     return paths
 
 
+def flux_scale_columns(psf: dict[str, Any], fluxcal: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Moffat beta, star normalisation and the 1-sigma error of ``flux_scale`` per exposure (the
+    zero point's and the normalisation's relative errors in quadrature)."""
+    norm = np.asarray(psf["norm"], float)
+    zp_rel = 0.4 * np.log(10.0) * float(fluxcal.get("error", np.nan))
+    norm_rel = np.asarray(psf.get("norm_err", np.full(norm.size, np.nan)), float)
+    return {"moffat_beta": np.asarray(psf.get("beta", np.full(norm.size, np.nan)), float),
+            "star_norm": norm,
+            "flux_scale_err": fluxcal["factor"] / norm * np.hypot(zp_rel, norm_rel)}
+
+
 def dar_on_sky(rotation: float) -> tuple[np.ndarray, np.ndarray]:
     """DAR offsets (arcsec east, north) on DEF_WAVE: the focal-plane x DAR rotated to the sky."""
     dar = geometry.dar_offsets()
@@ -178,7 +189,8 @@ def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_roo
     flags = list(plan.skipped) + [f"{k} exp{s['exp']:02d}: {v}" for s in exposure_summaries
                                   for k, v in s.get("failed", {}).items()]
     prov = {**provenance, "notes": notes, "flags": flags, "astrometry": astro.get("note", ""),
-            "psf": {k: v for k, v in psf.items() if not k.startswith("star_")}, "fluxcal": fluxcal,
+            "psf": {k: v for k, v in psf.items() if not k.startswith("star_")},
+            "fluxcal": {k: v for k, v in fluxcal.items() if k not in ("used", "reject")},
             "exposure_qa": [{k: s.get(k) for k in ("exp", "sky_qa", "error_check", "mask_counts",
                                                       "shifts")} for s in exposure_summaries],
             "fits_products": [p for ps in fits_paths for p in ps]}
@@ -195,6 +207,7 @@ def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_roo
             "transparency": cond.transparency, "fwhm": np.asarray(psf["fwhm"], float),
             "fwhm_guider": cond.fwhm_guider,
             "flux_scale": fluxcal["factor"] / np.asarray(psf["norm"], float),
+            **flux_scale_columns(psf, fluxcal),
         })
         idx = np.concatenate([s["cat_index"] for s in sources]).astype(int) if sources else np.zeros(0, int)
         cat = lambda k: np.concatenate([s[k] for s in sources]) if sources else np.zeros(0)  # noqa: E731
@@ -206,6 +219,8 @@ def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_roo
             "spectrum": (cat("spectrum").reshape(-1, geometry.N_WAVE) * fluxcal["factor"]).astype(np.float32),
             "error": (cat("error").reshape(-1, geometry.N_WAVE) * fluxcal["factor"]).astype(np.float32),
             "ifuslot": cat("ifuslot").astype(np.int32),
+            "fluxcal_used": np.asarray(fluxcal.get("used", np.zeros(idx.size)), np.uint8),
+            "fluxcal_reject": np.asarray(fluxcal.get("reject", np.full(idx.size, "")), str),
         }
         writer.write_table("sources", "source", src)
         det_cols = ("ra", "dec", "wave", "wave_err", "flux", "flux_err", "sn", "fwhm", "chi2",
@@ -216,7 +231,9 @@ def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_roo
         writer.write_table("detections", "detection", table)
         astro_attrs = {k: astro[k] for k in ("ra", "dec", "rotation", "n_stars", "rms")}
         astro_attrs["fitted"] = int(bool(astro.get("fitted")))
-        path = writer.close({"astrometry": astro_attrs})
+        path = writer.close({"astrometry": astro_attrs, "fluxcal": {
+            k: fluxcal[k] for k in ("delta_mag", "error", "scatter", "n_stars", "fitted")
+            if k in fluxcal}})
     except BaseException:
         writer.abort()
         raise
@@ -270,19 +287,22 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
 
     stars = [node(ifu_stars, work_root, exps, s, cond, name=f"ifu-stars-{s:03d}") for s in slots]
     stars = gather(stars, "ifu-stars-all")
-    astro = dask.delayed(fit_field, pure=False)(stars, catalog, pointing, dask_key_name="astrometry")
+    astro = dask.delayed(fit_field, pure=False)(stars, catalog, pointing, config.observation,
+                                                dask_key_name="astrometry")
     cut = [dask.delayed(star_cutouts, pure=False)(work_root, exps, s, cond, catalog, astro,
+                                                  obs_cfg=config.observation,
                                                   dask_key_name=f"ifu-psf-stars-{s:03d}")
            for s in slots]
     psf = dask.delayed(fit_psf, pure=False)(gather(cut, "ifu-psf-stars-all"), cond,
-                                            dask_key_name="seeing")
+                                            config.observation, dask_key_name="seeing")
     astro = dask.delayed(refine_field, pure=False)(astro, psf, catalog,
                                                    dask_key_name="astrometry-refine")
     srcs = [dask.delayed(ifu_sources, pure=False)(work_root, exps, s, cond, catalog, astro, psf,
                                                   dask_key_name=f"ifu-sources-{s:03d}")
             for s in slots]
     srcs = gather(srcs, "ifu-sources-all")
-    fcal = dask.delayed(flux_calibration, pure=False)(srcs, catalog, dask_key_name="fluxcal")
+    fcal = dask.delayed(flux_calibration, pure=False)(srcs, catalog, config.observation,
+                                                      dask_key_name="fluxcal")
     dets = [dask.delayed(ifu_detect, pure=False)(work_root, exps, s, cond, psf, fcal, astro, config,
                                                  injection, dask_key_name=f"ifu-detect-{s:03d}")
             for s in slots]

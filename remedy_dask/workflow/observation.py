@@ -106,9 +106,10 @@ def ifu_stars(work_root: str, exposures: list[int], slot: int, cond: Conditions
             "image": img, "offset": (offset_x, offset_y), "note": ""}
 
 
-def fit_field(star_lists: list[dict[str, Any]], catalog: Any, pointing: tuple[float, float, float]
-              ) -> dict[str, Any]:
-    """Fan-in: match detections of all IFUs to the catalogue, fit shift and rotation (twice)."""
+def fit_field(star_lists: list[dict[str, Any]], catalog: Any, pointing: tuple[float, float, float],
+              obs_cfg: Any = None) -> dict[str, Any]:
+    """Fan-in: match detections of all IFUs to the catalogue, fit shift and rotation (twice);
+    saturated and blended catalogue stars (``obs_cfg`` rules) are not matched."""
     from remedy_dask.observation.astrometry import fit_astrometry, match_catalog
 
     fx = np.concatenate([s["fx"] for s in star_lists])
@@ -118,6 +119,8 @@ def fit_field(star_lists: list[dict[str, Any]], catalog: Any, pointing: tuple[fl
     cat_dec = np.asarray(catalog["decMean"], float)
     g = np.asarray(catalog["gMeanApMag"], float)
     usable = np.isfinite(g) & (g > 14) & (g < 21.5)
+    if obs_cfg is not None:
+        usable[usable] = _catalog_reasons(catalog, np.flatnonzero(usable), star_rules(obs_cfg)) == ""
     result = None
     ra, dec, rot = ra0, dec0, rot0
     for radius in (8.0, 2.0):
@@ -154,15 +157,24 @@ def _catalog_in_ifu(catalog: Any, astro: dict[str, Any], offset: tuple[float, fl
 
 
 def star_cutouts(work_root: str, exposures: list[int], slot: int, cond: Conditions,
-                 catalog: Any, astro: dict[str, Any], gmax: float = 19.5, radius: float = 4.5
-                 ) -> dict[str, Any] | None:
-    """Fibers near the bright catalogue stars of one IFU, for the joint PSF fit (focal plane)."""
+                 catalog: Any, astro: dict[str, Any], gmax: float = 19.5, radius: float = 4.5,
+                 obs_cfg: Any = None) -> dict[str, Any] | None:
+    """Fibers near the bright catalogue stars of one IFU, for the joint PSF fit (focal plane):
+    without ``obs_cfg`` the isolated stars, with it the stars that pass its selection rules."""
     d = load_ifu(work_root, exposures, slot, ("flux", "error", "mask"))
     if d is None:
         return None
     offset = (float(np.median(d["fx"] - d["ifu_x"])), float(np.median(d["fy"] - d["ifu_y"])))
-    idx, x, y = _catalog_in_ifu(catalog, astro, offset, half=22.0, gmax=gmax)
-    idx, x, y = _isolated(catalog, idx, x, y)
+    if obs_cfg is None:
+        idx, x, y = _catalog_in_ifu(catalog, astro, offset, half=22.0, gmax=gmax)
+        idx, x, y = _isolated(catalog, idx, x, y)
+    else:
+        idx, x, y = _catalog_in_ifu(catalog, astro, offset, gmax=obs_cfg.psf_star_gmax)
+        rules = star_rules(obs_cfg)
+        cov = relative_coverage(d["ifu_x"], d["ifu_y"], d["exp_index"],
+                                ~d["mask"].astype(bool).all(axis=1), x, y, rules.blend_psf())
+        keep = _catalog_reasons(catalog, idx, rules, cov) == ""
+        idx, x, y = idx[keep], x[keep], y[keep]
     if idx.size == 0:
         return None
     near = np.zeros(d["fx"].size, bool)
@@ -172,6 +184,32 @@ def star_cutouts(work_root: str, exposures: list[int], slot: int, cond: Conditio
     return {"flux": c["flux"], "error": c["error"], "bad": c["bad"], "fx": d["fx"][near],
             "fy": d["fy"][near], "exp_index": d["exp_index"][near],
             "star_fx": x + offset[0], "star_fy": y + offset[1], "cat_index": idx}
+
+
+def star_rules(obs_cfg: Any) -> Any:
+    """The star-selection rules of the observation configuration."""
+    from remedy_dask.observation.starselect import StarRules
+
+    return StarRules(obs_cfg.star_bright_limit, obs_cfg.star_blend_radius,
+                     obs_cfg.star_blend_limit, obs_cfg.star_min_coverage, obs_cfg.star_blend_fwhm)
+
+
+def _catalog_reasons(catalog: Any, idx: np.ndarray, rules: Any,
+                     coverage: np.ndarray | None = None) -> np.ndarray:
+    """Rejection reason ("" = usable) of catalogue stars ``idx``: saturated, blend, edge."""
+    from remedy_dask.observation.starselect import blend_contamination, reject_reasons
+
+    g = np.asarray(catalog["gMeanApMag"], float)
+    contamination = blend_contamination(np.asarray(catalog["raMean"], float),
+                                        np.asarray(catalog["decMean"], float), g, idx,
+                                        rules.blend_psf(), rules.blend_radius)
+    return reject_reasons(g[idx], contamination, coverage, rules)
+
+
+def relative_coverage(*args: Any) -> np.ndarray:
+    from remedy_dask.observation.starselect import relative_coverage as kernel
+
+    return kernel(*args)
 
 
 def _isolated(catalog: Any, idx: np.ndarray, x: np.ndarray, y: np.ndarray,
@@ -189,30 +227,44 @@ def _isolated(catalog: Any, idx: np.ndarray, x: np.ndarray, y: np.ndarray,
     return idx[keep], x[keep], y[keep]
 
 
-def fit_psf(cutouts: list[dict[str, Any] | None], cond: Conditions) -> dict[str, Any]:
-    """Fan-in: FWHM per exposure and relative exposure throughput from the field stars."""
-    from remedy_dask.observation.psf import fit_seeing
+def fit_psf(cutouts: list[dict[str, Any] | None], cond: Conditions, obs_cfg: Any = None
+            ) -> dict[str, Any]:
+    """Fan-in: FWHM (and with ``obs_cfg.psf_fit_beta`` the Moffat beta) per exposure and the
+    relative exposure throughput from the field stars."""
+    from remedy_dask.observation.psf import DEFAULT_BETA, fit_seeing
 
     cutouts = [c for c in cutouts if c is not None]
+    beta = DEFAULT_BETA if obs_cfg is None else obs_cfg.psf_beta
     fallback = {"fwhm": cond.fwhm_guider.tolist(), "norm": [1.0] * len(cond.exposures),
-                "n_stars": 0, "fitted": False}
+                "beta": [beta] * len(cond.exposures), "n_stars": 0, "fitted": False}
     if not cutouts:
         return {**fallback, "note": "no bright stars: guider IQ used for the PSF"}
     cat = lambda k: np.concatenate([c[k] for c in cutouts])  # noqa: E731
     try:
         fit = fit_seeing(cat("flux"), cat("error"), cat("bad"), cat("fx"), cat("fy"),
                          cat("exp_index"), cat("star_fx"), cat("star_fy"),
-                         dar=geometry.dar_offsets(), fwhm0=float(np.median(cond.fwhm_guider)))
+                         dar=geometry.dar_offsets(), fwhm0=float(np.median(cond.fwhm_guider)),
+                         beta=beta, fit_beta=bool(obs_cfg is not None and obs_cfg.psf_fit_beta),
+                         star_clip=None if obs_cfg is None else obs_cfg.psf_star_clip)
     except CalibrationError as exc:
         return {**fallback, "note": f"PSF fit failed ({exc}): guider IQ used"}
     fwhm = np.array(cond.fwhm_guider, float)
     norm = np.ones(len(cond.exposures))
+    betas = np.full(len(cond.exposures), beta)
     fwhm[fit.exposure_ids] = fit.fwhm
     norm[fit.exposure_ids] = fit.norm
+    betas[fit.exposure_ids] = fit.beta
     used = np.asarray(fit.star_used, bool)
-    return {"fwhm": fwhm.tolist(), "norm": norm.tolist(), "n_stars": fit.n_stars,
+    star_norm = {}
+    if obs_cfg is not None:
+        star_norm = _star_normalisation(cutouts, fit, fwhm, betas, obs_cfg)
+        norm = np.asarray(star_norm.pop("norm", norm))
+    note = "" if fit.success else fit.message
+    note = "; ".join(x for x in (note, star_norm.pop("note", "")) if x)
+    return {"fwhm": fwhm.tolist(), "norm": norm.tolist(), "beta": betas.tolist(),
+            "n_stars": fit.n_stars, **star_norm,
             "fitted": bool(fit.success), "chi2": fit.chi2, "dar_scale": list(fit.dar_scale),
-            "note": "" if fit.success else fit.message,
+            "note": note,
             "star_fx": np.asarray(fit.star_x)[used], "star_fy": np.asarray(fit.star_y)[used],
             "star_cat_index": cat("cat_index")[used]}
 
@@ -239,10 +291,34 @@ def refine_field(astro: dict[str, Any], psf: dict[str, Any], catalog: Any) -> di
             "residuals": res.residuals[res.used]}
 
 
-def psf_tables(psf: dict[str, Any]) -> list[Any]:
+def _star_normalisation(cutouts: list[dict[str, Any]], fit: Any, fwhm: np.ndarray,
+                        betas: np.ndarray, obs_cfg: Any) -> dict[str, Any]:
+    """Per-exposure normalisation from each PSF star extracted from every exposure alone."""
+    from remedy_dask.observation.photcal import exposure_normalisation, per_exposure_fluxes
     from remedy_dask.observation.psf import fiber_integrated_moffat
 
-    return [fiber_integrated_moffat(f) for f in psf["fwhm"]]
+    cat = lambda k: np.concatenate([c[k] for c in cutouts])  # noqa: E731
+    used = np.asarray(fit.star_used, bool)
+    tables = [fiber_integrated_moffat(f, b) for f, b in zip(fwhm, betas)]
+    band = (geometry.DEF_WAVE > 4000) & (geometry.DEF_WAVE < 5400)
+    flux, err = per_exposure_fluxes(cat("flux"), cat("error"), cat("bad"), cat("fx"), cat("fy"),
+                                    cat("exp_index"), np.asarray(fit.star_x)[used],
+                                    np.asarray(fit.star_y)[used], tables, geometry.dar_offsets(),
+                                    band)
+    try:
+        res = exposure_normalisation(flux, err, obs_cfg.exposure_norm_min_stars)
+    except CalibrationError as exc:
+        log.warning("no per-exposure normalisation from the stars (%s): PSF-fit norm kept", exc)
+        return {"norm_source": "psf fit", "note": f"{exc}: exposure norm from the PSF fit"}
+    return {"norm": res.norm, "norm_err": res.error.tolist(), "norm_n_stars": res.n_stars,
+            "norm_source": "field stars"}
+
+
+def psf_tables(psf: dict[str, Any]) -> list[Any]:
+    from remedy_dask.observation.psf import DEFAULT_BETA, fiber_integrated_moffat
+
+    betas = psf.get("beta", [DEFAULT_BETA] * len(psf["fwhm"]))
+    return [fiber_integrated_moffat(f, b) for f, b in zip(psf["fwhm"], betas)]
 
 
 def ifu_sources(work_root: str, exposures: list[int], slot: int, cond: Conditions, catalog: Any,
@@ -254,7 +330,7 @@ def ifu_sources(work_root: str, exposures: list[int], slot: int, cond: Condition
     d = load_ifu(work_root, exposures, slot, ("flux", "error", "mask"))
     empty = {"cat_index": np.zeros(0, int), "spectrum": np.zeros((0, geometry.N_WAVE)),
              "error": np.zeros((0, geometry.N_WAVE)), "gmag_virus": np.zeros(0),
-             "gmag_virus_err": np.zeros(0), "ifuslot": np.zeros(0, int)}
+             "gmag_virus_err": np.zeros(0), "ifuslot": np.zeros(0, int), "coverage": np.zeros(0)}
     if d is None:
         return empty
     offset = (float(np.median(d["fx"] - d["ifu_x"])), float(np.median(d["fy"] - d["ifu_y"])))
@@ -267,18 +343,26 @@ def ifu_sources(work_root: str, exposures: list[int], slot: int, cond: Condition
                                    d["ifu_y"], x, y, psf_tables(psf), geometry.dar_offsets(),
                                    d["exp_index"])
     g, gerr = synthetic_gmag(geometry.DEF_WAVE, spec, err)
+    cov = relative_coverage(d["ifu_x"], d["ifu_y"], d["exp_index"], ~c["bad"].all(axis=1), x, y,
+                            psf_tables(psf))
     return {"cat_index": idx, "spectrum": spec, "error": err, "gmag_virus": np.atleast_1d(g),
-            "gmag_virus_err": np.atleast_1d(gerr), "ifuslot": np.full(idx.size, slot)}
+            "gmag_virus_err": np.atleast_1d(gerr), "ifuslot": np.full(idx.size, slot),
+            "coverage": cov}
 
 
-def flux_calibration(sources: list[dict[str, np.ndarray]], catalog: Any) -> dict[str, Any]:
-    """Fan-in: photometric offset of VIRUS synthetic g against the catalogue."""
+def flux_calibration(sources: list[dict[str, np.ndarray]], catalog: Any, obs_cfg: Any = None
+                     ) -> dict[str, Any]:
+    """Fan-in: photometric offset of VIRUS synthetic g against the catalogue; with ``obs_cfg``
+    from the stars of every IFU that pass its rules, with the fate of each source."""
     from remedy_dask.observation.fluxcal import photometric_offset
 
     idx = np.concatenate([s["cat_index"] for s in sources]).astype(int)
     gsyn = np.concatenate([s["gmag_virus"] for s in sources])
     gerr = np.concatenate([s["gmag_virus_err"] for s in sources])
     gcat = np.asarray(catalog["gMeanApMag"], float)[idx]
+    if obs_cfg is not None:
+        return _zero_point(idx, gsyn, gerr, np.concatenate([s["coverage"] for s in sources]),
+                           catalog, obs_cfg)
     try:
         off = photometric_offset(gsyn, gcat, gerr, mag_range=(15.0, 19.0))
     except CalibrationError as exc:
@@ -286,3 +370,25 @@ def flux_calibration(sources: list[dict[str, np.ndarray]], catalog: Any) -> dict
                 "fitted": False, "note": f"no photometric offset ({exc}): throughput curve only"}
     return {"factor": off.factor, "delta_mag": off.delta_mag, "n_stars": off.n_used,
             "scatter": off.scatter, "error": off.error, "fitted": True, "note": ""}
+
+
+def _zero_point(idx: np.ndarray, gsyn: np.ndarray, gerr: np.ndarray, coverage: np.ndarray,
+                catalog: Any, obs_cfg: Any) -> dict[str, Any]:
+    """Zero point from the rule-selected, sigma-clipped stars; ``used``/``reject`` per source."""
+    from remedy_dask.observation.photcal import zero_point
+
+    reasons = _catalog_reasons(catalog, idx, star_rules(obs_cfg), coverage)
+    gcat = np.asarray(catalog["gMeanApMag"], float)[idx]
+    try:
+        zp = zero_point(gsyn, gcat, gerr, reasons, tuple(obs_cfg.fluxcal_mag_range),
+                        clip=obs_cfg.fluxcal_clip, floor=obs_cfg.fluxcal_scatter_floor)
+    except CalibrationError as exc:
+        return {"factor": 1.0, "delta_mag": 0.0, "n_stars": 0, "scatter": float("nan"),
+                "error": float("nan"), "fitted": False, "used": np.zeros(idx.size, bool),
+                "reject": np.where(reasons == "", "too few stars", reasons),
+                "note": f"no photometric offset ({exc}): throughput curve only"}
+    log.info("flux calibration: %d of %d sources used, delta %.3f +- %.3f mag",
+             zp.used.sum(), idx.size, zp.delta_mag, zp.error)
+    return {"factor": zp.factor, "delta_mag": zp.delta_mag, "n_stars": int(zp.used.sum()),
+            "scatter": zp.scatter, "error": zp.error, "fitted": True, "note": "",
+            "used": zp.used, "reject": zp.reason}
