@@ -105,3 +105,28 @@ def test_zero_point_rules_range_and_clip():
     assert zp.reason[7] == "g outside 15-19"
     assert zp.reason[8] == "saturated (g < 15)"
     assert zp.error == pytest.approx(1.2533 * 0.02 / np.sqrt(6))
+
+
+def test_deblended_extraction_of_a_close_pair():
+    """Two sources 2" apart (100 and 50): extracted alone each picks up its neighbour's light;
+    extracted jointly both come back, and a lone source is untouched."""
+    from remedy_dask.observation.deblend import extract_sources_deblended, source_groups
+    from remedy_dask.observation.sources import extract_sources
+
+    x, y = ifu_fiber_layout()
+    fx = np.concatenate([x + d[0] for d in DITHER_PATTERN])
+    fy = np.concatenate([y + d[1] for d in DITHER_PATTERN])
+    exp = np.repeat(np.arange(3), x.size)
+    psfs = [fiber_integrated_moffat(1.6, 3.0)] * 3
+    xs, ys, fs = [-5.0, -3.0, 10.0], [4.0, 4.0, -8.0], [100.0, 50.0, 80.0]
+    flux = np.zeros((fx.size, DEF_WAVE.size))
+    for a, b, f0 in zip(xs, ys, fs):
+        flux = inject_source(flux, fx, fy, a, b, np.full(DEF_WAVE.size, f0), psfs, None, exp)
+    err = np.ones_like(flux)
+    assert list(source_groups(np.array(xs), np.array(ys), 6.0)) == [0, 0, 1]
+    alone, _, _ = extract_sources(flux, err, None, fx, fy, xs, ys, psfs, None, exp)
+    assert alone[1].mean() > 1.2 * 50.0
+    joint, jerr, _ = extract_sources_deblended(flux, err, None, fx, fy, xs, ys, psfs, None, exp)
+    np.testing.assert_allclose(np.nanmean(joint, axis=1), fs, rtol=1e-6)
+    np.testing.assert_allclose(joint[2], alone[2])
+    assert np.all(jerr[:2] > 0)

@@ -298,6 +298,7 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
     astro = dask.delayed(refine_field, pure=False)(astro, psf, catalog,
                                                    dask_key_name="astrometry-refine")
     srcs = [dask.delayed(ifu_sources, pure=False)(work_root, exps, s, cond, catalog, astro, psf,
+                                                  config.observation,
                                                   dask_key_name=f"ifu-sources-{s:03d}")
             for s in slots]
     srcs = gather(srcs, "ifu-sources-all")

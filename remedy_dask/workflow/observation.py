@@ -322,8 +322,13 @@ def psf_tables(psf: dict[str, Any]) -> list[Any]:
 
 
 def ifu_sources(work_root: str, exposures: list[int], slot: int, cond: Conditions, catalog: Any,
-                astro: dict[str, Any], psf: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Optimal extraction of every catalogue source inside one IFU, with synthetic g."""
+                astro: dict[str, Any], psf: dict[str, Any], obs_cfg: Any = None
+                ) -> dict[str, np.ndarray]:
+    """Optimal extraction of every catalogue source inside one IFU (with ``obs_cfg``: close
+    neighbours extracted jointly), with synthetic g."""
+    from functools import partial
+
+    from remedy_dask.observation.deblend import extract_sources_deblended
     from remedy_dask.observation.fluxcal import synthetic_gmag
     from remedy_dask.observation.sources import extract_sources
 
@@ -339,9 +344,11 @@ def ifu_sources(work_root: str, exposures: list[int], slot: int, cond: Condition
         return empty
     c = calibrated(d, cond, 1.0)
     norm = np.asarray(psf["norm"])[d["exp_index"]][:, None]
-    spec, err, _ = extract_sources(c["flux"] / norm, c["error"] / norm, c["bad"], d["ifu_x"],
-                                   d["ifu_y"], x, y, psf_tables(psf), geometry.dar_offsets(),
-                                   d["exp_index"])
+    extract = extract_sources if obs_cfg is None else partial(
+        extract_sources_deblended, group_radius=obs_cfg.deblend_radius)
+    spec, err, _ = extract(c["flux"] / norm, c["error"] / norm, c["bad"], d["ifu_x"],
+                           d["ifu_y"], x, y, psf_tables(psf), geometry.dar_offsets(),
+                           d["exp_index"])
     g, gerr = synthetic_gmag(geometry.DEF_WAVE, spec, err)
     cov = relative_coverage(d["ifu_x"], d["ifu_y"], d["exp_index"], ~c["bad"].all(axis=1), x, y,
                             psf_tables(psf))
