@@ -76,6 +76,8 @@ class ObservationConfig:
     fluxcal_mag_range: list[float] = field(default_factory=lambda: [15.0, 19.0])  # catalogue g
     fluxcal_clip: float = 3.0  # reject |g_cat - g_virus - median| > clip x max(1.4826 MAD, floor)
     fluxcal_scatter_floor: float = 0.02  # mag: floor of the clipping scale
+    astrometry_star_gmax: float = 20.5  # faintest catalogue g whose fitted position enters the astrometry
+    astrometry_catalog_error: float = 0.03  # arcsec per axis: assumed catalogue position error (weights)
     deblend_radius: float = 8.0  # arcsec: catalogue sources this close are extracted jointly
     exposure_norm_min_stars: int = 3  # fewer stars in every exposure: normalisation 1 (noted)
 
@@ -176,6 +178,8 @@ RANGES = {
     ("observation", "fluxcal_scatter_floor"): (0.0, 1.0),
     ("observation", "exposure_norm_min_stars"): (1, 1000),
     ("observation", "deblend_radius"): (0.0, 60.0),
+    ("observation", "astrometry_star_gmax"): (5.0, 30.0),
+    ("observation", "astrometry_catalog_error"): (0.0, 10.0),
 }
 MAX_DITHER_ARCSEC = 60.0
 

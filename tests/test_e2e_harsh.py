@@ -150,11 +150,8 @@ def test_field_centre_and_fiber_positions(e2e_harsh, prod):
     rms = np.sqrt(np.mean(np.concatenate(errs) ** 2))
     print(f"harsh astrometry: field centre {centre:.4f}\", rotation error "
           f"{a['rotation'] - t['rotation']:+.4f} deg, fiber positions rms {rms:.4f}\"")
-    # issue 14 target: 0.03" / 0.025" (measured 0.100" / 0.037"): the PSF-fitted positions of
-    # the 7 calibration stars are within 0.006" of the truth, the catalogue's within 0.05";
-    # the solution follows the catalogue's mean error (docs/accuracy.md)
-    assert centre <= 0.12
-    assert rms <= 0.045
+    assert centre <= 0.03  # issue 14 target
+    assert rms <= 0.025  # issue 14 target
 
 
 def test_emission_lines(e2e_harsh, prod):

@@ -130,3 +130,32 @@ def test_deblended_extraction_of_a_close_pair():
     np.testing.assert_allclose(np.nanmean(joint, axis=1), fs, rtol=1e-6)
     np.testing.assert_allclose(joint[2], alone[2])
     assert np.all(jerr[:2] > 0)
+
+
+def test_star_positions_with_a_fitted_neighbour():
+    """Positions of a lone star and both members of a 2" pair, started 0.2-0.3" off, come back
+    to 0.01"; a star that is not free is fitted only as a neighbour (NaN)."""
+    from remedy_dask.geometry import dar_offsets
+    from remedy_dask.observation.starfit import fit_star_positions
+
+    rng = np.random.default_rng(7)
+    x, y = ifu_fiber_layout()
+    fx = np.concatenate([x + d[0] for d in DITHER_PATTERN])
+    fy = np.concatenate([y + d[1] for d in DITHER_PATTERN])
+    exp = np.repeat(np.arange(3), x.size)
+    psfs = [fiber_integrated_moffat(f, b) for f, b in ((1.5, 2.8), (1.7, 4.3), (1.4, 3.8))]
+    dar = dar_offsets(DEF_WAVE)
+    xs, ys, fs = [-5.0, -3.0, 10.0, 4.0], [4.0, 4.5, -8.0, 12.0], [300.0, 150.0, 200.0, 100.0]
+    flux = np.zeros((fx.size, DEF_WAVE.size))
+    for a, b, f0 in zip(xs, ys, fs):
+        flux = inject_source(flux, fx, fy, a, b, np.full(DEF_WAVE.size, f0), psfs, dar, exp)
+    sigma = np.sqrt(4.0 + 0.05 * flux)
+    flux += rng.normal(size=flux.shape) * sigma
+    start_x = np.array(xs) + [0.2, -0.25, 0.3, 0.0]
+    start_y = np.array(ys) + [-0.2, 0.2, 0.25, 0.0]
+    free = np.array([True, True, True, False])
+    pos = fit_star_positions(flux, sigma, None, fx, fy, exp, start_x, start_y, psfs, dar, free)
+    np.testing.assert_allclose(pos.x[:3], xs[:3], atol=0.01)
+    np.testing.assert_allclose(pos.y[:3], ys[:3], atol=0.01)
+    assert np.all((pos.error[:3] > 0) & (pos.error[:3] < 0.01))
+    assert np.isnan(pos.x[3]) and np.isnan(pos.error[3])

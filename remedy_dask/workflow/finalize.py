@@ -295,7 +295,7 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
            for s in slots]
     psf = dask.delayed(fit_psf, pure=False)(gather(cut, "ifu-psf-stars-all"), cond,
                                             config.observation, dask_key_name="seeing")
-    astro = dask.delayed(refine_field, pure=False)(astro, psf, catalog,
+    astro = dask.delayed(refine_field, pure=False)(astro, psf, catalog, config.observation,
                                                    dask_key_name="astrometry-refine")
     srcs = [dask.delayed(ifu_sources, pure=False)(work_root, exps, s, cond, catalog, astro, psf,
                                                   config.observation,

@@ -169,21 +169,30 @@ def star_cutouts(work_root: str, exposures: list[int], slot: int, cond: Conditio
         idx, x, y = _catalog_in_ifu(catalog, astro, offset, half=22.0, gmax=gmax)
         idx, x, y = _isolated(catalog, idx, x, y)
     else:
-        idx, x, y = _catalog_in_ifu(catalog, astro, offset, gmax=obs_cfg.psf_star_gmax)
+        aidx, ax, ay = _catalog_in_ifu(catalog, astro, offset, gmax=obs_cfg.astrometry_star_gmax)
         rules = star_rules(obs_cfg)
         cov = relative_coverage(d["ifu_x"], d["ifu_y"], d["exp_index"],
-                                ~d["mask"].astype(bool).all(axis=1), x, y, rules.blend_psf())
-        keep = _catalog_reasons(catalog, idx, rules, cov) == ""
-        idx, x, y = idx[keep], x[keep], y[keep]
+                                ~d["mask"].astype(bool).all(axis=1), ax, ay, rules.blend_psf())
+        reasons = _catalog_reasons(catalog, aidx, rules, cov)
+        g = np.asarray(catalog["gMeanApMag"], float)[aidx]
+        keep = (reasons == "") & (g < obs_cfg.psf_star_gmax)
+        idx, x, y = aidx[keep], ax[keep], ay[keep]
+        x, y = np.concatenate([x, ax]), np.concatenate([y, ay])  # fibers near all of them
     if idx.size == 0:
         return None
     near = np.zeros(d["fx"].size, bool)
     for xs, ys in zip(x, y):
         near |= np.hypot(d["ifu_x"] - xs, d["ifu_y"] - ys) < radius
     c = calibrated({k: v[near] for k, v in d.items()}, cond)
-    return {"flux": c["flux"], "error": c["error"], "bad": c["bad"], "fx": d["fx"][near],
-            "fy": d["fy"][near], "exp_index": d["exp_index"][near],
-            "star_fx": x + offset[0], "star_fy": y + offset[1], "cat_index": idx}
+    out = {"flux": c["flux"], "error": c["error"], "bad": c["bad"], "fx": d["fx"][near],
+           "fy": d["fy"][near], "exp_index": d["exp_index"][near],
+           "star_fx": x[:idx.size] + offset[0], "star_fy": y[:idx.size] + offset[1],
+           "cat_index": idx}
+    if obs_cfg is not None:  # every star for the astrometry; saturated and edge ones as neighbours
+        free = np.array([r == "" or r.startswith("blend") for r in reasons], bool)
+        out.update(astro_fx=ax + offset[0], astro_fy=ay + offset[1], astro_cat_index=aidx,
+                   astro_free=free)
+    return out
 
 
 def star_rules(obs_cfg: Any) -> Any:
@@ -261,15 +270,20 @@ def fit_psf(cutouts: list[dict[str, Any] | None], cond: Conditions, obs_cfg: Any
         norm = np.asarray(star_norm.pop("norm", norm))
     note = "" if fit.success else fit.message
     note = "; ".join(x for x in (note, star_norm.pop("note", "")) if x)
+    stars = {"star_fx": np.asarray(fit.star_x)[used], "star_fy": np.asarray(fit.star_y)[used],
+             "star_cat_index": cat("cat_index")[used]}
+    if obs_cfg is not None:
+        positions = _astrometric_positions(cutouts, fwhm, betas)
+        if positions["star_cat_index"].size >= 3:  # else the PSF stars' positions
+            stars = positions
     return {"fwhm": fwhm.tolist(), "norm": norm.tolist(), "beta": betas.tolist(),
             "n_stars": fit.n_stars, **star_norm,
             "fitted": bool(fit.success), "chi2": fit.chi2, "dar_scale": list(fit.dar_scale),
-            "note": note,
-            "star_fx": np.asarray(fit.star_x)[used], "star_fy": np.asarray(fit.star_y)[used],
-            "star_cat_index": cat("cat_index")[used]}
+            "note": note, **stars}
 
 
-def refine_field(astro: dict[str, Any], psf: dict[str, Any], catalog: Any) -> dict[str, Any]:
+def refine_field(astro: dict[str, Any], psf: dict[str, Any], catalog: Any, obs_cfg: Any = None
+                 ) -> dict[str, Any]:
     """Final astrometric fit on the PSF-fitted star positions (much more precise than the
     collapsed-image centroids); the first solution is kept if too few stars were fitted."""
     from remedy_dask.observation.astrometry import fit_astrometry
@@ -278,10 +292,14 @@ def refine_field(astro: dict[str, Any], psf: dict[str, Any], catalog: Any) -> di
     if not psf.get("fitted") or idx.size < 3:
         return astro
     try:
+        weights = None
+        if "star_err" in psf and obs_cfg is not None:  # catalogue and fit errors, per axis
+            weights = 1.0 / (obs_cfg.astrometry_catalog_error**2 + np.asarray(psf["star_err"])**2)
         res = fit_astrometry(psf["star_fx"], psf["star_fy"],
                              np.asarray(catalog["raMean"], float)[idx],
                              np.asarray(catalog["decMean"], float)[idx],
-                             astro["ra"], astro["dec"], astro["rotation"], clip=3.5, floor=0.01)
+                             astro["ra"], astro["dec"], astro["rotation"], weights=weights,
+                             clip=3.5, floor=0.01)
     except CalibrationError as exc:
         log.warning("astrometry refinement failed (%s): first solution kept", exc)
         return astro
@@ -312,6 +330,30 @@ def _star_normalisation(cutouts: list[dict[str, Any]], fit: Any, fwhm: np.ndarra
         return {"norm_source": "psf fit", "note": f"{exc}: exposure norm from the PSF fit"}
     return {"norm": res.norm, "norm_err": res.error.tolist(), "norm_n_stars": res.n_stars,
             "norm_source": "field stars"}
+
+
+def _astrometric_positions(cutouts: list[dict[str, Any]], fwhm: np.ndarray, betas: np.ndarray
+                           ) -> dict[str, np.ndarray]:
+    """PSF-fitted positions of every non-saturated, non-edge star (blends fitted with their
+    neighbours) for the astrometry: focal-plane x, y, 1-sigma error per axis, catalogue index."""
+    from remedy_dask.observation.psf import fiber_integrated_moffat
+    from remedy_dask.observation.starfit import fit_star_positions
+
+    tables = [fiber_integrated_moffat(f, b) for f, b in zip(fwhm, betas)]
+    parts: dict[str, list[np.ndarray]] = {}
+    for c in cutouts:
+        if "astro_fx" not in c:
+            continue
+        pos = fit_star_positions(c["flux"], c["error"], c["bad"], c["fx"], c["fy"],
+                                 c["exp_index"], c["astro_fx"], c["astro_fy"], tables,
+                                 geometry.dar_offsets(), c["astro_free"])
+        ok = c["astro_free"] & np.isfinite(pos.x) & np.isfinite(pos.error)
+        for key, v in (("star_fx", pos.x), ("star_fy", pos.y), ("star_err", pos.error),
+                       ("star_cat_index", c["astro_cat_index"])):
+            parts.setdefault(key, []).append(v[ok])
+    if not parts:
+        return {"star_cat_index": np.zeros(0, int)}
+    return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 def psf_tables(psf: dict[str, Any]) -> list[Any]:
