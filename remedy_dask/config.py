@@ -77,7 +77,7 @@ class ObservationConfig:
     fluxcal_clip: float = 3.0  # reject |g_cat - g_virus - median| > clip x max(1.4826 MAD, floor)
     fluxcal_scatter_floor: float = 0.02  # mag: floor of the clipping scale
     astrometry_star_gmax: float = 20.5  # faintest catalogue g whose fitted position enters the astrometry
-    astrometry_catalog_error: float = 0.03  # arcsec per axis: assumed catalogue position error (weights)
+    astrometry_catalog_error: float = 0.01  # arcsec per axis: floor of the catalogue position error (weights; re-estimated from the residuals)
     deblend_radius: float = 8.0  # arcsec: catalogue sources this close are extracted jointly
     exposure_norm_min_stars: int = 3  # fewer stars in every exposure: normalisation 1 (noted)
 

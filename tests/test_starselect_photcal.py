@@ -159,3 +159,13 @@ def test_star_positions_with_a_fitted_neighbour():
     np.testing.assert_allclose(pos.y[:3], ys[:3], atol=0.01)
     assert np.all((pos.error[:3] > 0) & (pos.error[:3] < 0.01))
     assert np.isnan(pos.x[3]) and np.isnan(pos.error[3])
+
+
+def test_catalog_position_error_from_residuals():
+    from remedy_dask.observation.astrometry import catalog_position_error
+
+    res = np.array([[0.05, 0.0], [0.0, 0.05], [-0.05, 0.0], [0.0, -0.05]])
+    got = catalog_position_error(res, np.full(4, 0.02), floor=0.01)
+    assert got == pytest.approx(np.sqrt(0.05**2 / 2 - 0.02**2))
+    assert catalog_position_error(res, np.full(4, 0.2), floor=0.01) == 0.01
+    assert catalog_position_error(np.zeros((0, 2)), np.zeros(0), floor=0.03) == 0.03

@@ -332,3 +332,14 @@ def fit_astrometry(
         used=used, ra0_err=sigma_axis / np.sqrt(n), dec0_err=sigma_axis / np.sqrt(n),
         rotation_err=float(np.rad2deg(sigma_axis / np.sqrt(max(spread, 1e-12)))),
     )
+
+
+def catalog_position_error(residuals: np.ndarray, fit_error: np.ndarray, floor: float) -> float:
+    """Per-axis catalogue position error implied by astrometric residuals (n, 2) arcsec of stars
+    whose own position errors are ``fit_error`` (n,): ``sqrt(mean(res^2) - mean(fit_error^2))``
+    over both axes, at least ``floor``."""
+    res = np.asarray(residuals, dtype=float)
+    if res.size == 0:
+        return float(floor)
+    excess = np.mean(res**2) - np.mean(np.asarray(fit_error, dtype=float) ** 2)
+    return float(max(np.sqrt(max(excess, 0.0)), floor))

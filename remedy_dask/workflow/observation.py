@@ -291,15 +291,24 @@ def refine_field(astro: dict[str, Any], psf: dict[str, Any], catalog: Any, obs_c
     idx = np.asarray(psf.get("star_cat_index", []), int)
     if not psf.get("fitted") or idx.size < 3:
         return astro
+    fit = lambda w: fit_astrometry(  # noqa: E731
+        psf["star_fx"], psf["star_fy"], np.asarray(catalog["raMean"], float)[idx],
+        np.asarray(catalog["decMean"], float)[idx], astro["ra"], astro["dec"], astro["rotation"],
+        weights=w, clip=3.5, floor=0.01)
     try:
-        weights = None
-        if "star_err" in psf and obs_cfg is not None:  # catalogue and fit errors, per axis
-            weights = 1.0 / (obs_cfg.astrometry_catalog_error**2 + np.asarray(psf["star_err"])**2)
-        res = fit_astrometry(psf["star_fx"], psf["star_fy"],
-                             np.asarray(catalog["raMean"], float)[idx],
-                             np.asarray(catalog["decMean"], float)[idx],
-                             astro["ra"], astro["dec"], astro["rotation"], weights=weights,
-                             clip=3.5, floor=0.01)
+        res = fit(None)
+        if "star_err" in psf and obs_cfg is not None:  # weights: catalogue and fit errors
+            from remedy_dask.observation.astrometry import catalog_position_error
+
+            fit_err = np.asarray(psf["star_err"], float)
+            cat_err = obs_cfg.astrometry_catalog_error
+            for _ in range(3):
+                res = fit(1.0 / (cat_err**2 + fit_err**2))
+                cat_err = catalog_position_error(res.residuals[res.used], fit_err[res.used],
+                                                 obs_cfg.astrometry_catalog_error)
+            res = fit(1.0 / (cat_err**2 + fit_err**2))
+            log.info("astrometry: catalogue position error %.3f\" from %d stars", cat_err,
+                     res.n_stars)
     except CalibrationError as exc:
         log.warning("astrometry refinement failed (%s): first solution kept", exc)
         return astro
