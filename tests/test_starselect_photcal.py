@@ -6,12 +6,18 @@ import pytest
 from remedy_dask.errors import CalibrationError
 from remedy_dask.geometry import DEF_WAVE, DITHER_PATTERN, ifu_fiber_layout
 from remedy_dask.observation.photcal import (
-    exposure_normalisation, per_exposure_fluxes, zero_point,
+    exposure_normalisation,
+    per_exposure_fluxes,
+    zero_point,
 )
 from remedy_dask.observation.psf import RadialPSF, fiber_integrated_moffat
 from remedy_dask.observation.sources import inject_source
 from remedy_dask.observation.starselect import (
-    StarRules, blend_contamination, extraction_overlap, reject_reasons, relative_coverage,
+    StarRules,
+    blend_contamination,
+    extraction_overlap,
+    reject_reasons,
+    relative_coverage,
 )
 
 
@@ -87,7 +93,7 @@ def test_per_exposure_fluxes_recover_the_transparency():
         flux = inject_source(flux, fx, fy, x0, y0, np.full(DEF_WAVE.size, f0), psfs, None, exp)
     flux *= scale[exp][:, None]
     band = (DEF_WAVE > 4000) & (DEF_WAVE < 5400)
-    got, err = per_exposure_fluxes(flux, np.ones_like(flux), np.zeros(flux.shape, bool), fx, fy, exp,
+    got, _ = per_exposure_fluxes(flux, np.ones_like(flux), np.zeros(flux.shape, bool), fx, fy, exp,
                                    [-8.0, 7.0], [5.0, -6.0], psfs, None, band)
     np.testing.assert_allclose(got, [100.0 * scale, 40.0 * scale], rtol=1e-3)
 

@@ -20,7 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from remedy_dask.observation.psf import PSFLike, RadialPSF, evaluate_psf, fiber_integrated_moffat
+from remedy_dask.observation.psf import (
+    PSFLike,
+    RadialPSF,
+    evaluate_psf,
+    fiber_integrated_moffat,
+)
 
 BLEND_BETA = 2.5  # the broadest wings of the nights the rules must survive
 

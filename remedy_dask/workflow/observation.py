@@ -18,6 +18,10 @@ import numpy as np
 from remedy_dask import geometry
 from remedy_dask.errors import CalibrationError
 from remedy_dask.io import store
+from remedy_dask.workflow.starcal import (
+    astrometric_positions, catalog_reasons, relative_coverage, star_normalisation, star_rules,
+    zero_point_of_sources,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +124,7 @@ def fit_field(star_lists: list[dict[str, Any]], catalog: Any, pointing: tuple[fl
     g = np.asarray(catalog["gMeanApMag"], float)
     usable = np.isfinite(g) & (g > 14) & (g < 21.5)
     if obs_cfg is not None:
-        usable[usable] = _catalog_reasons(catalog, np.flatnonzero(usable), star_rules(obs_cfg)) == ""
+        usable[usable] = catalog_reasons(catalog, np.flatnonzero(usable), star_rules(obs_cfg)) == ""
     result = None
     ra, dec, rot = ra0, dec0, rot0
     for radius in (8.0, 2.0):
@@ -173,7 +177,7 @@ def star_cutouts(work_root: str, exposures: list[int], slot: int, cond: Conditio
         rules = star_rules(obs_cfg)
         cov = relative_coverage(d["ifu_x"], d["ifu_y"], d["exp_index"],
                                 ~d["mask"].astype(bool).all(axis=1), ax, ay, rules.blend_psf())
-        reasons = _catalog_reasons(catalog, aidx, rules, cov)
+        reasons = catalog_reasons(catalog, aidx, rules, cov)
         g = np.asarray(catalog["gMeanApMag"], float)[aidx]
         keep = (reasons == "") & (g < obs_cfg.psf_star_gmax)
         idx, x, y = aidx[keep], ax[keep], ay[keep]
@@ -193,32 +197,6 @@ def star_cutouts(work_root: str, exposures: list[int], slot: int, cond: Conditio
         out.update(astro_fx=ax + offset[0], astro_fy=ay + offset[1], astro_cat_index=aidx,
                    astro_free=free)
     return out
-
-
-def star_rules(obs_cfg: Any) -> Any:
-    """The star-selection rules of the observation configuration."""
-    from remedy_dask.observation.starselect import StarRules
-
-    return StarRules(obs_cfg.star_bright_limit, obs_cfg.star_blend_radius,
-                     obs_cfg.star_blend_limit, obs_cfg.star_min_coverage, obs_cfg.star_blend_fwhm)
-
-
-def _catalog_reasons(catalog: Any, idx: np.ndarray, rules: Any,
-                     coverage: np.ndarray | None = None) -> np.ndarray:
-    """Rejection reason ("" = usable) of catalogue stars ``idx``: saturated, blend, edge."""
-    from remedy_dask.observation.starselect import blend_contamination, reject_reasons
-
-    g = np.asarray(catalog["gMeanApMag"], float)
-    contamination = blend_contamination(np.asarray(catalog["raMean"], float),
-                                        np.asarray(catalog["decMean"], float), g, idx,
-                                        rules.blend_psf(), rules.blend_radius)
-    return reject_reasons(g[idx], contamination, coverage, rules)
-
-
-def relative_coverage(*args: Any) -> np.ndarray:
-    from remedy_dask.observation.starselect import relative_coverage as kernel
-
-    return kernel(*args)
 
 
 def _isolated(catalog: Any, idx: np.ndarray, x: np.ndarray, y: np.ndarray,
@@ -266,14 +244,14 @@ def fit_psf(cutouts: list[dict[str, Any] | None], cond: Conditions, obs_cfg: Any
     used = np.asarray(fit.star_used, bool)
     star_norm = {}
     if obs_cfg is not None:
-        star_norm = _star_normalisation(cutouts, fit, fwhm, betas, obs_cfg)
+        star_norm = star_normalisation(cutouts, fit, fwhm, betas, obs_cfg)
         norm = np.asarray(star_norm.pop("norm", norm))
     note = "" if fit.success else fit.message
     note = "; ".join(x for x in (note, star_norm.pop("note", "")) if x)
     stars = {"star_fx": np.asarray(fit.star_x)[used], "star_fy": np.asarray(fit.star_y)[used],
              "star_cat_index": cat("cat_index")[used]}
     if obs_cfg is not None:
-        positions = _astrometric_positions(cutouts, fwhm, betas)
+        positions = astrometric_positions(cutouts, fwhm, betas)
         if positions["star_cat_index"].size >= 3:  # else the PSF stars' positions
             stars = positions
     return {"fwhm": fwhm.tolist(), "norm": norm.tolist(), "beta": betas.tolist(),
@@ -316,53 +294,6 @@ def refine_field(astro: dict[str, Any], psf: dict[str, Any], catalog: Any, obs_c
             "n_stars": res.n_stars, "rms": res.rms, "ra_err": res.ra0_err,
             "dec_err": res.dec0_err, "rotation_err": res.rotation_err, "refined": True,
             "residuals": res.residuals[res.used]}
-
-
-def _star_normalisation(cutouts: list[dict[str, Any]], fit: Any, fwhm: np.ndarray,
-                        betas: np.ndarray, obs_cfg: Any) -> dict[str, Any]:
-    """Per-exposure normalisation from each PSF star extracted from every exposure alone."""
-    from remedy_dask.observation.photcal import exposure_normalisation, per_exposure_fluxes
-    from remedy_dask.observation.psf import fiber_integrated_moffat
-
-    cat = lambda k: np.concatenate([c[k] for c in cutouts])  # noqa: E731
-    used = np.asarray(fit.star_used, bool)
-    tables = [fiber_integrated_moffat(f, b) for f, b in zip(fwhm, betas)]
-    band = (geometry.DEF_WAVE > 4000) & (geometry.DEF_WAVE < 5400)
-    flux, err = per_exposure_fluxes(cat("flux"), cat("error"), cat("bad"), cat("fx"), cat("fy"),
-                                    cat("exp_index"), np.asarray(fit.star_x)[used],
-                                    np.asarray(fit.star_y)[used], tables, geometry.dar_offsets(),
-                                    band)
-    try:
-        res = exposure_normalisation(flux, err, obs_cfg.exposure_norm_min_stars)
-    except CalibrationError as exc:
-        log.warning("no per-exposure normalisation from the stars (%s): PSF-fit norm kept", exc)
-        return {"norm_source": "psf fit", "note": f"{exc}: exposure norm from the PSF fit"}
-    return {"norm": res.norm, "norm_err": res.error.tolist(), "norm_n_stars": res.n_stars,
-            "norm_source": "field stars"}
-
-
-def _astrometric_positions(cutouts: list[dict[str, Any]], fwhm: np.ndarray, betas: np.ndarray
-                           ) -> dict[str, np.ndarray]:
-    """PSF-fitted positions of every non-saturated, non-edge star (blends fitted with their
-    neighbours) for the astrometry: focal-plane x, y, 1-sigma error per axis, catalogue index."""
-    from remedy_dask.observation.psf import fiber_integrated_moffat
-    from remedy_dask.observation.starfit import fit_star_positions
-
-    tables = [fiber_integrated_moffat(f, b) for f, b in zip(fwhm, betas)]
-    parts: dict[str, list[np.ndarray]] = {}
-    for c in cutouts:
-        if "astro_fx" not in c:
-            continue
-        pos = fit_star_positions(c["flux"], c["error"], c["bad"], c["fx"], c["fy"],
-                                 c["exp_index"], c["astro_fx"], c["astro_fy"], tables,
-                                 geometry.dar_offsets(), c["astro_free"])
-        ok = c["astro_free"] & np.isfinite(pos.x) & np.isfinite(pos.error)
-        for key, v in (("star_fx", pos.x), ("star_fy", pos.y), ("star_err", pos.error),
-                       ("star_cat_index", c["astro_cat_index"])):
-            parts.setdefault(key, []).append(v[ok])
-    if not parts:
-        return {"star_cat_index": np.zeros(0, int)}
-    return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 def psf_tables(psf: dict[str, Any]) -> list[Any]:
@@ -419,7 +350,7 @@ def flux_calibration(sources: list[dict[str, np.ndarray]], catalog: Any, obs_cfg
     gerr = np.concatenate([s["gmag_virus_err"] for s in sources])
     gcat = np.asarray(catalog["gMeanApMag"], float)[idx]
     if obs_cfg is not None:
-        return _zero_point(idx, gsyn, gerr, np.concatenate([s["coverage"] for s in sources]),
+        return zero_point_of_sources(idx, gsyn, gerr, np.concatenate([s["coverage"] for s in sources]),
                            catalog, obs_cfg)
     try:
         off = photometric_offset(gsyn, gcat, gerr, mag_range=(15.0, 19.0))
@@ -429,24 +360,3 @@ def flux_calibration(sources: list[dict[str, np.ndarray]], catalog: Any, obs_cfg
     return {"factor": off.factor, "delta_mag": off.delta_mag, "n_stars": off.n_used,
             "scatter": off.scatter, "error": off.error, "fitted": True, "note": ""}
 
-
-def _zero_point(idx: np.ndarray, gsyn: np.ndarray, gerr: np.ndarray, coverage: np.ndarray,
-                catalog: Any, obs_cfg: Any) -> dict[str, Any]:
-    """Zero point from the rule-selected, sigma-clipped stars; ``used``/``reject`` per source."""
-    from remedy_dask.observation.photcal import zero_point
-
-    reasons = _catalog_reasons(catalog, idx, star_rules(obs_cfg), coverage)
-    gcat = np.asarray(catalog["gMeanApMag"], float)[idx]
-    try:
-        zp = zero_point(gsyn, gcat, gerr, reasons, tuple(obs_cfg.fluxcal_mag_range),
-                        clip=obs_cfg.fluxcal_clip, floor=obs_cfg.fluxcal_scatter_floor)
-    except CalibrationError as exc:
-        return {"factor": 1.0, "delta_mag": 0.0, "n_stars": 0, "scatter": float("nan"),
-                "error": float("nan"), "fitted": False, "used": np.zeros(idx.size, bool),
-                "reject": np.where(reasons == "", "too few stars", reasons),
-                "note": f"no photometric offset ({exc}): throughput curve only"}
-    log.info("flux calibration: %d of %d sources used, delta %.3f +- %.3f mag",
-             zp.used.sum(), idx.size, zp.delta_mag, zp.error)
-    return {"factor": zp.factor, "delta_mag": zp.delta_mag, "n_stars": int(zp.used.sum()),
-            "scatter": zp.scatter, "error": zp.error, "fitted": True, "note": "",
-            "used": zp.used, "reject": zp.reason}
