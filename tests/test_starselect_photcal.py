@@ -7,6 +7,7 @@ from remedy_dask.errors import CalibrationError
 from remedy_dask.geometry import DEF_WAVE, DITHER_PATTERN, ifu_fiber_layout
 from remedy_dask.observation.photcal import (
     exposure_normalisation,
+    flux_scale_error,
     per_exposure_fluxes,
     zero_point,
 )
@@ -175,3 +176,9 @@ def test_catalog_position_error_from_residuals():
     assert got == pytest.approx(np.sqrt(0.05**2 / 2 - 0.02**2))
     assert catalog_position_error(res, np.full(4, 0.2), floor=0.01) == 0.01
     assert catalog_position_error(np.zeros((0, 2)), np.zeros(0), floor=0.03) == 0.03
+
+
+def test_flux_scale_error_in_quadrature():
+    # 0.02 mag is 1.842 % (0.4 ln 10 x 0.02); with 1 % of normalisation: 2.096 % of 1.2 / 0.8
+    got = flux_scale_error(1.2, 0.02, np.array([0.8, 1.0]), np.array([0.01, 0.0]))
+    np.testing.assert_allclose(got, [1.5 * np.hypot(0.018421, 0.01), 1.2 * 0.018421], rtol=1e-4)

@@ -96,6 +96,15 @@ def exposure_normalisation(flux: np.ndarray, error: np.ndarray, min_stars: int =
     return ExposureNorm(norm, MEDIAN_ERROR * sigma / np.sqrt(ok.sum()), full, int(ok.sum()))
 
 
+def flux_scale_error(factor: float, zero_point_error_mag: float, norm: np.ndarray,
+                     norm_error: np.ndarray) -> np.ndarray:
+    """1-sigma error of the per-exposure flux scale ``factor / norm``: the zero point's (mag) and
+    the normalisation's (relative) errors in quadrature."""
+    norm = np.asarray(norm, dtype=float)
+    zp_rel = 0.4 * np.log(10.0) * float(zero_point_error_mag)
+    return factor / norm * np.hypot(zp_rel, np.asarray(norm_error, dtype=float))
+
+
 @dataclass
 class ZeroPoint:
     """Zero point of the flux calibration and the fate of every star."""

@@ -158,12 +158,13 @@ def ifu_cube(work_root: str, exposures: list[int], slot: int, cond: Conditions,
 def flux_scale_columns(psf: dict[str, Any], fluxcal: dict[str, Any]) -> dict[str, np.ndarray]:
     """Moffat beta, star normalisation and the 1-sigma error of ``flux_scale`` per exposure (the
     zero point's and the normalisation's relative errors in quadrature)."""
+    from remedy_dask.observation.photcal import flux_scale_error
+
     norm = np.asarray(psf["norm"], float)
-    zp_rel = 0.4 * np.log(10.0) * float(fluxcal.get("error", np.nan))
-    norm_rel = np.asarray(psf.get("norm_err", np.full(norm.size, np.nan)), float)
+    err = flux_scale_error(fluxcal["factor"], fluxcal.get("error", np.nan), norm,
+                           psf.get("norm_err", np.full(norm.size, np.nan)))
     return {"moffat_beta": np.asarray(psf.get("beta", np.full(norm.size, np.nan)), float),
-            "star_norm": norm,
-            "flux_scale_err": fluxcal["factor"] / norm * np.hypot(zp_rel, norm_rel)}
+            "star_norm": norm, "flux_scale_err": err}
 
 
 def dar_on_sky(rotation: float) -> tuple[np.ndarray, np.ndarray]:
