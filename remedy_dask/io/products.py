@@ -36,7 +36,8 @@ UNITS = {
     "wave_err": "Angstrom", "x": "arcsec", "y": "arcsec", "wavelength": "Angstrom",
     "fwhm_guider": "arcsec",
     **dict.fromkeys(("mask", "ifuslot", "fiber_id", "exposure", "transparency", "flux_scale",
-                     "sn", "chi2", "moffat_beta", "star_norm", "flux_scale_err"), "1"),
+                     "sn", "chi2", "moffat_beta", "star_norm", "flux_scale_err", "fluxcal_used"),
+                   "1"),
 }
 GROUP_UNITS = {("detections", "fwhm"): "Angstrom"}
 

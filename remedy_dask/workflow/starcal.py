@@ -56,7 +56,7 @@ def star_normalisation(cutouts: list[dict[str, Any]], fit: Any, fwhm: np.ndarray
     try:
         res = exposure_normalisation(flux, err, obs_cfg.exposure_norm_min_stars)
     except CalibrationError as exc:
-        log.warning("no per-exposure normalisation from the stars (%s): PSF-fit norm kept", exc)
+        log.info("no per-exposure normalisation from the stars (%s): PSF-fit norm kept", exc)
         return {"norm_source": "psf fit", "note": f"{exc}: exposure norm from the PSF fit"}
     return {"norm": res.norm, "norm_err": res.error.tolist(), "norm_n_stars": res.n_stars,
             "norm_source": "field stars"}
