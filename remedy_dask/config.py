@@ -89,19 +89,41 @@ class ObservationConfig:
     psf_star_radius: float = setting(4.5, "fibers within this (arcsec) of a star enter the PSF fit")
     psf_star_half_size: float = setting(
         22.0, "PSF stars within this (arcsec) of the IFU centre in x and y")
-    psf_isolation_radius: float = setting(
-        4.0, "a PSF star needs no catalogue neighbour within this (arcsec) ...")
-    psf_isolation_dmag: float = setting(4.0, "... that is less than this (mag) fainter")
     source_gmax: float = setting(23.0, "faintest g of the catalogue sources extracted")
     source_half_size: float = setting(
         26.0, "sources within this (arcsec) of the IFU centre in x and y are extracted")
-    photometry_gmag_range: list[float] = setting(
-        [15.0, 19.0], "g range of the stars of the photometric offset")
     detect: bool = setting(True, "search for emission lines")
     detection_threshold: float = setting(
         5.4, "matched-filter S/N of a detection (~0.3 false detections per IFU)")
     make_cube: bool = setting(True, "write the data cube of the target IFU")
     cube_pixscale: float = setting(0.5, "cube pixel size (arcsec)")
+    psf_fit_beta: bool = setting(True, "fit the Moffat beta of each exposure (else psf_beta)")
+    psf_beta: float = setting(3.5, "Moffat beta when not fitted, and the fit's starting value")
+    psf_star_clip: float = setting(
+        3.0, "drop PSF stars whose reduced chi^2 exceeds this x the median star's")
+    star_bright_limit: float = setting(
+        15.0, "g: brighter catalogue stars saturate and do not calibrate")
+    star_blend_radius: float = setting(
+        15.0, "catalogue neighbours within this (arcsec) are considered for blending")
+    star_blend_limit: float = setting(
+        0.01, "neighbour / own light in a star's optimal extraction above which it is a blend")
+    star_blend_fwhm: float = setting(
+        1.8, "FWHM (arcsec) of the beta 2.5 Moffat that predicts a neighbour's light")
+    star_min_coverage: float = setting(
+        0.9, "PSF weight on the fibers relative to the IFU centre below which a star is at an edge")
+    fluxcal_mag_range: list[float] = setting(
+        [15.0, 19.0], "catalogue g range of the stars of the flux zero point")
+    fluxcal_clip: float = setting(
+        3.0, "reject stars with |g_cat - g_virus - median| > clip x max(1.4826 MAD, floor)")
+    fluxcal_scatter_floor: float = setting(0.02, "floor (mag) of that clipping scale")
+    astrometry_star_gmax: float = setting(
+        20.5, "faintest catalogue g whose PSF-fitted position enters the astrometry")
+    astrometry_catalog_error: float = setting(
+        0.01, "floor (arcsec per axis) of the catalogue position error in the astrometric weights")
+    deblend_radius: float = setting(
+        8.0, "catalogue sources closer than this (arcsec) are extracted jointly")
+    exposure_norm_min_stars: int = setting(
+        3, "fewer stars in every exposure: per-exposure normalisation 1 (noted)")
 
 
 @dataclass
@@ -199,6 +221,20 @@ RANGES = {
     ("observation", "catalog_radius_deg"): (0.001, 5.0),
     ("observation", "detection_threshold"): (0.0, 1e3),
     ("observation", "cube_pixscale"): (0.05, 10.0),
+    ("observation", "psf_beta"): (1.1, 20.0),
+    ("observation", "psf_star_gmax"): (5.0, 30.0),
+    ("observation", "psf_star_clip"): (1.0, 1e6),
+    ("observation", "star_bright_limit"): (0.0, 30.0),
+    ("observation", "star_blend_radius"): (0.0, 60.0),
+    ("observation", "star_blend_limit"): (0.0, 100.0),
+    ("observation", "star_blend_fwhm"): (0.3, 10.0),
+    ("observation", "star_min_coverage"): (0.0, 1.0),
+    ("observation", "fluxcal_clip"): (1.0, 100.0),
+    ("observation", "fluxcal_scatter_floor"): (0.0, 1.0),
+    ("observation", "exposure_norm_min_stars"): (1, 1000),
+    ("observation", "deblend_radius"): (0.0, 60.0),
+    ("observation", "astrometry_star_gmax"): (5.0, 30.0),
+    ("observation", "astrometry_catalog_error"): (0.0, 10.0),
 }
 MAX_DITHER_ARCSEC = 60.0
 
@@ -214,6 +250,12 @@ def validate(config: PipelineConfig, where: str = "configuration") -> None:
         value = getattr(getattr(config, section), name)
         if not lo <= value <= hi:
             raise ConfigError(f"{where}: {section}.{name}={value!r} is outside [{lo}, {hi}]")
+    mags = config.observation.fluxcal_mag_range
+    if not (isinstance(mags, list) and len(mags) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in mags)
+            and mags[0] < mags[1]):
+        raise ConfigError(f"{where}: observation.fluxcal_mag_range must be [bright, faint] "
+                          f"catalogue g with bright < faint, got {mags!r}")
     dither = config.observation.dither_pattern
     ok = isinstance(dither, list) and dither and all(
         isinstance(d, (list, tuple)) and len(d) == 2

@@ -215,7 +215,7 @@ def _psf_image_fit(cut, grid, meta, ra0, dec0, band, guess):
     near = np.hypot(x - guess[0], y - guess[1]) < 10
     js = np.flatnonzero(band)[::10]
     dx, dy = dar_in_frame(meta.dar_ra[js], meta.dar_dec[js])
-    psfs = exposure_psfs(meta.fwhm)
+    psfs = exposure_psfs(meta.fwhm, meta.beta)
 
     def model(p):
         w = source_weights(x[near], y[near], p[0], p[1], psfs, np.vstack([dx, dy]), len(js),

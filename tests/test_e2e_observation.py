@@ -142,7 +142,8 @@ def test_cube_and_ifu_fits(e2e, prod):
         & (np.abs(x) < 18) & (np.abs(y) < 18)
     assert inside.any(), "the simulation puts bright stars into every IFU"
     i = np.flatnonzero(inside)[0]
-    psf = [fiber_integrated_moffat(f) for f in P["exposures/fwhm"][...]]
+    psf = [fiber_integrated_moffat(f, b) for f, b in zip(P["exposures/fwhm"][...],
+                                                       P["exposures/moffat_beta"][...])]
     ap = aperture_weights(grid, x[i], y[i], 3.0)
     corr = aperture_correction(P["fibers/mask"][...][rows].astype(bool),
                                P["fibers/ifu_x"][...][rows], P["fibers/ifu_y"][...][rows],

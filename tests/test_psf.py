@@ -12,7 +12,7 @@ from remedy_dask.observation.psf import (
     moffat_alpha,
     moffat_enclosed,
 )
-from remedy_dask.observation.seeing import fit_seeing
+from remedy_dask.observation.psf import fit_seeing
 
 R = FIBER_DIAMETER / 2.0
 
@@ -88,7 +88,7 @@ def _dithered_fibers():
     return fx, fy, exp
 
 
-def _star_fractions(fx, fy, exp, x0, y0, fwhms, dar, n_nodes=25):
+def _star_fractions(fx, fy, exp, x0, y0, fwhms, dar, n_nodes=25, betas=(3.5, 3.5, 3.5)):
     """(n_fiber, n_wave) brute-force fiber fractions with DAR along x, per-exposure FWHM."""
     nodes = np.linspace(dar.min(), dar.max(), n_nodes)
     out = np.zeros((fx.size, dar.size))
@@ -96,7 +96,8 @@ def _star_fractions(fx, fy, exp, x0, y0, fwhms, dar, n_nodes=25):
     for e, fw in enumerate(fwhms):
         sel = near & (exp == e)
         at_nodes = np.array(
-            [brute_fraction(fx[sel] - x0 - n, fy[sel] - y0, fw, step=0.05) for n in nodes]
+            [brute_fraction(fx[sel] - x0 - n, fy[sel] - y0, fw, betas[e], step=0.05)
+             for n in nodes]
         )
         out[sel] = np.array([np.interp(dar, nodes, at_nodes[:, i]) for i in range(sel.sum())])
     return out
@@ -148,3 +149,27 @@ def test_fit_seeing_skips_blended_stars():
                      DEF_WAVE, dar, fit_dar=False)
     assert list(fit.star_used) == [False, False, True]
     np.testing.assert_allclose(fit.fwhm, 1.8, atol=0.05)
+
+
+def test_fit_seeing_follows_moffat_beta_per_exposure():
+    """Stars made with beta 2.8 / 4.3 / 3.8 (brute-force integration): with ``fit_beta`` the FWHM
+    and beta of each exposure come back; with beta fixed at 3.5 the broad-winged exposure is not
+    fitted at its FWHM."""
+    rng = np.random.default_rng(5)
+    fx, fy, exp = _dithered_fibers()
+    dar = dar_offsets(DEF_WAVE)
+    fwhms, betas = (1.55, 1.65, 1.43), (2.8, 4.3, 3.8)
+    stars = [(-10.0, 8.0, 3000.0), (6.0, -12.0, 2000.0), (12.0, 10.0, 2500.0), (-3.0, -2.0, 1500.0)]
+    flux = np.zeros((fx.size, DEF_WAVE.size))
+    for x0, y0, amp in stars:
+        flux += amp * _star_fractions(fx, fy, exp, x0, y0, fwhms, dar, n_nodes=8, betas=betas)
+    sigma = np.sqrt(25.0 + 0.5 * np.abs(flux))
+    flux += rng.normal(size=flux.shape) * sigma
+    sx, sy = [s[0] for s in stars], [s[1] for s in stars]
+    fit = fit_seeing(flux, sigma, None, fx, fy, exp, sx, sy, DEF_WAVE, dar, fit_beta=True)
+    np.testing.assert_allclose(fit.fwhm, fwhms, atol=0.06)
+    np.testing.assert_allclose(fit.beta, betas, atol=0.5)
+    assert fit.beta[0] < fit.beta[2] < fit.beta[1]
+    fixed = fit_seeing(flux, sigma, None, fx, fy, exp, sx, sy, DEF_WAVE, dar)
+    np.testing.assert_array_equal(fixed.beta, 3.5)
+    assert abs(fixed.fwhm[0] - 1.55) > 0.06

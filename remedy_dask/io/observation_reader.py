@@ -34,6 +34,7 @@ class ObservationMeta:
     flux_scale: np.ndarray  # (n_exposure,) already applied to the stored spectra
     dar_ra: np.ndarray  # (n_wave,) arcsec east
     dar_dec: np.ndarray  # (n_wave,) arcsec north
+    beta: np.ndarray | None = None  # (n_exposure,) Moffat beta; None: products without it (3.5)
 
 
 def _open(path: str) -> h5py.File:
@@ -73,6 +74,8 @@ def read_meta(path: str | Path) -> ObservationMeta:
                                            f"({len(cols['ra'])}, {len(wave)})")
         fwhm = np.asarray(_need(h5, path, "exposures/fwhm")[...], float)
         scale = np.asarray(_need(h5, path, "exposures/flux_scale")[...], float)
+        beta = (np.asarray(h5["exposures/moffat_beta"][...], float)
+                if "moffat_beta" in h5["exposures"] else None)
         dar = [np.asarray(_need(h5, path, f"fibers/{k}")[...], float) for k in ("dar_ra", "dar_dec")]
         name = observation_name(h5, path)
     exp = np.asarray(cols["exposure"], int) - 1
@@ -82,7 +85,7 @@ def read_meta(path: str | Path) -> ObservationMeta:
         raise InputFileError(path, f"exposures/fwhm must be positive and finite, got {fwhm}")
     return ObservationMeta(path, name, wave, np.asarray(cols["ra"], float),
                            np.asarray(cols["dec"], float), exp, np.asarray(cols["ifuslot"], int),
-                           fwhm, scale, dar[0], dar[1])
+                           fwhm, scale, dar[0], dar[1], beta)
 
 
 def read_fiber_rows(path: str | Path, rows: np.ndarray, wave_slice: slice = slice(None)

@@ -37,7 +37,8 @@ UNITS = {
     "wave_err": "Angstrom", "x": "arcsec", "y": "arcsec", "wavelength": "Angstrom",
     "fwhm_guider": "arcsec",
     **dict.fromkeys(("mask", "ifuslot", "fiber_id", "exposure", "transparency", "flux_scale",
-                     "sn", "chi2"), "1"),
+                     "sn", "chi2", "moffat_beta", "star_norm", "flux_scale_err", "fluxcal_used"),
+                   "1"),
 }
 GROUP_UNITS = {("detections", "fwhm"): "Angstrom"}
 
@@ -61,6 +62,10 @@ LONG_NAMES = {
     "wave": "line wavelength", "wave_err": "error of the line wavelength",
     "flux": "integrated line flux", "flux_err": "error of the integrated line flux",
     "sn": "signal-to-noise ratio", "chi2": "reduced chi-square of the line fit",
+    "moffat_beta": "Moffat beta of the PSF", "flux_scale_err": "1-sigma error of flux_scale",
+    "star_norm": "relative exposure throughput from the field stars (transparency x illumination)",
+    "fluxcal_used": "star used by the flux calibration",
+    "fluxcal_reject": "why the flux calibration did not use the source (empty if used)",
 }
 GROUP_LONG_NAMES = {
     ("sources", "spectrum"): "flux density of the source (total, PSF-weighted extraction)",
@@ -81,6 +86,8 @@ def variable_attributes(group: str, name: str, dtype: np.dtype) -> dict[str, str
         attrs["long_name"] = long_name
     if name == "mask":
         attrs.update(flag_values=np.array([0, 1], np.uint8), flag_meanings="good bad")
+    if name == "fluxcal_used":
+        attrs.update(flag_values=np.array([0, 1], np.uint8), flag_meanings="rejected used")
     return attrs
 
 

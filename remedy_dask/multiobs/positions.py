@@ -75,9 +75,11 @@ class PositionExtraction:
     edge: np.ndarray  # (n_pos,) bool: within ``edge_margin`` of the edge of the fibers' footprint
 
 
-def exposure_psfs(fwhm: np.ndarray) -> list[RadialPSF]:
-    """One fiber-integrated Moffat table per exposure."""
-    return [fiber_integrated_moffat(float(f)) for f in fwhm]
+def exposure_psfs(fwhm: np.ndarray, beta: np.ndarray | None = None) -> list[RadialPSF]:
+    """One fiber-integrated Moffat table per exposure (beta 3.5 unless given)."""
+    if beta is None:
+        return [fiber_integrated_moffat(float(f)) for f in fwhm]
+    return [fiber_integrated_moffat(float(f), float(b)) for f, b in zip(fwhm, beta)]
 
 
 def extract_positions(flux: np.ndarray, error: np.ndarray, mask: np.ndarray,
@@ -85,17 +87,18 @@ def extract_positions(flux: np.ndarray, error: np.ndarray, mask: np.ndarray,
                       rows: list[np.ndarray], fwhm: np.ndarray, dar_ra: np.ndarray,
                       dar_dec: np.ndarray, ra: np.ndarray, dec: np.ndarray, radius: float = 5.0,
                       min_coverage: float = 0.1, min_exposure_coverage: float = 0.05,
-                      edge_margin: float = 3.0) -> PositionExtraction:
+                      edge_margin: float = 3.0, beta: np.ndarray | None = None
+                      ) -> PositionExtraction:
     """Optimal extraction at each (ra, dec) from one observation.
 
     ``flux, error, mask`` (n_fiber, n_wave) and ``fiber_ra, fiber_dec, exposure_index`` (n_fiber,)
     are the fibers read for these positions; ``rows[k]`` indexes the fibers near position k
-    (:func:`rows_near`).  ``fwhm`` is the PSF FWHM of each exposure, ``dar_ra, dar_dec``
+    (:func:`rows_near`).  ``fwhm`` (and ``beta``) the Moffat PSF of each exposure, ``dar_ra, dar_dec``
     (n_wave,) the DAR on the sky.  Wavelengths whose good fibers hold less than ``min_coverage``
     of the source's flux are NaN (see :func:`remedy_dask.observation.sources.extract_source`).
     """
     n_pos, n_wave = len(rows), np.asarray(flux).shape[1]
-    psfs = exposure_psfs(fwhm)
+    psfs = exposure_psfs(fwhm, beta)
     dar = np.vstack([dar_ra, dar_dec])
     spec = np.full((n_pos, n_wave), np.nan)
     err = np.full_like(spec, np.nan)

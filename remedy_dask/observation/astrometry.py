@@ -333,3 +333,14 @@ def dar_on_sky(dar: np.ndarray, rotation: float) -> tuple[np.ndarray, np.ndarray
     by the field rotation (degrees)."""
     r = np.deg2rad(rotation)
     return -np.cos(r) * dar, -np.sin(r) * dar
+
+
+def catalog_position_error(residuals: np.ndarray, fit_error: np.ndarray, floor: float) -> float:
+    """Per-axis catalogue position error implied by astrometric residuals (n, 2) arcsec of stars
+    whose own position errors are ``fit_error`` (n,): ``sqrt(mean(res^2) - mean(fit_error^2))``
+    over both axes, at least ``floor``."""
+    res = np.asarray(residuals, dtype=float)
+    if res.size == 0:
+        return float(floor)
+    excess = np.mean(res**2) - np.mean(np.asarray(fit_error, dtype=float) ** 2)
+    return float(max(np.sqrt(max(excess, 0.0)), floor))

@@ -146,6 +146,18 @@ def ifu_cube(d: dict[str, np.ndarray] | None, slot: int, cond: Conditions,
     return paths
 
 
+def flux_scale_columns(psf: dict[str, Any], fluxcal: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Moffat beta, star normalisation and the 1-sigma error of ``flux_scale`` per exposure (the
+    zero point's and the normalisation's relative errors in quadrature)."""
+    from remedy_dask.observation.photcal import flux_scale_error
+
+    norm = np.asarray(psf["norm"], float)
+    err = flux_scale_error(fluxcal["factor"], fluxcal.get("error", np.nan), norm,
+                           psf.get("norm_err", np.full(norm.size, np.nan)))
+    return {"moffat_beta": np.asarray(psf.get("beta", np.full(norm.size, np.nan)), float),
+            "star_norm": norm, "flux_scale_err": err}
+
+
 def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_root: str,
                    cond: Conditions, astro: dict[str, Any], psf: dict[str, Any],
                    fluxcal: dict[str, Any], sources: list[dict[str, np.ndarray]],
@@ -163,7 +175,8 @@ def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_roo
     flags = list(plan.skipped) + [f"{k} exp{s['exp']:02d}: {v}" for s in exposure_summaries
                                   for k, v in s.get("failed", {}).items()]
     prov = {**provenance, "notes": notes, "flags": flags, "astrometry": astro.get("note", ""),
-            "psf": {k: v for k, v in psf.items() if not k.startswith("star_")}, "fluxcal": fluxcal,
+            "psf": {k: v for k, v in psf.items() if not k.startswith("star_")},
+            "fluxcal": {k: v for k, v in fluxcal.items() if k not in ("used", "reject")},
             "exposure_qa": [{k: s.get(k) for k in ("exp", "sky_qa", "error_check", "mask_counts",
                                                       "shifts")} for s in exposure_summaries],
             "fits_products": [p for ps in fits_paths for p in ps]}
@@ -180,6 +193,7 @@ def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_roo
             "transparency": cond.transparency, "fwhm": np.asarray(psf["fwhm"], float),
             "fwhm_guider": cond.fwhm_guider,
             "flux_scale": exposure_scale(fluxcal["factor"], psf["norm"]),
+            **flux_scale_columns(psf, fluxcal),
         })
         idx = np.concatenate([s["cat_index"] for s in sources]).astype(int) if sources else np.zeros(0, int)
         cat = lambda k: np.concatenate([s[k] for s in sources]) if sources else np.zeros(0)  # noqa: E731
@@ -191,6 +205,8 @@ def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_roo
             "spectrum": (cat("spectrum").reshape(-1, geometry.N_WAVE) * fluxcal["factor"]).astype(np.float32),
             "error": (cat("error").reshape(-1, geometry.N_WAVE) * fluxcal["factor"]).astype(np.float32),
             "ifuslot": cat("ifuslot").astype(np.int32),
+            "fluxcal_used": np.asarray(fluxcal.get("used", np.zeros(idx.size)), np.uint8),
+            "fluxcal_reject": np.asarray(fluxcal.get("reject", np.full(idx.size, "")), str),
         }
         writer.write_table("sources", "source", src)
         det_cols = ("ra", "dec", "wave", "wave_err", "flux", "flux_err", "sn", "fwhm", "chi2",
@@ -201,7 +217,9 @@ def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_roo
         writer.write_table("detections", "detection", table)
         astro_attrs = {k: astro[k] for k in ("ra", "dec", "rotation", "n_stars", "rms")}
         astro_attrs["fitted"] = int(bool(astro.get("fitted")))
-        path = writer.close({"astrometry": astro_attrs})
+        path = writer.close({"astrometry": astro_attrs, "fluxcal": {
+            k: fluxcal[k] for k in ("delta_mag", "error", "scatter", "n_stars", "fitted")
+            if k in fluxcal}})
     except BaseException:
         writer.abort()
         raise
@@ -262,7 +280,7 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
     cut = [dask.delayed(star_cutouts, pure=False)(ifus[s], cond, catalog, astro, oc,
                                                   dask_key_name=f"ifu-psf-stars-{s:03d}-{tag}")
            for s in slots]
-    psf = dask.delayed(fit_psf, pure=False)(gather(cut, f"ifu-psf-stars-all-{tag}"), cond,
+    psf = dask.delayed(fit_psf, pure=False)(gather(cut, f"ifu-psf-stars-all-{tag}"), cond, oc,
                                             dask_key_name=f"seeing-{tag}")
     astro = dask.delayed(refine_field, pure=False)(astro, psf, catalog, oc,
                                                    dask_key_name=f"astrometry-refine-{tag}")

@@ -60,7 +60,7 @@ def extract_one(meta: Any, ra: np.ndarray, dec: np.ndarray, radius: float) -> An
     d = read_fiber_rows(meta.path, union)
     return extract_positions(d["spectrum"], d["error"], d["mask"], meta.ra[union],
                              meta.dec[union], meta.exposure_index[union], local, meta.fwhm,
-                             meta.dar_ra, meta.dar_dec, ra, dec, radius)
+                             meta.dar_ra, meta.dar_dec, ra, dec, radius, beta=meta.beta)
 
 
 def run_extract(args: Any, cluster: ClusterRequest) -> Path:

@@ -22,6 +22,10 @@ from remedy_dask.errors import CalibrationError
 from remedy_dask.io import store
 from remedy_dask.io.catalog import Catalog
 from remedy_dask.observation.fluxcal import calibrate_fibers, exposure_conversion
+from remedy_dask.workflow.starcal import (
+    astrometric_positions, catalog_reasons, relative_coverage, star_normalisation, star_rules,
+    zero_point_of_sources,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +110,8 @@ def ifu_stars(d: dict[str, np.ndarray] | None, slot: int, cond: Conditions) -> d
 
 def fit_field(star_lists: list[dict[str, Any]], catalog: Catalog,
               pointing: tuple[float, float, float], config: ObservationConfig) -> dict[str, Any]:
-    """Fan-in: match detections of all IFUs to the catalogue, fit shift and rotation (twice)."""
+    """Fan-in: match detections of all IFUs to the catalogue, fit shift and rotation (twice);
+    saturated and blended catalogue stars (the ``config`` star rules) are not matched."""
     from remedy_dask.observation.astrometry import fit_astrometry, match_catalog
 
     fx = np.concatenate([s["fx"] for s in star_lists])
@@ -115,6 +120,7 @@ def fit_field(star_lists: list[dict[str, Any]], catalog: Catalog,
     cat_ra, cat_dec, g = catalog.ra, catalog.dec, catalog.gmag
     gmin, gmax = config.astrometry_gmag_range
     usable = np.isfinite(g) & (g > gmin) & (g < gmax)
+    usable[usable] = catalog_reasons(catalog, np.flatnonzero(usable), star_rules(config)) == ""
     result = None
     ra, dec, rot = ra0, dec0, rot0
     for radius in config.astrometry_match_radii:
@@ -151,64 +157,78 @@ def _catalog_in_ifu(catalog: Catalog, astro: dict[str, Any], offset: tuple[float
 
 def star_cutouts(d: dict[str, np.ndarray] | None, cond: Conditions, catalog: Catalog,
                  astro: dict[str, Any], config: ObservationConfig) -> dict[str, Any] | None:
-    """Fibers near the bright catalogue stars of one IFU, for the joint PSF fit (focal plane)."""
+    """Fibers near the catalogue stars of one IFU that pass the star rules, for the joint PSF
+    fit (focal plane), and every star to ``astrometry_star_gmax`` for the astrometry."""
     if d is None:
         return None
     offset = ifu_offset(d)
-    idx, x, y = _catalog_in_ifu(catalog, astro, offset, half=config.psf_star_half_size,
-                                gmax=config.psf_star_gmax)
-    idx, x, y = _isolated(catalog, idx, x, y, config.psf_isolation_radius,
-                          config.psf_isolation_dmag)
+    aidx, ax, ay = _catalog_in_ifu(catalog, astro, offset, half=config.source_half_size,
+                                   gmax=config.astrometry_star_gmax)
+    rules = star_rules(config)
+    cov = relative_coverage(d["ifu_x"], d["ifu_y"], d["exp_index"],
+                            ~d["mask"].astype(bool).all(axis=1), ax, ay, rules.blend_psf())
+    reasons = catalog_reasons(catalog, aidx, rules, cov)
+    keep = (reasons == "") & (catalog.gmag[aidx] < config.psf_star_gmax)
+    idx = aidx[keep]
+    x, y = np.concatenate([ax[keep], ax]), np.concatenate([ay[keep], ay])  # fibers near all
     if idx.size == 0:
         return None
     near = np.zeros(d["fx"].size, bool)
     for xs, ys in zip(x, y):
         near |= np.hypot(d["ifu_x"] - xs, d["ifu_y"] - ys) < config.psf_star_radius
     c = calibrated({k: v[near] for k, v in d.items() if k != "sky"}, cond)
+    free = np.array([r == "" or r.startswith("blend") for r in reasons], bool)
     return {"flux": c["flux"], "error": c["error"], "bad": c["bad"], "fx": d["fx"][near],
             "fy": d["fy"][near], "exp_index": d["exp_index"][near],
-            "star_fx": x + offset[0], "star_fy": y + offset[1], "cat_index": idx}
+            "star_fx": x[:idx.size] + offset[0], "star_fy": y[:idx.size] + offset[1],
+            "cat_index": idx, "astro_fx": ax + offset[0], "astro_fy": ay + offset[1],
+            "astro_cat_index": aidx, "astro_free": free}
 
 
-def _isolated(catalog: Catalog, idx: np.ndarray, x: np.ndarray, y: np.ndarray,
-              radius: float, dmag: float) -> tuple[np.ndarray, ...]:
-    """Keep stars without a catalogue neighbour within ``radius`` arcsec that is less than
-    ``dmag`` fainter: blends bias the PSF-fitted positions and fluxes."""
-    ra, dec, g = catalog.ra, catalog.dec, catalog.gmag
-    keep = np.ones(idx.size, bool)
-    for k, i in enumerate(idx):
-        sep = np.hypot((ra - ra[i]) * np.cos(np.deg2rad(dec[i])), dec - dec[i]) * 3600
-        near = (sep < radius) & (sep > 0) & ~(g > g[i] + dmag)
-        keep[k] = not near.any()
-    return idx[keep], x[keep], y[keep]
-
-
-def fit_psf(cutouts: list[dict[str, Any] | None], cond: Conditions) -> dict[str, Any]:
-    """Fan-in: FWHM per exposure and relative exposure throughput from the field stars."""
-    from remedy_dask.observation.seeing import fit_seeing
+def fit_psf(cutouts: list[dict[str, Any] | None], cond: Conditions,
+            obs_cfg: ObservationConfig | None = None) -> dict[str, Any]:
+    """Fan-in: FWHM (and with ``obs_cfg.psf_fit_beta`` the Moffat beta) per exposure and the
+    relative exposure throughput from the field stars."""
+    from remedy_dask.observation.psf import DEFAULT_BETA, fit_seeing
 
     cutouts = [c for c in cutouts if c is not None]
+    beta = DEFAULT_BETA if obs_cfg is None else obs_cfg.psf_beta
     fallback = {"fwhm": cond.fwhm_guider.tolist(), "norm": [1.0] * len(cond.exposures),
-                "n_stars": 0, "fitted": False}
+                "beta": [beta] * len(cond.exposures), "n_stars": 0, "fitted": False}
     if not cutouts:
         return {**fallback, "note": "no bright stars: guider IQ used for the PSF"}
     cat = lambda k: np.concatenate([c[k] for c in cutouts])  # noqa: E731
     try:
         fit = fit_seeing(cat("flux"), cat("error"), cat("bad"), cat("fx"), cat("fy"),
                          cat("exp_index"), cat("star_fx"), cat("star_fy"),
-                         dar=geometry.dar_offsets(), fwhm0=float(np.median(cond.fwhm_guider)))
+                         dar=geometry.dar_offsets(), fwhm0=float(np.median(cond.fwhm_guider)),
+                         beta=beta, fit_beta=bool(obs_cfg is not None and obs_cfg.psf_fit_beta),
+                         star_clip=None if obs_cfg is None else obs_cfg.psf_star_clip)
     except CalibrationError as exc:
         return {**fallback, "note": f"PSF fit failed ({exc}): guider IQ used"}
     fwhm = np.array(cond.fwhm_guider, float)
     norm = np.ones(len(cond.exposures))
+    betas = np.full(len(cond.exposures), beta)
     fwhm[fit.exposure_ids] = fit.fwhm
     norm[fit.exposure_ids] = fit.norm
+    betas[fit.exposure_ids] = fit.beta
     used = np.asarray(fit.star_used, bool)
-    return {"fwhm": fwhm.tolist(), "norm": norm.tolist(), "n_stars": fit.n_stars,
+    star_norm = {}
+    if obs_cfg is not None:
+        star_norm = star_normalisation(cutouts, fit, fwhm, betas, obs_cfg)
+        norm = np.asarray(star_norm.pop("norm", norm))
+    note = "" if fit.success else fit.message
+    note = "; ".join(x for x in (note, star_norm.pop("note", "")) if x)
+    stars = {"star_fx": np.asarray(fit.star_x)[used], "star_fy": np.asarray(fit.star_y)[used],
+             "star_cat_index": cat("cat_index")[used]}
+    if obs_cfg is not None:
+        positions = astrometric_positions(cutouts, fwhm, betas)
+        if positions["star_cat_index"].size >= 3:  # else the PSF stars' positions
+            stars = positions
+    return {"fwhm": fwhm.tolist(), "norm": norm.tolist(), "beta": betas.tolist(),
+            "n_stars": fit.n_stars, **star_norm,
             "fitted": bool(fit.success), "chi2": fit.chi2, "dar_scale": list(fit.dar_scale),
-            "note": "" if fit.success else fit.message,
-            "star_fx": np.asarray(fit.star_x)[used], "star_fy": np.asarray(fit.star_y)[used],
-            "star_cat_index": cat("cat_index")[used]}
+            "note": note, **stars}
 
 
 def refine_field(astro: dict[str, Any], psf: dict[str, Any], catalog: Catalog,
@@ -220,11 +240,24 @@ def refine_field(astro: dict[str, Any], psf: dict[str, Any], catalog: Catalog,
     idx = np.asarray(psf.get("star_cat_index", []), int)
     if not psf.get("fitted") or idx.size < 3:
         return astro
+    fit = lambda w: fit_astrometry(  # noqa: E731
+        psf["star_fx"], psf["star_fy"], catalog.ra[idx], catalog.dec[idx], astro["ra"],
+        astro["dec"], astro["rotation"], weights=w, clip=config.astrometry_refine_clip,
+        floor=config.astrometry_refine_floor)
     try:
-        res = fit_astrometry(psf["star_fx"], psf["star_fy"], catalog.ra[idx], catalog.dec[idx],
-                             astro["ra"], astro["dec"], astro["rotation"],
-                             clip=config.astrometry_refine_clip,
-                             floor=config.astrometry_refine_floor)
+        res = fit(None)
+        if "star_err" in psf:  # weights: catalogue and fit errors
+            from remedy_dask.observation.astrometry import catalog_position_error
+
+            fit_err = np.asarray(psf["star_err"], float)
+            cat_err = config.astrometry_catalog_error
+            for _ in range(3):
+                res = fit(1.0 / (cat_err**2 + fit_err**2))
+                cat_err = catalog_position_error(res.residuals[res.used], fit_err[res.used],
+                                                 config.astrometry_catalog_error)
+            res = fit(1.0 / (cat_err**2 + fit_err**2))
+            log.info("astrometry: catalogue position error %.3f\" from %d stars", cat_err,
+                     res.n_stars)
     except CalibrationError as exc:
         log.warning("astrometry refinement failed (%s): first solution kept", exc)
         return astro
@@ -235,21 +268,23 @@ def refine_field(astro: dict[str, Any], psf: dict[str, Any], catalog: Catalog,
 
 
 def psf_tables(psf: dict[str, Any]) -> list[Any]:
-    from remedy_dask.observation.psf import fiber_integrated_moffat
+    from remedy_dask.observation.psf import DEFAULT_BETA, fiber_integrated_moffat
 
-    return [fiber_integrated_moffat(f) for f in psf["fwhm"]]
+    betas = psf.get("beta", [DEFAULT_BETA] * len(psf["fwhm"]))
+    return [fiber_integrated_moffat(f, b) for f, b in zip(psf["fwhm"], betas)]
 
 
 def ifu_sources(d: dict[str, np.ndarray] | None, slot: int, cond: Conditions, catalog: Catalog,
                 astro: dict[str, Any], psf: dict[str, Any], config: ObservationConfig
                 ) -> dict[str, np.ndarray]:
-    """Optimal extraction of every catalogue source inside one IFU, with synthetic g."""
+    """Optimal extraction of every catalogue source inside one IFU (catalogue neighbours closer
+    than ``deblend_radius`` extracted jointly), with synthetic g and PSF coverage."""
+    from remedy_dask.observation.deblend import extract_sources_deblended
     from remedy_dask.observation.fluxcal import synthetic_gmag
-    from remedy_dask.observation.sources import extract_sources
 
     empty = {"cat_index": np.zeros(0, int), "spectrum": np.zeros((0, geometry.N_WAVE)),
              "error": np.zeros((0, geometry.N_WAVE)), "gmag_virus": np.zeros(0),
-             "gmag_virus_err": np.zeros(0), "ifuslot": np.zeros(0, int)}
+             "gmag_virus_err": np.zeros(0), "ifuslot": np.zeros(0, int), "coverage": np.zeros(0)}
     if d is None:
         return empty
     idx, x, y = _catalog_in_ifu(catalog, astro, ifu_offset(d), half=config.source_half_size,
@@ -258,27 +293,24 @@ def ifu_sources(d: dict[str, np.ndarray] | None, slot: int, cond: Conditions, ca
         return empty
     c = calibrated({k: v for k, v in d.items() if k != "sky"}, cond)
     norm = np.asarray(psf["norm"])[d["exp_index"]][:, None]
-    spec, err, _ = extract_sources(c["flux"] / norm, c["error"] / norm, c["bad"], d["ifu_x"],
-                                   d["ifu_y"], x, y, psf_tables(psf), geometry.dar_offsets(),
-                                   d["exp_index"])
+    spec, err, _ = extract_sources_deblended(
+        c["flux"] / norm, c["error"] / norm, c["bad"], d["ifu_x"], d["ifu_y"], x, y,
+        psf_tables(psf), geometry.dar_offsets(), d["exp_index"], group_radius=config.deblend_radius)
     g, gerr = synthetic_gmag(geometry.DEF_WAVE, spec, err)
+    cov = relative_coverage(d["ifu_x"], d["ifu_y"], d["exp_index"], ~c["bad"].all(axis=1), x, y,
+                            psf_tables(psf))
     return {"cat_index": idx, "spectrum": spec, "error": err, "gmag_virus": np.atleast_1d(g),
-            "gmag_virus_err": np.atleast_1d(gerr), "ifuslot": np.full(idx.size, slot)}
+            "gmag_virus_err": np.atleast_1d(gerr), "ifuslot": np.full(idx.size, slot),
+            "coverage": cov}
 
 
 def flux_calibration(sources: list[dict[str, np.ndarray]], catalog: Catalog,
                      config: ObservationConfig) -> dict[str, Any]:
-    """Fan-in: photometric offset of VIRUS synthetic g against the catalogue."""
-    from remedy_dask.observation.fluxcal import photometric_offset
-
+    """Fan-in: the zero point of VIRUS synthetic g against the catalogue, from the stars of every
+    IFU that pass the star rules, with the fate of each source."""
     idx = np.concatenate([s["cat_index"] for s in sources]).astype(int)
     gsyn = np.concatenate([s["gmag_virus"] for s in sources])
     gerr = np.concatenate([s["gmag_virus_err"] for s in sources])
-    gcat = catalog.gmag[idx]
-    try:
-        off = photometric_offset(gsyn, gcat, gerr, mag_range=tuple(config.photometry_gmag_range))
-    except CalibrationError as exc:
-        return {"factor": 1.0, "delta_mag": 0.0, "n_stars": 0, "scatter": float("nan"),
-                "fitted": False, "note": f"no photometric offset ({exc}): throughput curve only"}
-    return {"factor": off.factor, "delta_mag": off.delta_mag, "n_stars": off.n_used,
-            "scatter": off.scatter, "error": off.error, "fitted": True, "note": ""}
+    return zero_point_of_sources(idx, gsyn, gerr,
+                                 np.concatenate([s["coverage"] for s in sources]), catalog, config)
+
