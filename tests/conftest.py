@@ -24,21 +24,14 @@ def sci_night(tmp_path_factory):
 E2E_SLOTS = (47, 48, 57, 58)
 
 
-@pytest.fixture(scope="session")
-def e2e(tmp_path_factory):
-    """A simulated 4-IFU night, calibrated and reduced through the command line (LocalCluster,
-    2 workers): paths of the simulation, calibration file and products."""
+def _calibrate_and_reduce(root, target_slot: int, timings: dict) -> dict:
+    """Calibrate the simulated night in ``root/sim`` and reduce its observation 7 (every IFU)
+    through the command line (LocalCluster, 2 workers); the paths of the night's files."""
     import time
 
     from remedy_dask import cli
-    from remedy_dask.sim import simulate_night
 
-    root = tmp_path_factory.mktemp("e2e")
     sim, cal, out = root / "sim", root / "cal.h5", root / "reduced"
-    timings = {}
-    t0 = time.perf_counter()
-    simulate_night(sim, ifuslots=E2E_SLOTS, seed=11, tar=True, n_workers=2)
-    timings["simulate"] = time.perf_counter() - t0
     common = ["--fplane", str(sim / "fplane.txt"), "--ifucen", str(sim / "IFUcen_HETDEX.txt")]
     t0 = time.perf_counter()
     assert cli.main(["--quiet", "calibrate", str(sim / "raw"), "--date", "20190822", "--out",
@@ -46,14 +39,29 @@ def e2e(tmp_path_factory):
                      *common]) == 0
     timings["calibrate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    assert cli.main(["--quiet", "reduce", "20190822", "7", "47", str(cal), "--rootdir",
-                     str(sim / "raw"), "--out", str(out), "--catalog",
+    assert cli.main(["--quiet", "reduce", "20190822", "7", str(target_slot), str(cal),
+                     "--rootdir", str(sim / "raw"), "--out", str(out), "--catalog",
                      str(sim / "ps1_catalog.csv"), "--all-ifus", "--workers", "2", *common]) == 0
     timings["reduce"] = time.perf_counter() - t0
-    print(f"e2e timings: {timings}")
     return {"sim": sim, "truth": sim / "truth" / "truth.h5", "cal": cal, "out": out,
             "product": out / "20190822_0000007.h5", "work": out / "work" / "20190822_0000007.zarr",
             "timings": timings}
+
+
+@pytest.fixture(scope="session")
+def e2e(tmp_path_factory):
+    """A simulated 4-IFU night, calibrated and reduced through the command line (LocalCluster,
+    2 workers): paths of the simulation, calibration file and products."""
+    import time
+
+    from remedy_dask.sim import simulate_night
+
+    root = tmp_path_factory.mktemp("e2e")
+    t0 = time.perf_counter()
+    simulate_night(root / "sim", ifuslots=E2E_SLOTS, seed=11, tar=True, n_workers=2)
+    night = _calibrate_and_reduce(root, 47, {"simulate": time.perf_counter() - t0})
+    print(f"e2e timings: {night['timings']}")
+    return night
 
 
 HARSH_SLOTS = (57, 58)
@@ -68,25 +76,10 @@ def e2e_harsh(tmp_path_factory):
     from remedy_dask import cli
 
     root = tmp_path_factory.mktemp("e2e_harsh")
-    sim, cal, out = root / "sim", root / "cal.h5", root / "reduced"
-    timings = {}
     t0 = time.perf_counter()
     slots = ",".join(str(s) for s in HARSH_SLOTS)
-    assert cli.main(["--quiet", "simulate", str(sim), "--ifuslots", slots, "--seed", "23",
-                     "--harsh", "--tar", "--processes", "2"]) == 0
-    timings["simulate"] = time.perf_counter() - t0
-    common = ["--fplane", str(sim / "fplane.txt"), "--ifucen", str(sim / "IFUcen_HETDEX.txt")]
-    t0 = time.perf_counter()
-    assert cli.main(["--quiet", "calibrate", str(sim / "raw"), "--date", "20190822", "--out",
-                     str(cal), "--fiber-locations", str(sim / "fiber_loc"), "--workers", "2",
-                     *common]) == 0
-    timings["calibrate"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    assert cli.main(["--quiet", "reduce", "20190822", "7", str(HARSH_SLOTS[0]), str(cal),
-                     "--rootdir", str(sim / "raw"), "--out", str(out), "--catalog",
-                     str(sim / "ps1_catalog.csv"), "--all-ifus", "--workers", "2", *common]) == 0
-    timings["reduce"] = time.perf_counter() - t0
-    print(f"e2e_harsh timings: {timings}")
-    return {"sim": sim, "truth": sim / "truth" / "truth.h5", "cal": cal, "out": out,
-            "product": out / "20190822_0000007.h5", "work": out / "work" / "20190822_0000007.zarr",
-            "slots": HARSH_SLOTS, "timings": timings}
+    assert cli.main(["--quiet", "simulate", str(root / "sim"), "--ifuslots", slots, "--seed",
+                     "23", "--harsh", "--tar", "--processes", "2"]) == 0
+    night = _calibrate_and_reduce(root, HARSH_SLOTS[0], {"simulate": time.perf_counter() - t0})
+    print(f"e2e_harsh timings: {night['timings']}")
+    return {**night, "slots": HARSH_SLOTS}
