@@ -109,14 +109,16 @@ class CalibrateRequest:
         _existing(self.fiber_locations, "fiber locations", directory=True)
 
 
-def _check_observation_inputs(req: ReduceRequest | NightRequest) -> None:
-    check_date(req.date)
+def _check_observation_inputs(req: ReduceRequest | NightRequest | RangeRequest) -> None:
+    """Dates, ``--cubes`` and the input files shared by the reduction requests."""
+    for date in (req.start, req.end) if isinstance(req, RangeRequest) else (req.date,):
+        check_date(date)
     if req.cubes not in CUBE_CHOICES:
         raise ConfigError(f"--cubes must be one of {', '.join(CUBE_CHOICES)}, got {req.cubes!r}")
     _existing(req.rootdir, "raw data root", directory=True)
-    for path, what in ((req.calfile, "calibration file"), (req.fplane, "fplane"),
-                       (req.catalog, "catalog"), (req.throughput, "throughput"),
-                       (req.ifucen, "IFUcen")):
+    for path, what in ((getattr(req, "calfile", None), "calibration file"),
+                       (req.fplane, "fplane"), (req.catalog, "catalog"),
+                       (req.throughput, "throughput"), (req.ifucen, "IFUcen")):
         _existing(path, what)
 
 
@@ -207,18 +209,11 @@ class RangeRequest:
     cluster: ClusterRequest = field(default_factory=ClusterRequest)
 
     def __post_init__(self) -> None:
-        check_date(self.start)
-        check_date(self.end)
+        _check_observation_inputs(self)
         if self.end < self.start:
             raise ConfigError(f"--end {self.end} is before --start {self.start}")
         if not 1 <= self.cal_window <= 366:
             raise ConfigError(f"--cal-window must be 1-366 days, got {self.cal_window}")
-        if self.cubes not in CUBE_CHOICES:
-            raise ConfigError(f"--cubes must be one of {', '.join(CUBE_CHOICES)}, got {self.cubes!r}")
-        _existing(self.rootdir, "raw data root", directory=True)
-        for path, what in ((self.fplane, "fplane"), (self.ifucen, "IFUcen"),
-                           (self.catalog, "catalog"), (self.throughput, "throughput")):
-            _existing(path, what)
         _existing(self.fiber_locations, "fiber locations", directory=True)
 
     def calibration(self, window_start: str, out: Path) -> CalibrateRequest:

@@ -186,13 +186,13 @@ def star_cutouts(d: dict[str, np.ndarray] | None, cond: Conditions, catalog: Cat
 
 
 def fit_psf(cutouts: list[dict[str, Any] | None], cond: Conditions,
-            obs_cfg: ObservationConfig | None = None) -> dict[str, Any]:
-    """Fan-in: FWHM (and with ``obs_cfg.psf_fit_beta`` the Moffat beta) per exposure and the
-    relative exposure throughput from the field stars."""
-    from remedy_dask.observation.psf import DEFAULT_BETA, fit_seeing
+            config: ObservationConfig) -> dict[str, Any]:
+    """Fan-in: FWHM (and with ``config.psf_fit_beta`` the Moffat beta) per exposure, the
+    per-exposure normalisation from the field stars and their PSF-fitted positions."""
+    from remedy_dask.observation.psf import fit_seeing
 
     cutouts = [c for c in cutouts if c is not None]
-    beta = DEFAULT_BETA if obs_cfg is None else obs_cfg.psf_beta
+    beta = config.psf_beta
     fallback = {"fwhm": cond.fwhm_guider.tolist(), "norm": [1.0] * len(cond.exposures),
                 "beta": [beta] * len(cond.exposures), "n_stars": 0, "fitted": False}
     if not cutouts:
@@ -202,8 +202,7 @@ def fit_psf(cutouts: list[dict[str, Any] | None], cond: Conditions,
         fit = fit_seeing(cat("flux"), cat("error"), cat("bad"), cat("fx"), cat("fy"),
                          cat("exp_index"), cat("star_fx"), cat("star_fy"),
                          dar=geometry.dar_offsets(), fwhm0=float(np.median(cond.fwhm_guider)),
-                         beta=beta, fit_beta=bool(obs_cfg is not None and obs_cfg.psf_fit_beta),
-                         star_clip=None if obs_cfg is None else obs_cfg.psf_star_clip)
+                         beta=beta, fit_beta=config.psf_fit_beta, star_clip=config.psf_star_clip)
     except CalibrationError as exc:
         return {**fallback, "note": f"PSF fit failed ({exc}): guider IQ used"}
     fwhm = np.array(cond.fwhm_guider, float)
@@ -213,18 +212,15 @@ def fit_psf(cutouts: list[dict[str, Any] | None], cond: Conditions,
     norm[fit.exposure_ids] = fit.norm
     betas[fit.exposure_ids] = fit.beta
     used = np.asarray(fit.star_used, bool)
-    star_norm = {}
-    if obs_cfg is not None:
-        star_norm = star_normalisation(cutouts, fit, fwhm, betas, obs_cfg)
-        norm = np.asarray(star_norm.pop("norm", norm))
+    star_norm = star_normalisation(cutouts, fit, fwhm, betas, config)
+    norm = np.asarray(star_norm.pop("norm", norm))
     note = "" if fit.success else fit.message
     note = "; ".join(x for x in (note, star_norm.pop("note", "")) if x)
     stars = {"star_fx": np.asarray(fit.star_x)[used], "star_fy": np.asarray(fit.star_y)[used],
              "star_cat_index": cat("cat_index")[used]}
-    if obs_cfg is not None:
-        positions = astrometric_positions(cutouts, fwhm, betas)
-        if positions["star_cat_index"].size >= 3:  # else the PSF stars' positions
-            stars = positions
+    positions = astrometric_positions(cutouts, fwhm, betas)
+    if positions["star_cat_index"].size >= 3:  # else the PSF stars' positions
+        stars = positions
     return {"fwhm": fwhm.tolist(), "norm": norm.tolist(), "beta": betas.tolist(),
             "n_stars": fit.n_stars, **star_norm,
             "fitted": bool(fit.success), "chi2": fit.chi2, "dar_scale": list(fit.dar_scale),
