@@ -64,6 +64,7 @@ def reduce_request(args: argparse.Namespace) -> ReduceRequest:
         rootdir=args.rootdir, fplane=args.fplane, out=args.out, catalog=args.catalog,
         throughput=args.throughput, ifucen=args.ifucen, neighbor_dist=args.neighbor_dist,
         all_ifus=args.all_ifus, cubes=args.cubes, injection=injection,
+        performance_report=args.performance_report,
         config=load_config(args.config), config_file=args.config, cluster=_cluster_request(args))
 
 

@@ -175,6 +175,9 @@ def _add_reduce(sub: Any) -> None:
                         "PSF")
     p.add_argument("--cubes", choices=CUBE_CHOICES, default="target",
                    help="data cube and per-IFU FITS for the target IFU, every reduced IFU, or none")
+    p.add_argument("--performance-report", action="store_true",
+                   help="also write Dask's performance report (task stream, worker profiles) "
+                        "as OUTDIR/DATE_OBS_dask-report.html (costs a few seconds)")
     add_cluster_args(p)
 
 

@@ -140,6 +140,7 @@ class ReduceRequest:
     neighbor_dist: int = 1
     all_ifus: bool = False
     cubes: str = "target"
+    performance_report: bool = False
     injection: InjectionRequest | None = None
     config: PipelineConfig = field(default_factory=PipelineConfig)
     config_file: Path | None = None  # where ``config`` came from (for messages)

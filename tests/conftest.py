@@ -24,9 +24,11 @@ def sci_night(tmp_path_factory):
 E2E_SLOTS = (47, 48, 57, 58)
 
 
-def _calibrate_and_reduce(root, target_slot: int, timings: dict) -> dict:
+def _calibrate_and_reduce(root, target_slot: int, timings: dict, reduce_options: tuple = ()
+                          ) -> dict:
     """Calibrate the simulated night in ``root/sim`` and reduce its observation 7 (every IFU)
-    through the command line (LocalCluster, 2 workers); the paths of the night's files."""
+    through the command line (LocalCluster, 2 workers, ``reduce_options`` added); the paths of
+    the night's files."""
     import time
 
     from remedy_dask import cli
@@ -41,7 +43,7 @@ def _calibrate_and_reduce(root, target_slot: int, timings: dict) -> dict:
     t0 = time.perf_counter()
     assert cli.main(["--quiet", "reduce", "20190822", "7", str(target_slot), str(cal),
                      "--rootdir", str(sim / "raw"), "--out", str(out), "--catalog",
-                     str(sim / "ps1_catalog.csv"), "--all-ifus", "--workers", "2", *common]) == 0
+                     str(sim / "ps1_catalog.csv"), "--all-ifus", "--workers", "2", *common, *reduce_options]) == 0
     timings["reduce"] = time.perf_counter() - t0
     return {"sim": sim, "truth": sim / "truth" / "truth.h5", "cal": cal, "out": out,
             "product": out / "20190822_0000007.h5", "work": out / "work" / "20190822_0000007.zarr",
@@ -80,6 +82,7 @@ def e2e_harsh(tmp_path_factory):
     slots = ",".join(str(s) for s in HARSH_SLOTS)
     assert cli.main(["--quiet", "simulate", str(root / "sim"), "--ifuslots", slots, "--seed",
                      "23", "--harsh", "--tar", "--processes", "2"]) == 0
-    night = _calibrate_and_reduce(root, HARSH_SLOTS[0], {"simulate": time.perf_counter() - t0})
+    night = _calibrate_and_reduce(root, HARSH_SLOTS[0], {"simulate": time.perf_counter() - t0},
+                                  ("--performance-report",))
     print(f"e2e_harsh timings: {night['timings']}")
     return {**night, "slots": HARSH_SLOTS}

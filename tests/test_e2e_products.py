@@ -179,3 +179,11 @@ def test_log_file_and_quiet_rerun(e2e, tmp_path, capfd):
     printed, errors = capfd.readouterr()
     assert status == 0 and printed == "" and errors == "", (printed, errors)
     assert "dashboard http" in (out / "remedy-dask.log").read_text()
+
+
+def test_performance_report_only_when_asked(e2e, e2e_harsh):
+    """Dask's performance report costs seconds: written only with --performance-report (the
+    harsh night's reduce passes it, the kind night's does not)."""
+    assert not list(e2e["out"].glob("*_dask-report.html"))
+    report = e2e_harsh["out"] / f"{PREFIX}_dask-report.html"
+    assert report.is_file() and "Dask Performance Report" in report.read_text()[:200_000]

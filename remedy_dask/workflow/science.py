@@ -229,31 +229,44 @@ def pending_checkpoints(req: ReduceRequest) -> list[str]:
                       if not store.is_complete(work_root, e, "sky", keys.sky(plan, e))]
 
 
-def report(red: Reduction, product: str, seconds: float) -> Path:
-    """QA page and the closing lines of a reduction."""
-    from remedy_dask.qa.observation import observation_report
-
-    t1 = time.perf_counter()
-    page = observation_report(product, catalog=red.catalog)
+def report(red: Reduction, product: str, seconds: float, page: Path | None = None,
+           qa_seconds: float | None = None) -> Path:
+    """QA page (made here unless given) and the closing lines of a reduction."""
+    if page is None:
+        page, qa_seconds = _qa_page(red, product)
     print(f"reduced {len(red.plan.cal_keys)} amps x {len(red.plan.exposures)} exposures "
           f"in {seconds:.1f} s: {product}")
     for reason in red.plan.skipped:
         print(f"  left out: {reason}")
-    print(f"QA report: {page} ({time.perf_counter() - t1:.1f} s)")
+    print(f"QA report: {page} ({qa_seconds:.1f} s)")
     return page
+
+
+def _qa_page(red: Reduction, product: str) -> tuple[Path, float]:
+    """The observation's QA page and the seconds it took."""
+    from remedy_dask.qa.observation import observation_report
+
+    t1 = time.perf_counter()
+    page = observation_report(product, catalog=red.catalog)
+    return page, time.perf_counter() - t1
 
 
 def run_reduce(req: ReduceRequest) -> Path:
     """``remedy-dask reduce``: plan, build the graph, run it, write the products (holding the
-    output folder's lock)."""
+    output folder's lock).  The QA page is made while the cluster closes."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from remedy_dask.io.lock import output_lock
 
     t0 = time.perf_counter()
-    with output_lock(req.out):
+    with output_lock(req.out), ThreadPoolExecutor(1, thread_name_prefix="qa") as pool:
         red = build_reduction(req, RawArchive(req.rootdir))
         with open_client(**req.cluster.client_kwargs()) as client:
-            product = _compute_with_progress(red.final, client, red.out, red.plan)
-        report(red, product, time.perf_counter() - t0)
+            product = _compute_with_progress(red.final, client, red.out, red.plan,
+                                             req.performance_report)
+            qa = pool.submit(_qa_page, red, product)
+        seconds = time.perf_counter() - t0
+        report(red, product, seconds, *qa.result())
     return Path(product)
 
 
@@ -421,14 +434,15 @@ def prepare_observation(plan: ObservationPlan, archive: RawArchive, req: ReduceR
     return cond, catalog, pointing
 
 
-def _compute_with_progress(final: Any, client: Any, out: Path, plan: ObservationPlan) -> Any:
-    """Compute (progress bar in a terminal) and save a Dask performance report."""
+def _compute_with_progress(final: Any, client: Any, out: Path, plan: ObservationPlan,
+                           performance_report: bool = False) -> Any:
+    """Compute (progress bar in a terminal), with Dask's performance report if asked."""
     from remedy_dask.workflow.cluster import compute
 
-    if client is None:
-        return compute(final, None)
-    from distributed import performance_report
+    if client is None or not performance_report:
+        return compute(final, client)
+    from distributed import performance_report as dask_report
 
-    report = out / f"{plan.date}_{plan.obs:07d}_dask-report.html"
-    with performance_report(filename=str(report)):
+    report_path = out / f"{plan.date}_{plan.obs:07d}_dask-report.html"
+    with dask_report(filename=str(report_path)):
         return compute(final, client)
