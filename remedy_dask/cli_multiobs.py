@@ -61,10 +61,26 @@ def add_parsers(sub: Any) -> None:
     add_cluster_args(p)
 
 
+def request(args: argparse.Namespace, cluster: Any) -> Any:
+    """The typed request of one of :data:`COMMANDS` (``cluster``: a ClusterRequest)."""
+    from remedy_dask.requests import CatalogRequest, ExtractRequest, MosaicRequest
+
+    products = tuple(args.products)
+    if args.command == "extract":
+        return ExtractRequest(products, args.out, args.ra, args.dec, args.coords, args.radius,
+                              cluster)
+    if args.command == "mosaic":
+        return MosaicRequest(products, args.out, args.pixscale,
+                             tuple(args.wave) if args.wave is not None else None, args.chunk_mb,
+                             cluster)
+    return CatalogRequest(products, args.out, args.radius, args.line_radius, args.wave_tol,
+                          cluster)
+
+
 def run(args: argparse.Namespace, cluster: Any) -> int:
     """Run one of :data:`COMMANDS` on ``cluster`` (a ClusterRequest); exit status 0."""
     from remedy_dask.workflow import multiobs
 
     {"extract": multiobs.run_extract, "mosaic": multiobs.run_mosaic,
-     "catalog": multiobs.run_catalog}[args.command](args, cluster)
+     "catalog": multiobs.run_catalog}[args.command](request(args, cluster))
     return 0

@@ -231,3 +231,76 @@ class RangeRequest:
             out=self.out / "reduced", observations=observations, catalog=self.catalog,
             throughput=self.throughput, ifucen=self.ifucen, cubes=self.cubes, config=self.config,
             config_file=self.config_file, cluster=self.cluster)
+
+
+def _products(paths: tuple[Path, ...]) -> None:
+    if not paths:
+        raise ConfigError("give at least one observation product (DATE_OBS.h5)")
+    for path in paths:
+        _existing(path, "observation product")
+
+
+@dataclass(frozen=True)
+class ExtractRequest:
+    """``remedy-dask extract``: spectra at one position (``ra``, ``dec``, degrees) or at the
+    positions of a CSV (``coords``) from ``products``, fibers within ``radius`` arcsec."""
+
+    products: tuple[Path, ...]
+    out: Path
+    ra: float | None = None
+    dec: float | None = None
+    coords: Path | None = None
+    radius: float = 5.0
+    cluster: ClusterRequest = field(default_factory=ClusterRequest)
+
+    def __post_init__(self) -> None:
+        _products(self.products)
+        if self.coords is not None:
+            if self.ra is not None or self.dec is not None:
+                raise ConfigError("give either --ra/--dec or --coords, not both")
+            _existing(self.coords, "positions")
+        elif self.ra is None or self.dec is None:
+            raise ConfigError("give a position (--ra RA --dec DEC, degrees) or --coords F.csv")
+        elif not -90.0 <= self.dec <= 90.0:
+            raise ConfigError(f"--dec {self.dec} is outside -90..90 deg")
+        if not self.radius > 0:
+            raise ConfigError(f"--radius must be positive, got {self.radius}")
+
+
+@dataclass(frozen=True)
+class MosaicRequest:
+    """``remedy-dask mosaic``: one cube of ``products`` on ``pixscale`` arcsec pixels, the
+    wavelengths ``wave`` (A1, A2) or all, in chunks of about ``chunk_mb`` MB per task."""
+
+    products: tuple[Path, ...]
+    out: Path
+    pixscale: float = 0.5
+    wave: tuple[float, float] | None = None
+    chunk_mb: int = 256
+    cluster: ClusterRequest = field(default_factory=ClusterRequest)
+
+    def __post_init__(self) -> None:
+        _products(self.products)
+        if not self.pixscale > 0:
+            raise ConfigError(f"--pixscale must be positive, got {self.pixscale}")
+        if not self.chunk_mb > 0:
+            raise ConfigError(f"--chunk-mb must be positive, got {self.chunk_mb}")
+
+
+@dataclass(frozen=True)
+class CatalogRequest:
+    """``remedy-dask catalog``: the merged catalogue of ``products``: continuum sources within
+    ``radius`` arcsec, lines within ``line_radius`` arcsec and ``wave_tol`` A are one object."""
+
+    products: tuple[Path, ...]
+    out: Path
+    radius: float = 1.0
+    line_radius: float = 1.5
+    wave_tol: float = 4.0
+    cluster: ClusterRequest = field(default_factory=ClusterRequest)
+
+    def __post_init__(self) -> None:
+        _products(self.products)
+        for name in ("radius", "line_radius", "wave_tol"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive")

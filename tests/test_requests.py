@@ -74,3 +74,44 @@ def test_night_request_makes_one_request_per_observation(inputs):
                                                                                  "all", 0)
     with pytest.raises(ConfigError, match="--workers"):
         ClusterRequest("local", 0)
+
+
+def _multiobs_request(argv: list[str]):
+    from remedy_dask import cli_multiobs
+
+    args = cli.build_parser().parse_args(argv)
+    return cli_multiobs.request(args, ClusterRequest(address="sync"))
+
+
+def test_cli_builds_the_multiobs_requests(inputs):
+    from remedy_dask.requests import CatalogRequest, ExtractRequest, MosaicRequest
+
+    p = str(inputs["cal"])  # any existing file stands for a product here
+    ex = _multiobs_request(["extract", p, p, "--ra", "150.5", "--dec", "2.25", "--out", "x.fits",
+                            "--radius", "3"])
+    assert ex == ExtractRequest((inputs["cal"], inputs["cal"]), Path("x.fits"), 150.5, 2.25,
+                                None, 3.0, ClusterRequest(address="sync"))
+    mo = _multiobs_request(["mosaic", p, "--out", "m.fits", "--wave", "5000", "4800"])
+    assert isinstance(mo, MosaicRequest) and mo.wave == (5000.0, 4800.0) and mo.pixscale == 0.5
+    ca = _multiobs_request(["catalog", p, "--out", "c.fits", "--wave-tol", "2"])
+    assert isinstance(ca, CatalogRequest) and (ca.radius, ca.line_radius, ca.wave_tol) == \
+        (1.0, 1.5, 2.0)
+
+
+@pytest.mark.parametrize("argv, error, message", [
+    (["extract", "{p}", "--ra", "1", "--out", "x"], ConfigError, "give a position"),
+    (["extract", "{p}", "--ra", "1", "--dec", "2", "--coords", "{p}", "--out", "x"],
+     ConfigError, "not both"),
+    (["extract", "{p}", "--ra", "1", "--dec", "91", "--out", "x"], ConfigError, "-90..90"),
+    (["extract", "{p}", "--ra", "1", "--dec", "2", "--radius", "0", "--out", "x"], ConfigError,
+     "--radius must be positive"),
+    (["extract", "{missing}", "--ra", "1", "--dec", "2", "--out", "x"], InputFileError,
+     "missing.h5"),
+    (["mosaic", "{p}", "--pixscale", "-1", "--out", "x"], ConfigError, "--pixscale"),
+    (["mosaic", "{p}", "--chunk-mb", "0", "--out", "x"], ConfigError, "--chunk-mb"),
+    (["catalog", "{p}", "--line-radius", "0", "--out", "x"], ConfigError, "--line-radius"),
+])
+def test_multiobs_requests_refuse_bad_values(inputs, argv, error, message):
+    argv = [a.format(p=inputs["cal"], missing=inputs["root"] / "missing.h5") for a in argv]
+    with pytest.raises(error, match=message):
+        _multiobs_request(argv)

@@ -9,10 +9,14 @@ that saw it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
+
+AB_ZERO_UJY = 23.9  # AB magnitude of 1 uJy
 
 
 def unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
@@ -89,3 +93,69 @@ def merge_entries(ra: np.ndarray, dec: np.ndarray, flux: np.ndarray, flux_err: n
     if wave is not None:
         out["wave"] = np.bincount(labels, w * np.asarray(wave, float), n) / np.bincount(labels, w, n)
     return out
+
+
+def catalog_rows(tables: dict[str, Any]) -> dict[str, Any]:
+    """One product's catalogue entries (``tables`` as ``io.observation_reader.
+    read_catalog_tables`` returns them): continuum sources with their synthetic g as a flux
+    density (uJy) and the line detections."""
+    from remedy_dask.observation.fluxcal import synthetic_gmag
+
+    src = tables["sources"]
+    if len(src["ra"]):
+        g, gerr = synthetic_gmag(tables["meta"]["wave"], src["spectrum"], src["error"])
+    else:
+        g, gerr = np.zeros(0), np.zeros(0)
+    ujy = 10 ** (-0.4 * (np.asarray(g, float) - AB_ZERO_UJY))
+    return {"name": str(tables["meta"]["name"]),
+            "continuum": {"ra": src["ra"], "dec": src["dec"], "flux": ujy,
+                          "flux_err": ujy * 0.4 * np.log(10) * np.asarray(gerr, float),
+                          "gmag_catalog": src["gmag_catalog"]},
+            "lines": {k: tables["detections"][k] for k in ("ra", "dec", "wave", "flux",
+                                                           "flux_err", "sn", "fwhm")}}
+
+
+def merge_catalogs(entries: list[dict[str, Any]], radius: float, line_radius: float,
+                   wave_tol: float) -> dict[str, np.ndarray]:
+    """One row per object of the products' entries (:func:`catalog_rows`): continuum objects
+    (within ``radius`` arcsec) first, then emission lines (within ``line_radius`` arcsec and
+    ``wave_tol`` A)."""
+    names = np.array([e["name"] for e in entries])
+    rows: dict[str, list[np.ndarray]] = {}
+    for kind, r, tol in (("continuum", radius, None), ("lines", line_radius, wave_tol)):
+        cols = {k: np.concatenate([np.asarray(e[kind][k], float) for e in entries])
+                for k in entries[0][kind]}
+        obs = np.concatenate([np.full(len(e[kind]["ra"]), i) for i, e in enumerate(entries)])
+        m = merge_entries(cols["ra"], cols["dec"], cols["flux"], cols["flux_err"], obs, r,
+                          cols.get("wave"), tol)
+        for k, v in _merged_columns(m, cols, names[obs], kind == "lines").items():
+            rows.setdefault(k, []).append(np.asarray(v))
+    out = {k: np.concatenate(v) for k, v in rows.items()}
+    width = max([1, *map(len, out["observations"])])
+    out["observations"] = out["observations"].astype(f"U{width}")
+    out["kind"] = out["kind"].astype("U9")
+    return out
+
+
+def _merged_columns(m: dict[str, np.ndarray], cols: dict[str, np.ndarray],
+                    entry_names: np.ndarray, line: bool) -> dict[str, np.ndarray]:
+    """The output columns of one kind of merged objects (NaN where a column is of the other
+    kind)."""
+    n = len(m["ra"])
+    lab = m["label"]
+    members = [",".join(sorted(set(entry_names[lab == g]))) for g in range(n)]
+    nan = np.full(n, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gmag = -2.5 * np.log10(np.where(m["flux"] > 0, m["flux"], np.nan)) + AB_ZERO_UJY
+        gmag_catalog = np.bincount(lab, cols["gmag_catalog"], n) / np.bincount(lab, minlength=n) \
+            if not line else nan
+    return {
+        "kind": np.full(n, "line" if line else "continuum"), "ra": m["ra"], "dec": m["dec"],
+        "gflux": nan if line else m["flux"], "gflux_err": nan if line else m["flux_err"],
+        "gmag": nan if line else gmag, "gmag_catalog": gmag_catalog,
+        "wave": m["wave"] if line else nan,
+        "line_flux": m["flux"] if line else nan, "line_flux_err": m["flux_err"] if line else nan,
+        "sn": m["flux"] / m["flux_err"] if line else nan,
+        "n_observations": m["n_observations"], "n_entries": m["n_entries"],
+        "max_sep": m["max_sep"], "observations": np.array(members, dtype=object),
+    }
