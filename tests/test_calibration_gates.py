@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from remedy_dask.errors import CalibrationError
-from remedy_dask.workflow import calibration
+from remedy_dask.workflow import cal_chain
 
 
 def _frame(name, image, specid=37, ifuid=24, ifuslot=47):
@@ -26,12 +26,12 @@ def test_bad_frames_are_dropped_with_reasons(monkeypatch):
         _frame("c_flt.fits", np.where(good > 1990, 60000.0, good)),  # mostly saturated
         _frame("d_flt.fits", good, ifuid=99),  # another IFU bundle
     ]
-    monkeypatch.setattr(calibration, "reduce_frames", lambda refs, rn=None: (frames, []))
-    work = calibration.AmpWork("047LL", 47, "LL", specid=37, ifuid=24)
-    out, kept = calibration._reduce_checked(work, [], "flt", 1)
+    monkeypatch.setattr(cal_chain, "reduce_frames", lambda refs, rn=None: (frames, []))
+    work = cal_chain.AmpWork("047LL", 47, "LL", specid=37, ifuid=24)
+    out, kept = cal_chain._reduce_checked(work, [], "flt", 1)
     assert [f.ref.name for f in kept] == ["a_flt.fits"]
     text = " | ".join(out.flags)
     assert "b_flt.fits: empty frame" in text and "c_flt.fits" in text and "saturated" in text
     assert "d_flt.fits: SPECID/IFUID/IFUSLOT" in text
     with pytest.raises(CalibrationError, match="1 usable flt frame"):
-        calibration._reduce_checked(work, [], "flt", 2)
+        cal_chain._reduce_checked(work, [], "flt", 2)

@@ -111,8 +111,8 @@ def test_calibration_file_round_trip(tmp_path):
     with pytest.raises(Exception, match="no calibration for amp 047LU"):
         calfile.read_amp(path, "047LU")
 
-    # a part amended after the focal-plane fan-in (workflow.calibration.finish_amp_part)
-    from remedy_dask.workflow.calibration import finish_amp_part
+    # a part amended after the focal-plane fan-in (workflow.cal_chain.finish_amp_part)
+    from remedy_dask.workflow.cal_chain import finish_amp_part
 
     ftf = np.full((112, 1036), 0.98)
     dead = np.zeros(112, bool)
