@@ -7,7 +7,8 @@ import pytest
 
 from remedy_dask.errors import CalibrationError
 from remedy_dask.geometry import DEF_WAVE
-from remedy_dask.exposure.sky import error_check, sky_model
+from remedy_dask.exposure.sky import sky_model
+from remedy_dask.exposure.sky_check import error_check
 from remedy_dask.exposure.sky_fibers import select_sky_fibers
 
 N_AMPS = 8

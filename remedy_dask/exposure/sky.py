@@ -1,5 +1,6 @@
-"""Sky model and error check for one exposure (rectified, ftf-corrected spectra); the choice of
-sky fibers is in :mod:`remedy_dask.exposure.sky_fibers`.
+"""Sky model for one exposure (rectified, ftf-corrected spectra); the choice of sky fibers is in
+:mod:`remedy_dask.exposure.sky_fibers`, the error check of the result in
+:mod:`remedy_dask.exposure.sky_check`.
 
 Model of the sky in fiber f of amp g at wavelength l:
 
@@ -33,7 +34,7 @@ from numba import njit
 from remedy_dask.errors import CalibrationError
 from remedy_dask.exposure.fiberflat import bin_edges, smooth_interpolator
 from remedy_dask.geometry import DEF_WAVE
-from remedy_dask.numeric.rowstats import group_ratio_of_sums, group_ratio_stats
+from remedy_dask.numeric.rowstats import group_rows
 from remedy_dask.exposure.sky_fibers import select_sky_fibers
 
 
@@ -230,15 +231,6 @@ def _chi_std(flux: np.ndarray, err: np.ndarray, bad: np.ndarray, rows: np.ndarra
     return float(np.sqrt(squares / count))
 
 
-def _group_rows(group: np.ndarray, labels: np.ndarray, rows: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Group index into ``labels`` of each of ``rows``; the order that sorts ``rows`` by group
-    (stable: increasing within a group); the boundaries (n_labels + 1,) of each group in it."""
-    gi = np.searchsorted(labels, group[rows])
-    order = np.argsort(gi, kind="stable")
-    return gi, order, np.searchsorted(gi[order], np.arange(labels.size + 1))
-
-
 def sky_model(
     flux: np.ndarray,
     error: np.ndarray,
@@ -275,7 +267,7 @@ def sky_model(
         raise CalibrationError(f"sky_model: only {int(is_sky.sum())} sky fibers in the exposure")
     groups = np.unique(group)
     sky_rows = np.flatnonzero(is_sky)  # ``good`` has one row per sky row
-    sky_gi, sky_order, sky_bounds = _group_rows(group, groups, sky_rows)
+    sky_gi, sky_order, sky_bounds = group_rows(group, groups, sky_rows)
     sky_glob, wsum, good = _clipped_mean(flux, err, bad, sky_rows, clip, 3)
     with np.errstate(divide="ignore"):
         sky_var = np.where(wsum > 0, 1.0 / wsum, np.nan)
@@ -292,7 +284,7 @@ def sky_model(
     if degree:
         k = np.asarray(fiber_index, float)
         mean_res = _bin_mean_residuals(flux, good, sky_rows, sky_glob, amp_scale, sky_gi, edges)
-        _, members_all, bounds = _group_rows(group, groups, np.arange(n))
+        _, members_all, bounds = group_rows(group, groups, np.arange(n))
         for gi in np.flatnonzero(measured):
             members = members_all[bounds[gi]:bounds[gi + 1]]
             pos = sky_order[sky_bounds[gi]:sky_bounds[gi + 1]]  # its sky rows in ``good``
@@ -391,44 +383,3 @@ def _slit_term(mean_res: np.ndarray, k_sky: np.ndarray, k_members: np.ndarray,
     coef = np.einsum("bpq,bq->pb", np.linalg.pinv(normal), y.T @ basis)
     coef[:, n_ok <= 3 * degree] = 0.0
     return ((k_members - centre) / span)[:, None] ** powers - offset, coef @ spline.T
-
-
-def error_check(
-    residual: np.ndarray,
-    error: np.ndarray,
-    is_sky: np.ndarray,
-    group: np.ndarray,
-    *,
-    sky: np.ndarray | None = None,
-    outlier: float = 10.0,
-) -> dict:
-    """Per group: std and robust std (1.4826 MAD) of residual / error over the sky fibers
-    (|ratio| > ``outlier`` excluded from the plain std), their count, and with ``sky`` the
-    systematic offset sum(residual) / sum(sky).  Also the overall values and the RMS over
-    groups of the offsets."""
-    residual = np.asarray(residual, np.float64)
-    error = np.asarray(error, np.float64)
-    is_sky = np.asarray(is_sky, bool)
-    group = np.asarray(group)
-    groups = np.unique(group)
-    rows = np.flatnonzero(is_sky)
-    _, order, bounds = _group_rows(group, groups, rows)
-    rows = rows[order]
-    n, n_core, mean, m2, robust = group_ratio_stats(residual, error, rows, bounds, outlier)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        std = np.where(n_core > 1, np.sqrt(m2 / n_core), np.nan)
-    out = {"groups": groups, "std": std, "robust_std": robust, "n": n,
-           "offset": np.array([]) if sky is None
-           else group_ratio_of_sums(residual, np.asarray(sky, np.float64), rows, bounds)}
-    # overall std of the core: the groups' means and squared deviations combined exactly
-    has = n_core > 0
-    c = n_core[has].sum()
-    if n.sum() == 0 or c == 0:
-        out["overall_std"] = float("nan")
-    else:
-        mu = float(np.sum(n_core[has] * mean[has]) / c)
-        between = np.sum(n_core[has] * (mean[has] - mu) ** 2)
-        out["overall_std"] = float(np.sqrt((m2[has].sum() + between) / c))
-    if sky is not None and out["offset"].size:
-        out["offset_rms"] = float(np.sqrt(np.nanmean(out["offset"] ** 2)))
-    return out

@@ -249,3 +249,12 @@ def _group_ratio_of_sums(num: np.ndarray, den: np.ndarray, rows: np.ndarray, bou
         if any_ok and s_sum != 0.0:
             out[g] = r_sum / s_sum
     return out
+
+
+def group_rows(group: np.ndarray, labels: np.ndarray, rows: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group index into ``labels`` of each of ``rows``; the order that sorts ``rows`` by group
+    (stable: increasing within a group); the boundaries (n_labels + 1,) of each group in it."""
+    gi = np.searchsorted(labels, group[rows])
+    order = np.argsort(gi, kind="stable")
+    return gi, order, np.searchsorted(gi[order], np.arange(labels.size + 1))

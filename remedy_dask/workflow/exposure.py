@@ -91,7 +91,8 @@ def _load_exposure(work_root: str, exp: int, keys: list[str], cal_path: str
 def reduce_exposure(summaries: list[dict[str, Any]], exp: int, cal_path: str, work_root: str,
                     fibers_of: Any, config: PipelineConfig, input_key: str) -> dict[str, Any]:
     """Fan in the amps of exposure ``exp``: ftf, masking, sky; write ``expNN/sky``."""
-    from remedy_dask.exposure.sky import error_check, sky_model
+    from remedy_dask.exposure.sky import sky_model
+    from remedy_dask.exposure.sky_check import error_check
 
     keys = [s["key"] for s in summaries if not s.get("failed")]
     failed = {s["key"]: s["failed"] for s in summaries if s.get("failed")}
