@@ -77,7 +77,8 @@ def test_two_observations_in_one_cluster_share_no_task(tmp_path):
                                         PipelineConfig(), dry=True)
         names.append(set(dict(final.__dask_graph__())))
     assert len(names[0]) > 50 and not names[0] & names[1]
-    cals = [set(dict(build_calibration_graph(_FakeArchive(), ["20190822"], tmp_path / f"{n}.h5",
+    refs = _FakeArchive().frames_in_window(["20190822"], geometry.FRAME_KINDS)
+    cals = [set(dict(build_calibration_graph(refs, ["20190822"], tmp_path, tmp_path / f"{n}.h5",
                                              PipelineConfig(), {k: (None, None) for k in keys}
                                              )[0].__dask_graph__())) for n in ("a", "b")]
     assert not cals[0] & cals[1]

@@ -43,23 +43,23 @@ log = logging.getLogger(__name__)
 
 
 def build_calibration_graph(
-    archive: RawArchive, dates: list[str], out: Path, config: PipelineConfig,
+    refs: list[FrameRef], dates: list[str], rootdir: Path, out: Path, config: PipelineConfig,
     positions: dict[str, tuple[np.ndarray, np.ndarray]],
     ifuslots: list[int] | None = None, fplane: dict | None = None,
     fiber_loc_dir: Path | None = None,
 ) -> tuple[Any, list[str]]:
-    """Build the delayed graph; returns (final delayed, amp keys).
+    """Build the delayed graph of the frames ``refs`` of the nights ``dates`` under ``rootdir``;
+    returns (final delayed, amp keys).
 
     ``positions`` maps amp keys to the focal-plane (x, y) arcsec of their 112 fibers.
     """
-    refs = archive.frames_in_window(dates, geometry.FRAME_KINDS)
     by_amp: dict[tuple[int, str], dict[str, list[FrameRef]]] = defaultdict(lambda: defaultdict(list))
     for ref in refs:
         if ifuslots and ref.ifuslot not in ifuslots:
             continue
         by_amp[(ref.ifuslot, ref.amp)][ref.kind].append(ref)
     if not by_amp:
-        raise RemedyError(f"no calibration frames found for {', '.join(dates)} under {archive.rootdir}")
+        raise RemedyError(f"no calibration frames found for {', '.join(dates)} under {rootdir}")
     cc = config.calibration
     # ends every task name: two calibrations in one cluster (reduce-range) never share a task
     tag = f"{dates[0]}_{hashlib.sha1(str(out).encode()).hexdigest()[:8]}"
@@ -156,14 +156,14 @@ def _build(req: CalibrateRequest) -> tuple[Any, list[str], float]:
     fplane = read_fplane(req.fplane) if req.fplane else None
     ifucen = read_ifucen(req.ifucen) if req.ifucen else standard_ifucen()
     t0 = time.perf_counter()
-    refs = archive.frames_in_window(dates, ("flt",))
+    refs = archive.frames_in_window(dates, geometry.FRAME_KINDS)
     keys = sorted({f"{r.ifuslot:03d}{r.amp}" for r in refs
-                   if not req.ifuslots or r.ifuslot in req.ifuslots})
+                   if r.kind == "flt" and (not req.ifuslots or r.ifuslot in req.ifuslots)})
     positions, notes = focal_positions(keys, fplane, ifucen)
     for note in notes:
         log.warning(note)
     final, keys = build_calibration_graph(
-        archive, dates, Path(req.out), req.config, positions, ifuslots=req.ifuslots,
+        refs, dates, archive.rootdir, Path(req.out), req.config, positions, ifuslots=req.ifuslots,
         fplane=fplane, fiber_loc_dir=req.fiber_locations,
     )
     return final, keys, t0

@@ -60,7 +60,8 @@ def calibration_view() -> str:
 
     keys = [f"{s:03d}{a}" for s in FULL_SLOTS for a in geometry.AMPS]
     positions = {k: (None, None) for k in keys}
-    final, _ = build_calibration_graph(_FakeArchive(), ["20190822"], Path("cal.h5"),
+    refs = _FakeArchive().frames_in_window(["20190822"], geometry.FRAME_KINDS)
+    final, _ = build_calibration_graph(refs, ["20190822"], Path("raw"), Path("cal.h5"),
                                        PipelineConfig(), positions)
     return render("Calibration graph", final, "full focal plane: 78 IFUs, 312 amps; "
                   + ", ".join(f"{n} {k}" for k, n in CAL_FRAMES.items()) + " frames per amp")
