@@ -258,7 +258,7 @@ def test_shift_fit_refuses_a_shift_beyond_its_range(truth):
 
 
 def test_pool_ccd_shift_is_the_inverse_variance_mean():
-    from remedy_dask.amp.skyshift import pool_ccd_shift
+    from remedy_dask.amp.ccdshift import pool_ccd_shift
 
     p = pool_ccd_shift((0.10, 0.02), (0.13, 0.02), differential_rms=0.0)
     assert p.pooled and p.note == ""
@@ -272,7 +272,7 @@ def test_pool_ccd_shift_is_the_inverse_variance_mean():
 
 
 def test_pool_ccd_shift_keeps_own_when_the_halves_disagree():
-    from remedy_dask.amp.skyshift import pool_ccd_shift
+    from remedy_dask.amp.ccdshift import pool_ccd_shift
 
     p = pool_ccd_shift((0.10, 0.015), (-0.10, 0.015), differential_rms=0.005)
     assert not p.pooled and (p.shift, p.error) == (0.10, 0.015)
@@ -286,7 +286,7 @@ def test_pool_ccd_shift_keeps_own_when_the_halves_disagree():
 
 def test_pool_ccd_shift_statistics_match_its_formal_error():
     """Monte Carlo of the model it assumes: halves share the drift up to a differential."""
-    from remedy_dask.amp.skyshift import pool_ccd_shift
+    from remedy_dask.amp.ccdshift import pool_ccd_shift
 
     rng = np.random.default_rng(3)
     n, tau = 20000, 0.005
@@ -320,7 +320,8 @@ def test_simulator_shift_over_amp_exposures():
     from remedy_dask.sim.render import dark_image
     from remedy_dask.sim.scene import make_plan
     from remedy_dask.config import ReductionConfig
-    from remedy_dask.amp.skyshift import fit_wavelength_shift, pool_ccd_shift
+    from remedy_dask.amp.ccdshift import pool_ccd_shift
+    from remedy_dask.amp.skyshift import fit_wavelength_shift
 
     plan = make_plan("20190822", (47,), 1, 7, SimConfig(), geometry.FRAME_KINDS)
     diff, formal, fits = [], [], {}

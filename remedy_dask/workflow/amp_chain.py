@@ -166,12 +166,12 @@ def wave_shift(ax: AmpExposure, config: ReductionConfig) -> dict[str, Any] | Non
 def apply_wave_shift(ax: AmpExposure, own: dict[str, Any] | None,
                      other: dict[str, Any] | None, config: ReductionConfig) -> AmpExposure:
     """Shift the wavelengths by the amp's measured shift, pooled with the other amp of its
-    CCD (``skyshift.pool_ccd_shift``) unless ``wave_shift_pooling`` is ``"amp"``."""
+    CCD (``ccdshift.pool_ccd_shift``) unless ``wave_shift_pooling`` is ``"amp"``."""
     if own is None:
         return ax
     if own["failed"]:
         raise RuntimeError(own["failed"])
-    from remedy_dask.amp.skyshift import pool_ccd_shift
+    from remedy_dask.amp.ccdshift import pool_ccd_shift
 
     ax.wave_shift_amp, ax.wave_shift_amp_error = own["shift"], own["error"]
     usable = other is not None and not other.get("failed") and config.wave_shift_pooling == "ccd"
