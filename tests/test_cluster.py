@@ -43,6 +43,17 @@ def test_local_cluster_equals_synchronous(e2e, sync_product, tmp_path):
     _assert_identical(sync_product, _reduce(e2e, tmp_path, "local", "--workers", "2"))
 
 
+def test_local_cluster_of_threads_equals_synchronous(e2e, sync_product, tmp_path):
+    """``processes: false``: the workers are threads of the remedy-dask process (no worker
+    processes to start and stop); the products are the same."""
+    cfg = tmp_path / "threads.yaml"
+    cfg.write_text("processes: false\n")
+    _assert_identical(sync_product, _reduce(e2e, tmp_path / "out", "local", "--workers", "2",
+                                            "--cluster-config", str(cfg)))
+    log = (tmp_path / "out" / "remedy-dask.log").read_text()
+    assert "local cluster: one worker with 2 threads in this process" in log
+
+
 def test_existing_scheduler_by_address(e2e, sync_product, tmp_path):
     from distributed import LocalCluster
 

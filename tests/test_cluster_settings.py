@@ -146,3 +146,16 @@ def test_tls_needs_certificates(tmp_path):
         with open_client("tls://127.0.0.1:9", tls_ca_file=tmp_path / "ca.pem",
                          tls_cert=tmp_path / "c.pem", tls_key=tmp_path / "k.pem"):
             pass
+
+
+def test_local_processes_setting_true_false_auto():
+    from remedy_dask.errors import ConfigError
+    from remedy_dask.workflow.cluster import THREADED_MAX_AMP_EXPOSURES, use_processes
+
+    assert use_processes(True, 12) and not use_processes(False, 10_000)
+    assert not use_processes("auto", 12)  # one IFU x 4 amps x 3 exposures: threads
+    assert not use_processes("auto", THREADED_MAX_AMP_EXPOSURES)
+    assert use_processes("auto", THREADED_MAX_AMP_EXPOSURES + 1)
+    assert use_processes("auto", None)  # size unknown (calibrate, reduce-night): processes
+    with pytest.raises(ConfigError, match="processes must be true, false or auto"):
+        use_processes("maybe", 12)

@@ -24,6 +24,8 @@ from remedy_dask.workflow.jobwatch import ClusterError, rejection_message, wait_
 
 log = logging.getLogger(__name__)
 
+THREADED_MAX_AMP_EXPOSURES = 48  # processes: auto runs reductions up to this size in threads
+
 TCP_WARNING = ("plain tcp:// to {address}: nothing is encrypted or authenticated; anyone who can "
                "reach that port can run any code as you on the workers (distributed unpickles "
                "what it receives) and read the data; use tls:// with --tls-ca-file, --tls-cert "
@@ -85,8 +87,10 @@ def open_client(
     dashboard_address: str | None = None, quiet: bool = False, site: str | None = None,
     worker_timeout: float | None = None, tls_ca_file: Path | None = None,
     tls_cert: Path | None = None, tls_key: Path | None = None,
+    amp_exposures: int | None = None,
 ) -> Iterator[Any]:
-    """Yield a ``distributed.Client`` (or ``None`` for ``sync``) and close what we started."""
+    """Yield a ``distributed.Client`` (or ``None`` for ``sync``) and close what we started.
+    ``amp_exposures``: the size of the reduction, for the local cluster's ``processes: auto``."""
     from remedy_dask.logsetup import console_quiet
 
     quiet = quiet or console_quiet()
@@ -114,7 +118,7 @@ def open_client(
     dashboard = _dashboard_address(dashboard_address or settings.get("dashboard_address"))
     security = _cluster_security(settings, security, cluster)
     if cluster == "local":
-        lc = _local_cluster(settings, workers, dashboard, security, quiet)
+        lc = _local_cluster(settings, workers, dashboard, security, quiet, amp_exposures)
     else:
         lc = _jobqueue_cluster(cluster, settings, workers, dashboard, security, worker_timeout)
     try:
@@ -161,17 +165,38 @@ def _quiet_distributed() -> None:
 
 
 def _local_cluster(settings: dict[str, Any], workers: int | None, dashboard: str,
-                   security: Any, quiet: bool = False) -> Any:
+                   security: Any, quiet: bool = False, amp_exposures: int | None = None) -> Any:
+    """A LocalCluster of ``workers`` single-threaded processes, or of one process with
+    ``workers`` threads (``processes: false``, or ``auto`` for a small reduction)."""
     from distributed import LocalCluster
 
     n = workers or settings.get("n_workers") or os.cpu_count() or 1
-    extra = {k: v for k, v in settings.items()
-             if k not in ("kind", "n_workers", "dashboard_address", "security", "adaptive")}
-    extra.setdefault("threads_per_worker", 1)
+    processes = use_processes(settings.get("processes", True), amp_exposures)
+    extra = {k: v for k, v in settings.items() if k not in (
+        "kind", "n_workers", "dashboard_address", "security", "adaptive", "processes",
+        "threads_per_worker")}
+    if processes:
+        sizes = {"n_workers": n, "threads_per_worker": settings.get("threads_per_worker") or 1}
+    else:
+        sizes = {"n_workers": 1, "threads_per_worker": n}
+        log.info("local cluster: one worker with %d threads in this process (%s amp-exposures; "
+                 "processes: %s)", n, amp_exposures, settings.get("processes"))
     return LocalCluster(
-        n_workers=n, host="127.0.0.1", dashboard_address=dashboard, security=security,
-        processes=True, silence_logs=logging.CRITICAL if quiet else logging.WARNING, **extra,
+        host="127.0.0.1", dashboard_address=dashboard, security=security, processes=processes,
+        silence_logs=logging.CRITICAL if quiet else logging.WARNING, **sizes, **extra,
     )
+
+
+def use_processes(setting: Any, amp_exposures: int | None) -> bool:
+    """Whether the local workers are processes: the ``processes`` setting (true, false or
+    ``auto``: threads of this process for at most :data:`THREADED_MAX_AMP_EXPOSURES`, where
+    starting and stopping worker processes costs more than the GIL does)."""
+    if setting == "auto":
+        return amp_exposures is None or amp_exposures > THREADED_MAX_AMP_EXPOSURES
+    if isinstance(setting, bool):
+        return setting
+    raise ConfigError(f"local cluster setting processes must be true, false or auto, not "
+                      f"{setting!r}")
 
 
 def _setup_workers(client: Any) -> None:

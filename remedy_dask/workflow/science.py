@@ -261,7 +261,8 @@ def run_reduce(req: ReduceRequest) -> Path:
     t0 = time.perf_counter()
     with output_lock(req.out), ThreadPoolExecutor(1, thread_name_prefix="qa") as pool:
         red = build_reduction(req, RawArchive(req.rootdir))
-        with open_client(**req.cluster.client_kwargs()) as client:
+        with open_client(**req.cluster.client_kwargs(),
+                         amp_exposures=len(red.plan.refs)) as client:
             product = _compute_with_progress(red.final, client, red.out, red.plan,
                                              req.performance_report)
             qa = pool.submit(_qa_page, red, product)
