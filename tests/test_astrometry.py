@@ -20,7 +20,7 @@ from remedy_dask.geometry import (
     ifu_fiber_layout,
 )
 from remedy_dask.observation.psf import moffat_alpha
-from remedy_dask.observation.psf import fit_seeing
+from remedy_dask.observation.seeing import fit_seeing
 
 R = FIBER_DIAMETER / 2.0
 RA0, DEC0, ROT = 215.31, 53.12, 123.456

@@ -12,7 +12,7 @@ from remedy_dask.observation.psf import (
     moffat_alpha,
     moffat_enclosed,
 )
-from remedy_dask.observation.psf import fit_seeing
+from remedy_dask.observation.seeing import fit_seeing
 
 R = FIBER_DIAMETER / 2.0
 

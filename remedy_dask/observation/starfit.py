@@ -1,13 +1,13 @@
 """Positions of stars fitted with a known PSF, neighbours fitted together (for the astrometry).
 
-Fiber spectra are averaged in ``n_chunks`` wavelength chunks (:func:`psf._collapse_chunks`); a
+Fiber spectra are averaged in ``n_chunks`` wavelength chunks (:func:`psf.collapse_chunks`); a
 group of stars closer than ``group_radius`` (:func:`deblend.source_groups`) is modelled as
 
     d_ic = sum_k A_kc f_e(i)(|p_i - (s_k + dar_c)|),
 
 amplitudes ``A`` solved linearly for every trial of the positions ``s_k`` (variable projection),
 positions by non-linear least squares within ``max_shift`` of the start, with a fractional
-model error added to the variance as in :func:`psf.fit_seeing`.  The 1-sigma position
+model error added to the variance as in :func:`seeing.fit_seeing`.  The 1-sigma position
 errors come from the Jacobian, scaled up by the reduced chi^2 when that exceeds 1.
 """
 
@@ -20,7 +20,7 @@ from scipy import optimize
 
 from remedy_dask.geometry import DEF_WAVE
 from remedy_dask.observation.deblend import source_groups
-from remedy_dask.observation.psf import RadialPSF, _collapse_chunks, dar_xy, good_pixels
+from remedy_dask.observation.psf import RadialPSF, collapse_chunks, dar_xy, good_pixels
 
 
 @dataclass
@@ -99,7 +99,7 @@ def fit_star_positions(flux: np.ndarray, error: np.ndarray, mask: np.ndarray | N
     edges = np.linspace(inside[0], inside[-1] + 1, n_chunks + 1).astype(int)
     dxy = dar_xy(dar, wave.size)
     dar_c = np.array([dxy[:, edges[c]:edges[c + 1]].mean(axis=1) for c in range(n_chunks)]).T
-    f, s = _collapse_chunks(np.asarray(flux, float), np.asarray(error, float),
+    f, s = collapse_chunks(np.asarray(flux, float), np.asarray(error, float),
                             good_pixels(flux, error, mask), edges)
     out = StarPositions(np.full(x0.size, np.nan), np.full(x0.size, np.nan),
                         np.full(x0.size, np.nan))

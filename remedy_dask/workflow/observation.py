@@ -189,7 +189,7 @@ def fit_psf(cutouts: list[dict[str, Any] | None], cond: Conditions,
             config: ObservationConfig) -> dict[str, Any]:
     """Fan-in: FWHM (and with ``config.psf_fit_beta`` the Moffat beta) per exposure, the
     per-exposure normalisation from the field stars and their PSF-fitted positions."""
-    from remedy_dask.observation.psf import fit_seeing
+    from remedy_dask.observation.seeing import fit_seeing
 
     cutouts = [c for c in cutouts if c is not None]
     beta = config.psf_beta
