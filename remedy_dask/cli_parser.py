@@ -263,6 +263,10 @@ def _add_observation_args(p: argparse.ArgumentParser) -> None:
                         "default: the HETDEX curve shipped with remedy-dask")
     p.add_argument("--ifucen", type=Path, metavar="FILE",
                    help="IFUcen fiber-position file; default: the standard HETDEX layout")
+    p.add_argument("--no-masking", action="store_true",
+                   help="Remedy's -nm: no spectral masking (chi2, low throughput, dead fibers, "
+                        "fiber/column/amp fractions); only pixels the extraction could not "
+                        "measure are flagged (= reduction.spectral_masking: false)")
 
 
 def add_cluster_args(p: argparse.ArgumentParser) -> None:

@@ -197,6 +197,9 @@ def build_reduction(req: ReduceRequest, archive: RawArchive) -> Reduction:
         raise RemedyError("no amplifier of the selected IFUs can be reduced: "
                           + "; ".join(plan.skipped[:5]))
     check_dither(config, plan.exposures, str(req.config_file or "the default configuration"))
+    if not config.reduction.spectral_masking:
+        plan.notes.append("spectral masking off (reduction.spectral_masking: false): only "
+                          "pixels the extraction could not measure are flagged")
     out = Path(req.out)
     work_root = out / "work" / f"{req.date}_{req.obs:07d}.zarr"
     work_root.mkdir(parents=True, exist_ok=True)
