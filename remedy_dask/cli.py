@@ -71,7 +71,8 @@ def reduce_request(args: argparse.Namespace) -> ReduceRequest:
         date=args.date, obs=args.obs, ifuslot=args.ifuslot, calfile=args.calfile,
         rootdir=args.rootdir, fplane=args.fplane, out=args.out, catalog=args.catalog,
         throughput=args.throughput, ifucen=args.ifucen, neighbor_dist=args.neighbor_dist,
-        all_ifus=args.all_ifus, cubes=args.cubes, injection=injection,
+        all_ifus=args.all_ifus, cubes=args.cubes, native_spectra=args.native_spectra,
+        kind=args.kind, injection=injection,
         config=reduction_config(args), config_file=args.config, cluster=_cluster_request(args))
 
 
@@ -81,7 +82,7 @@ def night_request(args: argparse.Namespace) -> NightRequest:
         rootdir=args.rootdir, date=args.date, calfile=args.calfile, fplane=args.fplane,
         out=args.out, observations=tuple(args.observations) if args.observations else None,
         catalog=args.catalog, throughput=args.throughput, ifucen=args.ifucen, cubes=args.cubes,
-        config=reduction_config(args), config_file=args.config, cluster=_cluster_request(args))
+        native_spectra=args.native_spectra, config=reduction_config(args), config_file=args.config, cluster=_cluster_request(args))
 
 
 def range_request(args: argparse.Namespace) -> RangeRequest:
@@ -90,7 +91,8 @@ def range_request(args: argparse.Namespace) -> RangeRequest:
         rootdir=args.rootdir, start=args.start, end=args.end, out=args.out, fplane=args.fplane,
         cal_window=args.cal_window, program=args.program, ifucen=args.ifucen,
         fiber_locations=args.fiber_locations, catalog=args.catalog, throughput=args.throughput,
-        cubes=args.cubes, config=reduction_config(args), config_file=args.config,
+        cubes=args.cubes, native_spectra=args.native_spectra, config=reduction_config(args),
+        config_file=args.config,
         cluster=_cluster_request(args))
 
 
