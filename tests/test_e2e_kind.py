@@ -61,10 +61,17 @@ def test_no_masking_is_recorded_and_only_unmeasurable_pixels_are_flagged(e2e_kin
         for key in ("047LL", "047LU", "047RL", "047RU"):
             rows, k = _rows(h5, key)
             mask = h5["fibers/mask"][rows[0]:rows[-1] + 1].astype(bool)
-            dead = truth[key]["dead"][:][k]
+            t = truth[key]
+            dead = t["dead"][:][k]
             assert mask[dead].all()  # no light: nothing to divide by
-            # the live fibers: only the ends of the wavelength range the fibers do not reach
-            assert mask[~dead][:, 40:-40].mean() < 1e-3, key
+            # live fibers: only the wavelengths of the simulator's bad column and charge-trap
+            # column (pixels masked by the calibration, which the extraction cannot use)
+            wave = t["wavelength"][:][k]
+            bins = [(wave[:, t.attrs[c]] - 3470.0) / 2.0 for c in ("bad_column", "charge_trap_col")]
+            fiber, b = np.nonzero(mask & ~dead[:, None])
+            near = np.minimum(*(np.abs(b - centre[fiber]) for centre in bins))
+            assert b.size and near.max() <= 3.0, key
+            assert mask[~dead].mean() < 0.01, key
         meta = json.loads((e2e_kind["work"] / "exp01" / "047LL" / "zarr.json").read_text())
         assert json.loads(meta["attributes"]["mask_counts"])["skipped"] == \
             "reduction.spectral_masking is false"
@@ -77,11 +84,12 @@ def test_twilight_is_flat_across_the_fibers_after_fiber_to_fiber(e2e_kind):
         for key in ("047LL", "047LU", "047RL", "047RU"):
             rows, k = _rows(h5, key)
             sl = slice(rows[0], rows[-1] + 1)
-            total = h5["fibers/spectrum"][sl] + h5["fibers/sky"][sl]
-            level = np.nanmedian(total[:, 300:800], axis=1)
             live = ~truth[key]["dead"][:][k]
-            ratio = level[live] / truth[key]["twilight_illumination"][:][k][live]
-            assert np.std(ratio / np.median(ratio)) < 0.005, key
+            total = (h5["fibers/spectrum"][sl] + h5["fibers/sky"][sl])[live]
+            level = np.nanmedian(total[:, 300:800], axis=1)
+            ratio = level / truth[key]["twilight_illumination"][:][k][live]
+            # measured 0.27 % (the fiber throughputs scatter 5 %)
+            assert np.std(ratio / np.median(ratio)) < 0.008, key
 
 
 def test_native_spectra_and_wavelengths_are_the_simulators(e2e_kind):
@@ -99,11 +107,11 @@ def test_native_spectra_and_wavelengths_are_the_simulators(e2e_kind):
             t = truth[key]
             live = ~t["dead"][:][k]
             wave = h5["fibers/native_wavelength"][sl][live]
-            # no wavelength shift for a twilight: the calibration's wavelengths, good to 0.05 A
+            # no wavelength shift for a twilight: the calibration's wavelengths (measured 0.006 A)
             diff = wave - t["wavelength"][:][k][live]
-            assert np.sqrt(np.mean(diff[:, 20:-20] ** 2)) < 0.05, key
+            assert np.sqrt(np.mean(diff[:, 20:-20] ** 2)) < 0.03, key
             # counts before the fiber-to-fiber: fiber throughput x twilight illumination
             counts = np.nanmedian(h5["fibers/native_spectrum"][sl][live][:, 300:700], axis=1)
             true = (t["fiber_throughput"][:] * t["twilight_illumination"][:])[k][live]
             ratio = counts / true
-            assert np.std(ratio / np.median(ratio)) < 0.01, key
+            assert np.std(ratio / np.median(ratio)) < 0.008, key  # measured 0.2 %
