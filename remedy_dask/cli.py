@@ -21,7 +21,7 @@ one_thread_per_process()  # before numpy is imported anywhere
 
 from remedy_dask import cli_multiobs  # noqa: E402
 from remedy_dask.cli_parser import add_sbatch_args, build_parser  # noqa: E402
-from remedy_dask.config import load_config  # noqa: E402
+from remedy_dask.config import PipelineConfig, load_config  # noqa: E402
 from remedy_dask.errors import ConfigError, RemedyError  # noqa: E402
 from remedy_dask.logsetup import STDOUT_LOGGER, command_logging  # noqa: E402
 from remedy_dask.requests import (  # noqa: E402
@@ -40,6 +40,14 @@ def _cluster_request(args: argparse.Namespace) -> ClusterRequest:
         site=args.site, dashboard_address=args.dashboard_address,
         worker_timeout=args.worker_timeout, tls_ca_file=args.tls_ca_file, tls_cert=args.tls_cert,
         tls_key=args.tls_key, quiet=args.quiet)
+
+
+def reduction_config(args: argparse.Namespace) -> PipelineConfig:
+    """``--config`` with the reduction options of the command line applied over it."""
+    config = load_config(args.config)
+    if getattr(args, "no_masking", False):
+        config.reduction.spectral_masking = False
+    return config
 
 
 def calibrate_request(args: argparse.Namespace) -> CalibrateRequest:
@@ -63,9 +71,9 @@ def reduce_request(args: argparse.Namespace) -> ReduceRequest:
         date=args.date, obs=args.obs, ifuslot=args.ifuslot, calfile=args.calfile,
         rootdir=args.rootdir, fplane=args.fplane, out=args.out, catalog=args.catalog,
         throughput=args.throughput, ifucen=args.ifucen, neighbor_dist=args.neighbor_dist,
-        all_ifus=args.all_ifus, cubes=args.cubes, injection=injection,
-        performance_report=args.performance_report,
-        config=load_config(args.config), config_file=args.config, cluster=_cluster_request(args))
+        all_ifus=args.all_ifus, cubes=args.cubes, native_spectra=args.native_spectra,
+        kind=args.kind, injection=injection, performance_report=args.performance_report,
+        config=reduction_config(args), config_file=args.config, cluster=_cluster_request(args))
 
 
 def night_request(args: argparse.Namespace) -> NightRequest:
@@ -74,7 +82,7 @@ def night_request(args: argparse.Namespace) -> NightRequest:
         rootdir=args.rootdir, date=args.date, calfile=args.calfile, fplane=args.fplane,
         out=args.out, observations=tuple(args.observations) if args.observations else None,
         catalog=args.catalog, throughput=args.throughput, ifucen=args.ifucen, cubes=args.cubes,
-        config=load_config(args.config), config_file=args.config, cluster=_cluster_request(args))
+        native_spectra=args.native_spectra, config=reduction_config(args), config_file=args.config, cluster=_cluster_request(args))
 
 
 def range_request(args: argparse.Namespace) -> RangeRequest:
@@ -83,7 +91,8 @@ def range_request(args: argparse.Namespace) -> RangeRequest:
         rootdir=args.rootdir, start=args.start, end=args.end, out=args.out, fplane=args.fplane,
         cal_window=args.cal_window, program=args.program, ifucen=args.ifucen,
         fiber_locations=args.fiber_locations, catalog=args.catalog, throughput=args.throughput,
-        cubes=args.cubes, config=load_config(args.config), config_file=args.config,
+        cubes=args.cubes, native_spectra=args.native_spectra, config=reduction_config(args),
+        config_file=args.config,
         cluster=_cluster_request(args))
 
 

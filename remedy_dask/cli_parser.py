@@ -9,7 +9,7 @@ from typing import Any
 from remedy_dask import __version__
 from remedy_dask.cli_multiobs import add_parsers as add_multiobs_parsers
 from remedy_dask.errors import RemedyError
-from remedy_dask.requests import CUBE_CHOICES, check_date
+from remedy_dask.requests import CUBE_CHOICES, REDUCE_KINDS, check_date
 
 
 def _int_list(text: str) -> list[int]:
@@ -175,6 +175,10 @@ def _add_reduce(sub: Any) -> None:
                         "PSF")
     p.add_argument("--cubes", choices=CUBE_CHOICES, default="target",
                    help="data cube and per-IFU FITS for the target IFU, every reduced IFU, or none")
+    p.add_argument("--kind", choices=REDUCE_KINDS, default="sci",
+                   help="Remedy's -nt: the frame kind to reduce (twi, flt, cmp: no astrometric "
+                        "fit, PSF fit, sources, flux calibration or detections; recorded in the "
+                        "product's steps_skipped)")
     p.add_argument("--performance-report", action="store_true",
                    help="also write Dask's performance report (task stream, worker profiles) "
                         "as OUTDIR/DATE_OBS_dask-report.html (costs a few seconds)")
@@ -266,6 +270,13 @@ def _add_observation_args(p: argparse.ArgumentParser) -> None:
                         "default: the HETDEX curve shipped with remedy-dask")
     p.add_argument("--ifucen", type=Path, metavar="FILE",
                    help="IFUcen fiber-position file; default: the standard HETDEX layout")
+    p.add_argument("--native-spectra", action="store_true",
+                   help="also write the unrectified spectra, errors, masks and per-fiber "
+                        "wavelengths (fibers/native_*, fiber x detector column) to the product")
+    p.add_argument("--no-masking", action="store_true",
+                   help="Remedy's -nm: no spectral masking (chi2, low throughput, dead fibers, "
+                        "fiber/column/amp fractions); only pixels the extraction could not "
+                        "measure are flagged (= reduction.spectral_masking: false)")
 
 
 def add_cluster_args(p: argparse.ArgumentParser) -> None:

@@ -62,6 +62,10 @@ class ReductionConfig:
     wave_shift_ccd_max_trace_difference_px: float = setting(
         0.02, "pool a CCD's shifts only if its halves' traces moved alike within this (px)")
     quick_sky: bool = setting(False, "global sky only, no smooth per-amp residual model")
+    spectral_masking: bool = setting(
+        True, "mask by the spectral rules (chi2, low throughput, dead fibers, fiber/column/amp "
+        "fractions); false (Remedy's --no_masking, reduce --no-masking): only pixels the "
+        "extraction could not measure are flagged")
     chi2_threshold: float = setting(5.0, "extraction chi2 above which a pixel is masked")
     max_masked_fiber_fraction: float = setting(
         0.2, "a fiber with a larger masked fraction is masked whole")

@@ -15,6 +15,8 @@ from remedy_dask.config import PipelineConfig
 from remedy_dask.errors import ConfigError, InputFileError
 
 CUBE_CHOICES = ("target", "all", "none")
+# frame kinds ``reduce --kind`` accepts: those that carry light through the fibers
+REDUCE_KINDS = ("sci", "twi", "flt", "cmp")
 
 
 def check_date(date: str) -> str:
@@ -140,6 +142,8 @@ class ReduceRequest:
     neighbor_dist: int = 1
     all_ifus: bool = False
     cubes: str = "target"
+    native_spectra: bool = False
+    kind: str = "sci"
     performance_report: bool = False
     injection: InjectionRequest | None = None
     config: PipelineConfig = field(default_factory=PipelineConfig)
@@ -153,6 +157,11 @@ class ReduceRequest:
             raise ConfigError(f"IFU slot must be 0-999, got {self.ifuslot}")
         if self.neighbor_dist < 0:
             raise ConfigError(f"--neighbor-dist must be >= 0, got {self.neighbor_dist}")
+        if self.kind not in REDUCE_KINDS:
+            raise ConfigError(f"--kind must be one of {', '.join(REDUCE_KINDS)}, got {self.kind!r}")
+        if self.kind != "sci" and self.injection is not None:
+            raise ConfigError("--source-file needs --kind sci (sources are injected into "
+                              "flux-calibrated science fibers)")
         _check_observation_inputs(self)
 
 
@@ -171,6 +180,7 @@ class NightRequest:
     throughput: Path | None = None
     ifucen: Path | None = None
     cubes: str = "none"
+    native_spectra: bool = False
     config: PipelineConfig = field(default_factory=PipelineConfig)
     config_file: Path | None = None
     cluster: ClusterRequest = field(default_factory=ClusterRequest)
@@ -184,7 +194,7 @@ class NightRequest:
             date=self.date, obs=obs, ifuslot=ifuslot, calfile=self.calfile, rootdir=self.rootdir,
             fplane=self.fplane, out=self.out, catalog=self.catalog, throughput=self.throughput,
             ifucen=self.ifucen, neighbor_dist=0, all_ifus=True, cubes=self.cubes,
-            config=self.config, config_file=self.config_file, cluster=self.cluster)
+            native_spectra=self.native_spectra, config=self.config, config_file=self.config_file, cluster=self.cluster)
 
 
 @dataclass(frozen=True)
@@ -205,6 +215,7 @@ class RangeRequest:
     catalog: Path | None = None
     throughput: Path | None = None
     cubes: str = "none"
+    native_spectra: bool = False
     config: PipelineConfig = field(default_factory=PipelineConfig)
     config_file: Path | None = None
     cluster: ClusterRequest = field(default_factory=ClusterRequest)
@@ -229,7 +240,8 @@ class RangeRequest:
         return NightRequest(
             rootdir=self.rootdir, date=date, calfile=calfile, fplane=self.fplane,
             out=self.out / "reduced", observations=observations, catalog=self.catalog,
-            throughput=self.throughput, ifucen=self.ifucen, cubes=self.cubes, config=self.config,
+            throughput=self.throughput, ifucen=self.ifucen, cubes=self.cubes,
+            native_spectra=self.native_spectra, config=self.config,
             config_file=self.config_file, cluster=self.cluster)
 
 

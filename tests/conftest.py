@@ -86,3 +86,23 @@ def e2e_harsh(tmp_path_factory):
                                   ("--performance-report",))
     print(f"e2e_harsh timings: {night['timings']}")
     return {**night, "slots": HARSH_SLOTS}
+
+
+@pytest.fixture(scope="session")
+def e2e_kind(e2e):
+    """The e2e night's twilight observation (6) of IFU 047 alone, reduced through the command line
+    with ``--kind twi --no-masking --native-spectra`` (Remedy's ``-nt twi -nm``)."""
+    import time
+
+    from remedy_dask import cli
+
+    sim, out = e2e["sim"], e2e["out"].parent / "reduced_twi"
+    t0 = time.perf_counter()
+    status = cli.main(["--quiet", "reduce", "20190822", "6", "47", str(e2e["cal"]), "--rootdir",
+                       str(sim / "raw"), "--out", str(out), "--fplane", str(sim / "fplane.txt"),
+                       "--ifucen", str(sim / "IFUcen_HETDEX.txt"), "--neighbor-dist", "0",
+                       "--kind", "twi", "--no-masking", "--native-spectra", "--cubes", "none",
+                       "--workers", "2"])
+    print(f"e2e_kind reduce: {time.perf_counter() - t0:.0f} s")
+    return {**e2e, "status": status, "out": out, "product": out / "20190822_0000006.h5",
+            "work": out / "work" / "20190822_0000006.zarr"}

@@ -35,3 +35,28 @@ def test_window_validity_and_defaults(tmp_path):
     assert np.isclose(cond.transparency, 0.85) and np.isclose(cond.fwhm, 1.6)
     none = archive.conditions(datetime(2019, 8, 22, 5, 0, 0), exptime=360.0)
     assert none.n_frames == 0 and none.transparency == 1.0 and none.fwhm == 1.8 and none.notes
+
+
+def test_illumination_from_pupillum_else_the_pupil_model_at_the_tracker_position(tmp_path):
+    from remedy_dask.observation.illumination import relative_illumination
+    from remedy_dask.workflow.conditions import exposure_illumination
+
+    gc = tmp_path / "20190822" / "gc1"
+    gc.mkdir(parents=True)
+    with tarfile.open(gc / "gc1_0300.tar", "w") as tar:
+        _member(tar, "20190822T030000.0_gc1_sci.fits", TRANSPAR=0.9, IQ=1.5, PUPILLUM=0.92,
+                X_STRT=0.1, Y_STRT=0.2)
+        _member(tar, "20190822T040000.0_gc1_sci.fits", TRANSPAR=0.9, IQ=1.5, X_STRT=0.4,
+                Y_STRT=-0.6)
+        _member(tar, "20190822T040030.0_gc1_sci.fits", TRANSPAR=0.9, IQ=1.5, X_STRT=0.6,
+                Y_STRT=-0.2)
+        _member(tar, "20190822T050000.0_gc1_sci.fits", TRANSPAR=0.9, IQ=1.5)
+    archive = GuiderArchive(tmp_path, "20190822")
+    at = lambda h: archive.conditions(datetime(2019, 8, 22, h, 0, 0), exptime=60.0)  # noqa: E731
+    assert exposure_illumination(at(3)) == (0.92, "guider PUPILLUM")
+    value, source = exposure_illumination(at(4))  # medians of the tracker: (0.5, -0.4) m
+    assert source.startswith("model") and value == relative_illumination(0.5, -0.4) < 1.0
+    value, source = exposure_illumination(at(5))
+    assert np.isnan(value) and source.startswith("none: no PUPILLUM")
+    value, source = exposure_illumination(at(6))
+    assert np.isnan(value) and source == "none: no guider frames"

@@ -374,6 +374,15 @@ def read_arrays_many(path: str | Path, keys: list[str], names: tuple[str, ...]
     return out
 
 
+def amp_identities(path: str | Path, keys: list[str]) -> dict[str, tuple[int, int]]:
+    """``{amp key: (SPECID, IFUID)}`` from the groups' attributes."""
+    with _open(path) as h5:
+        missing = [k for k in keys if k not in h5]
+        if missing:
+            raise InputFileError(str(path), f"no calibration for amp(s) {', '.join(missing)}")
+        return {k: (int(h5[k].attrs["specid"]), int(h5[k].attrs["ifuid"])) for k in keys}
+
+
 def _open(path: str | Path) -> h5py.File:
     try:
         return h5py.File(path, "r")

@@ -78,6 +78,27 @@ def read_fiber_locations(path: str | os.PathLike) -> FiberLocations:
     return FiberLocations(np.array(ys), np.array(flags, dtype=bool), header_value)
 
 
+# (SPECID, IFUID, AMP) whose reference files list one row more than the amp has fibers: the last
+# row is not a fiber of the amp (Remedy drops the last traced fiber of this amp, which leaves it
+# 111; here the extra reference row is dropped before the fibers are numbered, keeping 112)
+EXTRA_LAST_ROW = {(504, 18, "RU")}
+
+
+def locations_for_amp(locations: FiberLocations, path: str | os.PathLike, specid: int,
+                      ifuid: int, amp: str, n_fibers: int) -> tuple[FiberLocations, str | None]:
+    """The reference rows of an amp's ``n_fibers`` fibers and a note when rows were dropped;
+    :class:`InputFileError` for any other row count."""
+    n = locations.y_ref.size
+    if n == n_fibers:
+        return locations, None
+    if n == n_fibers + 1 and (specid, ifuid, amp) in EXTRA_LAST_ROW:
+        note = (f"{Path(path).name}: {n} rows for {n_fibers} fibers (known for SPECID {specid:03d} "
+                f"IFUID {ifuid:03d} {amp}): the last row (y={locations.y_ref[-1]:.2f}) dropped")
+        return FiberLocations(locations.y_ref[:n_fibers], locations.dead[:n_fibers],
+                              locations.header_value), note
+    raise InputFileError(str(path), f"fiber-location file has {n} fiber rows, expected {n_fibers}")
+
+
 def write_fiber_locations(path: str | os.PathLike, locations: FiberLocations) -> None:
     """Write a fiber-location file that :func:`read_fiber_locations` reads back."""
     rows = [] if locations.header_value is None else [f"# {locations.header_value!r}"]

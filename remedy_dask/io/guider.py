@@ -4,7 +4,7 @@ Guider frames live in ``ROOT/YYYYMMDD/gc1/*.tar`` and ``gc2/*.tar`` as FITS memb
 start with a ``YYYYMMDDThhmmss.s`` timestamp.  For an exposure starting at ``t0`` with exposure
 time ``T``, the frames with ``t0 - 10 s <= t <= t0 + T + 10 s`` are used (Remedy dropped the
 frames before ``t0`` through ``timedelta.seconds``; this signed window keeps them).  Valid
-ranges: TRANSPAR 0.1-1.05, IQ 0.8-4.0 arcsec, PUPILLUM 0-1.  The medians of the valid values are
+ranges: TRANSPAR 0.1-1.05, IQ 0.8-4.0 arcsec, PUPILLUM 0-1, tracker X_STRT, Y_STRT +-10 m.  The medians of the valid values are
 returned; without frames the defaults are returned and the substitution is reported.
 """
 
@@ -25,7 +25,8 @@ from remedy_dask import geometry
 log = logging.getLogger(__name__)
 
 _STAMP = re.compile(r"(\d{8}T\d{6}(?:\.\d+)?)")
-VALID = {"TRANSPAR": (0.1, 1.05), "IQ": (0.8, 4.0), "PUPILLUM": (0.0, 1.0)}
+VALID = {"TRANSPAR": (0.1, 1.05), "IQ": (0.8, 4.0), "PUPILLUM": (0.0, 1.0),
+         "X_STRT": (-10.0, 10.0), "Y_STRT": (-10.0, 10.0)}  # tracker position, m
 WINDOW_PAD_S = 10.0
 MAX_EXPTIME_S = 86400.0
 
@@ -37,6 +38,8 @@ class GuiderConditions:
     transparency: float = geometry.DEFAULT_TRANSPARENCY
     fwhm: float = geometry.DEFAULT_IQ_FWHM
     illumination: float = float("nan")  # PUPILLUM median, recorded (not applied: see docs)
+    tracker_x: float = float("nan")  # X_STRT, Y_STRT medians (m): the illumination model's input
+    tracker_y: float = float("nan")
     n_frames: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -131,4 +134,7 @@ class GuiderArchive:
             out.notes.append("no valid IQ: 1.8\" assumed")
         if values["PUPILLUM"]:
             out.illumination = float(np.median(values["PUPILLUM"]))
+        if values["X_STRT"] and values["Y_STRT"]:
+            out.tracker_x = float(np.median(values["X_STRT"]))
+            out.tracker_y = float(np.median(values["Y_STRT"]))
         return out

@@ -28,6 +28,9 @@ FLUX_UNITS = "1e-17 erg s-1 cm-2 Angstrom-1"  # UDUNITS syntax (CF); astropy par
 LINE_FLUX_UNITS = "1e-17 erg s-1 cm-2"
 CONVENTIONS = "CF-1.10"
 WAVE_DIM = "wavelength"  # the dimension of every spectral axis, with a coordinate per group
+COLUMN_DIM = "column"  # detector column of the native (unrectified) fiber arrays
+N_COLUMNS = 1032
+NATIVE_PREFIX = "native_"  # fiber arrays on (fiber, column) rather than (fiber, wavelength)
 
 UNITS = {
     "spectrum": FLUX_UNITS, "error": FLUX_UNITS, "sky": FLUX_UNITS, "ra": "deg", "dec": "deg",
@@ -35,9 +38,14 @@ UNITS = {
     "flux": LINE_FLUX_UNITS, "flux_err": LINE_FLUX_UNITS, "ifu_x": "arcsec", "ifu_y": "arcsec",
     "fx": "arcsec", "fy": "arcsec", "gmag_catalog": "mag(AB)", "gmag_virus": "mag(AB)",
     "wave_err": "Angstrom", "x": "arcsec", "y": "arcsec", "wavelength": "Angstrom",
-    "fwhm_guider": "arcsec",
+    "fwhm_guider": "arcsec", "parangle": "deg", "mirror_area": "cm2", "ra_offset": "arcsec",
+    "dec_offset": "arcsec", "ra_std": "arcsec", "dec_std": "arcsec",
+    "native_spectrum": "electron", "native_error": "electron", "native_wavelength": "Angstrom",
+    "column": "1",
     **dict.fromkeys(("mask", "ifuslot", "fiber_id", "exposure", "transparency", "flux_scale",
-                     "sn", "chi2", "moffat_beta", "star_norm", "flux_scale_err", "fluxcal_used"),
+                     "sn", "chi2", "moffat_beta", "star_norm", "flux_scale_err", "fluxcal_used",
+                     "specid", "ifuid", "fiber_to_fiber", "illumination", "native_mask",
+                     "n_stars_astrometry", "n_stars_photometry"),
                    "1"),
 }
 GROUP_UNITS = {("detections", "fwhm"): "Angstrom"}
@@ -66,6 +74,21 @@ LONG_NAMES = {
     "star_norm": "relative exposure throughput from the field stars (transparency x illumination)",
     "fluxcal_used": "star used by the flux calibration",
     "fluxcal_reject": "why the flux calibration did not use the source (empty if used)",
+    "specid": "spectrograph id (SPECID)", "ifuid": "IFU bundle id (IFUID)",
+    "fiber_to_fiber": "relative fiber throughput divided out of spectrum (calibration file)",
+    "parangle": "parallactic angle (raw header PARANGLE)",
+    "illumination": "mirror illumination relative to the track centre (NaN: unknown)",
+    "illumination_source": "where illumination comes from (guider PUPILLUM, model, none)",
+    "mirror_area": "collecting area used by the flux conversion",
+    "object": "target name (raw header OBJECT)",
+    "n_stars_astrometry": "stars of the astrometric solution",
+    "n_stars_photometry": "stars of the photometric zero point",
+    "column": "detector column of the oriented, trimmed amp image (0-based)",
+    "native_spectrum": "extracted counts per detector column (before fiber-to-fiber, sky and "
+                       "flux calibration)",
+    "native_error": "1-sigma error of native_spectrum",
+    "native_mask": "extraction and spectral mask on the native grid (non-zero = bad)",
+    "native_wavelength": "air wavelength of each fiber at each detector column",
 }
 GROUP_LONG_NAMES = {
     ("sources", "spectrum"): "flux density of the source (total, PSF-weighted extraction)",
@@ -84,7 +107,7 @@ def variable_attributes(group: str, name: str, dtype: np.dtype) -> dict[str, str
     long_name = GROUP_LONG_NAMES.get((group, name), LONG_NAMES.get(name))
     if long_name is not None:
         attrs["long_name"] = long_name
-    if name == "mask":
+    if name in ("mask", "native_mask"):
         attrs.update(flag_values=np.array([0, 1], np.uint8), flag_meanings="good bad")
     if name == "fluxcal_used":
         attrs.update(flag_values=np.array([0, 1], np.uint8), flag_meanings="rejected used")
@@ -192,6 +215,23 @@ class ObservationWriter:
         wave[:] = geometry.DEF_WAVE
         wave.attrs.update(variable_attributes("", WAVE_DIM, wave.dtype))
 
+    @staticmethod
+    def _column_coordinate(group: Any) -> None:
+        """The dimension ``column`` of ``group`` with its coordinate (detector column index)."""
+        if COLUMN_DIM in group.dimensions:
+            return
+        group.dimensions[COLUMN_DIM] = N_COLUMNS
+        col = group.create_variable(COLUMN_DIM, (COLUMN_DIM,), "i4")
+        col[:] = np.arange(N_COLUMNS, dtype=np.int32)
+        col.attrs.update(variable_attributes("", COLUMN_DIM, col.dtype))
+
+    def _fiber_dims(self, name: str) -> tuple[str, str]:
+        """(fiber, wavelength), or (fiber, column) for the native arrays."""
+        if name.startswith(NATIVE_PREFIX):
+            self._column_coordinate(self.fibers)
+            return ("fiber", COLUMN_DIM)
+        return ("fiber", WAVE_DIM)
+
     def _variable(self, group: Any, name: str, dims: tuple[str, ...], dtype: np.dtype,
                   n_rows: int = 0) -> Any:
         """Create a variable of ``dtype`` over ``dims`` (strings as variable-length UTF-8)."""
@@ -202,8 +242,9 @@ class ObservationWriter:
             kwargs["fillvalue"] = np.nan
         if len(dims) == 2 and n_rows > 0:
             rows = min(FIBER_CHUNK if group is self.fibers else 448, n_rows)
+            width = N_COLUMNS if dims[1] == COLUMN_DIM else geometry.N_WAVE
             kwargs.update(compression="gzip", compression_opts=GZIP_LEVEL, shuffle=True,
-                          chunks=(rows, geometry.N_WAVE))
+                          chunks=(rows, width))
         var = group.create_variable(name, dims, dtype, **kwargs)
         var.attrs.update(variable_attributes(group.name.strip("/"), name, np.dtype(dtype)))
         return var
@@ -213,7 +254,7 @@ class ObservationWriter:
         for name, values in block.items():
             if name not in self.fibers.variables:
                 values = np.asarray(values)
-                dims = ("fiber", WAVE_DIM) if values.ndim == 2 else ("fiber",)
+                dims = self._fiber_dims(name) if values.ndim == 2 else ("fiber",)
                 self._variable(self.fibers, name, dims, values.dtype, self.n_fibers)
         n = len(next(iter(block.values())))
         for name, values in block.items():
@@ -229,8 +270,8 @@ class ObservationWriter:
             raise ValueError(f"write_fiber_chunks: start {start} is not on a chunk boundary")
         for name in chunks:
             if name not in self.fibers.variables:
-                self._variable(self.fibers, name, ("fiber", WAVE_DIM), np.dtype(dtypes[name]),
-                               self.n_fibers)
+                self._variable(self.fibers, name, self._fiber_dims(name),
+                               np.dtype(dtypes[name]), self.n_fibers)
         for name, values in columns.items():
             if name not in self.fibers.variables:
                 self._variable(self.fibers, name, ("fiber",), np.asarray(values).dtype,

@@ -88,6 +88,8 @@ def write_guider(plan: NightPlan, raw_root: Path) -> list[Path]:
         if frame.sci_index is None:
             continue
         times, transpar, iq = guider_values(plan, frame.sci_index)
+        illumination = float(plan.illumination[frame.sci_index]) if plan.illumination.size \
+            else 1.0  # the exposure's true mirror illumination
         gdir = raw_root / plan.date / "gc1"
         gdir.mkdir(parents=True, exist_ok=True)
         path = gdir / f"{frame.prefix}_gc1.tar"
@@ -100,7 +102,7 @@ def write_guider(plan: NightPlan, raw_root: Path) -> list[Path]:
                     "EXPTIME": (5.0, "s"),
                     "TRANSPAR": (float(tr), "transparency"),
                     "IQ": (float(q), "image quality FWHM arcsec"),
-                    "PUPILLUM": (1.0, "illuminated pupil fraction"),
+                    "PUPILLUM": (illumination, "illuminated pupil fraction"),
                 }
                 img = np.full((16, 16), 1000, np.uint16)
                 data = fits_bytes(img, header)

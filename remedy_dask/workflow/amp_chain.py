@@ -208,6 +208,10 @@ def mask_spectra(ax: AmpExposure, cal: calfile.AmpCalibration, config: Reduction
     from remedy_dask.amp.masking import spectral_mask
 
     ex = ax.extraction
+    if not config.spectral_masking:  # the extraction's own mask only (unmeasured pixels)
+        ax.mask_counts = {"skipped": "reduction.spectral_masking is false",
+                          "extraction": int(np.count_nonzero(ex.mask))}
+        return ax
     ftf = ftf_on_native(cal["fiber_to_fiber"], ax.wavelength)
     ftf[np.asarray(cal["dead"], bool)] = 0.0
     mask, counts = spectral_mask(

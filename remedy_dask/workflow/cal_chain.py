@@ -170,13 +170,19 @@ def cal_flat(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig,
     mask, mask_stats = pixel_mask(work.data["dark_rate_raw"], flat)
     ref_y = dead = None
     if fiber_loc_dir is not None:
-        from remedy_dask.io.fiberloc import find_fiber_location_file, read_fiber_locations
+        from remedy_dask.io.fiberloc import (
+            find_fiber_location_file, locations_for_amp, read_fiber_locations,
+        )
 
         path = find_fiber_location_file(fiber_loc_dir, work.specid, work.ifuslot, work.ifuid, work.amp)
         if path is None:
             work.flags.append(f"no fiber-location file in {fiber_loc_dir}: fibers placed by the slit pattern")
         else:
-            floc = read_fiber_locations(path)
+            floc, note = locations_for_amp(read_fiber_locations(path), path, work.specid,
+                                           work.ifuid, work.amp, geometry.N_FIBERS_AMP)
+            if note:
+                log.info(note)
+                work.flags.append(note)
             ref_y, dead = floc.y_ref, floc.dead
             work.inputs.append(Path(path).name)
     tr = fit_trace(flat, flat_var, mask, n_fibers=geometry.N_FIBERS_AMP, reference_y=ref_y, dead=dead)

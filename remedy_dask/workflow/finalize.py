@@ -17,9 +17,11 @@ from remedy_dask.io.provenance import hdf5_attributes
 from remedy_dask.io.catalog import Catalog, as_catalog
 from remedy_dask.observation.fluxcal import exposure_scale
 from remedy_dask.workflow.nodes import gather
+from remedy_dask.workflow.fieldcal import (
+    SKIPPED_FOR_KIND, field_calibration, skipped_field_calibration,
+)
 from remedy_dask.workflow.observation import (
-    Conditions, calibrated, fit_field, fit_psf, flux_calibration, ifu_offset, ifu_sources,
-    ifu_stars, load_ifu, psf_tables, refine_field, star_cutouts,
+    Conditions, calibrated, ifu_offset, load_ifu, psf_tables,
 )
 
 log = logging.getLogger(__name__)
@@ -60,21 +62,65 @@ def calibrated_ifu(d: dict[str, np.ndarray] | None, slot: int, cond: Conditions,
     return c
 
 
+NATIVE_ARRAYS = {"native_spectrum": "native_flux", "native_error": "native_error",
+                 "native_mask": "native_mask", "native_wavelength": "wavelength_native"}
+
+
+def fiber_calibration(d: dict[str, np.ndarray], cal_path: str, work_root: str,
+                      exposures: list[int], native: bool
+                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per-fiber rows of one IFU taken from the calibration file (``fiber_to_fiber`` (n, 1036),
+    ``specid``, ``ifuid``) and, with ``native``, from the amp checkpoints (the unrectified
+    ``native_*`` arrays (n, 1032)): (2-D arrays, 1-D columns)."""
+    from remedy_dask.io import calfile, store
+
+    n, amps = len(d["fiber_id"]), np.asarray(d["amp"]).astype(str)
+    k = np.array([geometry.FIBER_ID_OFFSET[a] for a in amps]) - d["fiber_id"].astype(int)
+    slot = int(d["ifuslot"][0])
+    keys = [f"{slot:03d}{a}" for a in geometry.AMPS if np.any(amps == a)]
+    ids = calfile.amp_identities(cal_path, keys)
+    ftf_cal = calfile.read_arrays_many(cal_path, keys, ("fiber_to_fiber",))
+    ftf = np.full((n, geometry.N_WAVE), np.nan, np.float32)
+    specid, ifuid = np.zeros(n, np.int32), np.zeros(n, np.int32)
+    for key in keys:
+        rows = amps == key[3:]
+        ftf[rows] = ftf_cal[key]["fiber_to_fiber"][k[rows]]
+        specid[rows], ifuid[rows] = ids[key]
+    arrays = {"fiber_to_fiber": ftf}
+    if native:
+        from remedy_dask.io.products import N_COLUMNS
+
+        arrays.update({name: np.zeros((n, N_COLUMNS), np.uint8) if name == "native_mask"
+                       else np.full((n, N_COLUMNS), np.nan, np.float32) for name in NATIVE_ARRAYS})
+        for i, exp in enumerate(exposures):
+            for key in keys:
+                rows = (d["exp_index"] == i) & (amps == key[3:])
+                if rows.any():
+                    stored, _ = store.read_arrays(work_root, exp, key, tuple(NATIVE_ARRAYS.values()))
+                    for name, source in NATIVE_ARRAYS.items():
+                        arrays[name][rows] = stored[source][k[rows]]
+    return arrays, {"specid": specid, "ifuid": ifuid}
+
+
 def ifu_fibers(d: dict[str, np.ndarray] | None, slot: int, cond: Conditions,
                psf: dict[str, Any], fluxcal: dict[str, Any], astro: dict[str, Any],
-               block_dir: str, injection: Injection | None = None) -> dict[str, Any] | None:
+               block_dir: str, injection: Injection | None = None,
+               sources: tuple[str, str, list[int], bool] | None = None
+               ) -> dict[str, Any] | None:
     """Final fiber arrays of one IFU, encoded as HDF5 chunks into ``block_dir`` so that the
-    compression runs in parallel and ``write-products`` only copies bytes."""
+    compression runs in parallel and ``write-products`` only copies bytes.  ``sources``
+    (calibration file, zarr root, exposures, native) adds :func:`fiber_calibration`'s rows."""
     from remedy_dask.io.products import save_fiber_block
 
     c = calibrated_ifu(d, slot, cond, psf, fluxcal, injection)
     if c is None:
         return None
+    arrays, columns = fiber_calibration(d, *sources) if sources else ({}, {})
     ra, dec = geometry.focal_to_sky(c["fx"], c["fy"], astro["ra"], astro["dec"], astro["rotation"])
     path = save_fiber_block(Path(block_dir) / f"{slot:03d}.npz", {
         "spectrum": c["flux"].astype(np.float32), "error": c["error"].astype(np.float32),
-        "sky": c["sky"].astype(np.float32), "mask": c["bad"].astype(np.uint8),
-    }, {
+        "sky": c["sky"].astype(np.float32), "mask": c["bad"].astype(np.uint8), **arrays,
+    }, {**columns, 
         "ra": ra, "dec": dec, "ifuslot": c["ifuslot"].astype(np.int32),
         "amp": c["amp"].astype("U2"), "fiber_id": c["fiber_id"].astype(np.int32),
         "exposure": (c["exp_index"] + 1).astype(np.int32), "ifu_x": c["ifu_x"],
@@ -163,7 +209,8 @@ def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_roo
                    fluxcal: dict[str, Any], sources: list[dict[str, np.ndarray]],
                    detections: list[dict[str, np.ndarray]], catalog: Catalog, outdir: str,
                    provenance: dict[str, Any], fits_paths: list[list[str]],
-                   fiber_blocks: list[dict[str, Any] | None]) -> str:
+                   fiber_blocks: list[dict[str, Any] | None],
+                   pointing: tuple[float, float, float] | None = None) -> str:
     """Stream the observation HDF5: fibers IFU by IFU (from the ``ifu-fibers`` blocks), then
     exposures, astrometry, sources, detections; provenance with every substitution and flag."""
     from remedy_dask.io.products import ObservationWriter, load_fiber_block, observation_path
@@ -193,7 +240,10 @@ def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_roo
             "transparency": cond.transparency, "fwhm": np.asarray(psf["fwhm"], float),
             "fwhm_guider": cond.fwhm_guider,
             "flux_scale": exposure_scale(fluxcal["factor"], psf["norm"]),
-            **flux_scale_columns(psf, fluxcal),
+            **flux_scale_columns(psf, fluxcal), **cond.survey_columns(),
+            "n_stars_astrometry": np.full(len(plan.exposures), int(astro["n_stars"]), np.int32),
+            "n_stars_photometry": np.full(len(plan.exposures), int(fluxcal.get("n_stars", 0)),
+                                          np.int32),
         })
         idx = np.concatenate([s["cat_index"] for s in sources]).astype(int) if sources else np.zeros(0, int)
         cat = lambda k: np.concatenate([s[k] for s in sources]) if sources else np.zeros(0)  # noqa: E731
@@ -217,6 +267,7 @@ def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_roo
         writer.write_table("detections", "detection", table)
         astro_attrs = {k: astro[k] for k in ("ra", "dec", "rotation", "n_stars", "rms")}
         astro_attrs["fitted"] = int(bool(astro.get("fitted")))
+        astro_attrs.update(survey_astrometry(astro, pointing))
         path = writer.close({"astrometry": astro_attrs, "fluxcal": {
             k: fluxcal[k] for k in ("delta_mag", "error", "scatter", "n_stars", "fitted")
             if k in fluxcal}})
@@ -231,6 +282,22 @@ def write_products(exposure_summaries: list[dict[str, Any]], plan: Any, work_roo
         except OSError:
             pass
     return str(path)
+
+
+def survey_astrometry(astro: dict[str, Any], pointing: tuple[float, float, float] | None
+                      ) -> dict[str, Any]:
+    """Offset (arcsec east, north) of the fitted field centre from the header pointing and the
+    spread of the stars' residuals (Remedy's raoffset, decoffset, rastd, decstd), with units."""
+    from remedy_dask.observation.survey import pointing_offset, residual_spread
+
+    east = north = float("nan")
+    if pointing is not None:
+        east, north = pointing_offset(astro["ra"], astro["dec"], pointing[0], pointing[1])
+    std_e, std_n = residual_spread(astro.get("residuals"))
+    return {"ra_offset": east, "dec_offset": north, "ra_std": std_e, "dec_std": std_n,
+            "units": {"ra": "deg", "dec": "deg", "rotation": "deg", "rms": "arcsec",
+                      "ra_offset": "arcsec", "dec_offset": "arcsec", "ra_std": "arcsec",
+                      "dec_std": "arcsec", "n_stars": "1"}}
 
 
 def product_cards(plan: Any, cond: Conditions, pointing: tuple[float, float, float],
@@ -253,9 +320,11 @@ def _run(func: Any, deps: Any, *args: Any) -> Any:
 def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path, out: Path,
                             cubes: str, config: PipelineConfig, cond: Conditions | None = None,
                             catalog: Any = None, pointing: tuple[float, float, float] | None = None,
-                            dry: bool = False, injection: Injection | None = None) -> Any:
+                            dry: bool = False, injection: Injection | None = None,
+                            native: bool = False) -> Any:
     """Delayed product path of the whole observation; cube and per-IFU FITS for the IFUs that
-    ``cubes`` names (``target``, ``all`` or ``none``)."""
+    ``cubes`` names (``target``, ``all`` or ``none``); ``native``: the unrectified spectra and
+    their wavelengths in the product too."""
     if dry:  # structure only (graph views): no data is read
         cond = Conditions(plan.exposures, np.ones(3), np.ones(3), np.full(3, 1.8),
                           np.ones(geometry.N_WAVE))
@@ -272,26 +341,15 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
         return dask.delayed(_run, pure=False)(func, deps, *a, dask_key_name=f"{name}-{tag}")
 
     ifus = {s: node(load_ifu, work_root, exps, s, name=f"load-ifu-{s:03d}") for s in slots}
-    stars = [dask.delayed(ifu_stars, pure=False)(ifus[s], s, cond, dask_key_name=f"ifu-stars-{s:03d}-{tag}")
-             for s in slots]
-    stars = gather(stars, f"ifu-stars-all-{tag}")
-    astro = dask.delayed(fit_field, pure=False)(stars, catalog, pointing, oc,
-                                                dask_key_name=f"astrometry-{tag}")
-    cut = [dask.delayed(star_cutouts, pure=False)(ifus[s], cond, catalog, astro, oc,
-                                                  dask_key_name=f"ifu-psf-stars-{s:03d}-{tag}")
-           for s in slots]
-    psf = dask.delayed(fit_psf, pure=False)(gather(cut, f"ifu-psf-stars-all-{tag}"), cond, oc,
-                                            dask_key_name=f"seeing-{tag}")
-    astro = dask.delayed(refine_field, pure=False)(astro, psf, catalog, oc,
-                                                   dask_key_name=f"astrometry-refine-{tag}")
-    srcs = [dask.delayed(ifu_sources, pure=False)(ifus[s], s, cond, catalog, astro, psf, oc,
-                                                  dask_key_name=f"ifu-sources-{s:03d}-{tag}")
-            for s in slots]
-    srcs = gather(srcs, f"ifu-sources-all-{tag}")
-    fcal = dask.delayed(flux_calibration, pure=False)(srcs, catalog, oc, dask_key_name=f"fluxcal-{tag}")
-    dets = [dask.delayed(ifu_detect, pure=False)(ifus[s], s, cond, psf, fcal, astro, config,
-                                                 injection, dask_key_name=f"ifu-detect-{s:03d}-{tag}")
-            for s in slots]
+    if plan.kind == "sci":
+        astro, psf, fcal, srcs = field_calibration(ifus, slots, cond, catalog, pointing, oc, tag)
+        dets = [dask.delayed(ifu_detect, pure=False)(ifus[s], s, cond, psf, fcal, astro, config,
+                                                     injection,
+                                                     dask_key_name=f"ifu-detect-{s:03d}-{tag}")
+                for s in slots]
+    else:
+        astro, psf, fcal, srcs = skipped_field_calibration(plan.kind, cond, pointing, oc)
+        dets = []
     cube_slots = {"all": slots, "none": [], "target": [s for s in slots if s == plan.target_slot]}[cubes]
     prefix = f"{plan.date}_{plan.obs:07d}"
     cards = {} if dry else product_cards(plan, cond, pointing, cal_path, config)
@@ -300,16 +358,19 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
                                                 dask_key_name=f"ifu-cube-{s:03d}-{tag}")
              for s in cube_slots]
     block_dir = str(out / "work" / f"{prefix}_fibers")
+    sources = None if dry else (str(cal_path), work_root, exps, native)
     fibers = [dask.delayed(ifu_fibers, pure=False)(ifus[s], s, cond, psf, fcal, astro,
-                                                   block_dir, injection,
+                                                   block_dir, injection, sources,
                                                    dask_key_name=f"ifu-fibers-{s:03d}-{tag}")
               for s in slots]
     provenance = {"date": plan.date, "obs": plan.obs, "target_ifuslot": plan.target_slot,
                   "calibration_file": str(cal_path), "config": config.to_yaml(),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
                   "ifuslots": slots, **({} if dry else hdf5_attributes(cards)),
-                  "injection": injection.describe() if injection else "none"}
+                  "injection": injection.describe() if injection else "none",
+                  "native_spectra": int(native), "frame_kind": plan.kind,
+                  "steps_skipped": [] if plan.kind == "sci" else list(SKIPPED_FOR_KIND)}
     return dask.delayed(write_products, pure=False)(
         deps, plan, work_root, cond, astro, psf, fcal, srcs, gather(dets, f"ifu-detect-all-{tag}"),
         catalog, str(out), provenance, gather(cubes, f"ifu-cube-all-{tag}"),
-        gather(fibers, f"ifu-fibers-all-{tag}"), dask_key_name=f"write-products-{tag}")
+        gather(fibers, f"ifu-fibers-all-{tag}"), pointing, dask_key_name=f"write-products-{tag}")

@@ -43,6 +43,22 @@ class Conditions:
     throughput: np.ndarray  # on DEF_WAVE
     area: float = geometry.DEFAULT_AREA_CM2
     notes: list[str] = field(default_factory=list)
+    parangle: np.ndarray | None = None  # deg, raw header PARANGLE per exposure
+    illumination: np.ndarray | None = None  # mirror illumination per exposure (NaN: unknown)
+    illumination_source: list[str] = field(default_factory=list)
+    objects: list[str] = field(default_factory=list)  # raw header OBJECT per exposure
+
+    def survey_columns(self) -> dict[str, np.ndarray]:
+        """Per-exposure parallactic angle, illumination (and its source), collecting area used
+        and object name, for the product's ``exposures`` group."""
+        n = len(self.exposures)
+        nan = np.full(n, np.nan)
+        return {"parangle": nan if self.parangle is None else np.asarray(self.parangle, float),
+                "illumination": nan if self.illumination is None
+                else np.asarray(self.illumination, float),
+                "illumination_source": np.asarray(self.illumination_source or ["none"] * n, str),
+                "mirror_area": np.full(n, float(self.area)),
+                "object": np.asarray(self.objects or [""] * n, str)}
 
     def conversion(self) -> np.ndarray:
         """(n_exposure, n_wave) factors from e-/s/A to 1e-17 erg/s/cm^2/A (no photometric

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import dask
-import numpy as np
 
 from remedy_dask import geometry
 from remedy_dask.config import PipelineConfig, check_dither
@@ -47,6 +46,7 @@ class ObservationPlan:
     cal_keys: list[str]  # amps with a usable calibration
     skipped: list[str]  # reasons for amps left out
     notes: list[str] = field(default_factory=list)  # substitutions, recorded in the product
+    kind: str = "sci"  # frame kind reduced (reduce --kind)
 
     @property
     def tag(self) -> str:
@@ -69,10 +69,12 @@ def select_slots(available: list[int], target: int, neighbor_dist: int, all_ifus
 
 
 def plan_observation(archive: RawArchive, date: str, obs: int, target_slot: int, cal_path: Path,
-                     neighbor_dist: int = 1, all_ifus: bool = False) -> ObservationPlan:
-    refs = archive.frames(date, obs, kind="sci")
+                     neighbor_dist: int = 1, all_ifus: bool = False, kind: str = "sci"
+                     ) -> ObservationPlan:
+    refs = archive.frames(date, obs, kind=kind)
     if not refs:
-        raise RemedyError(f"no science frames for {date} observation {obs:07d} under "
+        what = "science" if kind == "sci" else f"'{kind}'"
+        raise RemedyError(f"no {what} frames for {date} observation {obs:07d} under "
                           f"{archive.rootdir}")
     slots = select_slots(sorted({r.ifuslot for r in refs}), target_slot, neighbor_dist, all_ifus)
     exposures = sorted({r.exp for r in refs})
@@ -90,7 +92,7 @@ def plan_observation(archive: RawArchive, date: str, obs: int, target_slot: int,
             elif status != "ok":
                 skipped.append(f"{key}: calibration {status}")
             elif not any((e, key) in by_key for e in exposures):
-                skipped.append(f"{key}: no science frames")
+                skipped.append(f"{key}: no {kind} frames")
             else:
                 cal_keys.append(key)
                 for e in exposures:
@@ -103,7 +105,7 @@ def plan_observation(archive: RawArchive, date: str, obs: int, target_slot: int,
     for note in notes:
         log.info(note)
     return ObservationPlan(date, obs, target_slot, slots, exposures, by_key, cal_keys, skipped,
-                           notes)
+                           notes, kind)
 
 
 def build_amp_graph(plan: ObservationPlan, cal_path: Path, work_root: Path,
@@ -192,11 +194,15 @@ def build_reduction(req: ReduceRequest, archive: RawArchive) -> Reduction:
     config = req.config
     cal_path = Path(req.calfile)
     plan = plan_observation(archive, req.date, req.obs, req.ifuslot, cal_path,
-                            req.neighbor_dist, req.all_ifus)
+                            req.neighbor_dist, req.all_ifus, req.kind)
     if not plan.cal_keys:
         raise RemedyError("no amplifier of the selected IFUs can be reduced: "
                           + "; ".join(plan.skipped[:5]))
     check_dither(config, plan.exposures, str(req.config_file or "the default configuration"))
+    config = kind_config(config, plan)
+    if not config.reduction.spectral_masking:
+        plan.notes.append("spectral masking off (reduction.spectral_masking: false): only "
+                          "pixels the extraction could not measure are flagged")
     out = Path(req.out)
     work_root = out / "work" / f"{req.date}_{req.obs:07d}.zarr"
     work_root.mkdir(parents=True, exist_ok=True)
@@ -207,10 +213,28 @@ def build_reduction(req: ReduceRequest, archive: RawArchive) -> Reduction:
         print(f"resuming: {n_done} amp-exposure(s) already reduced in {work_root}")
     exposures = build_exposure_graph(plan, summaries, cal_path, work_root, req.fplane, req.ifucen,
                                      config, keys)
+    from remedy_dask.workflow.conditions import prepare_observation
+
     cond, catalog, pointing = prepare_observation(plan, archive, req, out)
     final = build_observation_graph(plan, exposures, cal_path, out, req.cubes, config, cond,
-                                    catalog, pointing, injection=_injection(req, plan))
+                                    catalog, pointing, injection=_injection(req, plan),
+                                    native=req.native_spectra)
     return Reduction(plan, final, out, catalog, n_done)
+
+
+def kind_config(config: PipelineConfig, plan: ObservationPlan) -> PipelineConfig:
+    """The configuration for the plan's frame kind: frames other than ``sci`` have no night-sky
+    lines, so their wavelength shift is not measured (the calibration's wavelengths are used);
+    the change is noted in the plan (and so in the product)."""
+    if plan.kind == "sci" or not config.reduction.measure_wavelength_shift:
+        return config
+    import copy
+
+    config = copy.deepcopy(config)
+    config.reduction.measure_wavelength_shift = False
+    plan.notes.append(f"frame kind {plan.kind}: no night-sky lines, wavelength shift not "
+                      "measured (calibration wavelengths)")
+    return config
 
 
 def pending_checkpoints(req: ReduceRequest) -> list[str]:
@@ -219,8 +243,9 @@ def pending_checkpoints(req: ReduceRequest) -> list[str]:
     whose files are incomplete.  Nothing is computed or written."""
     cal_path = Path(req.calfile)
     plan = plan_observation(RawArchive(req.rootdir), req.date, req.obs, req.ifuslot,
-                            cal_path, req.neighbor_dist, req.all_ifus)
-    keys = CheckpointKeys.of(plan, cal_path, req.config, req.fplane, req.ifucen)
+                            cal_path, req.neighbor_dist, req.all_ifus, req.kind)
+    keys = CheckpointKeys.of(plan, cal_path, kind_config(req.config, plan), req.fplane,
+                             req.ifucen)
     work_root = Path(req.out) / "work" / f"{req.date}_{req.obs:07d}.zarr"
     pending = [f"exp{e:02d}/{k}" for k in plan.cal_keys for e in plan.exposures
                if (e, k) in plan.refs
@@ -385,54 +410,6 @@ def _injection(req: ReduceRequest, plan: ObservationPlan) -> Any:
     log.info("injecting %s at (%.2f, %.2f)\" in IFU %03d, seeing %s", inj.spectrum_file,
              inj.x, inj.y, plan.target_slot, inj.seeing or "fitted PSF")
     return Injection(plan.target_slot, inj.x, inj.y, inj.seeing, spectrum)
-
-
-def prepare_observation(plan: ObservationPlan, archive: RawArchive, req: ReduceRequest,
-                        out: Path) -> tuple[Any, Any, tuple[float, float, float]]:
-    """Conditions per exposure (headers, guider), the star catalogue and the header pointing."""
-    from remedy_dask.io.catalog import query_panstarrs, read_catalog
-    from remedy_dask.io.guider import GuiderArchive, parse_stamp
-    from remedy_dask.io.raw import read_header_model
-    from remedy_dask.io.throughput import default_throughput, read_throughput
-    from remedy_dask.workflow.observation import Conditions
-
-    key0 = next(k for k in plan.cal_keys if int(k[:3]) == plan.target_slot) \
-        if any(int(k[:3]) == plan.target_slot for k in plan.cal_keys) else plan.cal_keys[0]
-    headers = {e: read_header_model(plan.refs[(e, key0)]) for e in plan.exposures
-               if (e, key0) in plan.refs}
-    h0 = headers[min(headers)]
-    if h0.parangle is None or h0.ra_deg is None:
-        raise RemedyError(f"{plan.refs[(min(headers), key0)].display_path}: no pointing "
-                          "(TRAJRA/TRAJDEC, PARANGLE) in the science header")
-    pointing = (h0.ra_deg, h0.dec_deg, geometry.rotation_from_parangle(h0.parangle))
-    guider = GuiderArchive(req.rootdir, plan.date)
-    exptime, transp, iq, notes = [], [], [], []
-    for e in plan.exposures:
-        h = headers.get(e, h0)
-        exptime.append(h.exptime)
-        start = parse_stamp(plan.refs[(e, key0)].name) if (e, key0) in plan.refs else None
-        c = guider.conditions(start, h.exptime) if start else None
-        if c is None or c.n_frames == 0:
-            transp.append(geometry.DEFAULT_TRANSPARENCY)
-            iq.append(geometry.DEFAULT_IQ_FWHM)
-            notes.append(f"exp{e:02d}: no guider frames, transparency 1.0 and IQ 1.8\" assumed")
-        else:
-            transp.append(c.transparency)
-            iq.append(c.fwhm)
-            notes += [f"exp{e:02d}: {n}" for n in c.notes]
-    if req.throughput:
-        _, tput = read_throughput(req.throughput)
-    else:
-        _, tput = default_throughput()
-        notes.append("default HETDEX throughput curve")
-    cond = Conditions(list(plan.exposures), np.array(exptime, float), np.array(transp, float),
-                      np.array(iq, float), np.asarray(tput, float), notes=notes)
-    if req.catalog:
-        catalog = read_catalog(req.catalog)
-    else:
-        catalog = query_panstarrs(pointing[0], pointing[1], req.config.observation.catalog_radius_deg,
-                                  out / "catalog_cache")
-    return cond, catalog, pointing
 
 
 def _compute_with_progress(final: Any, client: Any, out: Path, plan: ObservationPlan,
