@@ -124,6 +124,15 @@ def write_global(h5: h5py.File, plan: NightPlan, frames_written: list[Frame]) ->
     h5.attrs["science_obs"] = plan.science_obs
     h5.attrs["config_json"] = json.dumps(dataclasses.asdict(cfg), default=str)
 
+    _write_astrometry(h5, plan)
+    _write_exposures(h5, plan)
+    conv = _write_sky(h5, plan)
+    _write_instrument(h5, plan, conv)
+    _write_sources(h5, plan)
+    _write_ifus_and_frames(h5, plan, frames_written)
+
+
+def _write_astrometry(h5: h5py.File, plan: NightPlan) -> None:
     g = h5.create_group("astrometry")
     for key, val in {"ra": plan.ra0, "dec": plan.dec0, "rotation": plan.rotation,
                      "parangle": plan.parangle,
@@ -135,6 +144,9 @@ def write_global(h5: h5py.File, plan: NightPlan, frames_written: list[Frame]) ->
     g.attrs["header_offset_east_arcsec"] = east
     g.attrs["header_offset_north_arcsec"] = north
 
+
+def _write_exposures(h5: h5py.File, plan: NightPlan) -> None:
+    cfg = plan.config
     n = plan.n_sci
     g = h5.create_group("exposures")
     sci_frames = [f for f in plan.frames if f.sci_index is not None]
@@ -159,6 +171,10 @@ def write_global(h5: h5py.File, plan: NightPlan, frames_written: list[Frame]) ->
     g["guider_iq"] = np.array([v[2] for v in gv]).reshape(n, -1)
     g["area_cm2"] = np.full(n, cfg.area_cm2)
 
+
+def _write_sky(h5: h5py.File, plan: NightPlan) -> np.ndarray:
+    """The sky truth; returns the (n_sci, n_wave) e-/A per 1e-17 flux conversion."""
+    cfg, n = plan.config, plan.n_sci
     wave = instrument.WAVE
     g = h5.create_group("sky")
     g["wave"] = wave
@@ -181,7 +197,11 @@ def write_global(h5: h5py.File, plan: NightPlan, frames_written: list[Frame]) ->
     g["e_per_A_fiber"] = np.array(e_fiber).reshape(n, -1)
     g["flam_convolved"] = (g["e_per_A_fiber"][()] / conv / spectra.FIBER_AREA_ARCSEC2 / 1e-17
                            if n else np.zeros((0, wave.size)))
+    return conv
 
+
+def _write_instrument(h5: h5py.File, plan: NightPlan, conv: np.ndarray) -> None:
+    cfg, wave = plan.config, instrument.WAVE
     g = h5.create_group("flux_to_counts")
     g["wave"] = wave
     g["e_per_A_per_flam17"] = conv * 1e-17
@@ -201,6 +221,9 @@ def write_global(h5: h5py.File, plan: NightPlan, frames_written: list[Frame]) ->
     g["wave"] = wave
     g["offset_x"] = instrument.dar_offset(wave)
 
+
+def _write_sources(h5: h5py.File, plan: NightPlan) -> None:
+    cfg, wave = plan.config, instrument.WAVE
     st = plan.stars
     g = h5.create_group("stars")
     for key in ("ra", "dec", "fx", "fy", "g", "teff", "flam_scale", "grizy", "cat_ra",
@@ -215,6 +238,8 @@ def write_global(h5: h5py.File, plan: NightPlan, frames_written: list[Frame]) ->
     for key, val in plan.lines.items():
         g[key] = val
 
+
+def _write_ifus_and_frames(h5: h5py.File, plan: NightPlan, frames_written: list[Frame]) -> None:
     g = h5.create_group("ifus")
     slots = sorted(plan.ifuslots)
     g["ifuslot"] = np.array(slots)
