@@ -33,7 +33,12 @@ shared/remedy-reference.md) stands in for Remedy's functions.
 
 from __future__ import annotations
 
-from remedy_dask.threads import one_thread_per_process
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's remedy_dask
+
+from remedy_dask.threads import one_thread_per_process  # noqa: E402
 
 one_thread_per_process()  # both sides single-threaded BLAS, one process per core
 
@@ -42,12 +47,10 @@ import ast  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import tarfile  # noqa: E402
 import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
-from pathlib import Path  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -77,6 +80,8 @@ def load_functions(remedy: str | None) -> SimpleNamespace:
     from astropy.io import fits
     from astropy.stats import biweight_location
 
+    if not (Path(remedy) / "fiber_utils.py").is_file():
+        raise SystemExit(f"{remedy}: not a Remedy checkout (no fiber_utils.py)")
     sys.path.insert(0, remedy)
     import fiber_utils  # Remedy's
     qr = Path(remedy) / "quick_reduction.py"
@@ -337,7 +342,8 @@ def main() -> None:
                         "re-implementation benchmarks/remedy_numpy.py is timed")
     p.add_argument("--work", type=Path, default=Path("/tmp/remedy_side_by_side"),
                    help="folder for the simulated night, calibration, Remedy inputs, products "
-                        "and results (simulation and calibration are made once, then reused)")
+                        "and results (~4 GB; simulation, calibration and Remedy's inputs are "
+                        "made once, then reused)")
     p.add_argument("--workers", type=int, default=2,
                    help="processes on each side (reduce --workers, Remedy's pool) (default 2)")
     p.add_argument("--repeat", type=int, default=1,
