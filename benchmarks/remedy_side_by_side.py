@@ -60,11 +60,9 @@ REPO = HERE.parent
 DATE, OBS, TARGET = "20190822", 7, 47
 SLOTS = "037,038,046,047,048,057,058,059"
 REMEDY_ENV = "REMEDY_SOURCE"
-BARE = ("base_reduction", "clean_data", "bias+dark", "get_powerlaw", "get_spectra",
-        "get_spectra_error", "get_spectra_chi2")
 HOW_TO_GET = (f"no Remedy checkout given (--remedy or ${REMEDY_ENV}): timing the numpy "
               "re-implementation benchmarks/remedy_numpy.py instead. To time Remedy itself: "
-              "git clone github.com/grzeimann/Remedy (measured at d61f47e), pip install "
+              "git clone https://github.com/grzeimann/Remedy (measured at d61f47e), pip install "
               "scikit-learn (fiber_utils imports it), pass --remedy PATH.")
 _R: SimpleNamespace | None = None  # the timed functions, per worker process
 
