@@ -352,8 +352,9 @@ def main() -> None:
     p.add_argument("--no-warmup", action="store_true",
                    help="skip the untimed one-IFU reduce that fills numba's cache first")
     p.add_argument("--shares", action="store_true",
-                   help="also run one reduce on a cluster started here and print its task "
-                        "seconds per step (Dask task stream)")
+                   help="also run one reduce on a cluster started here: CPU of the workers "
+                        "and of the CLI + scheduler, the workers' CPU per step (Dask task "
+                        "stream)")
     args = p.parse_args()
     if not args.remedy:
         print(HOW_TO_GET, file=sys.stderr)
