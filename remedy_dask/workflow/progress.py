@@ -19,7 +19,7 @@ from distributed.utils import LoopRunner
 log = logging.getLogger("remedy_dask.progress")
 
 INTERVAL_S = 30.0  # between two log lines
-FEED_S = 1.0  # between two messages from the scheduler
+FEED_S = 0.25  # between two messages from the scheduler (the wait after the last one is FEED_S + 0.2)
 
 
 def progress_line(remaining: dict[Any, int], total: dict[Any, int], elapsed: float) -> str:
