@@ -21,12 +21,12 @@ import numpy as np
 from numpy.polynomial import legendre
 
 from remedy_dask.amp.profile.fibermodel import (
-    PROFILE_RADIUS, FiberFit, profile_eval, width_derivative,
+    FINE_STEP, PROFILE_RADIUS, FiberFit, profile_eval, width_derivative,
 )
 from remedy_dask.errors import CalibrationError
 from remedy_dask.numeric.robust import mad_sigma
 
-EVAL_STEP = 0.05  # px, spacing of the stored uniform offset grid
+EVAL_STEP = FINE_STEP  # px, the stored grid: the tables hold the fiber model's nodes exactly
 
 
 @dataclass
