@@ -1,6 +1,6 @@
 """Time the spectral kernels on one simulated amp and check them against the simulator truth.
 
-Times ``measure_profile`` (master of 3 flats), ``extract_optimal`` (a science frame, Poisson
+Times ``fit_trace`` (master of 3 flats: trace and profile), ``extract_optimal`` (a science frame, Poisson
 weights; and the master flat, ``poisson=False``), ``extract_aperture`` and ``rectify``: median
 wall and CPU time of several runs after a warm-up (numba compilation excluded).  Numerical
 libraries run on one thread, as in the pipeline's workers.
@@ -23,8 +23,8 @@ from scipy.special import ndtr  # noqa: E402
 
 from remedy_dask import geometry  # noqa: E402
 from remedy_dask.amp.extract.optimal import extract_aperture, extract_optimal  # noqa: E402
-from remedy_dask.amp.profile.fit import measure_profile  # noqa: E402
 from remedy_dask.amp.rectify import rectify  # noqa: E402
+from remedy_dask.amp.trace.fit import fit_trace  # noqa: E402
 from remedy_dask.sim import SimConfig, find_frame, render_amp_electrons  # noqa: E402
 from remedy_dask.sim.render import dark_image, upsample_scattered  # noqa: E402
 from remedy_dask.sim.scene import make_plan  # noqa: E402
@@ -97,10 +97,9 @@ def main() -> None:
     model, mask = x["model"], x["mask"]
     trace_sci = model.trace + model.trace_shift[0]
     rows = []
-    profile, w, c = timed(
-        lambda: measure_profile(x["flat"], x["flat_var"], mask, model.trace), args.runs
-    )
-    rows.append(("measure_profile (master flat)", w, c,
+    traced, w, c = timed(lambda: fit_trace(x["flat"], x["flat_var"], mask), args.runs)
+    profile = traced.profile
+    rows.append(("fit_trace, trace + profile (master flat)", w, c,
                  f"max |P - P_true| = {profile_error(profile, model):.4f}"))
     ext, w, c = timed(
         lambda: extract_optimal(x["sci"], x["sci_var"], mask, trace_sci, profile), args.runs

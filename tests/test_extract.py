@@ -210,7 +210,7 @@ def test_simulator_truth_one_amp():
     """Flat -> profile -> science extraction on the simulator's 047LL, with its true trace,
     pixel defects and scattered light: fluxes against the electrons each fiber put in."""
     from remedy_dask import geometry
-    from remedy_dask.amp.profile.fit import measure_profile
+    from remedy_dask.amp.trace.fit import fit_trace
     from remedy_dask.sim import SimConfig, find_frame, render_amp_electrons
     from remedy_dask.sim.render import dark_image, upsample_scattered
     from remedy_dask.sim.scene import make_plan
@@ -234,7 +234,7 @@ def test_simulator_truth_one_amp():
     pixmask[:, model.bad_column] = True
     pixmask[model.trap_row - 3 :, model.trap_col] = True
     master = np.mean([f[0] for f in flats], axis=0)
-    profile = measure_profile(master, np.mean([f[1] for f in flats], axis=0) / 3, pixmask, model.trace)
+    profile = fit_trace(master, np.mean([f[1] for f in flats], axis=0) / 3, pixmask).profile
     live = ~model.dead
     for exp in (1, 2):
         img, var, _, rendered = frame("sci", exp)

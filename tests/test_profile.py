@@ -1,4 +1,5 @@
-"""Fiber profile: measured on a synthetic flat whose pixel-integrated profile is known exactly."""
+"""Fiber profile: the extraction's tables, from the trace's fiber model of a synthetic flat whose
+pixel-integrated profile is known exactly."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
+from remedy_dask.amp.profile.fibermodel import (
+    PROFILE_NODES, FiberFit, initial_profile, profile_eval, width_derivative,
+)
+from remedy_dask.amp.profile.model import ProfileModel, profile_from_fiber_fit, tabulate_profile
+from remedy_dask.amp.trace.fit import fit_trace
 from remedy_dask.errors import CalibrationError
-from remedy_dask.amp.profile.fit import measure_profile
-from remedy_dask.amp.profile.model import ProfileModel, bracket, gaussian_profile
 
 N = 1032
 SIGMA_WING, WING_FRACTION = 3.2, 0.10
@@ -32,7 +36,7 @@ def true_pixel_profile(offset, col, fiber):
 def make_trace(rng):
     k = np.arange(112)
     group = np.where(k < 37, 0, np.where(k < 75, 1, 2))
-    base = 25.0 + 8.72 * k + 2 * 8.72 * group + rng.normal(0, 0.2, 112)
+    base = 18.0 + 8.72 * k + 2 * 8.72 * group + rng.normal(0, 0.2, 112)
     x = (np.arange(N) - 515.5) / 515.5
     kk = k[:, None] / 111
     return base[:, None] + (3.0 + 0.8 * kk) * x**2 + 1.0 * x * (kk - 0.5)
@@ -61,8 +65,8 @@ def flat():
     img = render(flux, trace)
     var = (3.0**2 + img) / 3  # master of 3 frames
     noisy = img + rng.normal(0, np.sqrt(var))
-    model = measure_profile(noisy, var, np.zeros((N, N), bool), trace)
-    return model, trace, flux, img
+    traced = fit_trace(noisy, var, np.zeros((N, N), bool))
+    return traced.profile, trace, flux, img
 
 
 def test_profile_matches_truth(flat):
@@ -76,13 +80,24 @@ def test_profile_matches_truth(flat):
     assert worst < 0.0025, worst
 
 
+def test_profile_follows_the_width_variation(flat):
+    """The core width grows by 9% from fiber 3 at column 20 to fiber 108 at column 1010: the
+    tables' peaks follow the true peaks (a single shared profile would miss both by ~4%)."""
+    model, *_ = flat
+    peaks = [(model.evaluate(0.0, c, f), true_pixel_profile(0.0, c, f))
+             for c, f in [(20, 3), (1010, 108)]]
+    assert peaks[0][1] / peaks[1][1] > 1.07  # the truth changes
+    for fitted, true in peaks:
+        assert fitted == pytest.approx(true, rel=0.01)
+
+
 def test_profile_normalised_and_flux_fraction(flat):
     model, *_ = flat
     for tab in model.tables.reshape(-1, model.offsets.size):
         assert np.trapezoid(tab, model.offsets) == pytest.approx(1.0, abs=1e-9)
     # sum over the pixels of a fiber at any sub-pixel phase = 1 (pixel-integrated profile)
     for phase in (0.0, 0.23, 0.5):
-        rows = np.arange(-12, 13) - phase
+        rows = np.arange(-14, 15) - phase
         assert model.evaluate(rows, 400, 30).sum() == pytest.approx(1.0, abs=2e-3)
 
 
@@ -97,73 +112,38 @@ def test_arrays_round_trip(flat):
         ProfileModel.from_arrays(bad)
 
 
-def test_gaussian_profile_is_pixel_integrated():
-    g = gaussian_profile(1.3)
-    d = np.arange(-6, 7) + 0.3
-    expected = 0.5 * (erf((d + 0.5) / (np.sqrt(2) * 1.3)) - erf((d - 0.5) / (np.sqrt(2) * 1.3)))
-    np.testing.assert_allclose(g.evaluate(d, 0, 0), expected, atol=2e-4)
+def test_tables_are_the_fiber_model():
+    """P + w Q on the uniform grid, renormalised: the profile of the trace's fiber model."""
+    table = initial_profile()
+    model = tabulate_profile(table, np.array([[0.0, 0.05]]), np.array([500.0]),
+                             np.array([20.0, 80.0]), 14.0)
+    d = model.offsets
+    expected = [profile_eval(table, d) + w * profile_eval(width_derivative(table), d)
+                for w in (0.0, 0.05)]
+    for g, e in enumerate(expected):
+        np.testing.assert_allclose(model.tables[0, g], e / np.trapezoid(e, d), atol=1e-12)
+    assert model.half_width == PROFILE_NODES[-1]
 
 
-def test_bad_trace_raises():
-    img = np.ones((N, N))
-    trace = np.full((112, N), np.nan)
-    with pytest.raises(CalibrationError):
-        measure_profile(img, img, np.zeros((N, N), bool), trace)
-
-
-def test_statistics_normal_equations_match_pixel_jacobian():
-    """The Gauss-Newton system assembled from the chunk statistics equals J^T W J and
-    J^T W (y - m) of the explicit per-pixel Jacobian (small chunk, two slit groups)."""
-    from remedy_dask.amp.profile import fit as P
-    from remedy_dask.amp.profile import kernels as pk
-
-    rng = np.random.default_rng(4)
-    n_fib, n_rows, ng = 6, 70, 2
-    cols = np.arange(10, 17)
-    trace = 12.0 + 8.9 * np.arange(n_fib)[:, None] + 0.01 * np.arange(30)[None, :]
-    trace += rng.normal(0, 0.2, (n_fib, 1))
-    basis = P._knot_basis(12.0, ng)
-    knots, nk = basis.knots, basis.knots.size
-    setup = P._chunk_setup(trace, cols, basis, n_rows)
-    y = rng.normal(100, 10, (n_rows, cols.size))
-    w = rng.uniform(0.5, 2.0, (n_rows, cols.size)) * (rng.random((n_rows, cols.size)) > 0.05)
-    scale = rng.uniform(0.8, 1.2, cols.size)
-    a = rng.uniform(50, 150, n_fib)
-    p = np.abs(rng.normal(0.1, 0.05, (ng, nk)))
-    gi, gw = bracket(np.array([1.0, 4.0]), np.arange(n_fib, dtype=float))
-    gi, gw = gi.astype(np.int64), gw.astype(float)
-    band = setup.lo_pair.shape[1]
-    g_self, v = np.zeros((n_fib, nk, 2)), np.zeros((n_fib, nk))
-    g_pair = np.zeros((n_fib, band, nk, setup.width))
-    pk.accumulate_stats(y, w, scale, *setup.geometry, setup.lo_pair, g_self, g_pair, v)
-    npar = n_fib + ng * nk
-    lhs, half = np.empty((npar, npar)), np.empty((npar, npar))
-    rhs = pk.normal_equations(g_self, g_pair, setup.lo_pair, setup.span, v, a, p, gi, gw, half, lhs)
-    # explicit Jacobian, pixel by pixel
-    beta = np.zeros((n_fib, ng))
-    beta[np.arange(n_fib), gi] = 1 - gw
-    beta[np.arange(n_fib), gi + 1] += gw
-    jac = np.zeros((n_rows, cols.size, npar))
-    model = np.zeros((n_rows, cols.size))
-    for k in range(n_fib):
-        for ic, c in enumerate(cols):
-            d = np.arange(n_rows) - trace[k, c]
-            inside = np.abs(d) < 12.0
-            i = np.clip(np.searchsorted(knots, d, side="right") - 1, 0, nk - 2)
-            f = (d - knots[i]) / (knots[i + 1] - knots[i])
-            basis_k = np.zeros((n_rows, nk))
-            basis_k[np.arange(n_rows), i] = 1 - f
-            basis_k[np.arange(n_rows), i + 1] += f
-            basis_k[~inside] = 0.0
-            prof = basis_k @ (beta[k] @ p)
-            model[:, ic] += scale[ic] * a[k] * prof
-            jac[:, ic, k] = scale[ic] * prof
-            for g in range(ng):
-                knot_cols = slice(n_fib + g * nk, n_fib + (g + 1) * nk)
-                jac[:, ic, knot_cols] += scale[ic] * a[k] * beta[k, g] * basis_k
-    jw = jac * w[..., None]
-    expected_lhs = np.einsum("rcp,rcq->pq", jw, jac)
-    expected_rhs = np.einsum("rcp,rc->p", jw, y - model)
-    scale_lhs = np.abs(expected_lhs).max()
-    np.testing.assert_allclose(lhs, expected_lhs, rtol=1e-10, atol=1e-10 * scale_lhs)
-    np.testing.assert_allclose(rhs, expected_rhs, rtol=1e-9, atol=1e-9 * np.abs(expected_rhs).max())
+def test_width_surface_and_too_few_fibers():
+    """The width ratios of the chunk fits are smoothed into a surface of column and fiber (a
+    ratio linear in both comes back exactly, one wild chunk is clipped); without enough
+    usable fibers the profile cannot be measured."""
+    rng = np.random.default_rng(1)
+    centres = np.arange(43) * 24 + 11.5
+    amp = rng.uniform(900, 1100, (43, 112))
+    true_ratio = 0.03 * (centres[:, None] / 1031) - 0.02 * (np.arange(112)[None, :] / 111)
+    width = amp * true_ratio
+    width[5, 7] = amp[5, 7] * 3.0  # a chunk fit gone wild
+    fit = FiberFit(amp=amp, width=width, coeff=np.zeros((1, 1)), chunk_background=np.zeros(1))
+    table = initial_profile()
+    model = profile_from_fiber_fit(table, fit, np.ones(112, bool), centres, 1032)
+    cc, gc = model.chunk_centers, model.group_centers
+    expected = tabulate_profile(table, 0.03 * cc[:, None] / 1031 - 0.02 * gc[None, :] / 111,
+                                cc, gc, 14.0)
+    np.testing.assert_allclose(model.tables, expected.tables, atol=1e-9)
+    live = np.zeros(112, bool)
+    live[:3] = True
+    with pytest.raises(CalibrationError, match="too few fiber amplitudes"):
+        profile_from_fiber_fit(table, FiberFit(amp[:3], width[:3], fit.coeff, fit.chunk_background),
+                               live, centres[:3], 1032)

@@ -167,7 +167,7 @@ def test_simulator_truth_one_ifu():
     from remedy_dask import geometry
     from remedy_dask.amp.extract.optimal import extract_optimal
     from remedy_dask.exposure.fiberflat import fiber_to_fiber
-    from remedy_dask.amp.profile.fit import measure_profile
+    from remedy_dask.amp.trace.fit import fit_trace
     from remedy_dask.amp.rectify import rectify
     from remedy_dask.sim import SimConfig, find_frame, render_amp_electrons
     from remedy_dask.sim.render import dark_image, upsample_scattered
@@ -200,7 +200,7 @@ def test_simulator_truth_one_ifu():
         pixmask = pixmask.reshape(n, n)
         pixmask[:, model.bad_column] = True
         pixmask[model.trap_row - 3 :, model.trap_col] = True
-        profile = measure_profile(flat, flat_var, pixmask, model.trace)
+        profile = fit_trace(flat, flat_var, pixmask).profile
         _, _, t_img, t_var, _ = master("twi", amp)  # summed: Poisson extraction applies
         ext = extract_optimal(t_img, t_var, pixmask, model.trace, profile)
         twi.append(rectify(ext.spectrum, ext.error, ext.mask, model.wavelength()))

@@ -313,7 +313,7 @@ def test_simulator_shift_over_amp_exposures():
     calibration wavelengths (~70 s)."""
     from remedy_dask.amp.ccd import basic_reduce
     from remedy_dask.amp.extract.optimal import extract_optimal
-    from remedy_dask.amp.profile.fit import measure_profile
+    from remedy_dask.amp.trace.fit import fit_trace
     from remedy_dask.amp.scatter import scattered_light
     from remedy_dask.sim.config import SimConfig
     from remedy_dask.sim.inmemory import render_amp_electrons
@@ -331,7 +331,7 @@ def test_simulator_shift_over_amp_exposures():
         mask = np.zeros(flat.shape, bool)
         mask[:, model.bad_column] = True
         flat = flat - scattered_light(flat, model.trace, mask)
-        profile = measure_profile(flat, np.maximum(flat, 0.0) + 9.0, mask, model.trace)
+        profile = fit_trace(flat, np.maximum(flat, 0.0) + 9.0, mask).profile
         for i in range(plan.n_sci):
             _, raw, hdr, model, _ = render_amp_electrons(47, amp, "sci", i + 1, plan=plan)
             image, var, _ = basic_reduce(raw, amp, hdr["AMPNAME"], hdr["GAIN"], hdr["RDNOISE"])

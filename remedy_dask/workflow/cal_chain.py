@@ -161,7 +161,6 @@ def cal_flat(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig,
              fiber_loc_dir: Path | None) -> AmpWork:
     from remedy_dask.amp.extract.optimal import extract_optimal
     from remedy_dask.amp.masters import pixel_mask
-    from remedy_dask.amp.profile.fit import measure_profile
     from remedy_dask.amp.scatter import scattered_light
     from remedy_dask.amp.trace.fit import fit_trace
 
@@ -187,9 +186,8 @@ def cal_flat(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig,
             work.inputs.append(Path(path).name)
     tr = fit_trace(flat, flat_var, mask, n_fibers=geometry.N_FIBERS_AMP, reference_y=ref_y, dead=dead)
     flat = flat - scattered_light(flat, tr.trace, mask)
-    profile = measure_profile(flat, flat_var, mask, tr.trace)
-    ex = extract_optimal(flat, flat_var, mask, tr.trace, profile, poisson=False)
-    work.data.update(pixel_mask=mask, trace=tr.trace, dead=tr.dead, profile=profile,
+    ex = extract_optimal(flat, flat_var, mask, tr.trace, tr.profile, poisson=False)
+    work.data.update(pixel_mask=mask, trace=tr.trace, dead=tr.dead, profile=tr.profile,
                      flat_spectra=ex.spectrum)
     work.qa.update(_prefixed("trace", tr.qa))
     work.qa.update({f"mask_{k}": v for k, v in mask_stats.items() if np.isscalar(v)})

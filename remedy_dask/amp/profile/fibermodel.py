@@ -131,10 +131,10 @@ def chunk_positions(trace: np.ndarray, n_chunks: int) -> np.ndarray:
     return trace[:, :width * n_chunks].reshape(trace.shape[0], n_chunks, width).mean(-1).T
 
 
-_FINE_STEP = 0.05  # px: every PROFILE_NODES spacing is a multiple of it
-_FINE_GRID = np.arange(int(round(PROFILE_RADIUS / _FINE_STEP)) + 1) * _FINE_STEP
+FINE_STEP = 0.05  # px: every PROFILE_NODES spacing is a multiple of it (also the stored grid)
+_FINE_GRID = np.arange(int(round(PROFILE_RADIUS / FINE_STEP)) + 1) * FINE_STEP
 # index of the PROFILE_NODES interval holding every fine cell
-_FINE_NODE = np.clip(np.searchsorted(PROFILE_NODES, _FINE_GRID + 0.5 * _FINE_STEP, side="right")
+_FINE_NODE = np.clip(np.searchsorted(PROFILE_NODES, _FINE_GRID + 0.5 * FINE_STEP, side="right")
                      - 1, 0, PROFILE_NODES.size - 2)
 
 
@@ -143,7 +143,7 @@ def profile_eval(table: np.ndarray, r: np.ndarray) -> np.ndarray:
     Evaluated through a uniform 0.05 px table (same values: the nodes lie on that grid)."""
     fine = np.interp(_FINE_GRID, PROFILE_NODES[:table.size], table, right=0.0)
     fine = np.r_[fine, 0.0]
-    x = np.abs(r) * (1.0 / _FINE_STEP)
+    x = np.abs(r) * (1.0 / FINE_STEP)
     i = np.minimum(x.astype(np.intp), _FINE_GRID.size - 1)
     frac = x - i
     out = fine[i] * (1.0 - frac) + fine[i + 1] * frac
@@ -158,7 +158,7 @@ def profile_integral(table: np.ndarray) -> float:
 def _hat_weights(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lower node index and fractional weight of the upper node for |r| on PROFILE_NODES."""
     x = np.abs(r)
-    i = _FINE_NODE[np.minimum((x * (1.0 / _FINE_STEP)).astype(np.intp), _FINE_NODE.size - 1)]
+    i = _FINE_NODE[np.minimum((x * (1.0 / FINE_STEP)).astype(np.intp), _FINE_NODE.size - 1)]
     i = i + (x >= PROFILE_NODES[i + 1]) * (i < PROFILE_NODES.size - 2)  # rounding at a node
     frac = (x - PROFILE_NODES[i]) / (PROFILE_NODES[i + 1] - PROFILE_NODES[i])
     return i, frac

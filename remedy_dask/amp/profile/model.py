@@ -1,25 +1,32 @@
-"""Empirical cross-dispersion fiber profile measured on the master flat.
+"""The cross-dispersion fiber profile used by the extraction, from the trace's fiber model.
 
 The model is the *pixel-integrated* profile ``P(d)``: the fraction of a fiber's electrons at one
 column that fall in the pixel whose centre is ``d`` rows from the trace.  Because it is already
 integrated over the pixel, ``sum_n P(n - t) = 1`` for any trace position ``t``: the amplitude
 fitted with it is the *total* flux of the fiber at that column, wings included.
 
-``P`` is tabulated on a uniform fine offset grid for a few column chunks and a few fiber groups
-(slit positions); in between it is interpolated linearly in column and in fiber index.  The flat
-oversamples ``P`` because the 112 fibers sit at different sub-pixel phases and the traces curve.
-
+It is measured once, by the trace's joint fiber + background model of the master flat
+(:mod:`remedy_dask.amp.profile.fibermodel`: one shared symmetric profile, wings included, and a
+width term per fiber and column chunk), and tabulated here (:func:`profile_from_fiber_fit`) on a
+uniform fine offset grid for a few column chunks and slit groups; in between it is interpolated
+linearly in column and in fiber index (:class:`ProfileModel`, what the calibration file stores).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
+from numpy.polynomial import legendre
 
+from remedy_dask.amp.profile.fibermodel import (
+    FINE_STEP, PROFILE_RADIUS, FiberFit, profile_eval, width_derivative,
+)
 from remedy_dask.errors import CalibrationError
+from remedy_dask.numeric.robust import mad_sigma
 
-EVAL_STEP = 0.05  # px, spacing of the stored uniform offset grid
+EVAL_STEP = FINE_STEP  # px, the stored grid: the tables hold the fiber model's nodes exactly
 
 
 @dataclass
@@ -127,28 +134,72 @@ def padded(model: ProfileModel) -> ProfileModel:
     return ProfileModel(model.offsets, tab, cc, gc)
 
 
-def gaussian_profile(
-    sigma: float = 1.4,
-    half_width: float = 12.0,
-    n_cols: int = 1032,
-    n_fibers: int = 112,
-) -> ProfileModel:
-    """A pixel-integrated Gaussian profile (one chunk, one group): the starting model."""
-    from scipy.special import erf
-
-    offsets = uniform_grid(half_width)
-    s = np.sqrt(2.0) * sigma
-    table = 0.5 * (erf((offsets + 0.5) / s) - erf((offsets - 0.5) / s))
-    table[[0, -1]] = 0.0
-    table /= np.trapezoid(table, offsets)
-    return ProfileModel(
-        offsets=offsets,
-        tables=table[None, None, :],
-        chunk_centers=np.array([(n_cols - 1) / 2.0]),
-        group_centers=np.array([(n_fibers - 1) / 2.0]),
-    )
-
-
 def uniform_grid(half_width: float) -> np.ndarray:
     n = int(round(half_width / EVAL_STEP))
     return np.linspace(-n * EVAL_STEP, n * EVAL_STEP, 2 * n + 1)
+
+
+
+def profile_from_fiber_fit(table: np.ndarray, fibers: FiberFit, live: np.ndarray,
+                           centres: np.ndarray, n_cols: int, *, n_chunks: int = 12,
+                           n_groups: int = 5, degree: int = 2) -> ProfileModel:
+    """The extraction's tables from the trace's joint fiber model of a flat (``fibermodel``):
+    its shared symmetric profile ``table`` widened by the width term P + w Q, with the
+    relative width w(column, fiber) = width / amplitude of the chunk fits ``fibers`` (at the
+    chunk ``centres``) smoothed by a robust Legendre surface of ``degree`` in column and fiber
+    index, tabulated at ``n_chunks`` column chunks x ``n_groups`` slit groups on +-PROFILE_RADIUS.
+    """
+    n_fib = live.size
+    use = live[None, :] & (fibers.amp > 0.05 * np.median(fibers.amp[:, live]))
+    if use.sum() < 4 * (degree + 1) ** 2:
+        raise CalibrationError("profile: too few fiber amplitudes to measure the width variation")
+    ratio = fibers.width[use] / fibers.amp[use]
+    chunk_of, fiber_of = np.nonzero(use)
+    surface = _robust_surface(centres[chunk_of] / (n_cols - 1), fiber_of / max(n_fib - 1, 1),
+                              ratio, degree)
+    edges = np.linspace(0, n_cols, n_chunks + 1).round().astype(int)
+    chunk_centers = 0.5 * (edges[:-1] + edges[1:] - 1)
+    group_edges = np.linspace(0, n_fib, n_groups + 1)
+    group_centers = 0.5 * (group_edges[:-1] + group_edges[1:] - 1)
+    cc, gc = np.meshgrid(chunk_centers / (n_cols - 1), group_centers / max(n_fib - 1, 1),
+                         indexing="ij")
+    width = surface(cc.ravel(), gc.ravel()).reshape(cc.shape)
+    return tabulate_profile(table, width, chunk_centers, group_centers, PROFILE_RADIUS)
+
+
+def _robust_surface(x: np.ndarray, y: np.ndarray, values: np.ndarray, degree: int,
+                    clip: float = 4.0, n_iter: int = 4) -> Callable[[np.ndarray, np.ndarray],
+                                                                     np.ndarray]:
+    """Legendre surface of ``degree`` in x and y (both in [0, 1]) fitted to ``values`` with
+    iterative ``clip`` x robust-sigma rejection; returns its evaluator."""
+    def design(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        vx = legendre.legvander(2.0 * x - 1.0, degree)
+        vy = legendre.legvander(2.0 * y - 1.0, degree)
+        return (vx[:, :, None] * vy[:, None, :]).reshape(x.size, -1)
+
+    a = design(x, y)
+    keep = np.isfinite(values)
+    coef = np.zeros(a.shape[1])
+    for _ in range(n_iter):
+        coef = np.linalg.lstsq(a[keep], values[keep], rcond=None)[0]
+        res = values - a @ coef
+        keep = np.isfinite(values) & (np.abs(res) <= clip * mad_sigma(res[keep], 0.0) + 1e-12)
+    return lambda x_, y_: design(x_, y_) @ coef
+
+
+def tabulate_profile(table: np.ndarray, width_ratio: np.ndarray, chunk_centers: np.ndarray,
+                     group_centers: np.ndarray, half_width: float) -> ProfileModel:
+    """The trace's fiber model as extraction tables: the shared symmetric profile ``table`` (on
+    ``fibermodel.PROFILE_NODES``) widened by its width term, P + w Q, with ``width_ratio``
+    (n_chunks, n_groups) the width amplitude over the fiber amplitude at each chunk and group;
+    every table renormalised to unit integral on the uniform grid of +-``half_width`` px."""
+    offsets = uniform_grid(half_width)
+    p, q = profile_eval(table, offsets), profile_eval(width_derivative(table), offsets)
+    tables = p + np.asarray(width_ratio, float)[..., None] * q
+    norm = np.trapezoid(tables, offsets, axis=-1)
+    if not np.all(norm > 0):
+        raise CalibrationError("profile: a tabulated profile has no flux")
+    model = ProfileModel(offsets, tables / norm[..., None], np.asarray(chunk_centers, float),
+                         np.asarray(group_centers, float))
+    model.validate()
+    return model

@@ -13,7 +13,8 @@ Method (``fit_trace``), on a master flat:
 4. Measure an empirical, symmetric, oversampled profile (wings included) jointly with a smooth
    background, and remove the neighbours' wings and the background from each fiber's window
    before re-centroiding (deblending): the one-sided wings of group-edge fibers would otherwise
-   bias them by ~0.01 px.
+   bias them by ~0.01 px.  The same fiber model, refitted at the final trace, gives the
+   extraction's profile (:func:`remedy_dask.amp.profile.model.profile_from_fiber_fit`).
 5. Fit each fiber along the columns with a robust Legendre polynomial; the orders >= 2 are
    regularised across fibers (smooth in fiber row), each fiber keeps its own offset and slope.
 
@@ -37,6 +38,7 @@ from remedy_dask.amp.profile.fibermodel import (
     BackgroundBasis,
     FiberFit,
     FiberWindows,
+    chunk_positions,
     chunk_profiles,
     fit_amplitudes_and_background,
     fit_profile_and_background,
@@ -46,6 +48,7 @@ from remedy_dask.amp.profile.fibermodel import (
     width_derivative,
     window_image,
 )
+from remedy_dask.amp.profile.model import ProfileModel, profile_from_fiber_fit
 from remedy_dask.amp.trace.assign import (
     GAP_PITCHES, SLIT_GROUPS, assign_by_pattern, assign_by_reference, find_peaks,
     windowed_centroid,
@@ -58,14 +61,16 @@ from remedy_dask.numeric.robust import MAD_TO_SIGMA, nan_mad_sigma
 @dataclass
 class TraceResult:
     """Trace of one amp: ``trace`` (n_fibers, n_cols) rows, ``dead`` (n_fibers,), ``rms`` (px),
-    ``profile``: the empirical mean cross-dispersion profile at |r| = ``scatter.PROFILE_NODES``
-    (unit integral, wings included) used for deblending (QA / diagnostics)."""
+    ``profile``: the fiber profile of the extraction, tabulated from the fiber model that
+    deblended the trace; ``table``: that model's shared profile at |r| = ``PROFILE_NODES``
+    (unit integral, wings included)."""
 
     trace: np.ndarray
     dead: np.ndarray
     rms: np.ndarray
+    profile: ProfileModel
+    table: np.ndarray
     qa: dict[str, Any] = field(default_factory=dict)
-    profile: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,8 +278,8 @@ def fit_trace(master_flat: np.ndarray, variance: np.ndarray | None = None,
         raise CalibrationError(f"only {live.sum()} of {n_fibers} fibers carry light on the flat")
 
     before = pos.copy()
-    pos, ok, table, sigma_w = _refine_positions(profiles, centres, n_cols, pos, ok, live, sigma_w,
-                                                n_profile, n_deblend, relax)
+    pos, ok, table, sigma_w, basis = _refine_positions(profiles, centres, n_cols, pos, ok, live,
+                                                       sigma_w, n_profile, n_deblend, relax)
     deblend_shift = np.abs(pos - before)[ok]
 
     coef, rms, weight = fit_along_columns(pos, ok, centres, n_cols, degree, pos[jc], live)
@@ -282,6 +287,10 @@ def fit_trace(master_flat: np.ndarray, variance: np.ndarray | None = None,
     trace = coef @ legendre.legvander(2.0 * np.arange(n_cols) / (n_cols - 1) - 1.0, degree).T
     if not np.all(np.isfinite(trace)) or trace.min() < 0 or trace.max() > n_rows - 1:
         raise CalibrationError("trace fit failed: non-finite or off-chip fiber positions")
+    # the width terms at the final trace, with the final profile: the extraction's tables
+    fibers = fit_amplitudes_and_background(profiles, chunk_positions(trace, n_chunks), table,
+                                           centres, n_cols, basis)
+    profile = profile_from_fiber_fit(table, fibers, live, centres, n_cols)
     dead_out = ~live
     rms = np.where(live, rms, np.nan)
     qa.update(n_chunks=n_chunks, degree=degree, sigma_window=sigma_w,
@@ -290,7 +299,7 @@ def fit_trace(master_flat: np.ndarray, variance: np.ndarray | None = None,
               rms_median=float(np.nanmedian(rms)), rms_max=float(np.nanmax(rms)),
               rejected_chunk_fraction=float(1.0 - weight[:, live].mean()),
               deblend_shift_max=float(deblend_shift.max()) if deblend_shift.size else 0.0)
-    return TraceResult(trace=trace, dead=dead_out, rms=rms, qa=qa, profile=table)
+    return TraceResult(trace=trace, dead=dead_out, rms=rms, profile=profile, table=table, qa=qa)
 
 
 def _assign(peaks: np.ndarray, n_fibers: int, reference_y: np.ndarray | None,
@@ -310,10 +319,11 @@ def _assign(peaks: np.ndarray, n_fibers: int, reference_y: np.ndarray | None,
 def _refine_positions(profiles: np.ndarray, centres: np.ndarray, n_cols: int, pos: np.ndarray,
                       ok: np.ndarray, live: np.ndarray, sigma_w: float, n_profile: int,
                       n_deblend: int, relax: float
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, BackgroundBasis]:
     """Empirical profile + background + amplitudes, alternated with deblended centroids; the
     profile update is over-relaxed (the wing/background trade-off converges slowly otherwise).
-    Returns positions, their validity, the profile table and the centroid window sigma."""
+    Returns positions, their validity, the profile table, the centroid window sigma and the
+    background basis of the chunk cross-sections."""
     table = initial_profile()
     basis = BackgroundBasis.build(profiles, centres, n_cols)
     fibers = fit_amplitudes_and_background(profiles, pos, table, centres, n_cols, basis)
@@ -333,7 +343,7 @@ def _refine_positions(profiles: np.ndarray, centres: np.ndarray, n_cols: int, po
             if not last:
                 fibers = fit_amplitudes_and_background(profiles, pos, table, centres, n_cols,
                                                        basis)
-    return pos, ok, table, sigma_w
+    return pos, ok, table, sigma_w, basis
 
 
 def _place_dead(coef: np.ndarray, live: np.ndarray, pred: np.ndarray, x_centre: float, n_cols: int,
