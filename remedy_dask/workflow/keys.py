@@ -6,7 +6,8 @@
 * exposure sky (``expNN/sky``): the keys of its amp-exposures in order, their calibration
   digests (fiber-to-fiber, dead fibers), the fplane and IFUcen contents (fiber positions), the
   whole configuration (dither pattern, sky parameters) and the digest of the code of the amp
-  chain and the exposure fan-in (:data:`SKY_CODE`).
+  chain and the exposure fan-in (:data:`SKY_CODE`); with amps left out at run time, also their
+  names (:func:`sky_without`).
 
 A change to the observation stage's code (astrometry, PSF, flux calibration, ...) therefore
 keeps every checkpoint, while a change to a kernel of the amp chain recomputes them all.
@@ -28,7 +29,8 @@ from remedy_dask.io.digest import code_digest, config_digest, file_digest, frame
 
 # the package's sources each stored stage runs (folders and modules, relative to the package)
 AMP_CODE = ("amp", "numeric", "io", "geometry.py", "config.py", "errors.py", "exposure/fiberflat.py",
-            "workflow/amp_chain.py", "workflow/frames.py", "workflow/keys.py", "workflow/nodes.py")
+            "workflow/amp_chain.py", "workflow/amp_graph.py", "workflow/faults.py",
+            "workflow/frames.py", "workflow/keys.py", "workflow/nodes.py")
 SKY_CODE = AMP_CODE + ("exposure", "workflow/exposure.py")
 
 
@@ -65,9 +67,22 @@ class CheckpointKeys:
             frame_identity(pref) if pref is not None else None,
             self.cal.get(partner) if pref is not None else None, self.config, self.amp_code)
 
+    def amp_alone(self, plan: Any, exp: int, key: str) -> str:
+        """Key of the amp-exposure measured without the other amp of its CCD because that
+        amp's chain was lost with its worker (``amp_graph.alone_chain``): never the key a run
+        looks for, so a rerun recomputes it pooled, as a clean run does."""
+        return store.input_key("amp without its lost partner", self.amp(plan, exp, key))
+
     def sky(self, plan: Any, exp: int) -> str:
         """Key of the sky-subtracted exposure ``exp``."""
         amps = [(k, self.amp(plan, exp, k), self.cal[k]) for k in plan.cal_keys
                 if (exp, k) in plan.refs]
         return store.input_key("sky", exp, amps, self.fplane, self.ifucen, self.config,
                                self.sky_code)
+
+
+def sky_without(key: str, failed: list[str]) -> str:
+    """Key of a sky-subtracted exposure computed without the amps ``failed`` (left out while
+    the run went on): a rerun in which they are reduced recomputes the sky, one in which the
+    same amps fail again reuses it."""
+    return store.input_key("sky", key, sorted(failed)) if failed else key
