@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from remedy_dask import geometry
-from remedy_dask.config import PipelineConfig, check_dither
+from remedy_dask.config import check_dither
 from remedy_dask.errors import RemedyError
 from remedy_dask.io import calfile, store
 from remedy_dask.io.raw import FrameRef, RawArchive
