@@ -6,8 +6,7 @@ import ast
 from pathlib import Path
 
 import remedy_dask
-from remedy_dask.io.digest import code_digest
-from remedy_dask.workflow.keys import AMP_CODE, SKY_CODE
+from remedy_dask.io.digest import AMP_CODE, SKY_CODE, code_digest
 
 ROOT = Path(remedy_dask.__file__).parent
 

@@ -2,11 +2,11 @@
 
 * amp-exposure (``expNN/{IFUSLOT}{AMP}``): its raw frame's identity, its amp's calibration
   digest, the same two of the other amp of its CCD (their wavelength shifts are pooled), the
-  whole configuration and the digest of the code the amp chain runs (:data:`AMP_CODE`);
+  whole configuration and the digest of the code the amp chain runs (``io.digest.AMP_CODE``);
 * exposure sky (``expNN/sky``): the keys of its amp-exposures in order, their calibration
   digests (fiber-to-fiber, dead fibers), the fplane and IFUcen contents (fiber positions), the
   whole configuration (dither pattern, sky parameters) and the digest of the code of the amp
-  chain and the exposure fan-in (:data:`SKY_CODE`); with amps left out at run time, also their
+  chain and the exposure fan-in (``io.digest.SKY_CODE``); with amps left out at run time, also their
   names (:func:`sky_without`).
 
 A change to the observation stage's code (astrometry, PSF, flux calibration, ...) therefore
@@ -24,14 +24,9 @@ from typing import Any
 
 from remedy_dask import geometry
 from remedy_dask.io import calfile, store
-from remedy_dask.io.digest import code_digest, config_digest, file_digest, frame_identity
-
-
-# the package's sources each stored stage runs (folders and modules, relative to the package)
-AMP_CODE = ("amp", "numeric", "io", "geometry.py", "config.py", "errors.py", "exposure/fiberflat.py",
-            "workflow/amp_chain.py", "workflow/amp_graph.py", "workflow/faults.py",
-            "workflow/frames.py", "workflow/keys.py", "workflow/nodes.py")
-SKY_CODE = AMP_CODE + ("exposure", "workflow/exposure.py")
+from remedy_dask.io.digest import (
+    AMP_CODE, SKY_CODE, code_digest, config_digest, file_digest, frame_identity,
+)
 
 
 @dataclass(frozen=True)
