@@ -36,7 +36,8 @@ def chain_keys(plan: Any, exp: int) -> list[str]:
 def lost_summary(exp: int, key: str, exc: Any) -> dict[str, Any]:
     """The summary of an amp-exposure left out because its worker died (``exc``: the
     ``KilledWorker``)."""
-    reason = (f"worker died: {exc.allowed_failures + 1} worker processes died running "
+    n = exc.allowed_failures + 1
+    reason = (f"worker died: {n} worker process{'es' if n > 1 else ''} died running "
               f"{exc.task} (out of memory, or a crash in compiled code)")
     log.error("amp %s exp%02d left out: %s", key, exp, reason)
     return {"key": key, "exp": exp, "failed": reason, "notes": []}
