@@ -21,17 +21,19 @@ from remedy_dask.workflow import amp_chain
 from remedy_dask.workflow.keys import CheckpointKeys
 
 ALONE = "alone"  # task-name mark of a chain rerun without the other amp of its CCD
+RETRY = "retry"  # task-name mark of the second attempt at chains lost with a worker
 
 
 def build_amp_graph(plan: Any, cal_path: Path, work_root: Path, config: PipelineConfig,
-                    keys: CheckpointKeys) -> tuple[dict[int, list[Any]], int]:
+                    keys: CheckpointKeys, attempt: str = "") -> tuple[dict[int, list[Any]], int]:
     """Delayed chains per exposure; returns ({exp: [summaries]}, number of chains skipped).
 
     Each chain measures its wavelength shift (``wave-shift``, a small result) and applies it
     pooled with the other amp of its CCD (``ccd-shift``); a partner already checkpointed
     contributes its stored measurement.  Each exposure lists its amps in the plan's order,
-    resumed or not (the exposure fan-in concatenates them in that order)."""
-    rc, tag = config.reduction, plan.tag
+    resumed or not (the exposure fan-in concatenates them in that order).  ``attempt`` marks
+    the task names of a second attempt in the same cluster (:func:`chain_tag`)."""
+    rc, tag = config.reduction, chain_tag(plan, attempt)
     chains: dict[tuple[int, str], Any] = {}  # in plan order: a summary (resumed) or a delayed one
     pending: dict[tuple[int, str], tuple[Any, Any, Any, str]] = {}  # (ax, shift, cal, ikey)
     resumed: set[tuple[int, str]] = set()
@@ -72,12 +74,17 @@ def alone_chain(plan: Any, cal_path: Path, work_root: Path, config: PipelineConf
     for an amp whose CCD partner's chain was lost with its worker: task names of its own
     (``...-alone-...``), and a checkpoint key of its own (``CheckpointKeys.amp_alone``), so
     that a rerun recomputes it pooled with the partner, as a clean run does."""
-    tag = f"{ALONE}-{plan.tag}"
+    tag = chain_tag(plan, ALONE)
     cal = _load_cal(cal_path, key, tag)
     ax, measured = _chain_head(plan.refs[(exp, key)], cal, exp, config.reduction,
                                _chain_node(key, exp, tag))
     return _chain_tail(ax, measured, None, cal, config.reduction, work_root,
                        keys.amp_alone(plan, exp, key), _chain_node(key, exp, tag))
+
+
+def chain_tag(plan: Any, attempt: str = "") -> str:
+    """The tag ending the chains' task names: the observation's, after ``attempt`` if any."""
+    return f"{attempt}-{plan.tag}" if attempt else plan.tag
 
 
 def chain_task_of(task: str, exp: int, key: str, tag: str) -> bool:

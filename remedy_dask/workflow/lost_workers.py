@@ -2,18 +2,24 @@
 amp-exposure.
 
 When a worker process dies (killed for memory, a crash in compiled code), its nanny starts a
-new one and the scheduler reruns the tasks that were running on it; once
-``distributed.scheduler.allowed-failures`` + 1 workers (4 by default) have died running the
-same task, that task errs with ``KilledWorker``, and so does every task that depends on it.
-The ends of the amp chains are therefore computed first, each as its own future, and the rest
-of the observation's graph is built on their summaries:
+new one and the scheduler reruns the tasks that were assigned to it; once
+``distributed.scheduler.allowed-failures`` + 1 workers (4 by default) have died while a task
+was assigned to them, that task errs with ``KilledWorker``, and so does every task that
+depends on it.  A task merely queued on the dying workers beside the culprit counts too.  The
+ends of the amp chains are therefore computed first, each as its own future, and the rest of
+the observation's graph is built on their summaries:
 
-* a chain whose own task (or its amp's calibration read) killed the workers is left out, with
-  ``worker died: ...`` in the product's flags (exit status 3);
-* a chain that failed only because it waited for the other amp of its CCD (the pooled
-  wavelength shift) is run again alone (``amp_graph.alone_chain``), under a checkpoint key of
-  its own, so that a rerun pools it again;
-* any other exception fails its observation, as it would have failed the whole graph.
+1. every chain;
+2. the chains lost in 1 (their own task or their amp's calibration read) or waiting for a lost
+   one (the other amp of their CCD: the pooled wavelength shift), rebuilt as a rerun would
+   build them (``build_amp_graph``: partners finished in 1 give their stored shift), under
+   fresh task names: fewer tasks run at once, so a chain lost to memory pressure or queued
+   beside the culprit usually succeeds, with the clean run's result;
+3. the chains whose CCD partner was lost again, alone (``amp_graph.alone_chain``: unpooled,
+   under a checkpoint key of their own, so that a rerun pools them).
+
+A chain lost in 2 or 3 is left out with ``worker died: ...`` in the product's flags (exit
+status 3); any other exception fails its observation, as it would have failed the whole graph.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from remedy_dask.workflow.amp_graph import chain_task_of
+from remedy_dask.workflow.amp_graph import ALONE, RETRY, chain_tag, chain_task_of
 
 log = logging.getLogger(__name__)
 
@@ -50,32 +56,60 @@ def compute_chains(client: Any, reductions: list[Any]
     exception that fails it."""
     done: list[dict[tuple[int, str], dict[str, Any]]] = [{} for _ in reductions]
     errors: dict[int, BaseException] = {}
-    jobs: dict[Chain, Any] = {}
-    for i, red in enumerate(reductions):
-        for exp, items in red.chains.items():
-            for key, item in zip(chain_keys(red.plan, exp), items):
-                if isinstance(item, dict):  # resumed from its checkpoint
-                    done[i][(exp, key)] = item
-                else:
-                    jobs[(i, exp, key)] = item
-    retry = _run(client, jobs, done, errors, reductions, alone=False)
-    if retry:
-        log.warning("%d amp-exposure(s) lost the other amp of their CCD with its worker: "
-                    "measured alone", len(retry))
-        _run(client, {c: reductions[c[0]].alone(c[1], c[2]) for c in retry if c[0] not in errors},
-             done, errors, reductions, alone=True)
+    jobs = _jobs([red.chains for red in reductions], reductions, done, None)
+    lost, waiting = _run(client, jobs, done, errors, reductions, "")
+    if lost or waiting:
+        log.warning("%d amp-exposure chain(s) lost with their workers, %d waiting for them: "
+                    "tried again", len(lost), len(waiting))
+        again = {c for c, _ in lost if c[0] not in errors} | {c for c in waiting
+                                                               if c[0] not in errors}
+        rebuilt = [red.rebuild(RETRY) if any(c[0] == i for c in again) else {}
+                   for i, red in enumerate(reductions)]
+        lost, waiting = _run(client, _jobs(rebuilt, reductions, done, again), done, errors,
+                             reductions, RETRY)
+        _flag(lost, done)
+    if waiting:
+        log.warning("%d amp-exposure(s) lost the other amp of their CCD: measured alone",
+                    len(waiting))
+        alone = {c: reductions[c[0]].alone(c[1], c[2]) for c in waiting if c[0] not in errors}
+        lost, _ = _run(client, alone, done, errors, reductions, ALONE)
+        _flag(lost, done)
     return [errors[i] if i in errors else
             {exp: [done[i][(exp, k)] for k in chain_keys(red.plan, exp)]
              for exp in red.plan.exposures}
             for i, red in enumerate(reductions)]
 
 
+def _jobs(chains: list[dict[int, list[Any]]], reductions: list[Any],
+          done: list[dict[tuple[int, str], Any]], only: set[Chain] | None) -> dict[Chain, Any]:
+    """The delayed chains to run (those of ``only``, if given); summaries of chains resumed
+    from their checkpoints go straight into ``done``."""
+    jobs = {}
+    for i, (red, per_exp) in enumerate(zip(reductions, chains)):
+        for exp, items in per_exp.items():
+            for key, item in zip(chain_keys(red.plan, exp), items):
+                if only is not None and (i, exp, key) not in only:
+                    continue
+                if isinstance(item, dict):
+                    done[i][(exp, key)] = item
+                else:
+                    jobs[(i, exp, key)] = item
+    return jobs
+
+
+def _flag(lost: list[tuple[Chain, Any]], done: list[dict[tuple[int, str], Any]]) -> None:
+    for (i, exp, key), exc in lost:
+        done[i][(exp, key)] = lost_summary(exp, key, exc)
+
+
 def _run(client: Any, jobs: dict[Chain, Any], done: list[dict[tuple[int, str], Any]],
-         errors: dict[int, BaseException], reductions: list[Any], alone: bool) -> list[Chain]:
-    """Compute ``jobs``, wait for every one, sort the outcomes into ``done`` and ``errors``;
-    returns the chains that failed only because their CCD partner's chain was lost."""
+         errors: dict[int, BaseException], reductions: list[Any], attempt: str
+         ) -> tuple[list[tuple[Chain, Any]], list[Chain]]:
+    """Compute ``jobs`` (task names marked ``attempt``), wait for every one, put results in
+    ``done`` and other exceptions in ``errors``; returns the chains lost by their own task
+    (with the ``KilledWorker``) and those lost only with their CCD partner's."""
     if not jobs:
-        return []
+        return [], []
     from distributed import wait
     from distributed.scheduler import KilledWorker
 
@@ -84,7 +118,7 @@ def _run(client: Any, jobs: dict[Chain, Any], done: list[dict[tuple[int, str], A
     futures = dict(zip(jobs, client.compute(list(jobs.values()))))
     wait_with_progress(list(futures.values()))  # stops at the first failed task
     wait(list(futures.values()))
-    retry = []
+    lost, waiting = [], []
     for (i, exp, key), future in futures.items():
         if future.status == "finished":
             done[i][(exp, key)] = future.result()
@@ -92,8 +126,9 @@ def _run(client: Any, jobs: dict[Chain, Any], done: list[dict[tuple[int, str], A
         exc = future.exception()
         if not isinstance(exc, KilledWorker):
             errors.setdefault(i, exc.with_traceback(future.traceback()))
-        elif alone or chain_task_of(exc.task, exp, key, reductions[i].plan.tag):
-            done[i][(exp, key)] = lost_summary(exp, key, exc)
+        elif attempt == ALONE or chain_task_of(exc.task, exp, key,
+                                               chain_tag(reductions[i].plan, attempt)):
+            lost.append(((i, exp, key), exc))
         else:
-            retry.append((i, exp, key))
-    return retry
+            waiting.append((i, exp, key))
+    return lost, waiting

@@ -115,6 +115,7 @@ class Reduction:
     plan: ObservationPlan
     chains: dict[int, list[Any]]  # per exposure, plan order: resumed summaries or delayed chains
     finish: Callable[[dict[int, list[Any]]], Any]  # chains' summaries -> delayed product path
+    rebuild: Callable[[str], dict[int, list[Any]]]  # attempt mark -> chains as a rerun's
     alone: Callable[[int, str], Any]  # (exp, amp) -> its chain without its CCD partner
     out: Path
     catalog: Any
@@ -156,8 +157,11 @@ def build_reduction(req: ReduceRequest, archive: RawArchive) -> Reduction:
         return build_observation_graph(plan, exposures, cal_path, out, req.cubes, config, cond,
                                        catalog, pointing, injection=injection)
 
+    def rebuild(attempt: str) -> dict[int, list[Any]]:
+        return build_amp_graph(plan, cal_path, work_root, config, keys, attempt)[0]
+
     alone = functools.partial(alone_chain, plan, cal_path, work_root, config, keys)
-    return Reduction(plan, chains, finish, alone, out, catalog, n_done)
+    return Reduction(plan, chains, finish, rebuild, alone, out, catalog, n_done)
 
 
 def pending_checkpoints(req: ReduceRequest) -> list[str]:
