@@ -2,18 +2,19 @@
 
 Per (exposure, amp): the chain of ``workflow.amp_graph`` (``load-cal`` is shared by the
 exposures of an amp); on a cluster the chains run first, as futures (``workflow.lost_workers``:
-a chain lost with its worker flags only its amp-exposure).  Per exposure: ``sky-expNN`` fans in every amp of the exposure from the
-zarr store (fiber-to-fiber, masking, sky).  Per observation: ``observation`` (astrometry, flux
-calibration, sources, detections, cubes) and ``write-products``.
+a chain lost with its worker flags only its amp-exposure).  Per exposure: ``sky-expNN`` fans
+in every amp of the exposure from the zarr store (fiber-to-fiber, masking, sky).  Per
+observation: ``observation`` (astrometry, flux calibration, sources, detections, cubes) and
+``write-products``.
 
 A rerun with the same inputs skips every amp-exposure whose checkpoint is complete.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
