@@ -10,6 +10,7 @@ something left out.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import time
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             if debug:
                 raise
-            _error(f"error: {type(exc).__name__}: {exc}")
+            _error(_input_error(exc))
             return 2
         except KeyboardInterrupt:
             _error("interrupted: finished intermediates are kept; rerun the command to resume")
@@ -235,12 +236,21 @@ def _error(line: str) -> None:
     logging.getLogger(STDOUT_LOGGER).error(line)
 
 
+def _input_error(exc: OSError | ValueError) -> str:
+    """One line for an input that cannot be read or an output that cannot be written."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return (f"error: {exc.filename or 'an output file'}: No space left on device; free "
+                "space and rerun the command: finished checkpoints are kept and reused")
+    return f"error: {type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
 def _describe(exc: BaseException) -> str:
     """One line for an unexpected exception."""
     text = " ".join(str(exc).split())
     if type(exc).__name__ == "KilledWorker":
-        return (f"a Dask worker died three times running a task ({text}): out of memory or a "
-                "crash in compiled code; finished checkpoints are kept, rerun to resume")
+        return (f"Dask workers died repeatedly running a task that the observation needs "
+                f"({text}): out of memory or a crash in compiled code; finished checkpoints "
+                "are kept, rerun to resume")
     return f"internal error: {type(exc).__name__}: {text}"
 
 

@@ -29,7 +29,8 @@ def test_resumed_and_recomputed_chains_keep_the_plan_order(tmp_path, monkeypatch
     from remedy_dask.config import PipelineConfig
     from remedy_dask.io import store
     from remedy_dask.workflow.graphview import _ref
-    from remedy_dask.workflow.science import ObservationPlan, build_amp_graph
+    from remedy_dask.workflow.amp_graph import build_amp_graph
+    from remedy_dask.workflow.science import ObservationPlan
 
     slots = [47, 48]
     keys = [f"{s:03d}{a}" for s in slots for a in geometry.AMPS]
@@ -60,7 +61,8 @@ def test_two_observations_in_one_cluster_share_no_task(tmp_path):
     from remedy_dask.workflow.finalize import build_observation_graph
     from remedy_dask.workflow.graphview import _FakeArchive, _ref
     from remedy_dask.workflow.keys import CheckpointKeys
-    from remedy_dask.workflow.science import ObservationPlan, build_amp_graph
+    from remedy_dask.workflow.amp_graph import build_amp_graph
+    from remedy_dask.workflow.science import ObservationPlan
 
     keys = [f"047{a}" for a in geometry.AMPS]
     cal = tmp_path / "cal.h5"

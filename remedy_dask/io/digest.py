@@ -17,6 +17,13 @@ from typing import Any
 
 _CHUNK = 1 << 20
 
+# the package's sources each stored stage runs (folders and modules, relative to the package):
+# the code part of the checkpoint keys (``workflow.keys``) and of the products' provenance
+AMP_CODE = ("amp", "numeric", "io", "geometry.py", "config.py", "errors.py", "exposure/fiberflat.py",
+            "workflow/amp_chain.py", "workflow/amp_graph.py", "workflow/faults.py",
+            "workflow/frames.py", "workflow/keys.py", "workflow/nodes.py")
+SKY_CODE = AMP_CODE + ("exposure", "workflow/exposure.py")
+
 
 def hash_parts(*parts: Any) -> str:
     """Stable hex digest of JSON-serialisable ``parts``."""

@@ -17,6 +17,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from remedy_dask import geometry
+from remedy_dask.io.writeerrors import writing
 
 BUNIT = "10**-17 erg/(s cm2 Angstrom)"  # per fiber
 BUNIT_PIXEL = "10**-17 erg/(s cm2 Angstrom pixel)"  # per image / cube pixel (sums give fluxes)
@@ -29,8 +30,9 @@ def _write(hdul: fits.HDUList, path: Path) -> Path:
     hdul[0].header["DATE"] = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
                               "file creation time (UTC)")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    hdul.writeto(tmp, overwrite=True, checksum=True)
-    os.replace(tmp, path)
+    with writing(path, tmp):
+        hdul.writeto(tmp, overwrite=True, checksum=True)
+        os.replace(tmp, path)
     return path
 
 

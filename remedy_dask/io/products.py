@@ -11,6 +11,8 @@ complete, so a reader never sees a partial product.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import zlib
@@ -23,6 +25,7 @@ import numpy as np
 
 from remedy_dask import __version__, geometry
 from remedy_dask.io.jsonable import jsonable
+from remedy_dask.io.writeerrors import writing
 
 FLUX_UNITS = "1e-17 erg s-1 cm-2 Angstrom-1"  # UDUNITS syntax (CF); astropy parses it too
 LINE_FLUX_UNITS = "1e-17 erg s-1 cm-2"
@@ -151,8 +154,9 @@ def save_fiber_block(path: str | Path, arrays: dict[str, np.ndarray],
         payload[f"dtype.{name}"] = np.array(np.asarray(values).dtype.str)
     payload.update({f"column.{name}": np.asarray(v) for name, v in columns.items()})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **payload)
-    os.replace(tmp, path)
+    with writing(path, tmp):
+        np.savez(tmp, **payload)
+        os.replace(tmp, path)
     return path
 
 
@@ -186,18 +190,29 @@ def _plain(value: Any) -> Any:
     return json.dumps(jsonable(value), default=str)
 
 
+def _names_product(method: Any) -> Any:
+    """A write of :class:`ObservationWriter` whose ``OSError`` names the product."""
+    @functools.wraps(method)
+    def wrapper(self: ObservationWriter, *args: Any, **kwargs: Any) -> Any:
+        with writing(self.path):
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
 class ObservationWriter:
-    """Write ``{DATE}_{OBS:07d}.h5``: open, add groups / stream fiber blocks, close (rename)."""
+    """Write ``{DATE}_{OBS:07d}.h5``: open, add groups / stream fiber blocks, close (rename);
+    an ``OSError`` (a full disk) names the product, and :meth:`abort` removes the temporary."""
 
     def __init__(self, path: str | Path, n_fibers: int, provenance: dict[str, Any]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self.f = h5netcdf.File(self.tmp, "w")
-        self._wavelength_coordinate(self.f)
-        self.fibers = self.f.create_group("fibers")
-        self.fibers.dimensions = {"fiber": n_fibers}
-        self._wavelength_coordinate(self.fibers)
+        with writing(self.path, self.tmp):
+            self.f = h5netcdf.File(self.tmp, "w")
+            self._wavelength_coordinate(self.f)
+            self.fibers = self.f.create_group("fibers")
+            self.fibers.dimensions = {"fiber": n_fibers}
+            self._wavelength_coordinate(self.fibers)
         self.n_fibers = n_fibers
         self._provenance = {
             "Conventions": CONVENTIONS,
@@ -249,6 +264,7 @@ class ObservationWriter:
         var.attrs.update(variable_attributes(group.name.strip("/"), name, np.dtype(dtype)))
         return var
 
+    @_names_product
     def write_fibers(self, start: int, block: dict[str, np.ndarray]) -> None:
         """Write rows ``start:start+n`` of the fiber datasets (creating them on first use)."""
         for name, values in block.items():
@@ -262,6 +278,7 @@ class ObservationWriter:
             self.fibers.variables[name][start:start + n] = (
                 values.astype(object) if values.dtype.kind == "U" else values)
 
+    @_names_product
     def write_fiber_chunks(self, start: int, chunks: dict[str, list[bytes]],
                            dtypes: dict[str, np.dtype], columns: dict[str, np.ndarray]) -> None:
         """Write rows ``start:`` from pre-encoded chunks (:func:`hdf5_chunks`) of the 2-D arrays
@@ -286,12 +303,14 @@ class ObservationWriter:
             self.fibers.variables[name][start:start + n] = (
                 values.astype(object) if values.dtype.kind == "U" else values)
 
+    @_names_product
     def write_wave_columns(self, group_name: str, columns: dict[str, np.ndarray]) -> None:
         """(1036,) arrays such as ``dar_ra``/``dar_dec`` in a group."""
         group = self.f[group_name] if group_name else self.f
         for name, values in columns.items():
             self._variable(group, name, (WAVE_DIM,), np.asarray(values).dtype)[:] = values
 
+    @_names_product
     def write_table(self, group_name: str, row_dim: str, columns: dict[str, np.ndarray]) -> None:
         """A group of equal-length columns (rows along ``row_dim``; 2-D ones along ``wave``)."""
         group = self.f.create_group(group_name)
@@ -306,6 +325,7 @@ class ObservationWriter:
             if n:
                 var[...] = values.astype(object) if values.dtype.kind == "U" else values
 
+    @_names_product
     def close(self, group_attrs: dict[str, dict[str, Any]]) -> Path:
         """Finish: scalar attributes (root provenance, e.g. ``astrometry``) and rename."""
         for name in group_attrs:
@@ -322,7 +342,7 @@ class ObservationWriter:
         return self.path
 
     def abort(self) -> None:
-        try:
+        """Remove the temporary file (closing it may fail again on a full disk)."""
+        with contextlib.suppress(Exception):
             self.f.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
+        self.tmp.unlink(missing_ok=True)

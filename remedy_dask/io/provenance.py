@@ -1,6 +1,7 @@
 """What every product records about how it was made: observation keywords (ISO 8601 start,
-MJD, pointing, exposure time), the calibration file, a digest of the configuration and the
-versions of the code and its main dependencies.
+MJD, pointing, exposure time), the calibration file, a digest of the configuration, the
+version and source digests of the code (those the checkpoint keys use, and the whole package's)
+and the versions of its main dependencies.
 
 :func:`observation_cards` gives FITS cards (``{KEY: (value, comment)}``) for the per-IFU files;
 the same values go into the observation HDF5's root attributes.
@@ -19,6 +20,7 @@ import numpy as np
 from astropy.time import Time
 
 from remedy_dask import __version__
+from remedy_dask.io.digest import AMP_CODE, SKY_CODE, code_digest
 
 TELESCOPE = "HET"
 INSTRUMENT = "VIRUS"
@@ -56,6 +58,14 @@ def calibration_identity(cal_path: str | Path) -> dict[str, str]:
     return ident
 
 
+def code_cards() -> dict[str, tuple[str, str]]:
+    """Digests of the code that made a product: those in the checkpoint keys (amp chain; amp
+    chain and sky) and the whole package's (the observation stage is recomputed every run)."""
+    return {"CODEAMP": (code_digest(AMP_CODE), "source digest: amp chain (checkpoints)"),
+            "CODESKY": (code_digest(SKY_CODE), "source digest: amp chain and sky"),
+            "CODEALL": (code_digest(), "source digest: whole package")}
+
+
 def observation_cards(date_obs: str, object_name: str, exptimes: np.ndarray,
                       pointing: tuple[float, float, float], cal_path: str | Path,
                       config: Any, obsid: int) -> dict[str, tuple[Any, str]]:
@@ -79,6 +89,7 @@ def observation_cards(date_obs: str, object_name: str, exptimes: np.ndarray,
         "ORIGIN": ("remedy-dask", "software that wrote this file"),
         "CREATOR": (CREATOR, "program and version"),
         "PIPEVER": (__version__, "remedy-dask version"),
+        **code_cards(),
         "CALFILE": (cal["name"][:68], "calibration file"),
         "CALDATE": (cal["created"], "creation time (UTC) of the calibration file"),
         "CALVER": (cal["code_version"], "remedy-dask version that wrote the calibration"),
@@ -95,7 +106,8 @@ def hdf5_attributes(cards: dict[str, tuple[Any, str]]) -> dict[str, Any]:
     names = {"TELESCOP": "telescope", "INSTRUME": "instrument", "OBJECT": "object",
              "DATE-OBS": "date_obs", "MJD-OBS": "mjd_obs",
              "RA": "ra_pointing", "DEC": "dec_pointing", "CALDATE": "calibration_created",
-             "CONFHASH": "config_digest"}
+             "CONFHASH": "config_digest", "CODEAMP": "code_digest_amp_chain",
+             "CODESKY": "code_digest_sky", "CODEALL": "code_digest"}
     attrs = {attr: cards[key][0] for key, attr in names.items() if key in cards}
     deps = {cards[k][0]: cards[k.replace("NAM", "VER")][0] for k in cards if k.startswith("DEPNAM")}
     attrs["dependencies"] = json.dumps(deps)

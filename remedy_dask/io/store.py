@@ -8,7 +8,8 @@ into place; its completion marker ``expNN/.{amp}.complete.json`` (the key and th
 file of the group) is written last, atomically: a killed run leaves a complete group or one
 without a marker, which is recomputed.  A rerun skips a group only if
 its marker holds the same key and every listed file is there with its size, so a deleted or
-truncated chunk is recomputed, never read back as fill values.
+truncated chunk is recomputed, never read back as fill values.  A failed write (a full disk)
+removes its temporaries and names the group (``io.writeerrors``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import xarray as xr
 
 from remedy_dask.io.jsonable import jsonable
+from remedy_dask.io.writeerrors import writing
 
 # Blosc lz4 with byte shuffle: ~6x less CPU than zstd level 3 for 4 % more bytes (the float32
 # spectra are noise-dominated and barely compress; masks and NaN runs do)
@@ -96,15 +98,16 @@ def write_dataset(root: str | Path, exp: int, amp_key: str, ds: xr.Dataset, key:
     tmp = final.parent / f".{amp_key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     marker = marker_path(root, exp, amp_key)
     try:
-        _write_group(tmp, ds, key)
-        files = _group_files(tmp)
-        marker.unlink(missing_ok=True)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        tmp_marker = marker.with_name(f"{tmp.name}.json")
-        tmp_marker.write_text(json.dumps({"input_key": key, "files": files}))
-        os.replace(tmp_marker, marker)
+        with writing(final):
+            _write_group(tmp, ds, key)
+            files = _group_files(tmp)
+            marker.unlink(missing_ok=True)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            tmp_marker = marker.with_name(f"{tmp.name}.json")
+            tmp_marker.write_text(json.dumps({"input_key": key, "files": files}))
+            os.replace(tmp_marker, marker)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         marker.with_name(f"{tmp.name}.json").unlink(missing_ok=True)

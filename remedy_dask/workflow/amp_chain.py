@@ -24,6 +24,7 @@ from remedy_dask.config import ReductionConfig
 from remedy_dask.errors import RawDataError
 from remedy_dask.io import calfile, store
 from remedy_dask.io.raw import FrameRef
+from remedy_dask.workflow.faults import kill_if_chosen
 from remedy_dask.workflow.frames import reduce_frame
 from remedy_dask.workflow.nodes import flag_failures
 
@@ -79,6 +80,7 @@ def load_calibration(calfile_path: str, key: str) -> calfile.AmpCalibration:
 def ccd(ref: FrameRef, cal: calfile.AmpCalibration, exp: int) -> AmpExposure:
     """Read the frame, apply overscan/gain, subtract bias and dark, attach the pixel mask."""
     key = f"{ref.ifuslot:03d}{ref.amp}"
+    kill_if_chosen(key, exp)
     try:
         frame = reduce_frame(ref, cal.read_noise)
     except RawDataError as exc:

@@ -20,6 +20,7 @@ from remedy_dask.config import PipelineConfig
 from remedy_dask.exposure.fiberflat import apply_fiber_to_fiber
 from remedy_dask.io import calfile, store
 from remedy_dask.io.jsonable import jsonable
+from remedy_dask.workflow.keys import sky_without
 from remedy_dask.workflow.nodes import gather
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ def reduce_exposure(summaries: list[dict[str, Any]], exp: int, cal_path: str, wo
 
     keys = [s["key"] for s in summaries if not s.get("failed")]
     failed = {s["key"]: s["failed"] for s in summaries if s.get("failed")}
+    input_key = sky_without(input_key, list(failed))
     if store.is_complete(work_root, exp, "sky", input_key):
         return {"exp": exp, "keys": keys, "failed": failed, "resumed": True}
     flux, error, mask, exptime, shifts = _load_exposure(work_root, exp, keys, cal_path)

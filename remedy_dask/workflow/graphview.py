@@ -68,7 +68,8 @@ def calibration_view() -> str:
 
 
 def science_view() -> str:
-    from remedy_dask.workflow.science import ObservationPlan, build_amp_graph
+    from remedy_dask.workflow.amp_graph import build_amp_graph
+    from remedy_dask.workflow.science import ObservationPlan
 
     keys = [f"{s:03d}{a}" for s in FULL_SLOTS for a in geometry.AMPS]
     refs = {(e, k): _ref("sci", int(k[:3]), k[3:], 7, e) for e in (1, 2, 3) for k in keys}

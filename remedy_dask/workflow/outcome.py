@@ -3,9 +3,12 @@
 ====  ===========================================================================
 0     everything was reduced
 1     an unexpected internal error (a bug: rerun with ``--debug`` and report it)
-2     bad input or arguments: nothing was written (or another run holds OUTDIR)
+2     bad input or arguments: nothing was written (or another run holds OUTDIR),
+      or an output could not be written (a full disk: the line names the path;
+      finished checkpoints are kept and a rerun resumes)
 3     products were written but something was left out (amps, exposures,
-      observations); the reasons are printed and recorded in the products' flags
+      observations, amp-exposures whose worker died); the reasons are printed and
+      recorded in the products' flags
 ====  ===========================================================================
 """
 

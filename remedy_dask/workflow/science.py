@@ -1,23 +1,25 @@
 """The science graph of one observation.
 
-Per (exposure, amp): the chain of ``workflow.amp_chain`` (``load-cal`` is shared by the
-exposures of an amp).  Per exposure: ``sky-expNN`` fans in every amp of the exposure from the
-zarr store (fiber-to-fiber, masking, sky).  Per observation: ``observation`` (astrometry, flux
-calibration, sources, detections, cubes) and ``write-products``.
+Per (exposure, amp): the chain of ``workflow.amp_graph`` (``load-cal`` is shared by the
+exposures of an amp); on a cluster the chains run first, as futures (``workflow.lost_workers``:
+a chain lost with its worker flags only its amp-exposure).  Per exposure: ``sky-expNN`` fans
+in every amp of the exposure from the zarr store (fiber-to-fiber, masking, sky).  Per
+observation: ``observation`` (astrometry, flux calibration, sources, detections, cubes) and
+``write-products``.
 
 A rerun with the same inputs skips every amp-exposure whose checkpoint is complete.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dask
 
 from remedy_dask import geometry
 from remedy_dask.config import PipelineConfig, check_dither
@@ -26,7 +28,7 @@ from remedy_dask.io import calfile, store
 from remedy_dask.io.raw import FrameRef, RawArchive
 from remedy_dask.io.slot_history import slot_note
 from remedy_dask.requests import NightRequest, ReduceRequest
-from remedy_dask.workflow import amp_chain
+from remedy_dask.workflow.amp_graph import alone_chain, build_amp_graph
 from remedy_dask.workflow.cluster import open_client
 from remedy_dask.workflow.keys import CheckpointKeys
 
@@ -108,86 +110,28 @@ def plan_observation(archive: RawArchive, date: str, obs: int, target_slot: int,
                            notes, kind)
 
 
-def build_amp_graph(plan: ObservationPlan, cal_path: Path, work_root: Path,
-                    config: PipelineConfig, keys: CheckpointKeys
-                    ) -> tuple[dict[int, list[Any]], int]:
-    """Delayed chains per exposure; returns ({exp: [summaries]}, number of chains skipped).
-
-    Each chain measures its wavelength shift (``wave-shift``, a small result) and applies it
-    pooled with the other amp of its CCD (``ccd-shift``); a partner already checkpointed
-    contributes its stored measurement.  Each exposure lists its amps in the plan's order,
-    resumed or not (the exposure fan-in concatenates them in that order)."""
-    rc, tag = config.reduction, plan.tag
-    chains: dict[tuple[int, str], Any] = {}  # in plan order: a summary (resumed) or a delayed one
-    pending: dict[tuple[int, str], tuple[Any, Any, Any, str]] = {}  # (ax, shift, cal, ikey)
-    resumed: set[tuple[int, str]] = set()
-    for key in plan.cal_keys:
-        cal = None
-        for exp in plan.exposures:
-            ref = plan.refs.get((exp, key))
-            if ref is None:
-                continue
-            ikey = keys.amp(plan, exp, key)
-            if store.is_complete(work_root, exp, key, ikey):
-                resumed.add((exp, key))
-                chains[(exp, key)] = {"key": key, "exp": exp, "failed": None, "resumed": True}
-                continue
-            if cal is None:
-                cal = dask.delayed(amp_chain.load_calibration, pure=True)(
-                    str(cal_path), key, dask_key_name=f"load-cal-{key}-{tag}")
-            node = _chain_node(key, exp, tag)
-            ax = node(amp_chain.ccd, ref, cal, exp, step="ccd")
-            ax = node(amp_chain.trace_shift, ax, rc, step="trace-shift")
-            ax = node(amp_chain.scattered, ax, rc, step="scattered-light")
-            ax = node(amp_chain.extract, ax, cal, rc, step="extract")
-            measured = node(amp_chain.wave_shift, ax, rc, step="wave-shift")
-            pending[(exp, key)] = (ax, measured, cal, ikey)
-            chains[(exp, key)] = None  # its place; built below, once every shift is known
-    for (exp, key), (ax, measured, cal, ikey) in pending.items():
-        partner = _partner_key(plan, key)
-        other = None
-        if partner and (exp, partner) in pending:
-            other = pending[(exp, partner)][1]
-        elif partner and (exp, partner) in resumed:
-            other = amp_chain.stored_shift(work_root, exp, partner)
-        node = _chain_node(key, exp, tag)
-        ax = node(amp_chain.apply_wave_shift, ax, measured, other, rc, step="ccd-shift")
-        ax = node(amp_chain.mask_spectra, ax, cal, rc, step="mask")
-        chains[(exp, key)] = node(amp_chain.rectify_and_store, ax, str(work_root), ikey,
-                                  step="rectify")
-    summaries: dict[int, list[Any]] = defaultdict(list)
-    for (exp, _), chain in chains.items():
-        summaries[exp].append(chain)
-    return summaries, len(resumed)
-
-
-def _chain_node(key: str, exp: int, tag: str) -> Any:
-    """``node(func, *args, step=...)``: a delayed task of the chain of (``key``, ``exp``), named
-    ``{step}-{key}-expNN-{tag}`` (the dashboard and the benchmarks group by ``step``)."""
-    def node(func: Any, *args: Any, step: str) -> Any:
-        return dask.delayed(func, pure=False)(*args, dask_key_name=f"{step}-{key}-exp{exp:02d}-{tag}")
-    return node
-
-
-def _partner_key(plan: ObservationPlan, key: str) -> str | None:
-    """The other amp of the CCD, if it is reduced in this run."""
-    partner = key[:3] + geometry.ccd_partner(key[3:])
-    return partner if partner in plan.cal_keys else None
-
-
 @dataclass
 class Reduction:
-    """One observation's graph, ready to compute."""
+    """One observation's graph: the amp chains, and the rest built on their summaries (the
+    chains run first on a cluster, so that a chain lost with its worker is only flagged)."""
 
     plan: ObservationPlan
-    final: Any
+    chains: dict[int, list[Any]]  # per exposure, plan order: resumed summaries or delayed chains
+    finish: Callable[[dict[int, list[Any]]], Any]  # chains' summaries -> delayed product path
+    rebuild: Callable[[str], dict[int, list[Any]]]  # attempt mark -> chains as a rerun's
+    alone: Callable[[int, str], Any]  # (exp, amp) -> its chain without its CCD partner
     out: Path
     catalog: Any
     n_resumed: int
 
+    @property
+    def final(self) -> Any:
+        """The whole graph in one (the synchronous scheduler: no worker can be lost)."""
+        return self.finish(self.chains)
+
 
 def build_reduction(req: ReduceRequest, archive: RawArchive) -> Reduction:
-    """Plan one observation and build its whole graph (amp chains, exposures, observation)."""
+    """Plan one observation and build its graph (amp chains, exposures, observation)."""
     from remedy_dask.workflow.exposure import build_exposure_graph
     from remedy_dask.workflow.finalize import build_observation_graph
 
@@ -208,18 +152,26 @@ def build_reduction(req: ReduceRequest, archive: RawArchive) -> Reduction:
     work_root.mkdir(parents=True, exist_ok=True)
     store.clean_temporaries(work_root)
     keys = CheckpointKeys.of(plan, cal_path, config, req.fplane, req.ifucen)
-    summaries, n_done = build_amp_graph(plan, cal_path, work_root, config, keys)
+    chains, n_done = build_amp_graph(plan, cal_path, work_root, config, keys)
     if n_done:
         print(f"resuming: {n_done} amp-exposure(s) already reduced in {work_root}")
-    exposures = build_exposure_graph(plan, summaries, cal_path, work_root, req.fplane, req.ifucen,
-                                     config, keys)
     from remedy_dask.workflow.conditions import prepare_observation
 
     cond, catalog, pointing = prepare_observation(plan, archive, req, out)
-    final = build_observation_graph(plan, exposures, cal_path, out, req.cubes, config, cond,
-                                    catalog, pointing, injection=_injection(req, plan),
-                                    native=req.native_spectra)
-    return Reduction(plan, final, out, catalog, n_done)
+    injection = _injection(req, plan)
+
+    def finish(summaries: dict[int, list[Any]]) -> Any:
+        exposures = build_exposure_graph(plan, summaries, cal_path, work_root, req.fplane,
+                                         req.ifucen, config, keys)
+        return build_observation_graph(plan, exposures, cal_path, out, req.cubes, config, cond,
+                                       catalog, pointing, injection=injection,
+                                       native=req.native_spectra)
+
+    def rebuild(attempt: str) -> dict[int, list[Any]]:
+        return build_amp_graph(plan, cal_path, work_root, config, keys, attempt)[0]
+
+    alone = functools.partial(alone_chain, plan, cal_path, work_root, config, keys)
+    return Reduction(plan, chains, finish, rebuild, alone, out, catalog, n_done)
 
 
 def kind_config(config: PipelineConfig, plan: ObservationPlan) -> PipelineConfig:
@@ -257,11 +209,13 @@ def pending_checkpoints(req: ReduceRequest) -> list[str]:
 def report(red: Reduction, product: str, seconds: float, page: Path | None = None,
            qa_seconds: float | None = None) -> Path:
     """QA page (made here unless given) and the closing lines of a reduction."""
+    from remedy_dask.workflow.outcome import product_flags
+
     if page is None:
         page, qa_seconds = _qa_page(red, product)
     print(f"reduced {len(red.plan.cal_keys)} amps x {len(red.plan.exposures)} exposures "
           f"in {seconds:.1f} s: {product}")
-    for reason in red.plan.skipped:
+    for reason in product_flags(product):  # the plan's and those of the run (a lost worker)
         print(f"  left out: {reason}")
     print(f"QA report: {page} ({qa_seconds:.1f} s)")
     return page
@@ -288,8 +242,7 @@ def run_reduce(req: ReduceRequest) -> Path:
         red = build_reduction(req, RawArchive(req.rootdir))
         with open_client(**req.cluster.client_kwargs(),
                          amp_exposures=len(red.plan.refs)) as client:
-            product = _compute_with_progress(red.final, client, red.out, red.plan,
-                                             req.performance_report)
+            product = _compute_with_progress(red, client, req.performance_report)
             qa = pool.submit(_qa_page, red, product)
         seconds = time.perf_counter() - t0
         report(red, product, seconds, *qa.result())
@@ -372,17 +325,31 @@ def _build_night(archive: RawArchive, req: NightRequest, observations: list[int]
 
 def _compute_night(client: Any, reductions: dict[int, Reduction],
                    results: dict[int, dict[str, Any]]) -> None:
-    """All observations share the cluster: submitted together, collected one by one."""
+    """All observations share the cluster: their amp chains first, then the rest of each
+    observation's graph, submitted together and collected one by one."""
     from remedy_dask.qa.observation import observation_report
     from remedy_dask.workflow.cluster import compute
     from remedy_dask.workflow.outcome import product_flags
 
-    pending = {obs: (client.compute(red.final) if client is not None else red.final)
-               for obs, red in reductions.items()}
-    if client is not None and pending:
+    if client is None:
+        pending = {obs: red.final for obs, red in reductions.items()}
+    else:
+        from remedy_dask.workflow.lost_workers import compute_chains
         from remedy_dask.workflow.progress import wait_with_progress
 
-        wait_with_progress(list(pending.values()))
+        pending = {}
+        chains = compute_chains(client, list(reductions.values()))
+        for (obs, red), summaries in zip(reductions.items(), chains):
+            try:
+                if isinstance(summaries, BaseException):
+                    raise summaries
+                pending[obs] = client.compute(red.finish(summaries))
+            except Exception as exc:  # one failing observation does not stop the others
+                log.debug("observation %07d", obs, exc_info=True)
+                log.error("observation %07d failed: %s: %s", obs, type(exc).__name__, exc)
+                results[obs] = _failure(exc)
+        if pending:
+            wait_with_progress(list(pending.values()))
     for obs, job in pending.items():
         try:
             product = job.result() if client is not None else compute(job, None)
@@ -412,15 +379,26 @@ def _injection(req: ReduceRequest, plan: ObservationPlan) -> Any:
     return Injection(plan.target_slot, inj.x, inj.y, inj.seeing, spectrum)
 
 
-def _compute_with_progress(final: Any, client: Any, out: Path, plan: ObservationPlan,
-                           performance_report: bool = False) -> Any:
-    """Compute (progress bar in a terminal), with Dask's performance report if asked."""
+def _compute_with_progress(red: Reduction, client: Any, performance_report: bool = False
+                           ) -> Any:
+    """Compute (progress bar in a terminal): on a cluster the amp chains first
+    (``workflow.lost_workers``), then the rest; with Dask's performance report if asked."""
+    import contextlib
+
     from remedy_dask.workflow.cluster import compute
 
-    if client is None or not performance_report:
-        return compute(final, client)
-    from distributed import performance_report as dask_report
+    if client is None:
+        return compute(red.final, None)
+    from remedy_dask.workflow.lost_workers import compute_chains
 
-    report_path = out / f"{plan.date}_{plan.obs:07d}_dask-report.html"
-    with dask_report(filename=str(report_path)):
-        return compute(final, client)
+    recording: Any = contextlib.nullcontext()
+    if performance_report:
+        from distributed import performance_report as dask_report
+
+        path = red.out / f"{red.plan.date}_{red.plan.obs:07d}_dask-report.html"
+        recording = dask_report(filename=str(path))
+    with recording:
+        summaries = compute_chains(client, [red])[0]
+        if isinstance(summaries, BaseException):
+            raise summaries
+        return compute(red.finish(summaries), client)
