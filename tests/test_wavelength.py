@@ -110,7 +110,7 @@ def test_simulator_truth_wavelength_and_drift():
     masters = [cal["master"](("cmp", lamp)) for lamp in geometry.ARC_LAMPS]
     arc = sum(m for m, _ in masters)
     arc = arc - scattered_light(arc, tr.trace, mask)
-    spec, err = profile_weighted_spectra(arc, sum(e**2 for _, e in masters), tr.trace, tr.profile,
+    spec, err = profile_weighted_spectra(arc, sum(e**2 for _, e in masters), tr.trace, tr.table,
                                          mask)
     res = solve_wavelength(spec, err, dead=tr.dead)
     live = ~tr.dead
@@ -122,7 +122,7 @@ def test_simulator_truth_wavelength_and_drift():
         image = frame["image"] - cal["bias"] - cal["dark"] * frame["header"]["EXPTIME"]
         trace = tr.trace + measure_trace_shift(image, frame["variance"], mask, tr.trace)
         image = image - scattered_light(image, trace, mask)
-        sky, sky_err = profile_weighted_spectra(image, frame["variance"], trace, tr.profile, mask)
+        sky, sky_err = profile_weighted_spectra(image, frame["variance"], trace, tr.table, mask)
         errors.append(measure_wavelength_shift(sky, res.wavelength, error=sky_err)
                       - model.wave_shift[i])
     # statistical error of one amp-exposure ~0.017 px (sky-line photon noise); target 0.03 px;
