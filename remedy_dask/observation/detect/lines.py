@@ -44,6 +44,7 @@ from remedy_dask.observation.detect.matched_filter import line_kernel, matched_f
 from remedy_dask.numeric.running_median import median_above, nanmedian_lastaxis, running_median
 from remedy_dask.observation.sources import extract_source
 from remedy_dask.numeric.peaks import parabola_vertex
+from remedy_dask.numeric.correlated import sandwich_covariance
 from remedy_dask.numeric.robust import MAD_TO_SIGMA
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
@@ -253,6 +254,7 @@ def detect_emission_lines(
     fwhm_range: tuple[float, float] = (3.0, 16.0),
     max_candidates: int = 300,
     renormalize: bool = True,
+    wave_corr: np.ndarray | None = None,
 ) -> Table:
     """Find emission lines in one IFU's fiber spectra (all exposures): see the module doc.
 
@@ -267,7 +269,9 @@ def detect_emission_lines(
     ``chi2`` (reduced, fit window), ``spectrum``, ``error`` (extracted, continuum included) and
     ``model`` (the Gaussian line alone), each (n_wave,).  ``meta`` holds ``noise_scale``,
     ``n_candidates``, ``truncated`` (more than ``max_candidates`` peaks: only the strongest were
-    fitted), ``threshold``, ``min_sn_fit``.
+    fitted), ``threshold``, ``min_sn_fit``.  ``wave_corr`` (n_fiber, n_wave): the correlation of
+    neighbouring wavelength bins of each fiber (column j: bins j and j+1, e.g. from the
+    rectification); the flux and wavelength errors then carry it (see :func:`_measure_line`).
     """
     flux = np.asarray(flux, dtype=float)
     error = np.asarray(error, dtype=float)
@@ -315,7 +319,7 @@ def detect_emission_lines(
         x0, y0 = _fit_position(resid, ivar, fiber_x, fiber_y, psf, exposure, dxy, j0,
                                float(x0), float(y0), g_kernel)
         row = _measure_line(flux, error, good_in, fiber_x, fiber_y, x0, y0, psf, dar, exposure,
-                            wave, j0, line_sigma, fwhm_range)
+                            wave, j0, line_sigma, fwhm_range, wave_corr=wave_corr)
         if row is not None and row["sn_fit"] >= min_sn_fit:
             row["sn"] = float(peak_sn[k])
             rows.append(row)
@@ -366,15 +370,18 @@ def _gauss_linear(wave, flux, mu, sigma, c0, c1, w0):
 
 
 def _measure_line(flux, error, good, fiber_x, fiber_y, x0, y0, psf, dar, exposure, wave, j0,
-                  line_sigma, fwhm_range, half_window=30.0):
+                  line_sigma, fwhm_range, half_window=30.0, wave_corr=None):
     """Extract the (continuum-included) spectrum at (x0, y0) and fit a Gaussian plus a linear
-    continuum within +-half_window A of pixel j0; None if the fit fails.
+    continuum within +-half_window A of pixel j0; None if the fit fails.  With ``wave_corr`` the
+    parameter errors are those of the same fit on data whose neighbouring bins are correlated as
+    the extracted spectrum's are (:func:`remedy_dask.numeric.correlated.sandwich_covariance`).
 
     Fitting the continuum locally (instead of subtracting chunk medians, which include the line
     and are biased high by ~5% of its flux) keeps the flux unbiased and puts the continuum's
     uncertainty into the flux error.
     """
-    ext = extract_source(flux, error, ~good, fiber_x, fiber_y, x0, y0, psf, dar, exposure)
+    ext = extract_source(flux, error, ~good, fiber_x, fiber_y, x0, y0, psf, dar, exposure,
+                         wave_corr=wave_corr)
     step = wave[1] - wave[0]
     half = int(np.ceil(max(half_window, 4.0 * fwhm_range[1] * FWHM_TO_SIGMA) / step))
     sl = slice(max(j0 - half, 0), min(j0 + half + 1, len(wave)))
@@ -401,6 +408,10 @@ def _measure_line(flux, error, good, fiber_x, fiber_y, x0, y0, psf, dar, exposur
         )
     except (RuntimeError, ValueError):
         return None
+    if ext.corr is not None:
+        idx = np.flatnonzero(ok)
+        corr = np.where(np.diff(idx, append=-1) == 1, ext.corr[sl][idx], 0.0)
+        pcov = sandwich_covariance(pcov, _gauss_linear_jacobian(wv[ok], popt, w0), er[ok], corr)
     perr = np.sqrt(np.clip(np.diag(pcov), 0, None))
     if not (np.all(np.isfinite(popt)) and np.all(np.isfinite(perr)) and popt[0] > 0):
         return None
@@ -413,6 +424,15 @@ def _measure_line(flux, error, good, fiber_x, fiber_y, x0, y0, psf, dar, exposur
         "spectrum": ext.spectrum.astype(np.float32), "error": ext.error.astype(np.float32),
         "model": _gauss(wave, *popt[:3]).astype(np.float32), "sn": 0.0,
     }
+
+
+def _gauss_linear_jacobian(wave, p, w0):
+    """(n, 5) derivatives of :func:`_gauss_linear` by (flux, mu, sigma, c0, c1) at ``p``."""
+    flux, mu, sigma = p[:3]
+    x = (wave - mu) / sigma
+    g1 = np.exp(-0.5 * x**2) / (sigma * np.sqrt(2.0 * np.pi))
+    return np.column_stack([g1, flux * g1 * x / sigma, flux * g1 * (x**2 - 1) / sigma,
+                            np.ones_like(wave), wave - w0])
 
 
 def _table(rows: list[dict], n_wave: int, meta: dict) -> Table:
