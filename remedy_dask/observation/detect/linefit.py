@@ -39,15 +39,16 @@ def measure_line(flux, error, good, fiber_x, fiber_y, x0, y0, psf, dar, exposure
     """
     ext = extract_source(flux, error, ~good, fiber_x, fiber_y, x0, y0, psf, dar, exposure,
                          wave_corr=wave_corr)
-    spectrum, cont_at_line = ext.spectrum, 0.0
+    spectrum, spectrum_err, cont_at_line = ext.spectrum, ext.error, 0.0
     if line_mask > 0:
         near = _nearby(fiber_x, fiber_y, x0, y0, dar, len(wave), 5.0)  # extract_source's fibers
         line = np.abs(wave - wave[j0]) < line_mask
-        sub = np.full(flux.shape, np.nan)
-        sub[near] = flux[near] - remove_continuum(flux[near], good[near] & ~line[None, :],
-                                                  continuum_window)
-        ext = extract_source(sub, error, ~good | ~np.isfinite(sub), fiber_x, fiber_y, x0, y0, psf,
-                             dar, exposure, wave_corr=wave_corr)
+        sub = flux[near] - remove_continuum(flux[near], good[near] & ~line[None, :],
+                                            continuum_window)
+        ext = extract_source(sub, error[near], ~good[near] | ~np.isfinite(sub), fiber_x[near],
+                             fiber_y[near], x0, y0, psf, dar,
+                             None if exposure is None else np.asarray(exposure)[near],
+                             wave_corr=None if wave_corr is None else wave_corr[near])
         cont_at_line = float(np.nan_to_num(spectrum[j0] - ext.spectrum[j0]))
     step = wave[1] - wave[0]
     half = int(np.ceil(max(half_window, 4.0 * fwhm_range[1] * FWHM_TO_SIGMA) / step))
@@ -89,7 +90,7 @@ def measure_line(flux, error, good, fiber_x, fiber_y, x0, y0, psf, dar, exposure
         "flux_err": perr[0], "fwhm": popt[2] / FWHM_TO_SIGMA,
         "continuum": popt[3] + cont_at_line,
         "sn_fit": popt[0] / perr[0] if perr[0] > 0 else np.nan, "chi2": chi2,
-        "spectrum": spectrum.astype(np.float32), "error": ext.error.astype(np.float32),
+        "spectrum": spectrum.astype(np.float32), "error": spectrum_err.astype(np.float32),
         "model": _gauss(wave, *popt[:3]).astype(np.float32), "sn": 0.0,
     }
 
