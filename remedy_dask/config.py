@@ -99,6 +99,9 @@ class ObservationConfig:
     detect: bool = setting(True, "search for emission lines")
     detection_threshold: float = setting(
         5.4, "matched-filter S/N of a detection (~0.3 false detections per IFU)")
+    detection_continuum_error: float = setting(
+        0.02, "fraction of each fiber's continuum added to the matched filter's noise (residual "
+        "stellar features after the running-median continuum)")
     make_cube: bool = setting(True, "write the data cube of the target IFU")
     cube_pixscale: float = setting(0.5, "cube pixel size (arcsec)")
     psf_fit_beta: bool = setting(True, "fit the Moffat beta of each exposure (else psf_beta)")
@@ -224,6 +227,7 @@ RANGES = {
     ("reduction", "max_masked_amp_fraction"): (0.0, 1.0),
     ("observation", "catalog_radius_deg"): (0.001, 5.0),
     ("observation", "detection_threshold"): (0.0, 1e3),
+    ("observation", "detection_continuum_error"): (0.0, 1.0),
     ("observation", "cube_pixscale"): (0.05, 10.0),
     ("observation", "psf_beta"): (1.1, 20.0),
     ("observation", "psf_star_gmax"): (5.0, 30.0),

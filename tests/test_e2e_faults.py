@@ -58,7 +58,8 @@ def test_injected_line_is_detected_and_resume_skips_finished_amps(e2e, tmp_path,
     # the injection goes onto blank sky: in the product without it, the fibers within 2" of
     # (x0, y0) show no line at 4500 A (a 20 A band against its side bands). The first position,
     # (4, -6), held +5.3 (1e-17 erg/s/cm^2) there in this night's realisation (~2 sigma: the
-    # rectified pixels' noise is correlated, so band sums scatter ~2x their quadrature error)
+    # rectified pixels' noise is correlated, so band sums scatter ~1.3x their quadrature error,
+    # docs/accuracy.md)
     assert abs(_band_excess(e2e["product"], 47, x0, y0, 4500.0)) < 2.0
     args = _reduce_args(e2e, out, "--all-ifus", "--source-file", str(src), "--source-x", str(x0),
                         "--source-y", str(y0))

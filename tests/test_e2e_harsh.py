@@ -172,11 +172,26 @@ def test_emission_lines(e2e_harsh, prod):
     print(f"harsh lines: {found}/{int(strong.sum())} found, flux median {np.median(ratio):.4f}, "
           f"{false} false ({false / n_ifu:.2f} per IFU)")
     assert strong.sum() >= 4
-    # issue 14 target: 0.9 (measured 6/8: the missed lines lie 2.2" from the g = 11.5 saturated
-    # star and 1.9" from a g = 16.8 star, S/N 5.38 against the threshold 5.4)
-    assert found / strong.sum() >= 0.75
+    # issue 14 target: 0.9 (measured 7/8: the missed line lies 2.2" from the g = 11.5 saturated
+    # star, matched-filter S/N < 4.3 whatever the continuum error)
+    assert found / strong.sum() >= 0.85
     assert abs(np.median(ratio) - 1) <= 0.05  # issue 14 target
     assert false / n_ifu <= 0.5  # issue 14 target
+
+
+def test_line_flux_errors(e2e_harsh, prod):
+    """Blank-sky line fluxes scatter as their errors say once the rectification's correlation of
+    neighbouring bins is carried (without it 1.22x); the found lines' pulls are of order 1."""
+    from line_errors import blank_sky_pulls, found_line_pulls
+
+    P, T = prod
+    pulls, naive = blank_sky_pulls(P, T, e2e_harsh["work"])
+    found = found_line_pulls(P, T)
+    print(f"harsh line-flux pulls: blank sky std {np.std(pulls):.3f} (independent errors "
+          f"{np.std(naive):.3f}, n {pulls.size}); found lines {np.round(found, 2)}")
+    assert 0.9 <= np.std(pulls) <= 1.1  # issue 14 (lines) target
+    assert np.std(naive) >= 1.12
+    assert found.size >= 6 and np.median(np.abs(found)) <= 1.2
 
 
 def test_sky_pull(e2e_harsh, prod):

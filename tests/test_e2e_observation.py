@@ -109,6 +109,20 @@ def test_emission_lines(prod):
     assert len(dra) - len(matched) <= 4  # at most 1 false detection per IFU
 
 
+def test_line_flux_errors(e2e, prod):
+    """As on the harsh night: blank-sky line-flux pulls with the bins' correlation."""
+    from line_errors import blank_sky_pulls, found_line_pulls
+
+    P, T = prod
+    pulls, naive = blank_sky_pulls(P, T, e2e["work"])
+    found = found_line_pulls(P, T)
+    print(f"kind line-flux pulls: blank sky std {np.std(pulls):.3f} (independent errors "
+          f"{np.std(naive):.3f}, n {pulls.size}); found lines {np.round(found, 2)}")
+    assert 0.9 <= np.std(pulls) <= 1.1
+    assert np.std(naive) >= 1.12
+    assert found.size >= 12 and np.median(np.abs(found)) <= 1.2
+
+
 def test_no_temporary_fiber_blocks_left(e2e, prod):
     """The per-IFU pre-encoded fiber blocks and their folder are removed once written."""
     assert not (e2e["out"] / "work" / "20190822_0000007_fibers").exists()

@@ -27,6 +27,7 @@ class ExtractedSpectrum:
     error: np.ndarray  # (n_wave,) 1-sigma
     coverage: np.ndarray  # (n_wave,) sum of the PSF weights of the good fibers (all exposures)
     n_fibers: int
+    corr: np.ndarray | None = None  # (n_wave,) correlation of bins j and j+1 (with wave_corr)
 
 
 def source_weights(
@@ -65,6 +66,7 @@ def extract_source(
     exposure: np.ndarray | None = None,
     radius: float = 5.0,
     min_coverage: float = 0.1,
+    wave_corr: np.ndarray | None = None,
 ) -> ExtractedSpectrum:
     """Optimal extraction of the total flux spectrum of a point source at ``(x0, y0)``.
 
@@ -72,14 +74,18 @@ def extract_source(
     errors count as bad too).  ``psf``: a :class:`RadialPSF` or one per exposure (then
     ``exposure`` holds 0-based indices).  Fibers farther than ``radius`` (plus the DAR reach) from
     the source are ignored.  Wavelengths whose good fibers hold less than ``min_coverage`` of the
-    source's flux (summed over exposures) are NaN.
+    source's flux (summed over exposures) are NaN.  With ``wave_corr`` (n_fiber, n_wave), the
+    fibers' correlation of neighbouring wavelength bins (column j: bins j and j+1), the result's
+    ``corr`` is that of the extracted spectrum: sum_i a_ij a_ij+1 rho_ij s_ij s_ij+1 / (e_j e_j+1)
+    with a the extraction weights and e the extracted errors.
     """
     flux = np.asarray(flux)
     n_wave = flux.shape[1]
     sel = _nearby(fiber_x, fiber_y, x0, y0, dar, n_wave, radius)
     if sel.size == 0:
         nan = np.full(n_wave, np.nan)
-        return ExtractedSpectrum(nan, nan.copy(), np.zeros(n_wave), 0)
+        return ExtractedSpectrum(nan, nan.copy(), np.zeros(n_wave), 0,
+                                 None if wave_corr is None else np.zeros(n_wave))
     d = flux[sel].astype(float)
     s = np.asarray(error)[sel].astype(float)
     good = good_pixels(d, s, None if mask is None else np.asarray(mask)[sel])
@@ -96,7 +102,13 @@ def extract_source(
     safe = np.where(ok, den, 1.0)
     spectrum = np.where(ok, num / safe, np.nan)
     err = np.where(ok, 1.0 / np.sqrt(safe), np.nan)
-    return ExtractedSpectrum(spectrum, err, coverage, int(sel.size))
+    corr = None
+    if wave_corr is not None:
+        b = w * np.sqrt(ivar)  # a_ij s_ij / e_j^2 = w_ij / s_ij
+        corr = np.zeros(n_wave)
+        pair = np.sum(b[:, :-1] * b[:, 1:] * np.asarray(wave_corr)[sel, :-1], axis=0)
+        corr[:-1] = np.where(ok[:-1] & ok[1:], pair / np.sqrt(safe[:-1] * safe[1:]), 0.0)
+    return ExtractedSpectrum(spectrum, err, coverage, int(sel.size), corr)
 
 
 def extract_sources(

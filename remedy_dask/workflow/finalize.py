@@ -142,7 +142,9 @@ def ifu_detect(d: dict[str, np.ndarray] | None, slot: int, cond: Conditions,
     table = detect_emission_lines(c["flux"], c["error"], c["bad"], c["ifu_x"], c["ifu_y"],
                                   psf_tables(psf), dar=geometry.dar_offsets(),
                                   exposure=c["exp_index"], sky=c["sky"],
-                                  threshold=config.observation.detection_threshold)
+                                  threshold=config.observation.detection_threshold,
+                                  continuum_error=config.observation.detection_continuum_error,
+                                  wave_corr=c.get("wave_corr"))
     dx, dy = ifu_offset(c)
     ra, dec = geometry.focal_to_sky(np.asarray(table["x"]) + dx, np.asarray(table["y"]) + dy,
                                     astro["ra"], astro["dec"], astro["rotation"])

@@ -68,8 +68,10 @@ class Conditions:
 
 
 def load_ifu(work_root: str, exposures: list[int], slot: int, columns: tuple[str, ...] = (
-        "flux", "error", "mask", "sky")) -> dict[str, np.ndarray] | None:
-    """All exposures' fibers of one IFU: arrays plus ``exp_index`` (0-based exposure)."""
+        "flux", "error", "mask", "sky"), wave_corr: bool = True) -> dict[str, np.ndarray] | None:
+    """All exposures' fibers of one IFU: arrays plus ``exp_index`` (0-based exposure) and, with
+    ``wave_corr``, the correlation of neighbouring wavelength bins left by the rectification
+    (``wave_corr[:, j]`` between bins j and j+1, float32)."""
     parts: dict[str, list[np.ndarray]] = {}
     for i, exp in enumerate(exposures):
         rows = store.read_rows(work_root, exp, "sky", "ifuslot", slot, columns + FIBER_COLUMNS)
@@ -78,10 +80,34 @@ def load_ifu(work_root: str, exposures: list[int], slot: int, columns: tuple[str
         for name, values in rows.items():
             parts.setdefault(name, []).append(values)
         parts.setdefault("exp_index", []).append(np.full(len(rows["ifuslot"]), i))
+        if wave_corr:
+            parts.setdefault("wave_corr", []).append(
+                _rectification_correlation(work_root, exp, slot, rows["amp"]))
     if not parts:
         return None
     out = {k: np.concatenate(v) for k, v in parts.items()}
     out["amp"] = np.asarray(geometry.AMPS)[out["amp"].astype(int)]  # stored as codes
+    return out
+
+
+def _rectification_correlation(work_root: str, exp: int, slot: int, amp_codes: np.ndarray
+                               ) -> np.ndarray:
+    """(n_rows, n_wave) float32 adjacent-bin correlation of one exposure's rows of an IFU (blocks
+    of each amp's fibers in the amp's order, as the ``sky`` group holds them) from each amp's
+    native errors and wavelengths (:func:`remedy_dask.amp.rectify.adjacent_correlation`)."""
+    from remedy_dask.amp.rectify import adjacent_correlation
+
+    out = np.zeros((len(amp_codes), geometry.N_WAVE), np.float32)
+    for code in np.unique(amp_codes):
+        rows = np.flatnonzero(amp_codes == code)
+        key = f"{slot:03d}{geometry.AMPS[int(code)]}"
+        arrays, _ = store.read_arrays(work_root, exp, key, ("native_error", "wavelength_native"))
+        if len(rows) != len(arrays["native_error"]):
+            raise CalibrationError(f"exposure {exp}, amp {key}: {len(rows)} rows in the sky group "
+                                   f"but {len(arrays['native_error'])} fibers in the amp's group")
+        rho = adjacent_correlation(arrays["native_error"].astype(np.float64),
+                                   arrays["wavelength_native"].astype(np.float64))
+        out[rows, :-1] = np.nan_to_num(rho)
     return out
 
 
