@@ -285,7 +285,8 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
                         "sync (one process, for debugging), tls://ADDRESS or tcp://ADDRESS of "
                         "a running scheduler")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="worker processes (default: one per core; jobqueue: adaptive)")
+                   help="workers (default: one per core; jobqueue: adaptive); processes, or threads "
+                        "for a small local reduce (cluster setting processes: auto)")
     p.add_argument("--config", type=Path, metavar="FILE.yaml",
                    help="YAML file of reduction parameters (see 'remedy-dask config show')")
     _add_site_args(p)

@@ -40,18 +40,21 @@ def _assert_identical(a, b):
 
 
 def test_local_cluster_equals_synchronous(e2e, sync_product, tmp_path):
+    """A reduce of one IFU (12 amp-exposures) runs its workers as threads of the remedy-dask
+    process (``processes: auto``); the products are the same."""
     _assert_identical(sync_product, _reduce(e2e, tmp_path, "local", "--workers", "2"))
+    log = (tmp_path / "remedy-dask.log").read_text()
+    assert "local cluster: one worker with 2 threads in this process" in log
 
 
-def test_local_cluster_of_threads_equals_synchronous(e2e, sync_product, tmp_path):
-    """``processes: false``: the workers are threads of the remedy-dask process (no worker
-    processes to start and stop); the products are the same."""
-    cfg = tmp_path / "threads.yaml"
-    cfg.write_text("processes: false\n")
+def test_local_cluster_of_processes_equals_synchronous(e2e, sync_product, tmp_path):
+    """``processes: true``: worker processes, whatever the size; the same products."""
+    cfg = tmp_path / "processes.yaml"
+    cfg.write_text("processes: true\n")
     _assert_identical(sync_product, _reduce(e2e, tmp_path / "out", "local", "--workers", "2",
                                             "--cluster-config", str(cfg)))
     log = (tmp_path / "out" / "remedy-dask.log").read_text()
-    assert "local cluster: one worker with 2 threads in this process" in log
+    assert "local cluster: one worker with" not in log
 
 
 def test_existing_scheduler_by_address(e2e, sync_product, tmp_path):

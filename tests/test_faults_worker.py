@@ -89,8 +89,11 @@ def test_a_killed_worker_flags_its_amp_exposure_and_a_rerun_equals_a_clean_run(
     req = dataclasses.replace(night["req"], out=tmp_path / "killed")
     clean = night["clean"]
     monkeypatch.setenv(KILL_AMP, "047LL-exp02")
+    processes = tmp_path / "processes.yaml"  # worker processes, even for a small reduction
+    processes.write_text("processes: true\n")
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        status = cli.main(_argv(req, night["e2e"], "--workers", "2"))
+        status = cli.main(_argv(req, night["e2e"], "--workers", "2", "--cluster-config",
+                                str(processes)))
     monkeypatch.delenv(KILL_AMP)
     assert status == 3  # products written, something left out
     reason = ("047LL exp02: worker died: 1 worker process died running "
