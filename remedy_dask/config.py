@@ -108,6 +108,9 @@ class ObservationConfig:
     psf_beta: float = setting(3.5, "Moffat beta when not fitted, and the fit's starting value")
     psf_star_clip: float = setting(
         3.0, "drop PSF stars whose reduced chi^2 exceeds this x the median star's")
+    psf_max_stars: int = setting(
+        40, "the joint PSF fit uses at most this many of the brightest isolated stars (its cost "
+        "grows with every star)")
     star_bright_limit: float = setting(
         15.0, "g: brighter catalogue stars saturate and do not calibrate")
     star_blend_radius: float = setting(
@@ -232,6 +235,7 @@ RANGES = {
     ("observation", "psf_beta"): (1.1, 20.0),
     ("observation", "psf_star_gmax"): (5.0, 30.0),
     ("observation", "psf_star_clip"): (1.0, 1e6),
+    ("observation", "psf_max_stars"): (3, 100_000),
     ("observation", "star_bright_limit"): (0.0, 30.0),
     ("observation", "star_blend_radius"): (0.0, 60.0),
     ("observation", "star_blend_limit"): (0.0, 100.0),

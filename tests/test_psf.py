@@ -173,3 +173,23 @@ def test_fit_seeing_follows_moffat_beta_per_exposure():
     fixed = fit_seeing(flux, sigma, None, fx, fy, exp, sx, sy, DEF_WAVE, dar)
     np.testing.assert_array_equal(fixed.beta, 3.5)
     assert abs(fixed.fwhm[0] - 1.55) > 0.06
+
+
+def test_fit_seeing_uses_the_brightest_stars_up_to_max_stars():
+    """``max_stars``: only that many of the brightest usable stars enter the joint fit (the
+    others are reported unused); below the cap nothing changes."""
+    fx, fy, exp = _dithered_fibers()
+    dar = dar_offsets(DEF_WAVE)
+    stars = [(-10.0, 8.0, 600.0), (6.0, -12.0, 2000.0), (12.0, 10.0, 900.0), (-3.0, -2.0, 1500.0)]
+    flux = np.zeros((fx.size, DEF_WAVE.size))
+    for x0, y0, amp in stars:
+        flux += amp * _star_fractions(fx, fy, exp, x0, y0, (1.8, 1.8, 1.8), dar, n_nodes=8)
+    sigma = np.full_like(flux, 5.0)
+    sx, sy = [s[0] for s in stars], [s[1] for s in stars]
+    capped = fit_seeing(flux, sigma, None, fx, fy, exp, sx, sy, DEF_WAVE, dar, max_stars=2)
+    assert list(capped.star_used) == [False, True, False, True]  # the 2000 and 1500 stars
+    np.testing.assert_allclose(capped.fwhm, 1.8, atol=0.05)
+    full = fit_seeing(flux, sigma, None, fx, fy, exp, sx, sy, DEF_WAVE, dar)
+    same = fit_seeing(flux, sigma, None, fx, fy, exp, sx, sy, DEF_WAVE, dar, max_stars=4)
+    np.testing.assert_array_equal(full.fwhm, same.fwhm)
+    assert full.n_stars == 4

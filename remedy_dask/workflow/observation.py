@@ -244,7 +244,8 @@ def fit_psf(cutouts: list[dict[str, Any] | None], cond: Conditions,
         fit = fit_seeing(cat("flux"), cat("error"), cat("bad"), cat("fx"), cat("fy"),
                          cat("exp_index"), cat("star_fx"), cat("star_fy"),
                          dar=geometry.dar_offsets(), fwhm0=float(np.median(cond.fwhm_guider)),
-                         beta=beta, fit_beta=config.psf_fit_beta, star_clip=config.psf_star_clip)
+                         beta=beta, fit_beta=config.psf_fit_beta, star_clip=config.psf_star_clip,
+                         max_stars=config.psf_max_stars)
     except CalibrationError as exc:
         return {**fallback, "note": f"PSF fit failed ({exc}): guider IQ used"}
     fwhm = np.array(cond.fwhm_guider, float)
