@@ -61,7 +61,8 @@ def step_spans(client, since: float) -> dict[str, list[float]]:
 
 def io_floor(raw: Path) -> dict[str, float]:
     """Seconds to read every science amp frame once (header + data), the reduction's floor."""
-    from remedy_dask.io.raw import RawArchive, read_raw_amp
+    from remedy_dask.io.raw import RawArchive
+    from remedy_dask.io.rawframe import read_raw_amp
 
     t0 = time.perf_counter()
     refs = RawArchive(raw).frames(DATE, OBS, kind="sci")

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from remedy_dask.errors import RawDataError
-from remedy_dask.io.raw import frame_ref_from_path, read_header_model, read_raw_amp
+from remedy_dask.io.raw import frame_ref_from_path
+from remedy_dask.io.rawframe import read_header_model, read_raw_amp
 
 KEYWORDS = ("SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "BZERO", "BSCALE", "EXPTIME", "GAIN",
             "RDNOISE", "CCDPOS", "CCDHALF", "SPECID", "IFUSLOT", "IFUID", "DATE", "DATE-OBS",

@@ -19,14 +19,8 @@ from astropy.io import fits
 from remedy_dask.errors import RawDataError
 from remedy_dask.io import raw
 from remedy_dask.io.header import parse_amp_header
-from remedy_dask.io.raw import (
-    RawArchive,
-    TarMember,
-    frame_ref_from_path,
-    index_tar,
-    read_header_model,
-    read_raw_amp,
-)
+from remedy_dask.io.raw import RawArchive, frame_ref_from_path, index_tar
+from remedy_dask.io.rawframe import TarMember, read_header_model, read_raw_amp
 
 DATE = "20190822"
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from remedy_dask.io.raw import RawArchive, read_header_model, read_raw_amp
+from remedy_dask.io.raw import RawArchive
+from remedy_dask.io.rawframe import read_header_model, read_raw_amp
 from remedy_dask.io.slot_history import physical_slot, slot_note
 
 

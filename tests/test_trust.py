@@ -19,7 +19,8 @@ from remedy_dask.config import PipelineConfig, check_dither, load_config
 from remedy_dask.errors import ConfigError, InputFileError, RawDataError
 from remedy_dask.io import calfile, store
 from remedy_dask.io.lock import OutputLockedError, output_lock
-from remedy_dask.io.raw import frame_ref_from_path, read_raw_amp
+from remedy_dask.io.raw import frame_ref_from_path
+from remedy_dask.io.rawframe import read_raw_amp
 
 DATE = "20190822"
 

@@ -67,7 +67,7 @@ def file_digest(path: str | os.PathLike | None) -> str:
 def frame_identity(ref: Any) -> list[Any]:
     """What identifies a raw frame's bytes without reading them: the file's size and mtime,
     and for a tar member the tar's size and mtime with the member's offset and size."""
-    from remedy_dask.io.raw import TarMember
+    from remedy_dask.io.rawframe import TarMember
 
     ident: list[Any] = [ref.date, ref.obs, ref.exp, ref.name]
     src = ref.source

@@ -23,7 +23,7 @@ from remedy_dask.amp.wavelength import shifted_wavelength
 from remedy_dask.config import ReductionConfig
 from remedy_dask.errors import RawDataError
 from remedy_dask.io import calfile, store
-from remedy_dask.io.raw import FrameRef
+from remedy_dask.io.rawframe import FrameRef
 from remedy_dask.workflow.faults import kill_if_chosen
 from remedy_dask.workflow.frames import reduce_frame
 from remedy_dask.workflow.nodes import flag_failures

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from remedy_dask.errors import RemedyError
-from remedy_dask.io.raw import RawArchive, read_primary_header
+from remedy_dask.io.raw import RawArchive
+from remedy_dask.io.rawframe import read_primary_header
 from remedy_dask.io.summary import product_summary, write_summary
 from remedy_dask.requests import RangeRequest
 from remedy_dask.workflow.calibration import calibrate

@@ -22,7 +22,7 @@ from remedy_dask import geometry
 from remedy_dask.config import CalibrationConfig
 from remedy_dask.errors import CalibrationError, RawDataError
 from remedy_dask.io import calfile
-from remedy_dask.io.raw import FrameRef
+from remedy_dask.io.rawframe import FrameRef
 from remedy_dask.workflow.frames import ReducedFrame, reduce_frames
 from remedy_dask.workflow.nodes import flag_failures
 
@@ -98,7 +98,7 @@ def _reduce_checked(work: AmpWork, refs: list[FrameRef], kind: str, minimum: int
 @stage
 def cal_identify(work: AmpWork, refs: list[FrameRef], expected: tuple[int, int] | None) -> AmpWork:
     """Decide the amp's SPECID/IFUID: from the fplane if given, else the majority of headers."""
-    from remedy_dask.io.raw import read_header_model
+    from remedy_dask.io.rawframe import read_header_model
 
     if expected is not None:
         return work.but(specid=expected[0], ifuid=expected[1])

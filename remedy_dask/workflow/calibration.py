@@ -30,7 +30,8 @@ from remedy_dask import __version__, geometry
 from remedy_dask.config import PipelineConfig
 from remedy_dask.errors import RemedyError
 from remedy_dask.io import calfile
-from remedy_dask.io.raw import FrameRef, RawArchive
+from remedy_dask.io.raw import RawArchive
+from remedy_dask.io.rawframe import FrameRef
 from remedy_dask.requests import CalibrateRequest
 from remedy_dask.workflow.cal_chain import (
     AmpWork, cal_arc, cal_bias, cal_dark, cal_fiber_to_fiber, cal_flat, cal_identify,

@@ -19,7 +19,7 @@ def prepare_observation(plan: Any, archive: RawArchive, req: ReduceRequest,
     """Conditions per exposure (headers, guider), the star catalogue and the header pointing."""
     from remedy_dask.io.catalog import query_panstarrs, read_catalog
     from remedy_dask.io.guider import GuiderArchive, parse_stamp
-    from remedy_dask.io.raw import read_header_model
+    from remedy_dask.io.rawframe import read_header_model
     from remedy_dask.io.throughput import default_throughput, read_throughput
     from remedy_dask.workflow.observation import Conditions
 

@@ -306,7 +306,7 @@ def product_cards(plan: Any, cond: Conditions, pointing: tuple[float, float, flo
                   cal_path: Path, config: PipelineConfig) -> dict[str, Any]:
     """FITS cards of the observation: start and object from the first exposure's raw header."""
     from remedy_dask.io.provenance import observation_cards
-    from remedy_dask.io.raw import read_header_model
+    from remedy_dask.io.rawframe import read_header_model
 
     first = min(key for key in plan.refs if key[1] in plan.cal_keys)
     header = read_header_model(plan.refs[first])

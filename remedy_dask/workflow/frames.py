@@ -14,7 +14,7 @@ import numpy as np
 from remedy_dask.amp.ccd import basic_reduce
 from remedy_dask.errors import RawDataError
 from remedy_dask.io.header import AmpHeader
-from remedy_dask.io.raw import FrameRef, read_raw_amp
+from remedy_dask.io.rawframe import FrameRef, read_raw_amp
 
 log = logging.getLogger(__name__)
 

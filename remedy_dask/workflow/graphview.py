@@ -18,7 +18,7 @@ from dask.utils import key_split
 
 from remedy_dask import geometry
 from remedy_dask.config import PipelineConfig
-from remedy_dask.io.raw import FrameRef
+from remedy_dask.io.rawframe import FrameRef
 
 # 78 slots of a full IHMP (rows 01-10, columns 1-9, less the 12 central/corner positions).
 _EXCLUDED = {(1, 1), (1, 9), (10, 1), (10, 9), (5, 4), (5, 5), (5, 6), (6, 4), (6, 5), (6, 6),

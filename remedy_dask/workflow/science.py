@@ -25,7 +25,8 @@ from remedy_dask import geometry
 from remedy_dask.config import PipelineConfig, check_dither
 from remedy_dask.errors import RemedyError
 from remedy_dask.io import calfile, store
-from remedy_dask.io.raw import FrameRef, RawArchive
+from remedy_dask.io.raw import RawArchive
+from remedy_dask.io.rawframe import FrameRef
 from remedy_dask.io.slot_history import slot_note
 from remedy_dask.requests import NightRequest, ReduceRequest
 from remedy_dask.workflow.amp_graph import alone_chain, build_amp_graph
