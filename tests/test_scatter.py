@@ -136,8 +136,9 @@ def _small_fiber_problem(seed: int = 3):
 
 
 def test_fiber_amplitude_fit_is_the_exact_least_squares_solution():
-    from remedy_dask.amp.profile.fibermodel import (BackgroundBasis, fit_amplitudes_and_background,
-                                     initial_profile, profile_eval, width_derivative)
+    from remedy_dask.amp.profile.fibermodel import (
+        BackgroundBasis, fit_amplitudes_and_background, initial_profile, profile_eval, width_derivative,
+    )
 
     profiles, pos, centres, n_cols = _small_fiber_problem()
     n_chunks, n_rows = profiles.shape
@@ -167,10 +168,9 @@ def test_fiber_amplitude_fit_is_the_exact_least_squares_solution():
 
 
 def test_profile_fit_is_the_exact_least_squares_solution():
-    from remedy_dask.amp.profile.fibermodel import (PROFILE_NODES, PROFILE_RADIUS, BackgroundBasis,
-                                     fit_amplitudes_and_background, fit_profile_and_background,
-                                     initial_profile, profile_eval, profile_integral,
-                                     width_derivative)
+    from remedy_dask.amp.profile.fibermodel import (
+        PROFILE_NODES, PROFILE_RADIUS, BackgroundBasis, fit_amplitudes_and_background, fit_profile_and_background, initial_profile, profile_eval, profile_integral, width_derivative,
+    )
 
     profiles, pos, centres, n_cols = _small_fiber_problem(4)
     n_chunks, n_rows = profiles.shape

@@ -227,7 +227,7 @@ def _chunk_profiles_reference(image, variance, mask, n_chunks):
 def test_chunk_profiles_match_the_direct_definition(with_variance):
     """The compiled sorting-network chunk profiles equal the numpy definition, with masked
     pixels, NaN, cosmic-ray outliers and fully masked chunk rows."""
-    from remedy_dask.amp.profile.fibermodel import chunk_profiles
+    from remedy_dask.amp.profile.chunks import chunk_profiles
 
     rng = np.random.default_rng(5)
     image = rng.normal(100.0, 10.0, (60, 1032))

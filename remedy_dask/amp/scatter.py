@@ -19,8 +19,7 @@ Speed (~20 ms per amp on one core, of which ~2/3 is ``chunk_profiles``): the hal
 run by FFT on a light map of 4-row steps (the kernels are >= 25 px wide) with cached kernel
 spectra, the bounded fit works on the QR factor of a ~14-column design, the free rows are found
 by counting fibers below every row, and the chunk model goes to every column by a compiled
-linear interpolation.  The chunk cross-sections and the joint fiber model used by the trace
-live in :mod:`remedy_dask.amp.profile.fibermodel` (re-exported here).
+linear interpolation.  The chunk cross-sections are :mod:`remedy_dask.amp.profile.chunks`.
 """
 
 from __future__ import annotations
@@ -33,10 +32,7 @@ from numba import njit
 from scipy.linalg import lapack
 
 from remedy_dask.errors import CalibrationError
-from remedy_dask.amp.profile.fibermodel import (
-    chunk_positions,
-    chunk_profiles,
-)
+from remedy_dask.amp.profile.chunks import chunk_positions, chunk_profiles
 from remedy_dask.numeric.robust import mad_sigma
 
 # --------------------------------------------------------------------------------------------

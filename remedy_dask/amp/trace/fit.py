@@ -34,20 +34,9 @@ from numpy.polynomial import legendre
 
 from remedy_dask.errors import CalibrationError
 from remedy_dask.amp.profile.fibermodel import (
-    PROFILE_NODES,
-    BackgroundBasis,
-    FiberFit,
-    FiberWindows,
-    chunk_positions,
-    chunk_profiles,
-    fit_amplitudes_and_background,
-    fit_profile_and_background,
-    initial_profile,
-    profile_eval,
-    profile_integral,
-    width_derivative,
-    window_image,
+    PROFILE_NODES, BackgroundBasis, FiberFit, FiberWindows, fit_amplitudes_and_background, fit_profile_and_background, initial_profile, profile_eval, profile_integral, width_derivative, window_image,
 )
+from remedy_dask.amp.profile.chunks import chunk_positions, chunk_profiles
 from remedy_dask.amp.profile.model import ProfileModel, profile_from_fiber_fit
 from remedy_dask.amp.trace.assign import (
     GAP_PITCHES, SLIT_GROUPS, assign_by_pattern, assign_by_reference, find_peaks,
