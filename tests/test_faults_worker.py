@@ -109,9 +109,12 @@ def test_a_killed_worker_flags_its_amp_exposure_and_a_rerun_equals_a_clean_run(
         assert not ((h5["fibers/exposure"][...] == 2)
                     & (h5["fibers/amp"].asstr()[...] == "LL")).any()
     assert f"left out: {reason}" in (req.out / "remedy-dask.log").read_text()
-    # every other amp-exposure is the clean run's, except the CCD partner of a lost one, whose
-    # wavelength shift is its own measurement (the same) applied unpooled
-    alone = {(e, k[:3] + ccd_partner(k[3:])) for e, k in lost} - lost
+    # every other amp-exposure is the clean run's, except the CCD partner of a lost one computed
+    # alone (stored unpooled), whose wavelength shift is its own measurement (the same) applied
+    # unpooled; a partner that finished, pooled, before its half was lost is the clean run's
+    partners = {(e, k[:3] + ccd_partner(k[3:])) for e, k in lost} - lost
+    alone = {(e, k) for e, k in partners if _group(req.out, e, k)["wave_shift_pooled"] == 0}
+    assert (2, "047LU") in alone  # 047LL exp02 dies in its first step: never measured
     for exp in (1, 2, 3):
         for key in KEYS:
             if (exp, key) in lost:
