@@ -154,16 +154,20 @@ def smooth_master(master: np.ndarray, mask: np.ndarray | None = None, block: int
     """
     from scipy.ndimage import zoom
 
+    from remedy_dask.numeric.rowstats import nanmedian_cols, nanmedian_rows
+
     good = np.ones(master.shape, bool) if mask is None else ~np.asarray(mask, bool)
     values = np.where(good, master, np.nan)
-    columns = np.nanmedian(values, axis=0)
+    ny, nx = master.shape
+    columns = nanmedian_cols(values, ~good, np.arange(ny))
     columns = np.where(np.isfinite(columns), columns, np.nanmedian(columns))
     columns = column_offsets(columns, values - columns[None, :])
     rest = values - columns[None, :]
-    ny, nx = master.shape
     by, bx = ny // block, nx // block
-    blocks = rest[: by * block, : bx * block].reshape(by, block, bx, block)
-    coarse = np.nanmedian(blocks, axis=(1, 3))
+    blocks = (rest[: by * block, : bx * block].reshape(by, block, bx, block)
+              .transpose(0, 2, 1, 3).reshape(by * bx, block * block))
+    coarse = nanmedian_rows(blocks, np.zeros(blocks.shape, bool),
+                            np.arange(block * block)).reshape(by, bx)
     coarse = np.where(np.isfinite(coarse), coarse, np.nanmedian(coarse))
     smooth = zoom(coarse, (ny / by, nx / bx), order=1, mode="nearest", grid_mode=True)
     model = (columns[None, :] + smooth).astype(np.float32)

@@ -14,6 +14,7 @@ from scipy.stats import chi2
 from remedy_dask import geometry
 from remedy_dask.errors import CalibrationError
 from remedy_dask.numeric.robust import mad_sigma
+from remedy_dask.numeric.sortnet import median_of_frames, running_median_rows
 
 # variance of the median of n Gaussian samples over the variance of their mean (n = 1..10)
 _MEDIAN_EFFICIENCY = (1.0, 1.0, 1.346, 1.192, 1.434, 1.283, 1.478, 1.347, 1.497, 1.381)
@@ -37,16 +38,17 @@ def noise_model(stack: np.ndarray, centre: np.ndarray, n_bins: int = 30) -> tupl
     finite = np.isfinite(level) & np.isfinite(v)
     level, v = level[finite], v[finite]
     edges = np.unique(np.percentile(level, np.r_[np.linspace(0.5, 99.5, n_bins), 99.99]))
-    which = np.digitize(level, edges) - 1
+    order = np.argsort(level, kind="stable")
+    level, v = level[order], v[order]  # bins become slices: [bounds[i], bounds[i + 1])
+    bounds = np.searchsorted(level, edges, side="left")
     med_factor = chi2.median(n - 1) / (n - 1)  # median of s^2 / sigma^2
     xs, ys, ws = [], [], []
-    for i in range(edges.size - 1):
-        sel = which == i
-        if sel.sum() < 50:
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        if stop - start < 50:
             continue
-        xs.append(np.median(level[sel]))
-        ys.append(np.median(v[sel]) / med_factor)
-        ws.append(np.sqrt(sel.sum()) / max(ys[-1], 1e-6))
+        xs.append(np.median(level[start:stop]))
+        ys.append(np.median(v[start:stop]) / med_factor)
+        ws.append(np.sqrt(stop - start) / max(ys[-1], 1e-6))
     b0 = float(np.median(v) / med_factor)
     if len(xs) < 2 or np.ptp(xs) < 10.0 * np.sqrt(b0):
         # levels too alike to fit a slope (bias, dark): images are in electrons -> Poisson
@@ -78,7 +80,7 @@ def combine_frames(stack: np.ndarray, method: str = "median", normalize: bool = 
     if n == 1:
         master = frames[0].copy()
         return master, np.sqrt(np.clip(master, 0, None) + read_noise**2)
-    med = np.median(frames, axis=0)
+    med = median_of_frames(frames)
     a, b = noise_model(frames, med)
     sigma = np.sqrt(a * np.clip(med, 0, None) + b)
     if method == "median":
@@ -185,13 +187,6 @@ def _bilinear(grid: np.ndarray, centres_r: np.ndarray, centres_c: np.ndarray, n_
     return weights(centres_r, n_rows) @ grid @ weights(centres_c, n_cols).T
 
 
-def _row_median9(image: np.ndarray) -> np.ndarray:
-    """Running median of 9 columns along every row (mirror edges), by partition."""
-    padded = np.pad(image, ((0, 0), (4, 4)), mode="reflect")
-    windows = np.lib.stride_tricks.sliding_window_view(padded, 9, axis=1)
-    return np.partition(windows, 4, axis=-1)[..., 4]
-
-
 def _column_runs(flag: np.ndarray, min_blocks: int) -> np.ndarray:
     """Per column, the blocks belonging to runs of >= ``min_blocks`` consecutive flagged blocks,
     each run extended by one block on both ends (flag: (n_blocks, n_cols))."""
@@ -242,7 +237,7 @@ def pixel_mask(dark_rate: np.ndarray, master_flat: np.ndarray, trace: np.ndarray
     dark_cols = _column_runs(np.abs(seg - np.median(seg)) > column_sigma * sig / np.sqrt(block), 2)
 
     # --- flat: bad columns, trap trails, dead pixels ---
-    flat_local = _row_median9(flat)
+    flat_local = running_median_rows(flat, 9)
     bright = flat_local > flat_level * np.nanpercentile(flat_local, 99)
     z = (flat - flat_local) / np.sqrt(np.clip(flat_local, 1.0, None))
     zs = float(mad_sigma(z[bright], max_samples=150_000)) + 1e-12
@@ -284,14 +279,17 @@ def frame_quality(image: np.ndarray, kind: str, *, saturation: float = 55000.0,
     finite = np.isfinite(img)
     if finite.mean() < 0.99:
         return f"{100 * (1 - finite.mean()):.1f}% non-finite pixels"
-    vals = img[finite]
+    vals = img[finite] if not finite.all() else img.ravel()
     if np.ptp(vals) == 0:
         return f"empty frame (every pixel {vals[0]:g})"
     sat = float((vals >= saturation).mean())
     if sat > max_saturated:
         return f"{100 * sat:.1f}% of pixels saturated (>= {saturation:g} e-)"
-    med, mean = float(np.median(vals)), float(np.mean(vals))
-    p999 = float(np.percentile(vals, 99.9))
+    # each kind's gate needs one or two statistics: only those are computed (a median of 1M
+    # pixels costs ~15 ms, and every calibration frame passes here)
+    med = float(np.median(vals)) if kind in ("zro", "drk", "cmp") else np.nan
+    mean = float(np.mean(vals)) if kind in ("flt", "twi", "sci") else np.nan
+    p999 = float(np.percentile(vals, 99.9)) if kind == "cmp" else np.nan
     if kind == "zro" and abs(med) > 50.0:
         return f"median {med:.1f} e- is not a bias frame (|median| <= 50 e- after overscan)"
     if kind == "drk" and not -50.0 <= med <= 500.0:

@@ -214,7 +214,7 @@ def cal_arc(work: AmpWork, refs: list[FrameRef], config: CalibrationConfig) -> A
         work.flags.append(f"arc lamp(s) missing in the window: {', '.join(missing)}")
     arc = np.zeros_like(frames[0].image)
     arc_var = np.zeros_like(arc)
-    for lamp in lamps & set(by_lamp):
+    for lamp in sorted(lamps & set(by_lamp)):  # a fixed order: the sum is bit-reproducible
         master, var = _master(work, by_lamp[lamp], config)
         arc += master
         arc_var += var
