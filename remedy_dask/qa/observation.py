@@ -19,6 +19,7 @@ from scipy.spatial import cKDTree
 
 from remedy_dask.io.catalog import Catalog, as_catalog
 from remedy_dask import geometry
+from remedy_dask.numeric.rowstats import nanmedian_cols
 from remedy_dask.qa.observation_data import (
     G_BAND, MAX_SAMPLE_FIBERS, FiberSummary, columns, read_fibers,
 )
@@ -129,6 +130,12 @@ def empty_fibers(fs: FiberSummary, positions: np.ndarray, radius: float = SOURCE
     return keep
 
 
+def _column_medians(values: np.ndarray) -> np.ndarray:
+    """np.nanmedian(values, axis=0), compiled (numpy loops over the columns in Python)."""
+    rows = np.arange(values.shape[0])
+    return nanmedian_cols(values, np.zeros(values.shape, bool), rows)
+
+
 def _sky_analysis(fs: FiberSummary, keep: np.ndarray, wave: np.ndarray, figdir: Path
                   ) -> tuple[list[str], list[list[Any]], list[list[Any]]]:
     """Per-exposure sky residual ratio and the spectrum/error distributions of empty fibers."""
@@ -146,8 +153,7 @@ def _sky_analysis(fs: FiberSummary, keep: np.ndarray, wave: np.ndarray, figdir: 
             m = keep & (exps == e)
             if not m.any():
                 continue
-            med_spec = np.nanmedian(fs.spectrum[m], axis=0)
-            med_sky = np.nanmedian(fs.sky[m], axis=0)
+            med_spec, med_sky = (_column_medians(a[m]) for a in (fs.spectrum, fs.sky))
             ratio = med_spec / np.where(med_sky != 0, med_sky, np.nan)
             ax1.plot(wave, 100 * ratio, lw=0.7, label=f"exp {e}")
             ax2.plot(wave, med_sky, lw=0.7, label=f"exp {e}")

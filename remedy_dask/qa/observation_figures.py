@@ -38,41 +38,53 @@ def stretch(g: np.ndarray) -> tuple[np.ndarray, float]:
 
 def recon_figure(fs: "FiberSummary", centres: dict[int, tuple[float, float]],
                   marks: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> str:
-    """Per-IFU panels laid out by IHMP row (up) and column (right); fibers as 1.5" discs."""
+    """Per-IFU panels laid out by IHMP row (up) and column (right); fibers as 1.5" discs.
+
+    One axes holds every IFU, each shifted into its grid cell (a figure of 78 axes spends
+    seconds in layout alone), so one collection draws all fibers."""
+    from matplotlib.collections import LineCollection
+
     t, vmax = stretch(fs.gband)
     rc = {s: geometry.slot_row_col(s) for s in centres}
-    rows = [r for r, _ in rc.values()]
-    cols = [c for _, c in rc.values()]
+    rows = [r for r, _ in rc.values()] or [0]
+    cols = [c for _, c in rc.values()] or [0]
     nr, nc = max(rows) - min(rows) + 1, max(cols) - min(cols) + 1
-    fig, axes = plt.subplots(nr, nc, figsize=(1.7 * nc + 1.2, 1.8 * nr + 0.4), squeeze=False,
-                             layout="compressed")
-    for ax in axes.ravel():
-        ax.axis("off")
+    cell = 2.0 * IFU_HALF * 1.12  # panel plus gap, arcsec
+    shift = {s: ((c - min(cols)) * cell, (r - min(rows)) * cell) for s, (r, c) in rc.items()}
+    fig = plt.figure(figsize=(1.7 * nc + 1.2, 1.8 * nr + 0.4))
+    ax = fig.add_axes((0.01, 0.01, 0.88, 0.94))
+    cax = fig.add_axes((0.91, 0.2, 0.015, 0.6))
     styles = {"sources": dict(marker="x", color="lime", s=25, lw=1.0),
               "catalog": dict(marker="o", facecolor="none", edgecolor="cyan", s=40, lw=0.8),
               "detections": dict(marker="s", facecolor="none", edgecolor="red", s=30, lw=0.8)}
-    coll = None
+    offsets, values, boxes = [], [], []
+    placed: dict[str, list[np.ndarray]] = {name: [] for name in marks}
     for slot, (x0, y0) in centres.items():
-        r, c = rc[slot]
-        ax = axes[max(rows) - r, c - min(cols)]
-        ax.axis("on")
+        sx, sy = shift[slot]
         m = fs.ifuslot == slot
-        coll = EllipseCollection(geometry.FIBER_DIAMETER, geometry.FIBER_DIAMETER, 0.0, units="xy",
-                                 offsets=np.c_[fs.fx[m] - x0, fs.fy[m] - y0],
-                                 offset_transform=ax.transData, cmap="gray_r")
-        coll.set_array(t[m])
-        coll.set_clim(-1.0, vmax)
-        ax.add_collection(coll)
+        offsets.append(np.c_[fs.fx[m] - x0 + sx, fs.fy[m] - y0 + sy])
+        values.append(t[m])
+        lo_x, hi_x, lo_y, hi_y = sx - IFU_HALF, sx + IFU_HALF, sy - IFU_HALF, sy + IFU_HALF
+        boxes.append([(lo_x, lo_y), (hi_x, lo_y), (hi_x, hi_y), (lo_x, hi_y), (lo_x, lo_y)])
+        ax.text(sx, hi_y + 1.0, f"{slot:03d}", fontsize=7, ha="center", va="bottom")
         for name, (mx, my) in marks.items():
             inside = (np.abs(mx - x0) < IFU_HALF) & (np.abs(my - y0) < IFU_HALF)
-            if inside.any():
-                ax.scatter(mx[inside] - x0, my[inside] - y0, **styles[name])
-        ax.set(xlim=(-IFU_HALF, IFU_HALF), ylim=(-IFU_HALF, IFU_HALF), aspect="equal", xticks=[],
-               yticks=[])
-        ax.set_title(f"{slot:03d}", fontsize=7, pad=2)
-    if coll is not None:
-        fig.colorbar(coll, ax=axes.ravel().tolist(), shrink=0.6,
-                     label="asinh((g - median) / 3 robust sigma)")
+            placed[name].append(np.c_[mx[inside] - x0 + sx, my[inside] - y0 + sy])
+    coll = EllipseCollection(geometry.FIBER_DIAMETER, geometry.FIBER_DIAMETER, 0.0, units="xy",
+                             offsets=np.concatenate(offsets) if offsets else np.zeros((0, 2)),
+                             offset_transform=ax.transData, cmap="gray_r")
+    coll.set_array(np.concatenate(values) if values else np.zeros(0))
+    coll.set_clim(-1.0, vmax)
+    ax.add_collection(coll)
+    ax.add_collection(LineCollection(boxes, colors="0.3", linewidths=0.6))
+    for name, pieces in placed.items():
+        xy = np.concatenate(pieces) if pieces else np.zeros((0, 2))
+        if len(xy):
+            ax.scatter(xy[:, 0], xy[:, 1], **styles[name])
+    ax.set(xlim=(-cell / 2, (nc - 0.5) * cell), ylim=(-cell / 2, (nr - 0.5) * cell),
+           aspect="equal")
+    ax.axis("off")
+    fig.colorbar(coll, cax=cax, label="asinh((g - median) / 3 robust sigma)")
     fig.suptitle("Collapsed 4600-5400 A per fiber (focal plane: fx right, fy up); "
                  "x source, o catalogue, [] detection", fontsize=8)
     return save_figure(fig, path)
