@@ -192,7 +192,8 @@ def test_a_full_disk_stops_with_one_line_and_a_rerun_resumes_to_a_clean_run(
 
 def test_products_record_the_code_digests_of_the_checkpoint_keys(night):
     """A user can tell which code made a product: the digests the checkpoint keys use (amp
-    chain, sky) and the whole package's, in the HDF5 root and the per-IFU FITS header."""
+    chain, sky) and the whole package's, in the HDF5 root and the per-IFU FITS header, and the
+    code that wrote its calibration file."""
     from remedy_dask.io.raw import RawArchive
     from remedy_dask.workflow.keys import CheckpointKeys
     from remedy_dask.workflow.science import plan_observation
@@ -212,3 +213,9 @@ def test_products_record_the_code_digests_of_the_checkpoint_keys(night):
     header = fits.getheader(clean / "20190822_0000007_047.fits")
     assert (header["CODEAMP"], header["CODESKY"], header["CODEALL"]) == (
         recorded["code_digest_amp_chain"], recorded["code_digest_sky"], recorded["code_digest"])
+    # the calibration file records the code that wrote it (the fixture's calibration: this code),
+    # and the product carries it over
+    with h5py.File(req.calfile) as cal, h5py.File(clean / PRODUCT) as h5:
+        assert cal.attrs["code_digest"] == code_digest()
+        assert h5.attrs["calibration_code_digest"] == cal.attrs["code_digest"]
+    assert header["CALCODE"] == code_digest()

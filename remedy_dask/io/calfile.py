@@ -17,7 +17,8 @@ Datasets per group (shapes for one amp; units in each dataset's ``units`` attrib
 
 Group attributes: ``specid``, ``ifuid``, ``ifuslot``, ``amp``, ``contid``, ``read_noise`` (e-),
 ``status`` ("ok" or "failed"), ``flags`` (JSON list of reasons), ``qa`` (JSON dict of numbers).
-File attributes: ``format_version``, ``code_version``, ``created``, ``window`` (dates), ``config``
+File attributes: ``format_version``, ``code_version``, ``code_digest`` (of the package's
+sources, :func:`remedy_dask.io.digest.code_digest`), ``created``, ``window`` (dates), ``config``
 (YAML), ``inputs`` per group as the dataset ``inputs`` (frame names).
 
 Content digests: every group carries ``digest`` (of its attributes and arrays, written with it)
@@ -45,6 +46,7 @@ import h5py
 import numpy as np
 
 from remedy_dask import __version__
+from remedy_dask.io.digest import code_digest
 from remedy_dask.io.jsonable import jsonable
 from remedy_dask.errors import InputFileError
 
@@ -112,6 +114,7 @@ def _write_file_attrs(h5: h5py.File, attrs: dict[str, Any] | None) -> None:
     """Format version, code version, creation time and the caller's provenance."""
     h5.attrs["format_version"] = FORMAT_VERSION
     h5.attrs["code_version"] = __version__
+    h5.attrs["code_digest"] = code_digest()  # the package's sources (io.digest), as products
     h5.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
     for key, value in (attrs or {}).items():
         h5.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)

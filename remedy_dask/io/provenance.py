@@ -48,11 +48,12 @@ def config_digest(config: Any) -> str:
 
 
 def calibration_identity(cal_path: str | Path) -> dict[str, str]:
-    """Name of the calibration file, when and by which code version it was written."""
+    """Name of the calibration file, when and by which code (version, source digest) it was
+    written."""
     cal_path = Path(cal_path)
-    ident = {"name": cal_path.name, "created": "", "code_version": ""}
-    with h5py.File(cal_path, "r") as h5:
-        for key in ("created", "code_version"):
+    ident = {"name": cal_path.name, "created": "", "code_version": "", "code_digest": ""}
+    with h5py.File(cal_path, "r") as h5:  # a file older than its code digest gives ""
+        for key in ("created", "code_version", "code_digest"):
             value = h5.attrs.get(key, "")
             ident[key] = value.decode() if isinstance(value, bytes) else str(value)
     return ident
@@ -93,6 +94,7 @@ def observation_cards(date_obs: str, object_name: str, exptimes: np.ndarray,
         "CALFILE": (cal["name"][:68], "calibration file"),
         "CALDATE": (cal["created"], "creation time (UTC) of the calibration file"),
         "CALVER": (cal["code_version"], "remedy-dask version that wrote the calibration"),
+        "CALCODE": (cal["code_digest"], "source digest (whole package) of the calibration"),
         "CONFHASH": (config_digest(config), "SHA-256 (16 hex) of the configuration"),
     }
     for i, (name, version) in enumerate(dependency_versions(), start=1):
@@ -107,7 +109,8 @@ def hdf5_attributes(cards: dict[str, tuple[Any, str]]) -> dict[str, Any]:
              "DATE-OBS": "date_obs", "MJD-OBS": "mjd_obs",
              "RA": "ra_pointing", "DEC": "dec_pointing", "CALDATE": "calibration_created",
              "CONFHASH": "config_digest", "CODEAMP": "code_digest_amp_chain",
-             "CODESKY": "code_digest_sky", "CODEALL": "code_digest"}
+             "CODESKY": "code_digest_sky", "CODEALL": "code_digest",
+             "CALCODE": "calibration_code_digest"}
     attrs = {attr: cards[key][0] for key, attr in names.items() if key in cards}
     deps = {cards[k][0]: cards[k.replace("NAM", "VER")][0] for k in cards if k.startswith("DEPNAM")}
     attrs["dependencies"] = json.dumps(deps)
