@@ -178,8 +178,9 @@ def test_error_correlation_reads_with_xarray(e2e):
         rho = ds["error_correlation"]
         assert rho.dims == ("fiber", "wavelength") and rho.attrs["units"] == "1"
         assert "j+1" in rho.attrs["description"]
-        values = rho.values[:, 100:900]
-        assert 0.2 <= float(np.mean(values)) <= 0.4 and float(np.max(values)) < 0.7
+        values = rho.values[:, 100:900]  # ~1 where one noisy native pixel dominates both bins
+        assert 0.25 <= float(np.median(values)) <= 0.4
+        assert float(np.percentile(values, 99)) < 0.6 and 0 <= np.min(values) <= np.max(values) <= 1
         assert np.all(rho.values[:, -1] == 0)
 
 
