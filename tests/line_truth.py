@@ -20,6 +20,8 @@ signal lost to saturation.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from scipy.special import ndtr
 
@@ -111,7 +113,7 @@ def completeness_table(P, T, sn_edges=(5.0, 8.0), min_flux: float = 10.0) -> lis
     strong = ls["flux"][...] >= min_flux
     bounds = (0.0, *sn_edges, np.inf)
     rows = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for lo, hi in itertools.pairwise(bounds):
         sel = np.flatnonzero(strong & (pred >= lo) & (pred < hi))
         rows.append((f"predicted S/N {lo:g}-{hi:g}", int(found[sel].sum()), int(sel.size),
                      [(float(ls["flux"][i]), float(ls["wave"][i]), float(pred[i]), bool(found[i]))
