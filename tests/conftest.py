@@ -27,8 +27,8 @@ E2E_SLOTS = (47, 48, 57, 58)
 def _calibrate_and_reduce(root, target_slot: int, timings: dict, reduce_options: tuple = ()
                           ) -> dict:
     """Calibrate the simulated night in ``root/sim`` and reduce its observation 7 (every IFU)
-    through the command line (LocalCluster, 2 workers, ``reduce_options`` added); the paths of
-    the night's files."""
+    through the command line (LocalCluster, 2 workers, the instrument's throughput curve that
+    the simulator writes, ``reduce_options`` added); the paths of the night's files."""
     import time
 
     from remedy_dask import cli
@@ -43,7 +43,8 @@ def _calibrate_and_reduce(root, target_slot: int, timings: dict, reduce_options:
     t0 = time.perf_counter()
     assert cli.main(["--quiet", "reduce", "20190822", "7", str(target_slot), str(cal),
                      "--rootdir", str(sim / "raw"), "--out", str(out), "--catalog",
-                     str(sim / "ps1_catalog.csv"), "--all-ifus", "--workers", "2", *common, *reduce_options]) == 0
+                     str(sim / "ps1_catalog.csv"), "--all-ifus", "--workers", "2", *common,
+                     "--throughput", str(sim / "throughput.txt"), *reduce_options]) == 0
     timings["reduce"] = time.perf_counter() - t0
     return {"sim": sim, "truth": sim / "truth" / "truth.h5", "cal": cal, "out": out,
             "product": out / "20190822_0000007.h5", "work": out / "work" / "20190822_0000007.zarr",

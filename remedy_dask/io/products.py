@@ -47,10 +47,15 @@ UNITS = {
     "column": "1",
     **dict.fromkeys(("mask", "ifuslot", "fiber_id", "exposure", "transparency", "flux_scale",
                      "sn", "chi2", "moffat_beta", "star_norm", "flux_scale_err", "fluxcal_used",
-                     "specid", "ifuid", "fiber_to_fiber", "illumination", "native_mask",
+                     "specid", "ifuid", "fiber_to_fiber", "error_correlation", "illumination", "native_mask",
                      "n_stars_astrometry", "n_stars_photometry"),
                    "1"),
 }
+ERROR_CORRELATION_DESCRIPTION = (
+    "rho[i, j] = corr(error of spectrum[i, j], error of spectrum[i, j+1]) of fiber i, left by "
+    "resampling the native ~2.06 A pixels onto the 2 A bins (neighbouring bins share a pixel); "
+    "last column 0; lags of 2 or more bins are below 1e-4 and not stored.  Variance of a sum "
+    "sum_j a_j spectrum[i, j]: sum_j a_j^2 error_j^2 + 2 sum_j a_j a_j+1 rho_j error_j error_j+1.")
 GROUP_UNITS = {("detections", "fwhm"): "Angstrom"}
 
 LONG_NAMES = {
@@ -79,6 +84,7 @@ LONG_NAMES = {
     "fluxcal_reject": "why the flux calibration did not use the source (empty if used)",
     "specid": "spectrograph id (SPECID)", "ifuid": "IFU bundle id (IFUID)",
     "fiber_to_fiber": "relative fiber throughput divided out of spectrum (calibration file)",
+    "error_correlation": "correlation coefficient of the errors of wavelength bins j and j+1",
     "parangle": "parallactic angle (raw header PARANGLE)",
     "illumination": "mirror illumination relative to the track centre (NaN: unknown)",
     "illumination_source": "where illumination comes from (guider PUPILLUM, model, none)",
@@ -112,6 +118,8 @@ def variable_attributes(group: str, name: str, dtype: np.dtype) -> dict[str, str
         attrs["long_name"] = long_name
     if name in ("mask", "native_mask"):
         attrs.update(flag_values=np.array([0, 1], np.uint8), flag_meanings="good bad")
+    if name == "error_correlation":
+        attrs["description"] = ERROR_CORRELATION_DESCRIPTION
     if name == "fluxcal_used":
         attrs.update(flag_values=np.array([0, 1], np.uint8), flag_meanings="rejected used")
     return attrs

@@ -119,8 +119,10 @@ def ifu_fibers(d: dict[str, np.ndarray] | None, slot: int, cond: Conditions,
     ra, dec = geometry.focal_to_sky(c["fx"], c["fy"], astro["ra"], astro["dec"], astro["rotation"])
     path = save_fiber_block(Path(block_dir) / f"{slot:03d}.npz", {
         "spectrum": c["flux"].astype(np.float32), "error": c["error"].astype(np.float32),
-        "sky": c["sky"].astype(np.float32), "mask": c["bad"].astype(np.uint8), **arrays,
-    }, {**columns, 
+        "sky": c["sky"].astype(np.float32), "mask": c["bad"].astype(np.uint8),
+        **({"error_correlation": c["wave_corr"].astype(np.float32)} if "wave_corr" in c else {}),
+        **arrays,
+    }, {**columns,
         "ra": ra, "dec": dec, "ifuslot": c["ifuslot"].astype(np.int32),
         "amp": c["amp"].astype("U2"), "fiber_id": c["fiber_id"].astype(np.int32),
         "exposure": (c["exp_index"] + 1).astype(np.int32), "ifu_x": c["ifu_x"],
