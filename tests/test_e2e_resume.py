@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tarfile
 
 import h5py
 import numpy as np
@@ -17,6 +16,7 @@ from remedy_dask.config import PipelineConfig
 from remedy_dask.io import calfile, store
 from remedy_dask.requests import ReduceRequest
 from remedy_dask.workflow.science import pending_checkpoints
+from raw_copy import untar_ifu
 
 pytestmark = pytest.mark.e2e
 
@@ -32,11 +32,7 @@ def resumable(e2e, tmp_path_factory):
     """An untarred copy of observation 7, private copies of the calibration and fplane, and a
     clean one-IFU reduction of them."""
     root = tmp_path_factory.mktemp("resume")
-    night = root / "raw" / "20190822" / "virus"
-    night.mkdir(parents=True)
-    with tarfile.open(e2e["sim"] / "raw" / "20190822" / "virus" / "virus0000007.tar") as tar:
-        tar.extractall(night, members=[m for m in tar.getmembers() if "_047" in m.name
-                                       or m.isdir()], filter="data")
+    untar_ifu(e2e["sim"], root)
     cal, fplane = root / "cal.h5", root / "fplane.txt"
     shutil.copy2(e2e["cal"], cal)
     shutil.copy2(e2e["sim"] / "fplane.txt", fplane)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 from pathlib import Path
 
 import dask
@@ -22,6 +21,7 @@ from remedy_dask.io.digest import AMP_CODE, SKY_CODE, code_digest
 from remedy_dask.requests import ReduceRequest
 from remedy_dask.workflow.faults import KILL_AMP
 from remedy_dask.workflow.science import pending_checkpoints
+from raw_copy import untar_ifu
 
 pytestmark = pytest.mark.e2e
 
@@ -38,11 +38,7 @@ def night(e2e, tmp_path_factory):
     cluster start; the killed run's checkpoints, computed on a LocalCluster, are compared with
     its checkpoints array for array)."""
     root = tmp_path_factory.mktemp("faults")
-    raw = root / "raw" / "20190822" / "virus"
-    raw.mkdir(parents=True)
-    with tarfile.open(e2e["sim"] / "raw" / "20190822" / "virus" / "virus0000007.tar") as tar:
-        tar.extractall(raw, members=[m for m in tar.getmembers() if "_047" in m.name
-                                     or m.isdir()], filter="data")
+    untar_ifu(e2e["sim"], root)
     config = root / "no-cube.yaml"  # the per-IFU FITS file without its cube (time)
     config.write_text("observation:\n  make_cube: false\n")
     req = ReduceRequest(date="20190822", obs=7, ifuslot=47, calfile=e2e["cal"],
