@@ -40,24 +40,6 @@ def _output_edges(wave_out: np.ndarray) -> np.ndarray:
     return np.concatenate([[w[0] - (mid[0] - w[0])], mid, [w[-1] + (w[-1] - mid[-1])]])
 
 
-def _locate(edges: np.ndarray, out_edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For every fiber and output edge: index p of the input pixel containing it and the
-    fraction of that pixel below it (edges outside the fiber's range are clipped)."""
-    n, m1 = edges.shape
-    m = m1 - 1
-    # one global searchsorted: offset every fiber by a constant larger than any wavelength span
-    span = float(np.nanmax(edges) - np.nanmin(edges)) + float(np.ptp(out_edges)) + 1.0
-    lift = (np.arange(n) * 4.0 * span)[:, None]
-    base = (edges - edges[:, :1]) + lift
-    query = (out_edges[None, :] - edges[:, :1]) + lift
-    pos = np.searchsorted(base.ravel(), query.ravel(), side="right").reshape(n, -1)
-    p = np.clip(pos - 1 - np.arange(n)[:, None] * m1, 0, m - 1)
-    lo = np.take_along_axis(edges, p, 1)
-    hi = np.take_along_axis(edges, p + 1, 1)
-    frac = np.clip((out_edges[None, :] - lo) / (hi - lo), 0.0, 1.0)
-    return p, frac
-
-
 def _placeholder_edges(out_edges: np.ndarray, m: int) -> np.ndarray:
     """Harmless increasing edges for fibers without a valid solution (their output is masked)."""
     return np.linspace(out_edges[0] - 10.0, out_edges[-1] + 10.0, m + 1)[None, :]
