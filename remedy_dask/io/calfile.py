@@ -186,15 +186,13 @@ def _combined(digests: list[str]) -> str:
     return hashlib.sha256("|".join(sorted(str(d) for d in digests)).encode()).hexdigest()[:24]
 
 
-# HDF5 chunks of whole rows, about CHUNK_BYTES each: a read decodes few, large chunks
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 20  # HDF5 chunks of whole rows, about this size: few, large chunks to decode
 
 
 def storage_options(data: np.ndarray, quantised: bool) -> dict[str, Any]:
-    """Chunks and filters of one calibration array: deflate (level 4) on whole-row chunks, with
-    the byte shuffle only for arrays that are not quantised (the quantised bias and dark
-    compress better without it and decode in ~0.6x the CPU; files written with other chunks or
-    filters are read all the same: HDF5 records them per dataset)."""
+    """Chunks and filters of one calibration array: deflate (level 4) on whole-row chunks, the
+    byte shuffle only if not quantised (the quantised bias and dark compress better without it
+    and decode in ~0.6x the CPU); HDF5 records filters per dataset, so older files read as ever."""
     rows = max(1, min(data.shape[0], CHUNK_BYTES // max(1, data[:1].nbytes))) if data.ndim else 1
     chunks = (rows, *data.shape[1:]) if data.ndim and data.size else True
     return {"chunks": chunks, "compression": "gzip", "compression_opts": 4,
