@@ -309,3 +309,24 @@ def test_line_beside_a_bright_star_in_the_blue(ifu):
     new, old = np.array(fluxes[12.0]), np.array(fluxes[0.0])
     assert np.mean(new[:, 0]) == pytest.approx(30.0, abs=2 * np.mean(new[:, 1]) / np.sqrt(3))
     assert np.mean(old[:, 0]) - 30.0 > 2 * np.mean(old[:, 1])  # the linear continuum
+
+
+def test_psf_matrices_are_the_psf_of_each_shifted_pair():
+    """The compiled weights (index lookup) against evaluate_psf on every point-fiber pair."""
+    from remedy_dask.observation.detect.matched_filter import _psf_matrices
+    from remedy_dask.observation.psf import evaluate_psf
+
+    rng = np.random.default_rng(15)
+    fx, fy = rng.uniform(-10, 10, 150), rng.uniform(-10, 10, 150)
+    exp = rng.integers(0, 3, 150)
+    px, py = rng.uniform(-11, 11, 300), rng.uniform(-11, 11, 300)
+    psfs = [fiber_integrated_moffat(f) for f in (1.5, 2.0, 2.5)]
+    shifts = np.array([[0.4, -0.2], [0.0, 0.1]])
+    for psf, e in ((psfs, exp), (psfs[1], None)):
+        for d, w in zip(shifts, _psf_matrices(px, py, fx, fy, psf, e, 3.5, shifts)):
+            dx = px[:, None] + d[0] - fx[None, :]
+            dy = py[:, None] + d[1] - fy[None, :]
+            ee = None if e is None else np.broadcast_to(e, dx.shape)
+            want = np.where(np.hypot(dx, dy) <= 3.5, evaluate_psf(psf, dx, dy, ee), 0.0)
+            assert w.dtype == np.float32 and w.shape == want.shape
+            np.testing.assert_allclose(w.toarray(), want, rtol=1e-6, atol=1e-9)

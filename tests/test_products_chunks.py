@@ -37,3 +37,13 @@ def test_chunks_must_be_whole(tmp_path):
     with pytest.raises(ValueError, match="chunk boundary"):
         writer.write_fiber_chunks(3, {}, {}, {"ra": np.zeros(1)})
     writer.abort()
+
+
+def test_encoded_chunk_is_a_plain_zlib_stream_of_shuffled_bytes():
+    """What HDF5's shuffle + deflate filters decode: zlib (any deflate encoder), then byte planes."""
+    import zlib
+
+    values = np.arange(FIBER_CHUNK * 4, dtype=np.float32).reshape(FIBER_CHUNK, 4) * 0.5
+    (chunk,) = hdf5_chunks(values)
+    planes = np.frombuffer(zlib.decompress(chunk), np.uint8).reshape(4, -1)
+    np.testing.assert_array_equal(planes.T.copy().view("<f4").reshape(values.shape), values)

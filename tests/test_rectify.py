@@ -94,3 +94,31 @@ def test_shape_errors():
         rectify(np.zeros((2, 10)), np.zeros((2, 10)), np.zeros((2, 10), bool), np.zeros((2, 9)))
     with pytest.raises(CalibrationError):
         rectify(np.zeros((2, 10)), np.zeros((2, 10)), np.zeros((2, 10), bool), np.zeros((2, 10)), wave_out=np.array([2.0, 1.0]))
+
+
+def test_adjacent_correlation_is_the_covariance_of_the_linear_map():
+    """rho from the exact linear map of rectify (its response to each input pixel): W diag(v) W^T
+    normalised, for uneven errors, NaN errors (zero variance), an uncovered blue end and a broken
+    fiber (all NaN)."""
+    rng = np.random.default_rng(4)
+    wl = solution(3, rng, centre=4560.0)[:, :120]
+    wl[2] = wl[2][::-1]
+    err = rng.uniform(0.5, 3.0, wl.shape)
+    err[0, 40:45] = np.nan
+    wave_out = np.arange(3480.0, 3700.0, 2.0)
+    rho = adjacent_correlation(err, wl, wave_out)
+    assert rho.shape == (3, wave_out.size - 1)
+    assert np.all(np.isnan(rho[2]))
+    for k in range(2):
+        response = np.array([rectify(np.eye(120)[i][None], np.ones((1, 120)),
+                                     np.zeros((1, 120), bool), wl[k:k + 1], wave_out)[0][0]
+                             for i in range(120)])  # (pixel, bin) e-/A per electron
+        v = np.nan_to_num(err[k]) ** 2
+        cov = response.T @ (v[:, None] * response)
+        sig = np.sqrt(np.diag(cov))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            expected = np.diag(cov, 1) / (sig[:-1] * sig[1:])
+        covered = np.isfinite(response).all(axis=0)
+        both = covered[:-1] & covered[1:] & (sig[:-1] > 0) & (sig[1:] > 0)
+        assert both.sum() > 50 and np.all(np.isnan(rho[k][~covered[:-1]]))
+        np.testing.assert_allclose(rho[k][both], expected[both], rtol=1e-9, atol=1e-12)

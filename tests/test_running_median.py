@@ -73,3 +73,22 @@ def test_median_above_equals_numpy():
             if want is not None:
                 got = median_above(a, lower)
                 assert got == want and np.asarray(got).dtype == np.asarray(want).dtype
+
+
+def test_selections_equal_boolean_indexing():
+    from remedy_dask.numeric.selection import bracket, every_nth_where
+
+    rng = np.random.default_rng(17)
+    for k in range(20):
+        shape = (int(rng.integers(1, 30)), int(rng.integers(1, 40)), int(rng.integers(1, 50)))
+        a = rng.normal(size=shape).astype([np.float32, np.float64][k % 2])
+        where = rng.random(shape) < [0.0, 0.3, 0.9, 1.0][k % 4]
+        for step in (1, 3, 7):
+            got = every_nth_where(a, where, step)
+            assert got.dtype == a.dtype
+            np.testing.assert_array_equal(got, a[where][::step])
+        flat = a.ravel()
+        lo, hi = np.quantile(flat, [0.4, 0.6]).astype(a.dtype)
+        n_out, n_below, inside = bracket(flat, 0.0, lo, hi)
+        assert n_out == np.count_nonzero(flat <= 0.0) and n_below == np.count_nonzero(flat < lo)
+        np.testing.assert_array_equal(inside, flat[(flat >= lo) & (flat <= hi)])

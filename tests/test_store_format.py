@@ -62,3 +62,38 @@ def test_checkpoint_is_the_group_zarr_writes(tmp_path: Path, n_fibers: int) -> N
     assert np.isnan(back.attrs["wave_shift"]) and attrs["input_key"] == "key"
     assert back["flux"].attrs["units"] == "electron / (s Angstrom)"
     assert store.is_complete(tmp_path / "ours", 1, "047LL", "key")
+
+
+@pytest.mark.parametrize("compressor", ["blosc", "zstd"])  # our layout; another: through zarr
+def test_rows_read_back_as_zarr_reads_them(tmp_path: Path, compressor: str) -> None:
+    """``read_rows`` / ``read_arrays`` decode the chunk files themselves: for any row block of
+    groups written by zarr with chunks along both axes, a missing chunk (the fill value) and
+    a codec they do not decode, they return what zarr returns."""
+    from zarr.codecs import ZstdCodec
+
+    rng = np.random.default_rng(8)
+    n = 1000
+    slot = np.repeat([37, 38, 47], [300, 448, 252]).astype(np.int32)
+    flux = rng.normal(size=(n, 70)).astype(np.float32)
+    flux[::7, 3] = np.nan
+    group = zarr.open_group(str(store.group_path(tmp_path, 2, "sky")), mode="w", zarr_format=3,
+                            attributes={"exp": 2, "note": "x"})
+    codec = BloscCodec(**store.BLOSC) if compressor == "blosc" else ZstdCodec(level=3)
+    for name, values, chunks in (("ifuslot", slot, (256,)), ("flux", flux, (448, 32)),
+                                 ("mask", flux > 1, (448, 70)), ("sky", flux * 2, (100, 70))):
+        group.create_array(name, data=values, chunks=chunks, compressors=[codec],
+                           fill_value=np.nan if values.dtype.kind == "f" else 0)
+    group["sky"][100:200] = np.nan  # a chunk of fill values: not stored
+    names = ("flux", "mask", "sky", "ifuslot")
+    for value in (37, 38, 47):
+        rows = store.read_rows(tmp_path, 2, "sky", "ifuslot", value, names)
+        sel = slice(*np.flatnonzero(slot == value)[[0, -1]] + [0, 1])
+        for name in names:
+            expected = group[name][sel]
+            assert rows[name].dtype == expected.dtype, name
+            np.testing.assert_array_equal(rows[name], expected)
+    assert store.read_rows(tmp_path, 2, "sky", "ifuslot", 99, names) is None
+    arrays, attrs = store.read_arrays(tmp_path, 2, "sky", names)
+    assert attrs == {"exp": 2, "note": "x"}
+    for name in names:
+        np.testing.assert_array_equal(arrays[name], group[name][...])

@@ -20,7 +20,7 @@ import numpy as np
 
 from remedy_dask.errors import CalibrationError
 from remedy_dask.geometry import DEF_WAVE
-from remedy_dask.amp.rectify_kernel import rectify_fibers
+from remedy_dask.amp.rectify_kernel import adjacent_correlation_fibers, rectify_fibers
 
 
 def pixel_edges(wavelength: np.ndarray) -> np.ndarray:
@@ -38,24 +38,6 @@ def _output_edges(wave_out: np.ndarray) -> np.ndarray:
         raise CalibrationError("rectify: the output wavelength grid must increase")
     mid = 0.5 * (w[1:] + w[:-1])
     return np.concatenate([[w[0] - (mid[0] - w[0])], mid, [w[-1] + (w[-1] - mid[-1])]])
-
-
-def _locate(edges: np.ndarray, out_edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For every fiber and output edge: index p of the input pixel containing it and the
-    fraction of that pixel below it (edges outside the fiber's range are clipped)."""
-    n, m1 = edges.shape
-    m = m1 - 1
-    # one global searchsorted: offset every fiber by a constant larger than any wavelength span
-    span = float(np.nanmax(edges) - np.nanmin(edges)) + float(np.ptp(out_edges)) + 1.0
-    lift = (np.arange(n) * 4.0 * span)[:, None]
-    base = (edges - edges[:, :1]) + lift
-    query = (out_edges[None, :] - edges[:, :1]) + lift
-    pos = np.searchsorted(base.ravel(), query.ravel(), side="right").reshape(n, -1)
-    p = np.clip(pos - 1 - np.arange(n)[:, None] * m1, 0, m - 1)
-    lo = np.take_along_axis(edges, p, 1)
-    hi = np.take_along_axis(edges, p + 1, 1)
-    frac = np.clip((out_edges[None, :] - lo) / (hi - lo), 0.0, 1.0)
-    return p, frac
 
 
 def _placeholder_edges(out_edges: np.ndarray, m: int) -> np.ndarray:
@@ -112,23 +94,16 @@ def adjacent_correlation(
     cov = W_j,p W_j+1,p sigma_p^2, divided by the product of the two bins' errors.
     """
     err = np.asarray(error, dtype=np.float64)
+    if err.ndim != 2 or np.shape(wavelength) != err.shape:
+        raise CalibrationError(f"adjacent_correlation: error {err.shape} and wavelength "
+                               f"{np.shape(wavelength)} must be 2-D of one shape")
     n, m = err.shape
     out_edges = _output_edges(wave_out)
     edges = pixel_edges(wavelength)
     good = _valid_fibers(edges)
     edges = np.where(good[:, None], edges, _placeholder_edges(out_edges, m))
+    span = float(np.nanmax(edges) - np.nanmin(edges)) + float(np.ptp(out_edges)) + 1.0
     v = np.where(np.isfinite(err), err**2, 0.0)
-    _, sig, _ = rectify(np.zeros_like(v), np.sqrt(v), np.zeros(v.shape, bool), wavelength, wave_out)
-    p, frac = _locate(edges, out_edges)
-    rows = np.arange(n)[:, None]
-    inner_p = p[:, 1:-1]
-    a = frac[:, 1:-1]
-    pa_left, fa_left = p[:, :-2], frac[:, :-2]  # left edge of bin j
-    pb_right, fb_right = p[:, 2:], frac[:, 2:]  # right edge of bin j+1
-    # weight of p in bin j: from max(left edge, pixel start) to the common edge
-    w_j = np.where(pa_left == inner_p, a - fa_left, a)
-    w_k = np.where(pb_right == inner_p, fb_right - a, 1 - a)
-    width = np.diff(out_edges)
-    cov = w_j * w_k * v[rows, inner_p] / (width[None, :-1] * width[None, 1:])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return cov / (sig[:, :-1] * sig[:, 1:])
+    rho = np.empty((n, out_edges.size - 2))
+    adjacent_correlation_fibers(v, np.ascontiguousarray(edges), good, out_edges, span, rho)
+    return rho

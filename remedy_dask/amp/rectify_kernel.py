@@ -78,3 +78,64 @@ def rectify_fibers(spec, err, bad, edges, good_fiber, out_edges, span, flux, sig
             out_mask[k, j] = masked
             flux[k, j] = np.nan if masked else flux_j / width
             sigma[k, j] = np.nan if masked else np.sqrt(var) / width
+
+
+@njit(cache=True, nogil=True, error_model="numpy")  # 0 / 0 -> NaN, as numpy
+def adjacent_correlation_fibers(v, edges, good_fiber, out_edges, span, rho
+                                ):  # pragma: no cover - compiled
+    """Fill ``rho`` (n, n_out - 1) with the correlation of neighbouring output bins from the
+    pixel variances ``v`` (n, m, finite) and pixel ``edges`` (as :func:`rectify_fibers`): the
+    arithmetic of the vectorised :func:`remedy_dask.amp.rectify.adjacent_correlation`
+    operation for operation (the bins' errors as ``rectify`` propagates ``sqrt(v)``, the
+    shared pixel's weights, the same order of products), so the results are bit-identical."""
+    n, m = v.shape
+    n_out = out_edges.size - 1
+    cv = np.empty(m + 1)
+    vv = np.empty(m)
+    base = np.empty(m + 1)
+    p = np.empty(n_out + 1, np.int64)
+    frac = np.empty(n_out + 1)
+    sig = np.empty(n_out)
+    for k in range(n):
+        cv[0] = 0.0
+        for i in range(m):
+            s = np.sqrt(v[k, i])
+            vv[i] = s * s
+            cv[i + 1] = cv[i] + vv[i]
+        e0 = edges[k, 0]
+        lift = k * 4.0 * span
+        for i in range(m + 1):
+            base[i] = (edges[k, i] - e0) + lift
+        i = 0
+        for j in range(n_out + 1):
+            q = (out_edges[j] - e0) + lift
+            while i < m + 1 and base[i] <= q:
+                i += 1
+            pj = min(max(i - 1, 0), m - 1)
+            lo = edges[k, pj]
+            hi = edges[k, pj + 1]
+            p[j] = pj
+            frac[j] = min(max((out_edges[j] - lo) / (hi - lo), 0.0), 1.0)
+        first, last = edges[k, 0], edges[k, m]
+        for j in range(n_out):
+            pa, pb = p[j], p[j + 1]
+            fa, fb = frac[j], frac[j + 1]
+            if pa == pb:
+                d = fb - fa
+                var = d * d * vv[pa]
+            else:
+                inner = min(pa + 1, pb)
+                ga = 1 - fa
+                var = ga * ga * vv[pa] + fb * fb * vv[pb] + (cv[pb] - cv[inner])
+            covered = out_edges[j] >= first and out_edges[j + 1] <= last
+            width = out_edges[j + 1] - out_edges[j]
+            sig[j] = np.sqrt(var) / width if covered and good_fiber[k] else np.nan
+        for j in range(n_out - 1):
+            a = frac[j + 1]
+            pc = p[j + 1]
+            w_j = a - frac[j] if p[j] == pc else a
+            w_k = frac[j + 2] - a if p[j + 2] == pc else 1 - a
+            wa = out_edges[j + 1] - out_edges[j]
+            wb = out_edges[j + 2] - out_edges[j + 1]
+            cov = w_j * w_k * v[k, pc] / (wa * wb)
+            rho[k, j] = cov / (sig[j] * sig[j + 1])

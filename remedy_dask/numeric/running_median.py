@@ -11,6 +11,8 @@ from __future__ import annotations
 import bottleneck as bn
 import numpy as np
 
+from remedy_dask.numeric.selection import bracket
+
 
 def running_median(a: np.ndarray, window: int) -> np.ndarray:
     """Running median of each row of ``a`` (n_row, n) over ``window`` values, no padding.
@@ -57,9 +59,8 @@ def median_above(a: np.ndarray, lower: float = -np.inf):
     if sub.size < 100 or not np.isfinite(flat.sum()):
         return np.median(flat[flat > lower])
     lo, hi = sub[int(0.48 * sub.size)], sub[int(0.52 * sub.size)]
-    n_out = int(np.count_nonzero(flat <= lower))
-    below = int(np.count_nonzero(flat < lo)) - n_out
-    inside = flat[(flat >= lo) & (flat <= hi)]
+    n_out, below, inside = bracket(flat, lower, lo, hi)
+    below -= n_out
     n = flat.size - n_out
     k1, k2 = (n - 1) // 2 - below, n // 2 - below
     if k1 < 0 or k2 >= inside.size:

@@ -223,7 +223,9 @@ def calibrate_fibers(values: np.ndarray, exp_index: np.ndarray, conversion: np.n
     exposure (:func:`exposure_scale`) if given."""
     out = values * conversion[exp_index]
     if bad is not None:
-        out = np.where(bad, np.nan, out)
+        np.copyto(out, np.nan, where=bad)
     if scale is not None:
-        out = out * np.asarray(scale)[exp_index][:, None]
+        factor = np.asarray(scale)[exp_index][:, None]
+        out = out * factor if np.result_type(out, factor) != out.dtype else np.multiply(
+            out, factor, out=out)
     return out

@@ -18,6 +18,7 @@ the apparent offset of a source at each wavelength, so a source at ``(x0, y0)`` 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -66,6 +67,24 @@ class RadialPSF:
         return self.at_radius(np.hypot(dx, dy))
 
 
+@lru_cache(maxsize=8)
+def _fiber_quadrature(fiber_diameter: float, n_radial: int, n_azimuth: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quadrature points (x, y) (n_radial, n_azimuth) of a fiber disc around its centre and the
+    radial weights (n_radial,) of :func:`fiber_integrated_moffat` (read-only: shared)."""
+    radius = fiber_diameter / 2.0
+    u, wu = np.polynomial.legendre.leggauss(n_radial)
+    rho2 = (u + 1.0) * radius**2 / 2.0  # nodes in rho^2 on [0, R^2]
+    w_rho = wu * radius**2 / 4.0  # d(rho^2)/2 = rho drho; Jacobian R^2/2 of the map, times 1/2
+    rho = np.sqrt(rho2)
+    phi = (np.arange(n_azimuth) + 0.5) * (2.0 * np.pi / n_azimuth)
+    px = rho[:, None] * np.cos(phi)[None, :]
+    py = rho[:, None] * np.sin(phi)[None, :]
+    for a in (px, py, w_rho):
+        a.flags.writeable = False
+    return px, py, w_rho
+
+
 def fiber_integrated_moffat(
     fwhm: float,
     beta: float = DEFAULT_BETA,
@@ -88,15 +107,8 @@ def fiber_integrated_moffat(
     if r_grid is None:
         r_grid = np.arange(0.0, max(10.0, 5.0 * fwhm) + 1e-9, 0.02)
     r_grid = np.asarray(r_grid, dtype=float)
-    radius = fiber_diameter / 2.0
-    u, wu = np.polynomial.legendre.leggauss(n_radial)
-    rho2 = (u + 1.0) * radius**2 / 2.0  # nodes in rho^2 on [0, R^2]
-    w_rho = wu * radius**2 / 4.0  # d(rho^2)/2 = rho drho; Jacobian R^2/2 of the map, times 1/2
-    rho = np.sqrt(rho2)
-    phi = (np.arange(n_azimuth) + 0.5) * (2.0 * np.pi / n_azimuth)
+    px, py, w_rho = _fiber_quadrature(float(fiber_diameter), n_radial, n_azimuth)
     # squared distance from the source of each quadrature point of a fiber at distance r
-    px = rho[:, None] * np.cos(phi)[None, :]
-    py = rho[:, None] * np.sin(phi)[None, :]
     d2 = (r_grid[:, None, None] + px[None]) ** 2 + py[None] ** 2
     alpha = moffat_alpha(fwhm, beta)
     dens = (beta - 1.0) / (np.pi * alpha**2) * (1.0 + d2 / alpha**2) ** (-beta)

@@ -102,20 +102,18 @@ def fiber_calibration(d: dict[str, np.ndarray], cal_path: str, work_root: str,
     return arrays, {"specid": specid, "ifuid": ifuid}
 
 
-def ifu_fibers(d: dict[str, np.ndarray] | None, slot: int, cond: Conditions,
-               psf: dict[str, Any], fluxcal: dict[str, Any], astro: dict[str, Any],
-               block_dir: str, injection: Injection | None = None,
-               sources: tuple[str, str, list[int], bool] | None = None
+def ifu_fibers(c: dict[str, np.ndarray] | None, slot: int, astro: dict[str, Any],
+               block_dir: str, sources: tuple[str, str, list[int], bool] | None = None
                ) -> dict[str, Any] | None:
-    """Final fiber arrays of one IFU, encoded as HDF5 chunks into ``block_dir`` so that the
-    compression runs in parallel and ``write-products`` only copies bytes.  ``sources``
-    (calibration file, zarr root, exposures, native) adds :func:`fiber_calibration`'s rows."""
+    """Final fiber arrays of one IFU (``c``: :func:`calibrated_ifu`), encoded as HDF5 chunks
+    into ``block_dir`` so that the compression runs in parallel and ``write-products`` only
+    copies bytes.  ``sources`` (calibration file, zarr root, exposures, native) adds
+    :func:`fiber_calibration`'s rows."""
     from remedy_dask.io.products import save_fiber_block
 
-    c = calibrated_ifu(d, slot, cond, psf, fluxcal, injection)
     if c is None:
         return None
-    arrays, columns = fiber_calibration(d, *sources) if sources else ({}, {})
+    arrays, columns = fiber_calibration(c, *sources) if sources else ({}, {})
     ra, dec = geometry.focal_to_sky(c["fx"], c["fy"], astro["ra"], astro["dec"], astro["rotation"])
     path = save_fiber_block(Path(block_dir) / f"{slot:03d}.npz", {
         "spectrum": c["flux"].astype(np.float32), "error": c["error"].astype(np.float32),
@@ -131,14 +129,12 @@ def ifu_fibers(d: dict[str, np.ndarray] | None, slot: int, cond: Conditions,
     return {"slot": slot, "path": str(path), "n": len(c["flux"])}
 
 
-def ifu_detect(d: dict[str, np.ndarray] | None, slot: int, cond: Conditions,
-               psf: dict[str, Any], fluxcal: dict[str, Any], astro: dict[str, Any],
-               config: PipelineConfig, injection: Injection | None = None
-               ) -> dict[str, np.ndarray]:
-    """Emission-line detections of one IFU (IFU frame -> RA/Dec)."""
+def ifu_detect(c: dict[str, np.ndarray] | None, slot: int, psf: dict[str, Any],
+               astro: dict[str, Any], config: PipelineConfig) -> dict[str, np.ndarray]:
+    """Emission-line detections of one IFU (``c``: :func:`calibrated_ifu`; IFU frame ->
+    RA/Dec)."""
     from remedy_dask.observation.detect.lines import detect_emission_lines
 
-    c = calibrated_ifu(d, slot, cond, psf, fluxcal, injection)
     if c is None or not config.observation.detect:
         return {}
     table = detect_emission_lines(c["flux"], c["error"], c["bad"], c["ifu_x"], c["ifu_y"],
@@ -157,16 +153,13 @@ def ifu_detect(d: dict[str, np.ndarray] | None, slot: int, cond: Conditions,
     return out
 
 
-def ifu_cube(d: dict[str, np.ndarray] | None, slot: int, cond: Conditions,
-             psf: dict[str, Any], fluxcal: dict[str, Any], astro: dict[str, Any], outdir: str,
-             prefix: str, config: PipelineConfig, header_cards: dict[str, Any],
-             injection: Injection | None = None) -> list[str]:
-    """Cube and per-IFU FITS file of one IFU."""
+def ifu_cube(c: dict[str, np.ndarray] | None, slot: int, astro: dict[str, Any], outdir: str,
+             prefix: str, config: PipelineConfig, header_cards: dict[str, Any]) -> list[str]:
+    """Cube and per-IFU FITS file of one IFU (``c``: :func:`calibrated_ifu`)."""
     from remedy_dask.observation.astrometry import collapsed_image
     from remedy_dask.observation.cube import celestial_wcs, cube_header, cube_wcs, make_cube
     from remedy_dask.io.fitsproducts import write_cube_fits, write_ifu_fits
 
-    c = calibrated_ifu(d, slot, cond, psf, fluxcal, injection)
     if c is None:
         return []
     dx, dy = ifu_offset(c)
@@ -347,24 +340,24 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
     ifus = {s: node(load_ifu, work_root, exps, s, name=f"load-ifu-{s:03d}") for s in slots}
     if plan.kind == "sci":
         astro, psf, fcal, srcs = field_calibration(ifus, slots, cond, catalog, pointing, oc, tag)
-        dets = [dask.delayed(ifu_detect, pure=False)(ifus[s], s, cond, psf, fcal, astro, config,
-                                                     injection,
-                                                     dask_key_name=f"ifu-detect-{s:03d}-{tag}")
-                for s in slots]
     else:
         astro, psf, fcal, srcs = skipped_field_calibration(plan.kind, cond, pointing, oc)
-        dets = []
+    # the flux-calibrated fibers of each IFU, computed once for its fibers, detections and cube
+    cal = {s: dask.delayed(calibrated_ifu, pure=False)(
+        ifus[s], s, cond, psf, fcal, injection, dask_key_name=f"ifu-calibrated-{s:03d}-{tag}")
+        for s in slots}
+    dets = [dask.delayed(ifu_detect, pure=False)(cal[s], s, psf, astro, config,
+                                                 dask_key_name=f"ifu-detect-{s:03d}-{tag}")
+            for s in slots] if plan.kind == "sci" else []
     cube_slots = {"all": slots, "none": [], "target": [s for s in slots if s == plan.target_slot]}[cubes]
     prefix = f"{plan.date}_{plan.obs:07d}"
     cards = {} if dry else product_cards(plan, cond, pointing, cal_path, config)
-    cubes = [dask.delayed(ifu_cube, pure=False)(ifus[s], s, cond, psf, fcal, astro,
-                                                str(out), prefix, config, cards, injection,
-                                                dask_key_name=f"ifu-cube-{s:03d}-{tag}")
+    cubes = [dask.delayed(ifu_cube, pure=False)(cal[s], s, astro, str(out), prefix, config,
+                                                cards, dask_key_name=f"ifu-cube-{s:03d}-{tag}")
              for s in cube_slots]
     block_dir = str(out / "work" / f"{prefix}_fibers")
     sources = None if dry else (str(cal_path), work_root, exps, native)
-    fibers = [dask.delayed(ifu_fibers, pure=False)(ifus[s], s, cond, psf, fcal, astro,
-                                                   block_dir, injection, sources,
+    fibers = [dask.delayed(ifu_fibers, pure=False)(cal[s], s, astro, block_dir, sources,
                                                    dask_key_name=f"ifu-fibers-{s:03d}-{tag}")
               for s in slots]
     provenance = {"date": plan.date, "obs": plan.obs, "target_ifuslot": plan.target_slot,

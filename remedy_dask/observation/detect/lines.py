@@ -49,6 +49,7 @@ from remedy_dask.observation.detect.continuum import remove_continuum
 from remedy_dask.observation.detect.linefit import FWHM_TO_SIGMA, measure_line
 from remedy_dask.observation.detect.matched_filter import line_kernel, matched_filter_cube
 from remedy_dask.numeric.running_median import median_above, nanmedian_lastaxis
+from remedy_dask.numeric.selection import every_nth_where
 from remedy_dask.numeric.peaks import parabola_vertex
 from remedy_dask.numeric.robust import MAD_TO_SIGMA
 
@@ -82,7 +83,7 @@ def _find_peaks(num: np.ndarray, den: np.ndarray, threshold: float, renormalize:
     np.copyto(snr, 0.0, where=~covered)
     noise_scale = 1.0
     if renormalize:
-        sample = snr[covered][::7]
+        sample = every_nth_where(snr, covered, 7)  # snr[covered][::7]
         noise_scale = float(MAD_TO_SIGMA * median_above(np.abs(sample - median_above(sample))))
         if not np.isfinite(noise_scale) or noise_scale <= 0:
             raise CalibrationError("detect_emission_lines: S/N cube has no scatter")

@@ -14,6 +14,7 @@ from scipy.spatial import cKDTree
 
 from remedy_dask.observation.cube import ImageGrid, dar_chunks
 from remedy_dask.observation.psf import PSFLike, RadialPSF, evaluate_psf
+from remedy_dask.observation.detect.psf_weights import shifted_weights
 
 
 def line_kernel(sigma_a: float, step: float) -> np.ndarray:
@@ -23,13 +24,9 @@ def line_kernel(sigma_a: float, step: float) -> np.ndarray:
     return np.exp(-0.5 * (off / sigma_a) ** 2) / (sigma_a * np.sqrt(2.0 * np.pi))
 
 
-def _radial_lookup(psf: PSFLike, exposure: np.ndarray | None):
-    """``f(r, exposure_of_r)`` = :func:`evaluate_psf` at distances ``r``.
-
-    PSFs tabulated on one uniform radial grid from 0 (the default of
-    :func:`remedy_dask.observation.psf.fiber_integrated_moffat`; lengths may differ) are interpolated
-    linearly by index, 10x faster than ``np.interp``'s search; others go to ``evaluate_psf``.
-    """
+def _lookup_tables(psf: PSFLike, exposure: np.ndarray | None):
+    """(step, n_r, table, slope, r_max, per_exposure) of the index lookup of
+    :func:`_radial_lookup`, or None if the PSFs do not allow it."""
     psfs = [psf] if isinstance(psf, RadialPSF) else list(psf)
     step = psfs[0].r[1] - psfs[0].r[0] if len(psfs[0].r) > 1 else 0.0
     n_r = max(len(p.r) for p in psfs)
@@ -40,11 +37,24 @@ def _radial_lookup(psf: PSFLike, exposure: np.ndarray | None):
     indexed = not per_exposure or (exposure is not None
                                    and np.isin(exposure, np.arange(len(psfs))).all())
     if not (uniform and indexed):
-        return lambda r, exp: evaluate_psf(psf, r, np.zeros(1), exp)
+        return None
     table = np.array([np.pad(p.fraction, (0, n_r - len(p.r)), mode="edge") for p in psfs])
     slope = np.diff(table, axis=1, append=0.0).ravel()  # per step, from each node
-    table = table.ravel()
     r_max = np.array([p.r_max for p in psfs])
+    return float(step), n_r, table.ravel(), slope, r_max, per_exposure
+
+
+def _radial_lookup(psf: PSFLike, exposure: np.ndarray | None):
+    """``f(r, exposure_of_r)`` = :func:`evaluate_psf` at distances ``r``.
+
+    PSFs tabulated on one uniform radial grid from 0 (the default of
+    :func:`remedy_dask.observation.psf.fiber_integrated_moffat`; lengths may differ) are interpolated
+    linearly by index, 10x faster than ``np.interp``'s search; others go to ``evaluate_psf``.
+    """
+    tables = _lookup_tables(psf, exposure)
+    if tables is None:
+        return lambda r, exp: evaluate_psf(psf, r, np.zeros(1), exp)
+    step, n_r, table, slope, r_max, per_exposure = tables
 
     def lookup(r: np.ndarray, exp: np.ndarray | None) -> np.ndarray:
         t = r / step
@@ -65,7 +75,8 @@ def _psf_matrices(px, py, fiber_x, fiber_y, psf: PSFLike, exposure, cutoff: floa
     source at each point plus the shift seen by each fiber within ``cutoff`` (CSR).
 
     The point-fiber pairs are found once (within ``cutoff`` plus the largest shift from the
-    middle of the shifts); each matrix only recomputes their distances.
+    middle of the shifts); each matrix only recomputes their distances (compiled,
+    :mod:`remedy_dask.observation.detect.psf_weights`, when the PSFs allow the index lookup).
     """
     centre = 0.5 * (shifts.min(axis=0) + shifts.max(axis=0))
     reach = float(np.max(np.hypot(*(shifts - centre).T)))
@@ -76,8 +87,18 @@ def _psf_matrices(px, py, fiber_x, fiber_y, psf: PSFLike, exposure, cutoff: floa
     key = np.sort(pairs["i"].astype(np.int64) * n_fib + pairs["j"])  # CSR order
     i, j = key // n_fib, key % n_fib
     exp_j = None if exposure is None else np.asarray(exposure)[j]
-    lookup = _radial_lookup(psf, exposure)
     dx0, dy0 = px[i] - fiber_x[j], py[i] - fiber_y[j]
+    tables = _lookup_tables(psf, exposure)
+    if tables is not None:
+        step, n_r, table, slope, r_max, per_exposure = tables
+        rows = (np.asarray(exp_j, np.intp) if per_exposure else np.zeros(i.size, np.intp))
+        for d in shifts:
+            vals, cols, indptr = shifted_weights(i, j, dx0, dy0, rows, float(d[0]), float(d[1]),
+                                                 float(cutoff**2), step, n_r, table, slope,
+                                                 r_max, len(px))
+            yield sparse.csr_matrix((vals, cols, indptr), shape=(len(px), n_fib))
+        return
+    lookup = _radial_lookup(psf, exposure)
     for d in shifts:
         r2 = (dx0 + d[0]) ** 2 + (dy0 + d[1]) ** 2
         keep = r2 <= cutoff**2
