@@ -2,6 +2,9 @@
 the column's bad pixels, the model from the stage-1 fluxes, the cosmic-ray track test, the
 weights and the stored results.  Profile weight lost to bad rows is summed over a sorted list
 of those rows (``rows``, ``n_list``), in ascending row order as a scan of the window would.
+
+Note: numba's cache does not notice changes here (or in ``column.py``) in the caller compiled
+in ``kernels.py``: after editing, delete ``amp/extract/__pycache__/*.nbi|nbc``.
 """
 
 from __future__ import annotations
