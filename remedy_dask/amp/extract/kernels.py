@@ -14,6 +14,9 @@ from numba import njit
 from remedy_dask.amp.extract.column import (
     any_outlier, band_inverse_diagonal, column_profile, fill_column, fit_column, reject_outside,
 )
+from remedy_dask.amp.extract.stage2 import (
+    flux_model, list_rows, reject_tracks, stage2_bad, stage2_weights, store_column, window_loss,
+)
 
 # Array indices in the hot loops are cast to unsigned: numba then drops its negative-index
 # wrap-around checks, which otherwise cost ~25% of the per-column fit.
@@ -83,9 +86,10 @@ def _ring_buffers(ring, nf, nwin, n_rows, band):  # pragma: no cover - compiled
 @njit(cache=True, nogil=True)
 def _row_buffers(n_rows):  # pragma: no cover - compiled
     """Per-row work arrays of one column: weights, v0, model, model flux, squared pulls, a
-    scratch buffer, bad rows."""
+    scratch buffer, bad rows, rows next to an outlier, a list of rows."""
     return (np.zeros(n_rows), np.zeros(n_rows), np.zeros(n_rows), np.zeros(n_rows),
-            np.zeros(n_rows), np.zeros(n_rows), np.zeros(n_rows, np.bool_))
+            np.zeros(n_rows), np.zeros(n_rows), np.zeros(n_rows, np.bool_),
+            np.zeros(n_rows, np.bool_), np.zeros(n_rows, np.int64))
 
 
 @njit(cache=True, nogil=True)
@@ -118,152 +122,22 @@ def _stage1_fit(data, w, v0c, prof_s, r0_s, nr_s, rmin, rmax, band, nb, lb, rhs,
 
 
 @njit(cache=True, nogil=True)
-def _lost_fraction(w, prof_s, r0_s, nr_s, tot_s, k, any_zero):  # pragma: no cover - compiled
-    """Fraction of fiber k's profile on rows of zero weight (1 without profile)."""
-    gone = 0.0
+def _stage1_lost(w, prof_s, r0_s, nr_s, tot_s, any_zero, rmin, rmax, rows, c, f, flux1, lost1
+                 ):  # pragma: no cover - compiled
+    """Stage-1 fluxes of column c and the fraction of each fiber's profile on rows of zero
+    weight (1 without profile)."""
+    n_list = 0
     if any_zero:  # else no profile weight can be lost
-        lo = _U(r0_s[k])
-        for m in range(_U(nr_s[k])):
-            if w[lo + m] == 0.0:
-                gone += prof_s[k, m]
-    return gone / tot_s[k] if tot_s[k] > 0.0 else 1.0
-
-
-@njit(cache=True, nogil=True)
-def _stage2_bad(bad, rejected, c2, rmin, rmax, n_rej, dilate, n_cols, n_rows, badc
-                ):  # pragma: no cover - compiled
-    """Stage-2 bad pixels of column c2: the mask, stage-1 outliers and, with ``dilate``, pixels
-    next to an outlier (marked 2 in ``rejected``).  Returns (any pixel stage 1 did not have
-    bad, number of bad pixels)."""
-    near = False
-    for cc in range(max(c2 - 1, 0), min(c2 + 2, n_cols)):
-        near = near or n_rej[cc] > 0
-    changed = False
-    n_bad = 0
-    for r in range(_U(rmin), _U(rmax + 1)):
-        b = bad[c2, r] or rejected[c2, r] == 1
-        if dilate and near and not b:
-            for cc in range(max(c2 - 1, 0), min(c2 + 2, n_cols)):
-                for rr in range(max(int(r) - 1, 0), min(int(r) + 2, n_rows)):
-                    if rejected[cc, rr] == 1:
-                        b = True
-                        break
-            if b:
-                changed = True
-        badc[r] = b
-        if b:
-            n_bad += 1
-            if not bad[c2, r] and rejected[c2, r] == 0:
-                rejected[c2, r] = 2  # grown around an outlier
-    return changed, n_bad
-
-
-@njit(cache=True, nogil=True)
-def _flux_model(flux1, c2, n_cols, smooth_variance, prof_s, r0_s, nr_s, rmin, rmax, sg, fvk,
-                vflux):  # pragma: no cover - compiled
-    """Model of column c2 from the stage-1 fluxes (smoothed along the wavelength, Savitzky-Golay
-    ``sg``, away from the edges): per fiber ``fvk``, per row ``vflux``."""
-    nf = flux1.shape[0]
-    smooth = smooth_variance and c2 >= 2 and c2 <= n_cols - 3
-    for r in range(_U(rmin), _U(rmax + 1)):
-        vflux[r] = 0.0
-    for kk in range(nf):
-        k = _U(kk)
-        fv = flux1[k, c2]
-        if smooth:
-            fv = 0.0
-            for j in range(5):
-                fv += sg[j] * flux1[k, c2 - 2 + j]
-        fvk[k] = fv
-        lo = _U(r0_s[k])
-        for m in range(_U(nr_s[k])):
-            vflux[lo + m] += fv * prof_s[k, m]
-
-
-@njit(cache=True, nogil=True)
-def _reject_tracks(data, trace, c2, prof_s, r0_s, nr_s, tot_s, lost1, flux1, fvk, vflux, v0c,
-                   badc, rejected_c, n_bad, poisson, profile_error, reject_sigma, chi2_half
-                   ):  # pragma: no cover - compiled
-    """A fiber-column that lost much of its profile to outliers may have fitted the rest of a
-    cosmic-ray track as signal: test its core against the flux interpolated from the
-    neighbouring columns (leave-one-out quadratic through c-2..c+2).  Returns (number of bad
-    pixels, whether any was added)."""
-    changed = False
-    for k in range(flux1.shape[0]):
-        lo = r0_s[k]
-        gone = 0.0
-        if n_bad > 0:
-            for m in range(nr_s[k]):
-                if badc[lo + m]:
-                    gone += prof_s[k, m]
-        if max(lost1[k, c2], gone / max(tot_s[k], 1e-300)) <= 0.3:
-            continue
-        fp = (2.0 / 3.0) * (flux1[k, c2 - 1] + flux1[k, c2 + 1]) - (1.0 / 6.0) * (
-            flux1[k, c2 - 2] + flux1[k, c2 + 2]
-        )
-        for m in range(nr_s[k]):
-            r = lo + m
-            if badc[r] or abs(r - trace[k, c2]) > chi2_half:
-                continue
-            pred = vflux[r] + (fp - fvk[k]) * prof_s[k, m]
-            mv = max(pred, 0.0)
-            v = v0c[r] + (mv if poisson else 0.0) + (profile_error * mv) ** 2
-            if (data[r] - pred) > reject_sigma * np.sqrt(v):
-                badc[r] = True
-                rejected_c[r] = 1
-                n_bad += 1
-                changed = True
-    return n_bad, changed
-
-
-@njit(cache=True, nogil=True)
-def _stage2_weights(badc, cov_s, v0c, vflux, poisson, rmin, rmax, w):  # pragma: no cover
-    """Stage-2 weights: 1 / (v0 + model) with ``poisson``, else 1 / v0; 0 on bad rows."""
-    for r in range(_U(rmin), _U(rmax + 1)):
-        if badc[r] or cov_s[r] <= 0.0:
-            w[r] = 0.0
-        elif poisson:
-            w[r] = 1.0 / (v0c[r] + max(vflux[r], 0.0))
-        else:
-            w[r] = 1.0 / v0c[r]
-
-
-@njit(cache=True, nogil=True)
-def _store_column(c2, f, zb, data, model, vflux, v0c, badc, n_bad, prof_s, r0_s, nr_s, tot_s,
-                  trace, poisson, profile_error, chi2_half, flux, var_out, chi2, lost
-                  ):  # pragma: no cover - compiled
-    """Final flux, variance, lost profile fraction and reduced chi^2 (over the core within
-    ``chi2_half`` of the trace) of every fiber of column c2; NaN where the profile is lost."""
+        for r in range(_U(rmin), _U(rmax + 1)):
+            if w[r] == 0.0:
+                rows[n_list] = r
+                n_list += 1
+    start = 0
     for kk in range(f.shape[0]):
         k = _U(kk)
-        flux[k, c2] = f[k]
-        var_out[k, c2] = zb[k, 0]
-        lo = r0_s[k]
-        n = nr_s[k]
-        gone = 0.0
-        if n_bad > 0:
-            for m in range(_U(n)):
-                if badc[_U(lo) + m]:
-                    gone += prof_s[k, m]
-        t = trace[k, c2]
-        csum = 0.0
-        nchi = 0
-        core_lo = max(lo, int(np.ceil(t - chi2_half)))
-        core_hi = min(lo + n - 1, int(np.floor(t + chi2_half)))
-        for r in range(_U(core_lo), _U(max(core_hi + 1, core_lo))):
-            if badc[r]:
-                continue
-            mv = max(model[r], 0.0)
-            v = v0c[r] + (max(vflux[r], 0.0) if poisson else 0.0)
-            res = data[r] - model[r]
-            csum += res * res / (v + (profile_error * mv) ** 2)
-            nchi += 1
-        total = tot_s[k]
-        lost[k, c2] = gone / total if total > 0.0 else 1.0
-        chi2[k, c2] = csum / (nchi - 1) if nchi > 1 else np.nan
-        if total <= 0.0 or gone >= total:
-            flux[k, c2] = np.nan
-            var_out[k, c2] = np.nan
+        flux1[k, c] = f[k]
+        gone, start = window_loss(prof_s, k, r0_s[k], nr_s[k], rows, n_list, start)
+        lost1[k, c] = gone / tot_s[k] if tot_s[k] > 0.0 else 1.0
 
 
 @njit(cache=True, nogil=True)
@@ -290,7 +164,7 @@ def extract_amp(
     prof, r0, nr, tot, cov, rlim, f1, lb1, model1 = _ring_buffers(ring, nf, nwin, n_rows, band)
     tcol = np.zeros((tables.shape[1], tables.shape[2]))
     wp = np.zeros((nf, nwin))
-    w, v0c, model, vflux, z2, buf, badc = _row_buffers(n_rows)
+    w, v0c, model, vflux, z2, buf, badc, grow, rows = _row_buffers(n_rows)
     nb, lb, zb, rhs, y, f, fvk = _fiber_buffers(nf, band)
     sg = np.array([-3.0, 12.0, 17.0, 12.0, -3.0]) / 35.0
     n_rej = np.zeros(n_cols, np.int64)
@@ -316,11 +190,8 @@ def extract_amp(
                 n_rej[c] += _stage1_fit(image[c], w, v0c, prof[s], r0[s], nr[s], rmin, rmax,
                                         band, nb, lb, rhs, y, f, model, wp, z2, rejected[c],
                                         do_reject, max_iter, poisson, profile_error, sig2, rel2)
-                for kk in range(nf):
-                    k = _U(kk)
-                    flux1[k, c] = f[k]
-                    lost1[k, c] = _lost_fraction(w, prof[s], r0[s], nr[s], tot[s], k,
-                                                 n_masked > 0 or n_rej[c] > 0)
+                _stage1_lost(w, prof[s], r0[s], nr[s], tot[s], n_masked > 0 or n_rej[c] > 0,
+                             rmin, rmax, rows, c, f, flux1, lost1)
                 f1[s] = f
                 lb1[s] = lb
                 for r in range(_U(rmin), _U(rmax + 1)):
@@ -335,16 +206,17 @@ def extract_amp(
         if rmax < 0:
             continue
         data = image[c2]
-        changed, n_bad = _stage2_bad(bad, rejected, c2, rmin, rmax, n_rej, dilate, n_cols,
-                                     n_rows, badc)
+        changed, n_bad = stage2_bad(bad, rejected, c2, rmin, rmax, n_rej, dilate, n_cols,
+                                    n_rows, badc, grow)
+        n_list = list_rows(badc, rmin, rmax, rows) if n_bad > 0 else 0
         if poisson or do_reject:
             fill_column(v0, block, c2, v0c)
-            _flux_model(flux1, c2, n_cols, smooth_variance, prof[s], r0[s], nr[s], rmin, rmax,
-                        sg, fvk, vflux)
+            flux_model(flux1, c2, n_cols, smooth_variance, prof[s], r0[s], nr[s], rmin, rmax,
+                       sg, fvk, vflux)
         if do_reject and c2 >= 2 and c2 <= n_cols - 3:
-            n_bad, grown = _reject_tracks(data, trace, c2, prof[s], r0[s], nr[s], tot[s], lost1,
-                                          flux1, fvk, vflux, v0c, badc, rejected[c2], n_bad,
-                                          poisson, profile_error, reject_sigma, chi2_half)
+            n_list, grown = reject_tracks(data, trace, c2, prof[s], r0[s], nr[s], tot[s], lost1,
+                                          flux1, fvk, vflux, v0c, badc, rejected[c2], rows,
+                                          n_list, poisson, profile_error, reject_sigma, chi2_half)
             changed = changed or grown
         if run_stage1 and not poisson and not changed:  # same weights as stage 1: same fit
             f[:] = f1[s]
@@ -354,12 +226,13 @@ def extract_amp(
         else:
             if not (poisson or do_reject):
                 fill_column(v0, block, c2, v0c)
-            _stage2_weights(badc, cov[s], v0c, vflux, poisson, rmin, rmax, w)
+            stage2_weights(badc, cov[s], v0c, vflux, poisson, rmin, rmax, w)
             fit_column(data, w, prof[s], r0[s], nr[s], rmin, rmax, band, nb, lb, rhs, y, f,
                        model, wp)
         band_inverse_diagonal(lb, zb, band)
-        _store_column(c2, f, zb, data, model, vflux, v0c, badc, n_bad, prof[s], r0[s], nr[s],
-                      tot[s], trace, poisson, profile_error, chi2_half, flux, var_out, chi2, lost)
+        store_column(c2, f, zb, data, model, vflux, v0c, badc, rows, n_list, prof[s], r0[s],
+                     nr[s], tot[s], trace, poisson, profile_error, chi2_half, flux, var_out, chi2,
+                     lost)
 
 
 @njit(cache=True, nogil=True)
