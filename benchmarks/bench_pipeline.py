@@ -105,6 +105,7 @@ def run(mode: str, out: Path, workers: list[int], reduce_only: bool = False) -> 
                                      str(sim / "fiber_loc"), "--cluster", address, *common]) == 0
                 results[f"calibrate_{n}w"] = {"seconds": round(time.time() - t0, 1),
                                               "peak_gb": round(mem.peak_gb, 2),
+                                              "peak_at_s": round(mem.peak_time - t0, 1),
                                               "steps": step_shares(client, t0)}
             if not cal.exists():
                 raise SystemExit(f"{cal} does not exist: run without --reduce-only first")
@@ -124,6 +125,7 @@ def run(mode: str, out: Path, workers: list[int], reduce_only: bool = False) -> 
             results[f"reduce_{n}w"] = {"seconds": seconds,
                                        "peak_gb": round(mem.peak_gb, 2),
                                        "peak_process_gb": round(mem.peak_single_gb, 2),
+                                       "peak_at_s": round(mem.peak_time - t0, 1),
                                        "spectra_done_s": spans.get("sky", [0, np.nan])[1],
                                        "steps": step_shares(client, t0), "spans": spans,
                                        "tasks": len(client.get_task_stream(start=t0))}

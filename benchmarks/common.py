@@ -19,6 +19,7 @@ class PeakMemory:
         self.interval = interval
         self.peak = 0
         self.peak_single = 0  # the largest single process (a worker, or the client)
+        self.peak_time = float("nan")  # time.time() of the process tree's peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -33,7 +34,8 @@ class PeakMemory:
                     continue
                 total += rss
                 self.peak_single = max(self.peak_single, rss)
-            self.peak = max(self.peak, total)
+            if total > self.peak:
+                self.peak, self.peak_time = total, time.time()
             time.sleep(self.interval)
 
     def __enter__(self) -> "PeakMemory":

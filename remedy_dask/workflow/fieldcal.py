@@ -5,7 +5,7 @@ offset, each recorded in the product as a skipped step."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import dask
 import numpy as np
@@ -22,24 +22,28 @@ from remedy_dask.workflow.observation import (
 SKIPPED_FOR_KIND = ("astrometry", "psf_fit", "sources", "flux_calibration", "detections")
 
 
-def field_calibration(ifus: dict[int, Any], slots: list[int], cond: Conditions,
+def field_calibration(load: Callable[..., Any], slots: list[int], cond: Conditions,
                       catalog: Catalog, pointing: tuple[float, float, float],
                       config: ObservationConfig, tag: str) -> tuple[Any, Any, Any, Any]:
-    """Delayed (astrometry, psf, flux calibration, sources) of a science observation."""
-    stars = [dask.delayed(ifu_stars, pure=False)(ifus[s], s, cond,
+    """Delayed (astrometry, psf, flux calibration, sources) of a science observation;
+    ``load(slot, stage, after)``: the delayed fibers of one IFU, read for ``stage`` after
+    ``after`` (each per-IFU stage reads its own)."""
+    stars = [dask.delayed(ifu_stars, pure=False)(load(s, "stars"), s, cond,
                                                  dask_key_name=f"ifu-stars-{s:03d}-{tag}")
              for s in slots]
     stars = gather(stars, f"ifu-stars-all-{tag}")
     astro = dask.delayed(fit_field, pure=False)(stars, catalog, pointing, config,
                                                 dask_key_name=f"astrometry-{tag}")
-    cut = [dask.delayed(star_cutouts, pure=False)(ifus[s], cond, catalog, astro, config,
+    cut = [dask.delayed(star_cutouts, pure=False)(load(s, "psf-stars", astro), cond, catalog,
+                                                  astro, config,
                                                   dask_key_name=f"ifu-psf-stars-{s:03d}-{tag}")
            for s in slots]
     psf = dask.delayed(fit_psf, pure=False)(gather(cut, f"ifu-psf-stars-all-{tag}"), cond, config,
                                             dask_key_name=f"seeing-{tag}")
     astro = dask.delayed(refine_field, pure=False)(astro, psf, catalog, config,
                                                    dask_key_name=f"astrometry-refine-{tag}")
-    srcs = [dask.delayed(ifu_sources, pure=False)(ifus[s], s, cond, catalog, astro, psf, config,
+    srcs = [dask.delayed(ifu_sources, pure=False)(load(s, "sources", astro), s, cond, catalog,
+                                                  astro, psf, config,
                                                   dask_key_name=f"ifu-sources-{s:03d}-{tag}")
             for s in slots]
     srcs = gather(srcs, f"ifu-sources-all-{tag}")

@@ -309,6 +309,9 @@ def product_cards(plan: Any, cond: Conditions, pointing: tuple[float, float, flo
                              plan.obs)
 
 
+IFU_COLUMNS = ("flux", "error", "mask", "sky")  # what the per-IFU nodes read of the sky groups
+
+
 def _run(func: Any, deps: Any, *args: Any) -> Any:
     """Run ``func(*args)`` after ``deps`` (a Dask dependency that is not an input)."""
     return func(*args)
@@ -334,18 +337,22 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
     deps = gather([exposures[e] for e in exps], f"exposures-done-{tag}")
     slots = sorted({int(k[:3]) for k in plan.cal_keys})
 
-    def node(func: Any, *a: Any, name: str) -> Any:
-        return dask.delayed(_run, pure=False)(func, deps, *a, dask_key_name=f"{name}-{tag}")
+    def load(slot: int, stage: str, after: Any = None, wave_corr: bool = False) -> Any:
+        """IFU ``slot``'s fibers read for ``stage`` once ``after`` is done: every stage reads its
+        own copy (~30 CPU-ms), so no IFU is held in memory across the observation's fan-ins
+        (astrometry, PSF, flux calibration: 78 IFUs x 24 MB otherwise)."""
+        return dask.delayed(_run, pure=False)(
+            load_ifu, (deps, after), work_root, exps, slot, IFU_COLUMNS, wave_corr,
+            dask_key_name=f"load-ifu-{stage}-{slot:03d}-{tag}")
 
-    ifus = {s: node(load_ifu, work_root, exps, s, name=f"load-ifu-{s:03d}") for s in slots}
     if plan.kind == "sci":
-        astro, psf, fcal, srcs = field_calibration(ifus, slots, cond, catalog, pointing, oc, tag)
+        astro, psf, fcal, srcs = field_calibration(load, slots, cond, catalog, pointing, oc, tag)
     else:
         astro, psf, fcal, srcs = skipped_field_calibration(plan.kind, cond, pointing, oc)
     # the flux-calibrated fibers of each IFU, computed once for its fibers, detections and cube
     cal = {s: dask.delayed(calibrated_ifu, pure=False)(
-        ifus[s], s, cond, psf, fcal, injection, dask_key_name=f"ifu-calibrated-{s:03d}-{tag}")
-        for s in slots}
+        load(s, "final", fcal, wave_corr=True), s, cond, psf, fcal, injection,
+        dask_key_name=f"ifu-calibrated-{s:03d}-{tag}") for s in slots}
     dets = [dask.delayed(ifu_detect, pure=False)(cal[s], s, psf, astro, config,
                                                  dask_key_name=f"ifu-detect-{s:03d}-{tag}")
             for s in slots] if plan.kind == "sci" else []
