@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from remedy_dask.numeric.framestats import finite_values, median_exact, percentile_exact
+from remedy_dask.numeric.framestats import (
+    finite_values, median_exact, nanmedian_exact, percentile_exact,
+)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 10, 1001, 250_000, 250_001])
@@ -33,3 +35,13 @@ def test_finite_values_of_a_float32_frame():
     assert fin.values.dtype == np.float64 and np.array_equal(fin.values, want)
     assert (fin.size, fin.n_above, fin.low, fin.high) == (12, 3, 0.0, 11.0)  # 9, 10, 11
     assert np.mean(fin.values) == np.mean(frame.astype(float)[np.isfinite(frame)])
+
+
+def test_nanmedian_exact_equals_numpy():
+    rng = np.random.default_rng(5)
+    frame = rng.normal(500.0, 20.0, (300, 301))
+    frame[3, :7] = np.nan
+    frame[4, 4] = np.inf
+    assert nanmedian_exact(frame) == np.nanmedian(frame)
+    assert nanmedian_exact(frame[:, :2]) == np.nanmedian(frame[:, :2])
+    assert np.isnan(nanmedian_exact(np.full((2, 2), np.nan)))

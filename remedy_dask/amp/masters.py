@@ -13,7 +13,10 @@ from scipy.stats import chi2
 
 from remedy_dask import geometry
 from remedy_dask.errors import CalibrationError
-from remedy_dask.numeric.framestats import finite_values, median_exact, percentile_exact
+from remedy_dask.numeric.clipmean import clipped_mean
+from remedy_dask.numeric.framestats import (
+    finite_values, median_exact, nanmedian_exact, percentile_exact,
+)
 from remedy_dask.numeric.robust import mad_sigma
 from remedy_dask.numeric.sortnet import median_of_frames, running_median_rows
 
@@ -38,9 +41,11 @@ def noise_model(stack: np.ndarray, centre: np.ndarray, n_bins: int = 30) -> tupl
     v = samples.var(axis=0, ddof=1)  # about the mean (outliers are handled by the bin medians)
     finite = np.isfinite(level) & np.isfinite(v)
     level, v = level[finite], v[finite]
+    # sorted, the bins become slices [bounds[i], bounds[i + 1]) (the order of ties changes no
+    # median) and the percentiles select from sorted values
+    order = np.argsort(level)
+    level, v = level[order], v[order]
     edges = np.unique(np.percentile(level, np.r_[np.linspace(0.5, 99.5, n_bins), 99.99]))
-    order = np.argsort(level, kind="stable")
-    level, v = level[order], v[order]  # bins become slices: [bounds[i], bounds[i + 1])
     bounds = np.searchsorted(level, edges, side="left")
     med_factor = chi2.median(n - 1) / (n - 1)  # median of s^2 / sigma^2
     xs, ys, ws = [], [], []
@@ -74,7 +79,7 @@ def combine_frames(stack: np.ndarray, method: str = "median", normalize: bool = 
         raise CalibrationError(f"combine_frames needs a (n, ny, nx) stack, got {frames.shape}")
     n = frames.shape[0]
     if normalize:
-        levels = np.array([np.nanmedian(f) for f in frames])
+        levels = np.array([nanmedian_exact(f) for f in frames])
         if np.any(~np.isfinite(levels)) or np.any(levels <= 0):
             raise CalibrationError("cannot normalise frames with non-positive median level")
         frames = frames * (np.median(levels) / levels)[:, None, None]
@@ -92,9 +97,7 @@ def combine_frames(stack: np.ndarray, method: str = "median", normalize: bool = 
         disagree = np.abs(frames[0] - frames[1]) > clip * sigma * np.sqrt(2.0)
         master = np.where(disagree, frames.min(0), frames.mean(0))
         return master, np.where(disagree, sigma, sigma / np.sqrt(2.0))
-    good = np.abs(frames - med) <= clip * sigma
-    count = good.sum(0)
-    master = np.where(count > 0, (frames * good).sum(0) / np.maximum(count, 1), med)
+    master, count = clipped_mean(frames, med, sigma, clip)
     return master, sigma / np.sqrt(np.maximum(count, 1))
 
 

@@ -78,3 +78,10 @@ def percentile_exact(values: np.ndarray, q: float) -> float:
     diff = b - a
     # numpy's _lerp: the form that is exact at the end nearer to the fraction
     return float(b - diff * (1 - gamma)) if gamma >= 0.5 else float(a + diff * gamma)
+
+
+def nanmedian_exact(values: np.ndarray) -> float:
+    """``np.nanmedian(values)`` over all of ``values`` (NaN if every value is NaN)."""
+    flat = np.asarray(values, dtype=np.float64).reshape(-1)
+    kept = flat[~np.isnan(flat)]  # a copy: the selection may reorder it
+    return float(median_inplace(kept, kept.size))
