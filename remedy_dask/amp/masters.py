@@ -18,6 +18,7 @@ from remedy_dask.numeric.framestats import (
     finite_values, median_exact, nanmedian_exact, percentile_exact,
 )
 from remedy_dask.numeric.robust import mad_sigma
+from remedy_dask.numeric.rowstats import nanmedian_rows
 from remedy_dask.numeric.sortnet import median_of_frames, running_median_rows
 
 # variance of the median of n Gaussian samples over the variance of their mean (n = 1..10)
@@ -171,7 +172,12 @@ def block_smooth(image: np.ndarray, block: int = 24) -> np.ndarray:
     n_rows, n_cols = image.shape
     nb_r, nb_c = n_rows // block, n_cols // block
     core = image[:nb_r * block, :nb_c * block].reshape(nb_r, block, nb_c, block)
-    med = np.median(core.transpose(0, 2, 1, 3).reshape(nb_r, nb_c, -1), axis=2)
+    tiles = core.transpose(0, 2, 1, 3).reshape(nb_r * nb_c, -1)
+    if np.isfinite(tiles).all():  # the compiled median equals numpy's on finite values
+        med = nanmedian_rows(tiles, np.zeros(tiles.shape, bool), np.arange(tiles.shape[1]))
+        med = med.reshape(nb_r, nb_c)
+    else:
+        med = np.median(tiles.reshape(nb_r, nb_c, -1), axis=2)
     centres_r = (np.arange(nb_r) + 0.5) * block - 0.5
     centres_c = (np.arange(nb_c) + 0.5) * block - 0.5
     return _bilinear(med, centres_r, centres_c, n_rows, n_cols)
@@ -242,14 +248,18 @@ def pixel_mask(dark_rate: np.ndarray, master_flat: np.ndarray, trace: np.ndarray
 
     # --- flat: bad columns, trap trails, dead pixels ---
     flat_local = running_median_rows(flat, 9)
-    bright = flat_local > flat_level * np.nanpercentile(flat_local, 99)
+    local_values = flat_local.reshape(-1)
+    local_values = local_values[~np.isnan(local_values)]
+    top = percentile_exact(local_values, 99) if local_values.size else np.nan
+    bright = flat_local > flat_level * top  # (top: np.nanpercentile(flat_local, 99))
     z = (flat - flat_local) / np.sqrt(np.clip(flat_local, 1.0, None))
     zs = float(mad_sigma(z[bright], max_samples=150_000)) + 1e-12
     z = np.where(bright, z / zs, np.nan)
     zb = z[:rows_used].reshape(n_blocks, block, n_cols)
     enough = np.isfinite(zb).sum(1) >= 4
-    with np.errstate(all="ignore"):
-        seg_flat = np.where(enough, np.nanmedian(np.where(np.isfinite(zb), zb, np.nan), axis=1), 0.0)
+    by_column = np.ascontiguousarray(zb.transpose(0, 2, 1)).reshape(n_blocks * n_cols, block)
+    seg_median = nanmedian_rows(by_column, np.zeros(by_column.shape, bool), np.arange(block))
+    seg_flat = np.where(enough, seg_median.reshape(n_blocks, n_cols), 0.0)
     # noise of a segment median ~ 1.25 / sqrt(n); flag segments |median| > column_sigma of that
     seg_noise = 1.25 / np.sqrt(np.maximum(np.isfinite(zb).sum(1), 1))
     flat_cols = _column_runs(enough & (np.abs(seg_flat) > column_sigma * seg_noise), 2)
