@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from remedy_dask.numeric.quickselect import select_kth
-from remedy_dask.numeric.rowstats import median_inplace
+from remedy_dask.numeric.rowstats import _select_pair, median_inplace
 
 
 @njit(cache=True, nogil=True)
@@ -72,8 +71,10 @@ def percentile_exact(values: np.ndarray, q: float) -> float:
     below = int(np.floor(virtual))
     above = min(below + 1, n - 1)
     buf = np.array(values, dtype=np.float64)
-    a = float(select_kth(buf, 0, n, below))
-    b = float(buf[below + 1:].min()) if above > below else a
+    if above > below:  # ranks below and below + 1, narrowed first (Floyd-Rivest)
+        a, b = (float(x) for x in _select_pair(buf, n, above, True))
+    else:
+        a = b = float(_select_pair(buf, n, below, False)[1])
     gamma = virtual - below
     diff = b - a
     # numpy's _lerp: the form that is exact at the end nearer to the fraction
