@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 from scipy import sparse
 from scipy.interpolate import BSpline
 from scipy.linalg import cho_factor, cho_solve, lapack
@@ -44,11 +45,32 @@ def profile_eval(table: np.ndarray, r: np.ndarray) -> np.ndarray:
     Evaluated through a uniform 0.05 px table (same values: the nodes lie on that grid)."""
     fine = np.interp(_FINE_GRID, PROFILE_NODES[:table.size], table, right=0.0)
     fine = np.r_[fine, 0.0]
+    r = np.asarray(r)
+    if r.dtype == np.float64:  # compiled, the same arithmetic element by element
+        out = np.empty(r.shape)
+        _profile_eval(np.ascontiguousarray(r).reshape(-1), fine, 1.0 / FINE_STEP,
+                      float(PROFILE_NODES[table.size - 1]), out.reshape(-1))
+        return out
     x = np.abs(r) * (1.0 / FINE_STEP)
     i = np.minimum(x.astype(np.intp), _FINE_GRID.size - 1)
     frac = x - i
     out = fine[i] * (1.0 - frac) + fine[i + 1] * frac
     return np.where(np.abs(r) <= PROFILE_NODES[table.size - 1], out, 0.0)
+
+
+@njit(cache=True, nogil=True)
+def _profile_eval(r, fine, scale, limit, out):  # pragma: no cover - compiled
+    """out = linear interpolation of ``fine`` (step 1 / ``scale``) at |r|, 0 beyond ``limit``."""
+    last = fine.size - 2
+    for j in range(r.size):
+        a = abs(r[j])
+        if not a <= limit:
+            out[j] = 0.0
+            continue
+        x = a * scale
+        i = min(int(x), last)
+        frac = x - i
+        out[j] = fine[i] * (1.0 - frac) + fine[i + 1] * frac
 
 
 def profile_integral(table: np.ndarray) -> float:
