@@ -152,8 +152,7 @@ def smooth_master(master: np.ndarray, mask: np.ndarray | None = None, block: int
     noise alone would be subtracted from every fiber of the column alike, where it shifts the
     sky lines of the whole amp coherently (0.02-0.03 px with one dark frame, simulator).
     """
-    from scipy.ndimage import zoom
-
+    from remedy_dask.numeric.bilinear import upsample_bilinear
     from remedy_dask.numeric.rowstats import nanmedian_cols, nanmedian_rows
 
     good = np.ones(master.shape, bool) if mask is None else ~np.asarray(mask, bool)
@@ -169,7 +168,7 @@ def smooth_master(master: np.ndarray, mask: np.ndarray | None = None, block: int
     coarse = nanmedian_rows(blocks, np.zeros(blocks.shape, bool),
                             np.arange(block * block)).reshape(by, bx)
     coarse = np.where(np.isfinite(coarse), coarse, np.nanmedian(coarse))
-    smooth = zoom(coarse, (ny / by, nx / bx), order=1, mode="nearest", grid_mode=True)
+    smooth = upsample_bilinear(coarse, (ny, nx))  # scipy's zoom (order 1, grid mode) to rounding
     model = (columns[None, :] + smooth).astype(np.float32)
     resid = (master - model)[good]
     return model, float(np.std(resid))
