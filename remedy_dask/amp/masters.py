@@ -13,6 +13,7 @@ from scipy.stats import chi2
 
 from remedy_dask import geometry
 from remedy_dask.errors import CalibrationError
+from remedy_dask.numeric.bilinear import interpolate_between_centres
 from remedy_dask.numeric.clipmean import clipped_mean
 from remedy_dask.numeric.framestats import (
     finite_values, median_exact, nanmedian_exact, percentile_exact,
@@ -180,21 +181,7 @@ def block_smooth(image: np.ndarray, block: int = 24) -> np.ndarray:
         med = np.median(tiles.reshape(nb_r, nb_c, -1), axis=2)
     centres_r = (np.arange(nb_r) + 0.5) * block - 0.5
     centres_c = (np.arange(nb_c) + 0.5) * block - 0.5
-    return _bilinear(med, centres_r, centres_c, n_rows, n_cols)
-
-
-def _bilinear(grid: np.ndarray, centres_r: np.ndarray, centres_c: np.ndarray, n_rows: int,
-              n_cols: int) -> np.ndarray:
-    """Bilinear interpolation of a coarse grid (held constant beyond the outer centres)."""
-    def weights(centres: np.ndarray, n: int) -> np.ndarray:
-        x = np.arange(n)
-        i = np.clip(np.searchsorted(centres, x) - 1, 0, centres.size - 2)
-        t = np.clip((x - centres[i]) / (centres[i + 1] - centres[i]), 0.0, 1.0)
-        m = np.zeros((n, centres.size))
-        m[x, i], m[x, i + 1] = 1.0 - t, t
-        return m
-
-    return weights(centres_r, n_rows) @ grid @ weights(centres_c, n_cols).T
+    return interpolate_between_centres(med, centres_r, centres_c, n_rows, n_cols)
 
 
 def _column_runs(flag: np.ndarray, min_blocks: int) -> np.ndarray:
