@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 from astropy.stats import biweight_location
+from numba import njit
 
 from remedy_dask import geometry
 
@@ -62,14 +63,33 @@ def orient(image: np.ndarray, amp: str, ampname: str | None) -> np.ndarray:
     Both axes are flipped for ``LU`` and ``RL``; then the columns are flipped again when the
     header ``AMPNAME`` is ``LR`` or ``UL``.  Returns a view of ``image``.
     """
+    flip_rows, flip_cols = _flips(amp, ampname)
+    return image[::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
+
+
+def _flips(amp: str, ampname: str | None) -> tuple[bool, bool]:
+    """(rows flipped, columns flipped) of :func:`orient`."""
     if amp not in geometry.AMPS:
         raise ValueError(f"unknown amplifier {amp!r}; expected one of {geometry.AMPS}")
-    out = image
-    if amp in geometry.FLIP_BOTH_AMPS:
-        out = out[::-1, ::-1]
-    if ampname is not None and ampname.strip() in geometry.FLIP_COLUMNS_AMPNAMES:
-        out = out[:, ::-1]
-    return out
+    both = amp in geometry.FLIP_BOTH_AMPS
+    again = ampname is not None and ampname.strip() in geometry.FLIP_COLUMNS_AMPNAMES
+    return both, both != again
+
+
+@njit(cache=True, nogil=True)
+def _reduce_pixels(data, offset, gain, rn2, flip_rows, flip_cols, image, variance):  # pragma: no cover
+    """image = (float32(data) - offset[raw row]) * gain on the oriented grid, variance =
+    max(image, 0) + rn2, all in float32 (numpy's float32 arithmetic, one pass)."""
+    n_rows, n_cols = image.shape
+    zero = np.float32(0.0)
+    for i in range(n_rows):
+        si = n_rows - 1 - i if flip_rows else i
+        off = offset[si]
+        for j in range(n_cols):
+            sj = n_cols - 1 - j if flip_cols else j
+            x = (np.float32(data[si, sj]) - off) * gain
+            image[i, j] = x
+            variance[i, j] = (x if x > zero else zero) + rn2
 
 
 def basic_reduce(
@@ -101,7 +121,16 @@ def basic_reduce(
     else:
         level = overscan_level(data)
         offset = np.float32(level)
-    trimmed = np.subtract(data[:, : ncols - overscan_width(ncols)], offset, dtype=np.float32)
+    n_data = ncols - overscan_width(ncols)
+    flip_rows, flip_cols = _flips(amp, ampname)
+    if data.dtype.kind in "ui" and data.dtype.itemsize <= 2:  # exact in float32: one pass
+        image = np.empty((data.shape[0], n_data), np.float32)
+        variance = np.empty_like(image)
+        offsets = np.broadcast_to(np.asarray(offset, np.float32).reshape(-1), (data.shape[0],))
+        _reduce_pixels(data, np.ascontiguousarray(offsets), np.float32(gain),
+                       np.float32(rdnoise) ** 2, flip_rows, flip_cols, image, variance)
+        return image, variance, level
+    trimmed = np.subtract(data[:, :n_data], offset, dtype=np.float32)
     image = np.multiply(orient(trimmed, amp, ampname), np.float32(gain), dtype=np.float32)
     variance = np.maximum(image, np.float32(0.0))
     variance += np.float32(rdnoise) ** 2
@@ -152,8 +181,7 @@ def smooth_master(master: np.ndarray, mask: np.ndarray | None = None, block: int
     noise alone would be subtracted from every fiber of the column alike, where it shifts the
     sky lines of the whole amp coherently (0.02-0.03 px with one dark frame, simulator).
     """
-    from scipy.ndimage import zoom
-
+    from remedy_dask.numeric.bilinear import upsample_bilinear
     from remedy_dask.numeric.rowstats import nanmedian_cols, nanmedian_rows
 
     good = np.ones(master.shape, bool) if mask is None else ~np.asarray(mask, bool)
@@ -169,7 +197,7 @@ def smooth_master(master: np.ndarray, mask: np.ndarray | None = None, block: int
     coarse = nanmedian_rows(blocks, np.zeros(blocks.shape, bool),
                             np.arange(block * block)).reshape(by, bx)
     coarse = np.where(np.isfinite(coarse), coarse, np.nanmedian(coarse))
-    smooth = zoom(coarse, (ny / by, nx / bx), order=1, mode="nearest", grid_mode=True)
+    smooth = upsample_bilinear(coarse, (ny, nx))  # scipy's zoom (order 1, grid mode) to rounding
     model = (columns[None, :] + smooth).astype(np.float32)
     resid = (master - model)[good]
     return model, float(np.std(resid))

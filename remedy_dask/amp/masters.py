@@ -13,7 +13,13 @@ from scipy.stats import chi2
 
 from remedy_dask import geometry
 from remedy_dask.errors import CalibrationError
+from remedy_dask.numeric.bilinear import interpolate_between_centres
+from remedy_dask.numeric.clipmean import clipped_mean
+from remedy_dask.numeric.framestats import (
+    finite_values, median_exact, nanmedian_exact, percentile_exact,
+)
 from remedy_dask.numeric.robust import mad_sigma
+from remedy_dask.numeric.rowstats import nanmedian_rows
 from remedy_dask.numeric.sortnet import median_of_frames, running_median_rows
 
 # variance of the median of n Gaussian samples over the variance of their mean (n = 1..10)
@@ -37,9 +43,11 @@ def noise_model(stack: np.ndarray, centre: np.ndarray, n_bins: int = 30) -> tupl
     v = samples.var(axis=0, ddof=1)  # about the mean (outliers are handled by the bin medians)
     finite = np.isfinite(level) & np.isfinite(v)
     level, v = level[finite], v[finite]
+    # sorted, the bins become slices [bounds[i], bounds[i + 1]) (the order of ties changes no
+    # median) and the percentiles select from sorted values
+    order = np.argsort(level)
+    level, v = level[order], v[order]
     edges = np.unique(np.percentile(level, np.r_[np.linspace(0.5, 99.5, n_bins), 99.99]))
-    order = np.argsort(level, kind="stable")
-    level, v = level[order], v[order]  # bins become slices: [bounds[i], bounds[i + 1])
     bounds = np.searchsorted(level, edges, side="left")
     med_factor = chi2.median(n - 1) / (n - 1)  # median of s^2 / sigma^2
     xs, ys, ws = [], [], []
@@ -73,7 +81,7 @@ def combine_frames(stack: np.ndarray, method: str = "median", normalize: bool = 
         raise CalibrationError(f"combine_frames needs a (n, ny, nx) stack, got {frames.shape}")
     n = frames.shape[0]
     if normalize:
-        levels = np.array([np.nanmedian(f) for f in frames])
+        levels = np.array([nanmedian_exact(f) for f in frames])
         if np.any(~np.isfinite(levels)) or np.any(levels <= 0):
             raise CalibrationError("cannot normalise frames with non-positive median level")
         frames = frames * (np.median(levels) / levels)[:, None, None]
@@ -91,9 +99,7 @@ def combine_frames(stack: np.ndarray, method: str = "median", normalize: bool = 
         disagree = np.abs(frames[0] - frames[1]) > clip * sigma * np.sqrt(2.0)
         master = np.where(disagree, frames.min(0), frames.mean(0))
         return master, np.where(disagree, sigma, sigma / np.sqrt(2.0))
-    good = np.abs(frames - med) <= clip * sigma
-    count = good.sum(0)
-    master = np.where(count > 0, (frames * good).sum(0) / np.maximum(count, 1), med)
+    master, count = clipped_mean(frames, med, sigma, clip)
     return master, sigma / np.sqrt(np.maximum(count, 1))
 
 
@@ -167,24 +173,15 @@ def block_smooth(image: np.ndarray, block: int = 24) -> np.ndarray:
     n_rows, n_cols = image.shape
     nb_r, nb_c = n_rows // block, n_cols // block
     core = image[:nb_r * block, :nb_c * block].reshape(nb_r, block, nb_c, block)
-    med = np.median(core.transpose(0, 2, 1, 3).reshape(nb_r, nb_c, -1), axis=2)
+    tiles = core.transpose(0, 2, 1, 3).reshape(nb_r * nb_c, -1)
+    if np.isfinite(tiles).all():  # the compiled median equals numpy's on finite values
+        med = nanmedian_rows(tiles, np.zeros(tiles.shape, bool), np.arange(tiles.shape[1]))
+        med = med.reshape(nb_r, nb_c)
+    else:
+        med = np.median(tiles.reshape(nb_r, nb_c, -1), axis=2)
     centres_r = (np.arange(nb_r) + 0.5) * block - 0.5
     centres_c = (np.arange(nb_c) + 0.5) * block - 0.5
-    return _bilinear(med, centres_r, centres_c, n_rows, n_cols)
-
-
-def _bilinear(grid: np.ndarray, centres_r: np.ndarray, centres_c: np.ndarray, n_rows: int,
-              n_cols: int) -> np.ndarray:
-    """Bilinear interpolation of a coarse grid (held constant beyond the outer centres)."""
-    def weights(centres: np.ndarray, n: int) -> np.ndarray:
-        x = np.arange(n)
-        i = np.clip(np.searchsorted(centres, x) - 1, 0, centres.size - 2)
-        t = np.clip((x - centres[i]) / (centres[i + 1] - centres[i]), 0.0, 1.0)
-        m = np.zeros((n, centres.size))
-        m[x, i], m[x, i + 1] = 1.0 - t, t
-        return m
-
-    return weights(centres_r, n_rows) @ grid @ weights(centres_c, n_cols).T
+    return interpolate_between_centres(med, centres_r, centres_c, n_rows, n_cols)
 
 
 def _column_runs(flag: np.ndarray, min_blocks: int) -> np.ndarray:
@@ -238,14 +235,18 @@ def pixel_mask(dark_rate: np.ndarray, master_flat: np.ndarray, trace: np.ndarray
 
     # --- flat: bad columns, trap trails, dead pixels ---
     flat_local = running_median_rows(flat, 9)
-    bright = flat_local > flat_level * np.nanpercentile(flat_local, 99)
+    local_values = flat_local.reshape(-1)
+    local_values = local_values[~np.isnan(local_values)]
+    top = percentile_exact(local_values, 99) if local_values.size else np.nan
+    bright = flat_local > flat_level * top  # (top: np.nanpercentile(flat_local, 99))
     z = (flat - flat_local) / np.sqrt(np.clip(flat_local, 1.0, None))
     zs = float(mad_sigma(z[bright], max_samples=150_000)) + 1e-12
     z = np.where(bright, z / zs, np.nan)
     zb = z[:rows_used].reshape(n_blocks, block, n_cols)
     enough = np.isfinite(zb).sum(1) >= 4
-    with np.errstate(all="ignore"):
-        seg_flat = np.where(enough, np.nanmedian(np.where(np.isfinite(zb), zb, np.nan), axis=1), 0.0)
+    by_column = np.ascontiguousarray(zb.transpose(0, 2, 1)).reshape(n_blocks * n_cols, block)
+    seg_median = nanmedian_rows(by_column, np.zeros(by_column.shape, bool), np.arange(block))
+    seg_flat = np.where(enough, seg_median.reshape(n_blocks, n_cols), 0.0)
     # noise of a segment median ~ 1.25 / sqrt(n); flag segments |median| > column_sigma of that
     seg_noise = 1.25 / np.sqrt(np.maximum(np.isfinite(zb).sum(1), 1))
     flat_cols = _column_runs(enough & (np.abs(seg_flat) > column_sigma * seg_noise), 2)
@@ -273,23 +274,22 @@ def frame_quality(image: np.ndarray, kind: str, *, saturation: float = 55000.0,
                   max_saturated: float = 0.01) -> str | None:
     """A reason why a frame (oriented, e-, bias not subtracted beyond the overscan) is unusable
     for its ``kind``, or None.  Levels follow Remedy's gates, checked on robust statistics."""
-    img = np.asarray(image, dtype=float)
+    img = np.asarray(image)
     if img.ndim != 2 or img.size == 0:
         return f"not a 2-D image (shape {img.shape})"
-    finite = np.isfinite(img)
-    if finite.mean() < 0.99:
-        return f"{100 * (1 - finite.mean()):.1f}% non-finite pixels"
-    vals = img[finite] if not finite.all() else img.ravel()
-    if np.ptp(vals) == 0:
+    fin = finite_values(img if img.dtype.kind == "f" else img.astype(float), saturation)
+    vals = fin.values
+    if vals.size < 0.99 * fin.size:
+        return f"{100 * (1 - vals.size / fin.size):.1f}% non-finite pixels"
+    if fin.high == fin.low:
         return f"empty frame (every pixel {vals[0]:g})"
-    sat = float((vals >= saturation).mean())
+    sat = fin.n_above / vals.size
     if sat > max_saturated:
         return f"{100 * sat:.1f}% of pixels saturated (>= {saturation:g} e-)"
-    # each kind's gate needs one or two statistics: only those are computed (a median of 1M
-    # pixels costs ~15 ms, and every calibration frame passes here)
-    med = float(np.median(vals)) if kind in ("zro", "drk", "cmp") else np.nan
+    # each kind's gate needs one or two statistics: only those are computed, by selection
+    med = median_exact(vals) if kind in ("zro", "drk", "cmp") else np.nan
     mean = float(np.mean(vals)) if kind in ("flt", "twi", "sci") else np.nan
-    p999 = float(np.percentile(vals, 99.9)) if kind == "cmp" else np.nan
+    p999 = percentile_exact(vals, 99.9) if kind == "cmp" else np.nan
     if kind == "zro" and abs(med) > 50.0:
         return f"median {med:.1f} e- is not a bias frame (|median| <= 50 e- after overscan)"
     if kind == "drk" and not -50.0 <= med <= 500.0:

@@ -99,6 +99,7 @@ def identify_lines(peaks: np.ndarray, lines: np.ndarray, n_cols: int,
     dist = np.abs(pred[:, :, None] - peaks[None, None, :]).min(-1)
     score = (dist < 8.0).sum(1) - 1e-3 * np.where(dist < 8.0, dist, 0.0).sum(1)
     best_match, best_coef, best_key = np.full(lines.size, -1), np.zeros(4), (-1, np.inf)
+    x = np.linspace(0, n_cols - 1, 4 * n_cols)
     for h in np.argsort(-score)[:25]:
         coef = np.array([lam0[h], disp[h], 0.0, 0.0])
         match = _match(peaks, pred[h], 8.0)
@@ -108,7 +109,6 @@ def identify_lines(peaks: np.ndarray, lines: np.ndarray, n_cols: int,
                 break
             coef = np.zeros(4)
             coef[:deg + 1] = np.polynomial.polynomial.polyfit(peaks[match[use]], lines[use], deg)
-            x = np.linspace(0, n_cols - 1, 4 * n_cols)
             lam = np.polynomial.polynomial.polyval(x, coef)
             if np.any(np.diff(lam) <= 0):
                 break

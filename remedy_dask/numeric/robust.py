@@ -22,8 +22,22 @@ def mad_sigma(values: np.ndarray, center: float | np.ndarray | None = None, *,
         v = np.ravel(v)
         v = v[:: max(v.size // max_samples, 1)]
     if center is None:
-        center = np.median(v, axis=axis, keepdims=axis is not None)
-    return MAD_TO_SIGMA * np.median(np.abs(v - center), axis=axis)
+        center = _median(v, axis, keepdims=True)
+    return MAD_TO_SIGMA * _median(np.abs(v - center), axis, owned=True)
+
+
+def _median(values: np.ndarray, axis: int | None, keepdims: bool = False, owned: bool = False
+            ) -> np.ndarray:
+    """``np.median(values, axis=axis, keepdims=keepdims and axis is not None)``; over a whole
+    float64 array without NaN by the compiled selection (same value, ~5x faster).  ``owned``:
+    ``values`` is a temporary the selection may reorder."""
+    if axis is not None or values.dtype != np.float64 or values.size == 0 \
+            or np.isnan(values).any():
+        return np.median(values, axis=axis, keepdims=keepdims and axis is not None)
+    from remedy_dask.numeric.rowstats import median_inplace  # (rowstats imports this module)
+
+    buf = values.reshape(-1) if owned and values.flags.c_contiguous else np.array(values).reshape(-1)
+    return np.float64(median_inplace(buf, buf.size))
 
 
 def nan_mad_sigma(values: np.ndarray, axis: int | None = None) -> np.ndarray:

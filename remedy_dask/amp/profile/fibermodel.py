@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 from scipy import sparse
 from scipy.interpolate import BSpline
 from scipy.linalg import cho_factor, cho_solve, lapack
@@ -44,11 +45,32 @@ def profile_eval(table: np.ndarray, r: np.ndarray) -> np.ndarray:
     Evaluated through a uniform 0.05 px table (same values: the nodes lie on that grid)."""
     fine = np.interp(_FINE_GRID, PROFILE_NODES[:table.size], table, right=0.0)
     fine = np.r_[fine, 0.0]
+    r = np.asarray(r)
+    if r.dtype == np.float64:  # compiled, the same arithmetic element by element
+        out = np.empty(r.shape)
+        _profile_eval(np.ascontiguousarray(r).reshape(-1), fine, 1.0 / FINE_STEP,
+                      float(PROFILE_NODES[table.size - 1]), out.reshape(-1))
+        return out
     x = np.abs(r) * (1.0 / FINE_STEP)
     i = np.minimum(x.astype(np.intp), _FINE_GRID.size - 1)
     frac = x - i
     out = fine[i] * (1.0 - frac) + fine[i + 1] * frac
     return np.where(np.abs(r) <= PROFILE_NODES[table.size - 1], out, 0.0)
+
+
+@njit(cache=True, nogil=True)
+def _profile_eval(r, fine, scale, limit, out):  # pragma: no cover - compiled
+    """out = linear interpolation of ``fine`` (step 1 / ``scale``) at |r|, 0 beyond ``limit``."""
+    last = fine.size - 2
+    for j in range(r.size):
+        a = abs(r[j])
+        if not a <= limit:
+            out[j] = 0.0
+            continue
+        x = a * scale
+        i = min(int(x), last)
+        frac = x - i
+        out[j] = fine[i] * (1.0 - frac) + fine[i + 1] * frac
 
 
 def profile_integral(table: np.ndarray) -> float:
@@ -150,17 +172,26 @@ class FiberFit:
     chunk_background: np.ndarray  # (n_chunks, n_rows)
 
 
+@njit(cache=True, nogil=True)
+def _shifted_windows(v, base, d, out):  # pragma: no cover - compiled
+    """out[j, k, s] = the design v[j, k + d, :, s] of fiber k + d on the window rows of fiber k
+    (zero where its window does not reach): (n_chunks, n_fib - d, n_sh, n_win)."""
+    n_chunks, n_fib, n_win, n_sh = v.shape
+    for j in range(n_chunks):
+        for k in range(n_fib - d):
+            delta = base[j, k + d] - base[j, k]  # row offset of fiber k + d from fiber k
+            for s in range(n_sh):
+                for w in range(n_win):
+                    x = w - delta
+                    out[j, k, s, w] = v[j, k + d, x, s] if 0 <= x < n_win else 0.0
+
+
 def _banded_gram(v: np.ndarray, base: np.ndarray) -> np.ndarray:
     """Normal matrix of fiber window designs ``v`` (n_chunks, n_fib, n_window, n_shapes), with
     window rows ``base`` - half .. ``base`` + half, in LAPACK lower band storage for the unknowns
     ordered (chunk, fiber, shape): the overlap of every fiber with the next fibers' windows."""
     n_chunks, n_fib, n_win, n_sh = v.shape
     vt = np.swapaxes(v, -1, -2)  # (..., n_sh, n_win)
-    padded = np.zeros((n_chunks, n_fib, n_sh, 3 * n_win))  # zero rows around every window
-    padded[..., n_win:2 * n_win] = vt
-    # every window of n_win rows of a padded fiber: (n_chunks, n_fib, n_sh, 2 n_win + 1, n_win)
-    shifted = np.lib.stride_tricks.sliding_window_view(padded, n_win, axis=-1)
-    chunk = np.arange(n_chunks)[:, None]
     in_order = bool(np.all(np.diff(base, axis=1) >= 0))
     n_band = 1  # fibers k and k + d share window rows for d < n_band
     for d in range(1, n_fib):
@@ -170,9 +201,8 @@ def _banded_gram(v: np.ndarray, base: np.ndarray) -> np.ndarray:
             break
     blocks = []
     for d in range(n_band):
-        delta = base[:, d:] - base[:, :n_fib - d]  # row offset of fiber k + d from fiber k
-        offset = n_win - np.clip(delta, -n_win, n_win)  # rows of k in the windows of k + d
-        other = shifted[chunk, np.arange(d, n_fib), :, offset]  # (n_chunks, n_fib - d, n_sh, n_win)
+        other = np.empty((n_chunks, n_fib - d, n_sh, n_win))  # fiber k + d on the rows of k
+        _shifted_windows(v, base.astype(np.int64), d, other)
         blocks.append(vt[:, :n_fib - d] @ np.swapaxes(other, -1, -2))
     ab = np.zeros((len(blocks) * n_sh, n_chunks, n_fib, n_sh))
     for d, g in enumerate(blocks):  # A[(k + d, t), (k, s)] = g[k, s, t] at band row d n_sh + t - s
@@ -201,18 +231,16 @@ def fit_amplitudes_and_background(profiles: np.ndarray, pos: np.ndarray, table: 
     ab = _banded_gram(v, win.base)
     ab[0] = ab[0] * (1.0 + 1e-9) + 1e-9 * np.repeat(
         ab[0].reshape(n_chunks, -1).max(axis=1), 2 * n_fib)
-    design_t = sparse.csr_matrix(  # (n_chunks * n_fib * 2, n_chunks * n_rows)
-        (np.moveaxis(v, -1, 2).ravel(), np.repeat(win.flat_rows(n_rows), 2, axis=1).ravel(),
-         np.arange(v.size // v.shape[2] + 1) * v.shape[2]),
-        shape=(v.size // v.shape[2], n_chunks * n_rows))
     nx, ny = basis.bx.shape[1], basis.by.shape[1]
     chol, info = lapack.dpbtrf(ab, lower=1)  # A = L L^T (banded)
     if info != 0:
         raise CalibrationError("fiber model: the fiber normal matrix is not positive definite")
-    # with Y = L^-1 X^T B_y and z = L^-1 X^T d the Schur complement is G_y - Y^T Y
     m = 2 * n_fib
-    yz, _ = lapack.dtbtrs(chol, np.column_stack([design_t @ basis.by_tiled,
-                                                 design_t @ data.ravel()]), uplo="L")
+    # with Y = L^-1 X^T B_y and z = L^-1 X^T d the Schur complement is G_y - Y^T Y
+    # X^T [B_y | d] for the window designs X (the product of their sparse matrix, in its order)
+    xt = np.empty((n_chunks * m, ny + 1))
+    _window_products(v, win.rows, basis.by, data, xt)
+    yz, _ = lapack.dtbtrs(chol, xt, uplo="L")
     yz = yz.reshape(n_chunks, m, ny + 1)
     y_, z_ = yz[..., :ny], yz[..., ny]
     normal = basis.normal(basis.gy - np.einsum("jkb,jkc->jbc", y_, y_, optimize=True))
@@ -224,6 +252,27 @@ def fit_amplitudes_and_background(profiles: np.ndarray, pos: np.ndarray, table: 
     coef = lapack.dtbtrs(chol, rest, uplo="L", trans="T")[0].reshape(n_chunks, n_fib, 2)
     return FiberFit(amp=coef[..., 0], width=coef[..., 1], coeff=coeff,
                     chunk_background=basis.bx @ coeff @ basis.by.T)
+
+
+@njit(cache=True, nogil=True)
+def _window_products(v, rows, by, data, out):  # pragma: no cover - compiled
+    """out[(j, k, s)] = sum over the window w of v[j, k, w, s] * [by[rows[j, k, w]] | data[j,
+    rows[j, k, w]]], summed from 0 in window order (as the sparse product of the fiber designs
+    with the tiled background basis and the data: the same values)."""
+    n_chunks, n_fib, n_win, n_sh = v.shape
+    ny = by.shape[1]
+    for j in range(n_chunks):
+        for k in range(n_fib):
+            for s in range(n_sh):
+                row = (j * n_fib + k) * n_sh + s
+                for c in range(ny + 1):
+                    out[row, c] = 0.0
+                for w in range(n_win):
+                    a = v[j, k, w, s]
+                    r = rows[j, k, w]
+                    for c in range(ny):
+                        out[row, c] += a * by[r, c]
+                    out[row, ny] += a * data[j, r]
 
 
 def _solve_spd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
