@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from remedy_dask.numeric.rowstats import _select_pair, median_inplace
+from remedy_dask.numeric.rowstats import select_pair, median_inplace
 
 
 @njit(cache=True, nogil=True)
@@ -72,9 +72,9 @@ def percentile_exact(values: np.ndarray, q: float) -> float:
     above = min(below + 1, n - 1)
     buf = np.array(values, dtype=np.float64)
     if above > below:  # ranks below and below + 1, narrowed first (Floyd-Rivest)
-        a, b = (float(x) for x in _select_pair(buf, n, above, True))
+        a, b = (float(x) for x in select_pair(buf, n, above, True))
     else:
-        a = b = float(_select_pair(buf, n, below, False)[1])
+        a = b = float(select_pair(buf, n, below, False)[1])
     gamma = virtual - below
     diff = b - a
     # numpy's _lerp: the form that is exact at the end nearer to the fraction

@@ -33,7 +33,7 @@ def _quick_pair(buf: np.ndarray, n: int, k: int, pair: bool) -> tuple[float, flo
 
 
 @njit(cache=True, nogil=True)
-def _select_pair(buf: np.ndarray, n: int, k: int, pair: bool) -> tuple[float, float]:
+def select_pair(buf: np.ndarray, n: int, k: int, pair: bool) -> tuple[float, float]:
     """(k-1)-th (if ``pair``) and k-th smallest of buf[:n] (reorders buf[:n]).
 
     Large inputs are first narrowed (Floyd-Rivest): two order statistics of a strided sample
@@ -80,7 +80,7 @@ def median_inplace(buf: np.ndarray, n: int) -> float:
     if n == 0:
         return np.nan
     half = n >> 1
-    lower, upper = _select_pair(buf, n, half, n % 2 == 0)
+    lower, upper = select_pair(buf, n, half, n % 2 == 0)
     if n & 1:
         return upper
     return (lower + upper) / 2.0

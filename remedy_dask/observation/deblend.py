@@ -17,7 +17,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from remedy_dask.observation.psf import PSFLike, good_pixels
-from remedy_dask.observation.sources import _nearby, extract_source, source_weights
+from remedy_dask.observation.sources import nearby_fibers, extract_source, source_weights
 
 
 def source_groups(x0: np.ndarray, y0: np.ndarray, group_radius: float) -> np.ndarray:
@@ -37,7 +37,7 @@ def extract_group(flux: np.ndarray, error: np.ndarray, mask: np.ndarray | None,
     """Joint extraction of the sources ``(x0, y0)``: (spectra, errors, coverage) (n_src, n_wave)."""
     flux = np.asarray(flux)
     n_wave, n_src = flux.shape[1], len(x0)
-    sel = np.unique(np.concatenate([_nearby(fiber_x, fiber_y, a, b, dar, n_wave, radius)
+    sel = np.unique(np.concatenate([nearby_fibers(fiber_x, fiber_y, a, b, dar, n_wave, radius)
                                     for a, b in zip(x0, y0)]))
     spec = np.full((n_src, n_wave), np.nan)
     err = np.full_like(spec, np.nan)

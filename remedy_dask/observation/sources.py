@@ -47,7 +47,9 @@ def source_weights(
     return evaluate_psf(psf, dx, dy, exposure)
 
 
-def _nearby(fiber_x, fiber_y, x0, y0, dar, n_wave, radius) -> np.ndarray:
+def nearby_fibers(fiber_x, fiber_y, x0, y0, dar, n_wave, radius) -> np.ndarray:
+    """Indices of the fibers within ``radius`` (arcsec) of (x0, y0) at some wavelength: the
+    radius widened by the largest DAR offset of the ``n_wave`` bins."""
     dxy = dar_xy(dar, n_wave)
     reach = radius + float(np.max(np.hypot(dxy[0], dxy[1]), initial=0.0))
     return np.flatnonzero(np.hypot(np.asarray(fiber_x) - x0, np.asarray(fiber_y) - y0) < reach)
@@ -81,7 +83,7 @@ def extract_source(
     """
     flux = np.asarray(flux)
     n_wave = flux.shape[1]
-    sel = _nearby(fiber_x, fiber_y, x0, y0, dar, n_wave, radius)
+    sel = nearby_fibers(fiber_x, fiber_y, x0, y0, dar, n_wave, radius)
     if sel.size == 0:
         nan = np.full(n_wave, np.nan)
         return ExtractedSpectrum(nan, nan.copy(), np.zeros(n_wave), 0,

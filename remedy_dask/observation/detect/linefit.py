@@ -9,7 +9,7 @@ from scipy import optimize
 
 from remedy_dask.numeric.correlated import sandwich_covariance
 from remedy_dask.observation.detect.continuum import remove_continuum
-from remedy_dask.observation.sources import _nearby, extract_source
+from remedy_dask.observation.sources import nearby_fibers, extract_source
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 
@@ -41,7 +41,7 @@ def measure_line(flux, error, good, fiber_x, fiber_y, x0, y0, psf, dar, exposure
                          wave_corr=wave_corr)
     spectrum, spectrum_err, cont_at_line = ext.spectrum, ext.error, 0.0
     if line_mask > 0:
-        near = _nearby(fiber_x, fiber_y, x0, y0, dar, len(wave), 5.0)  # extract_source's fibers
+        near = nearby_fibers(fiber_x, fiber_y, x0, y0, dar, len(wave), 5.0)  # extract_source's fibers
         line = np.abs(wave - wave[j0]) < line_mask
         sub = flux[near] - remove_continuum(flux[near], good[near] & ~line[None, :],
                                             continuum_window)
