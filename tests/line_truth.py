@@ -120,3 +120,19 @@ def completeness_table(P, T, sn_edges=(5.0, 8.0), min_flux: float = 10.0) -> lis
                       for i in sel]))
     rows.append(("all", int(found[strong].sum()), int(strong.sum()), []))
     return rows
+
+
+def assert_complete_where_detectable(P, T, night: str) -> None:
+    """Every line an ideal measurement would see at S/N >= 8 is found, >= 90 % of those above 5,
+    and a missed line is one the truth predicts below 8 (printed per bin for the docs)."""
+    rows = completeness_table(P, T)
+    for label, found, total, lines in rows:
+        print(f"{night} lines {label}: {found}/{total}",
+              [(round(f, 1), round(w), round(sn, 1), ok) for f, w, sn, ok in lines])
+    by_label = {label: (found, total) for label, found, total, _ in rows}
+    found8, total8 = by_label["predicted S/N 8-inf"]
+    found5, total5 = by_label["predicted S/N 5-8"]
+    assert total8 >= 6 and found8 == total8
+    assert (found5 + found8) / (total5 + total8) >= 0.9
+    missed = [sn for _, _, _, lines in rows[:-1] for _, _, sn, ok in lines if not ok]
+    assert all(sn < 8 for sn in missed)

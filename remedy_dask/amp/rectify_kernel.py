@@ -13,6 +13,28 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True)
+def _locate_bins(edges, k, out_edges, lift, base, p, frac):  # pragma: no cover - compiled
+    """For fiber ``k``: ``p[j]``, the pixel holding output edge j, and ``frac[j]``, the edge's
+    fraction across that pixel (clipped to 0..1), by one merge of the increasing queries with
+    the pixel edges lifted by ``lift`` (the vectorised version's single search over all fibers,
+    whose rounding this reproduces); ``base`` is scratch of m + 1."""
+    m = edges.shape[1] - 1
+    e0 = edges[k, 0]
+    for i in range(m + 1):
+        base[i] = (edges[k, i] - e0) + lift
+    i = 0
+    for j in range(out_edges.size):
+        q = (out_edges[j] - e0) + lift
+        while i < m + 1 and base[i] <= q:
+            i += 1
+        pj = min(max(i - 1, 0), m - 1)
+        lo = edges[k, pj]
+        hi = edges[k, pj + 1]
+        p[j] = pj
+        frac[j] = min(max((out_edges[j] - lo) / (hi - lo), 0.0), 1.0)
+
+
+@njit(cache=True, nogil=True)
 def rectify_fibers(spec, err, bad, edges, good_fiber, out_edges, span, flux, sigma, out_mask
                    ):  # pragma: no cover - compiled
     """Fill ``flux``, ``sigma`` (e-/A, NaN where masked) and ``out_mask`` (n, n_out) from the
@@ -41,20 +63,7 @@ def rectify_fibers(spec, err, bad, edges, good_fiber, out_edges, span, flux, sig
             cf[i + 1] = cf[i] + f[i]
             cv[i + 1] = cv[i] + v[i]
             cb[i + 1] = cb[i] + (1 if b else 0)
-        e0 = edges[k, 0]
-        lift = k * 4.0 * span
-        for i in range(m + 1):
-            base[i] = (edges[k, i] - e0) + lift
-        i = 0
-        for j in range(n_out + 1):  # queries increase: count the lifted edges <= each
-            q = (out_edges[j] - e0) + lift
-            while i < m + 1 and base[i] <= q:
-                i += 1
-            pj = min(max(i - 1, 0), m - 1)
-            lo = edges[k, pj]
-            hi = edges[k, pj + 1]
-            p[j] = pj
-            frac[j] = min(max((out_edges[j] - lo) / (hi - lo), 0.0), 1.0)
+        _locate_bins(edges, k, out_edges, k * 4.0 * span, base, p, frac)
         first, last = edges[k, 0], edges[k, m]
         for j in range(n_out):
             pa, pb = p[j], p[j + 1]
@@ -102,20 +111,7 @@ def adjacent_correlation_fibers(v, edges, good_fiber, out_edges, span, rho
             s = np.sqrt(v[k, i])
             vv[i] = s * s
             cv[i + 1] = cv[i] + vv[i]
-        e0 = edges[k, 0]
-        lift = k * 4.0 * span
-        for i in range(m + 1):
-            base[i] = (edges[k, i] - e0) + lift
-        i = 0
-        for j in range(n_out + 1):
-            q = (out_edges[j] - e0) + lift
-            while i < m + 1 and base[i] <= q:
-                i += 1
-            pj = min(max(i - 1, 0), m - 1)
-            lo = edges[k, pj]
-            hi = edges[k, pj + 1]
-            p[j] = pj
-            frac[j] = min(max((out_edges[j] - lo) / (hi - lo), 0.0), 1.0)
+        _locate_bins(edges, k, out_edges, k * 4.0 * span, base, p, frac)
         first, last = edges[k, 0], edges[k, m]
         for j in range(n_out):
             pa, pb = p[j], p[j + 1]
