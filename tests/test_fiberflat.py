@@ -92,3 +92,18 @@ def test_no_light_raises():
     z = np.zeros((50, 1036))
     with pytest.raises(CalibrationError):
         fiber_to_fiber(z, z + 1, z.astype(bool), np.zeros(50), np.zeros(50))
+
+
+def test_blocks_change_nothing(twilight, monkeypatch):
+    """The focal-plane arrays are worked in row and column blocks to bound the memory of the
+    calibration's fan-in; any blocking gives the same bits as one block."""
+    from remedy_dask.exposure import fiberflat
+
+    flux, error, mask, fx, fy, *_ = twilight
+    whole = fiber_to_fiber(flux, error, mask, fx, fy, illumination_degree=1)
+    monkeypatch.setattr(fiberflat, "BLOCK_ROWS", 333)
+    monkeypatch.setattr(fiberflat, "BLOCK_COLUMNS", 7)
+    blocked = fiber_to_fiber(flux, error, mask, fx, fy, illumination_degree=1)
+    assert flux.shape[0] > 4 * 333
+    for name in ("ftf", "dead", "illumination", "bin_ratio"):
+        np.testing.assert_array_equal(getattr(blocked, name), getattr(whole, name), err_msg=name)

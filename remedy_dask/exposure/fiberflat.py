@@ -134,6 +134,27 @@ def fill_bins(values: np.ndarray) -> np.ndarray:
     return out
 
 
+BLOCK_ROWS, BLOCK_COLUMNS = 2048, 64  # blocks of the focal-plane arrays: temporaries stay small
+
+
+def _blocks(n: int, size: int | None = None) -> list[slice]:
+    size = size or BLOCK_ROWS
+    return [slice(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+def _common_spectrum(flux: np.ndarray, bad: np.ndarray, live: np.ndarray, level: np.ndarray
+                     ) -> np.ndarray:
+    """Per-wavelength median over the live fibers of the level-normalised spectra, computed
+    in column blocks (the (N, n_wave) normalised array is never held whole)."""
+    scale = np.where(live, level, 1.0)[:, None]
+    out = np.empty(flux.shape[1])
+    with np.errstate(invalid="ignore"):
+        for c in _blocks(flux.shape[1], BLOCK_COLUMNS):
+            normed = np.where(bad[:, c] | ~live[:, None], np.nan, flux[:, c] / scale)
+            out[c] = np.nanmedian(normed, axis=0)
+    return out
+
+
 def fiber_to_fiber(
     twi_flux: np.ndarray,
     twi_error: np.ndarray,
@@ -164,17 +185,17 @@ def fiber_to_fiber(
         raise CalibrationError("fiber_to_fiber: inconsistent input shapes")
     edges = bin_edges(n_wave, n_bins)
     # level of each fiber, then the common twilight spectrum
-    level = np.nanmedian(np.where(bad, np.nan, flux), axis=1)
+    level = np.concatenate([np.nanmedian(np.where(bad[r], np.nan, flux[r]), axis=1)
+                            for r in _blocks(n)])
     live = np.isfinite(level) & (level > 0)
     if live.sum() < 10:
         raise CalibrationError(f"fiber_to_fiber: only {int(live.sum())} fibers with twilight light")
     ref_level = np.median(level[live])
     live &= level > 0.2 * ref_level
-    normed = np.where(bad | ~live[:, None], np.nan, flux / np.where(live, level, 1.0)[:, None])
-    with np.errstate(invalid="ignore"):
-        twilight = np.nanmedian(normed, axis=0) * ref_level
+    twilight = _common_spectrum(flux, bad, live, level) * ref_level
     twilight = np.where(np.isfinite(twilight), twilight, 0.0)
-    ratio = binned_ratio(flux, err, bad, twilight[None, :], edges)
+    ratio = np.concatenate([binned_ratio(flux[r], err[r], bad[r], twilight[None, :], edges)
+                            for r in _blocks(n)])
     frac_good = np.mean(np.isfinite(ratio), axis=1)
     use = live & (frac_good >= min_good_bins)
     if illumination_degree > 0:
@@ -190,7 +211,9 @@ def fiber_to_fiber(
     measurable = frac_good >= min_good_bins
     ftf[~measurable] = np.nan
     med = np.full(n, np.nan)
-    med[measurable] = np.nanmedian(ftf[measurable], axis=1)
+    for r in _blocks(n):
+        rows = np.flatnonzero(measurable[r]) + r.start
+        med[rows] = np.nanmedian(ftf[rows], axis=1)
     with np.errstate(invalid="ignore"):
         dead = ~measurable | ~(med >= dead_threshold)
         resid = rel[use] - 1.0
