@@ -12,13 +12,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import dask
 
 from remedy_dask import geometry
 from remedy_dask.config import PipelineConfig
 from remedy_dask.io import store
 from remedy_dask.workflow import amp_chain
 from remedy_dask.workflow.keys import CheckpointKeys
+from remedy_dask.workflow.nodes import constant, impure
 
 ALONE = "alone"  # task-name mark of a chain rerun without the other amp of its CCD
 RETRY = "retry"  # task-name mark of the second attempt at chains lost with a worker
@@ -33,7 +33,8 @@ def build_amp_graph(plan: Any, cal_path: Path, work_root: Path, config: Pipeline
     contributes its stored measurement.  Each exposure lists its amps in the plan's order,
     resumed or not (the exposure fan-in concatenates them in that order).  ``attempt`` marks
     the task names of a second attempt in the same cluster (:func:`chain_tag`)."""
-    rc, tag = config.reduction, chain_tag(plan, attempt)
+    tag = chain_tag(plan, attempt)
+    rc = constant(config.reduction, f"reduction-config-{tag}")
     chains: dict[tuple[int, str], Any] = {}  # in plan order: a summary (resumed) or a delayed one
     pending: dict[tuple[int, str], tuple[Any, Any, Any, str]] = {}  # (ax, shift, cal, ikey)
     resumed: set[tuple[int, str]] = set()
@@ -76,10 +77,10 @@ def alone_chain(plan: Any, cal_path: Path, work_root: Path, config: PipelineConf
     that a rerun recomputes it pooled with the partner, as a clean run does."""
     tag = chain_tag(plan, ALONE)
     cal = _load_cal(cal_path, key, tag)
-    ax, measured = _chain_head(plan.refs[(exp, key)], cal, exp, config.reduction,
-                               _chain_node(key, exp, tag))
-    return _chain_tail(ax, measured, None, cal, config.reduction, work_root,
-                       keys.amp_alone(plan, exp, key), _chain_node(key, exp, tag))
+    rc = constant(config.reduction, f"reduction-config-{key}-exp{exp:02d}-{tag}")
+    ax, measured = _chain_head(plan.refs[(exp, key)], cal, exp, rc, _chain_node(key, exp, tag))
+    return _chain_tail(ax, measured, None, cal, rc, work_root, keys.amp_alone(plan, exp, key),
+                       _chain_node(key, exp, tag))
 
 
 def chain_tag(plan: Any, attempt: str = "") -> str:
@@ -94,8 +95,8 @@ def chain_task_of(task: str, exp: int, key: str, tag: str) -> bool:
 
 
 def _load_cal(cal_path: Path, key: str, tag: str) -> Any:
-    return dask.delayed(amp_chain.load_calibration, pure=True)(
-        str(cal_path), key, dask_key_name=f"load-cal-{key}-{tag}")
+    return impure(amp_chain.load_calibration)(str(cal_path), key,
+                                              dask_key_name=f"load-cal-{key}-{tag}")
 
 
 def _chain_head(ref: Any, cal: Any, exp: int, rc: Any, node: Any) -> tuple[Any, Any]:
@@ -119,7 +120,7 @@ def _chain_node(key: str, exp: int, tag: str) -> Any:
     """``node(func, *args, step=...)``: a delayed task of the chain of (``key``, ``exp``), named
     ``{step}-{key}-expNN-{tag}`` (the dashboard and the benchmarks group by ``step``)."""
     def node(func: Any, *args: Any, step: str) -> Any:
-        return dask.delayed(func, pure=False)(*args, dask_key_name=f"{step}-{key}-exp{exp:02d}-{tag}")
+        return impure(func)(*args, dask_key_name=f"{step}-{key}-exp{exp:02d}-{tag}")
     return node
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from remedy_dask.config import ObservationConfig
 from remedy_dask.io.catalog import Catalog
-from remedy_dask.workflow.nodes import gather
+from remedy_dask.workflow.nodes import flat, gather
 from remedy_dask.workflow.observation import (
     Conditions, fit_field, fit_psf, flux_calibration, ifu_sources, ifu_stars, refine_field,
     star_cutouts,
@@ -32,23 +32,24 @@ def field_calibration(load: Callable[..., Any], slots: list[int], cond: Conditio
                                                  dask_key_name=f"ifu-stars-{s:03d}-{tag}")
              for s in slots]
     stars = gather(stars, f"ifu-stars-all-{tag}")
-    astro = dask.delayed(fit_field, pure=False)(stars, catalog, pointing, config,
-                                                dask_key_name=f"astrometry-{tag}")
+    astro = flat(dask.delayed(fit_field, pure=False)(stars, catalog, pointing, config,
+                                                     dask_key_name=f"astrometry-{tag}"))
     cut = [dask.delayed(star_cutouts, pure=False)(load(s, "psf-stars", astro), cond, catalog,
                                                   astro, config,
                                                   dask_key_name=f"ifu-psf-stars-{s:03d}-{tag}")
            for s in slots]
     psf = dask.delayed(fit_psf, pure=False)(gather(cut, f"ifu-psf-stars-all-{tag}"), cond, config,
                                             dask_key_name=f"seeing-{tag}")
-    astro = dask.delayed(refine_field, pure=False)(astro, psf, catalog, config,
-                                                   dask_key_name=f"astrometry-refine-{tag}")
+    psf = flat(psf)
+    astro = flat(dask.delayed(refine_field, pure=False)(astro, psf, catalog, config,
+                                                        dask_key_name=f"astrometry-refine-{tag}"))
     srcs = [dask.delayed(ifu_sources, pure=False)(load(s, "sources", astro), s, cond, catalog,
                                                   astro, psf, config,
                                                   dask_key_name=f"ifu-sources-{s:03d}-{tag}")
             for s in slots]
     srcs = gather(srcs, f"ifu-sources-all-{tag}")
-    fcal = dask.delayed(flux_calibration, pure=False)(srcs, catalog, config,
-                                                      dask_key_name=f"fluxcal-{tag}")
+    fcal = flat(dask.delayed(flux_calibration, pure=False)(srcs, catalog, config,
+                                                           dask_key_name=f"fluxcal-{tag}"))
     return astro, psf, fcal, srcs
 
 

@@ -16,7 +16,7 @@ from remedy_dask.config import PipelineConfig
 from remedy_dask.io.provenance import hdf5_attributes
 from remedy_dask.io.catalog import Catalog, as_catalog
 from remedy_dask.observation.fluxcal import exposure_scale
-from remedy_dask.workflow.nodes import gather
+from remedy_dask.workflow.nodes import constant, flat, gather
 from remedy_dask.workflow.fieldcal import (
     SKIPPED_FOR_KIND, field_calibration, skipped_field_calibration,
 )
@@ -337,11 +337,14 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
                           np.ones(geometry.N_WAVE))
         catalog = Catalog(np.zeros(1), np.zeros(1), np.full(1, 18.0))
         pointing = (0.0, 0.0, 0.0)
-    catalog = as_catalog(catalog)
-    oc = config.observation
-    work_root = str(out / "work" / f"{plan.date}_{plan.obs:07d}.zarr")
     exps, tag = list(plan.exposures), plan.tag
-    deps = gather([exposures[e] for e in exps], f"exposures-done-{tag}")
+    # inputs of hundreds of nodes: one node each (dask walks a dataclass argument at every call)
+    conditions = constant(cond, f"conditions-{tag}")
+    catalog = constant(as_catalog(catalog), f"catalog-{tag}")
+    settings = constant(config, f"config-{tag}")
+    oc = constant(config.observation, f"observation-config-{tag}")
+    work_root = str(out / "work" / f"{plan.date}_{plan.obs:07d}.zarr")
+    deps = flat(gather([exposures[e] for e in exps], f"exposures-done-{tag}"))
     slots = sorted({int(k[:3]) for k in plan.cal_keys})
 
     def load(slot: int, stage: str, after: Any = None, wave_corr: bool = False) -> Any:
@@ -353,20 +356,22 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
             dask_key_name=f"load-ifu-{stage}-{slot:03d}-{tag}")
 
     if plan.kind == "sci":
-        astro, psf, fcal, srcs = field_calibration(load, slots, cond, catalog, pointing, oc, tag)
+        astro, psf, fcal, srcs = field_calibration(load, slots, conditions, catalog, pointing,
+                                                   oc, tag)
     else:
-        astro, psf, fcal, srcs = skipped_field_calibration(plan.kind, cond, pointing, oc)
+        astro, psf, fcal, srcs = skipped_field_calibration(plan.kind, cond, pointing,
+                                                           config.observation)
     # the flux-calibrated fibers of each IFU, computed once for its fibers, detections and cube
     cal = {s: dask.delayed(calibrated_ifu, pure=False)(
-        load(s, "final", fcal, wave_corr=True), s, cond, psf, fcal, injection,
+        load(s, "final", fcal, wave_corr=True), s, conditions, psf, fcal, injection,
         dask_key_name=f"ifu-calibrated-{s:03d}-{tag}") for s in slots}
-    dets = [dask.delayed(ifu_detect, pure=False)(cal[s], s, psf, astro, config,
+    dets = [dask.delayed(ifu_detect, pure=False)(cal[s], s, psf, astro, settings,
                                                  dask_key_name=f"ifu-detect-{s:03d}-{tag}")
             for s in slots] if plan.kind == "sci" else []
     cube_slots = {"all": slots, "none": [], "target": [s for s in slots if s == plan.target_slot]}[cubes]
     prefix = f"{plan.date}_{plan.obs:07d}"
     cards = {} if dry else product_cards(plan, cond, pointing, cal_path, config)
-    cubes = [dask.delayed(ifu_cube, pure=False)(cal[s], s, astro, str(out), prefix, config,
+    cubes = [dask.delayed(ifu_cube, pure=False)(cal[s], s, astro, str(out), prefix, settings,
                                                 cards, dask_key_name=f"ifu-cube-{s:03d}-{tag}")
              for s in cube_slots]
     block_dir = str(out / "work" / f"{prefix}_fibers")
@@ -382,6 +387,7 @@ def build_observation_graph(plan: Any, exposures: dict[int, Any], cal_path: Path
                   "native_spectra": int(native), "frame_kind": plan.kind,
                   "steps_skipped": [] if plan.kind == "sci" else list(SKIPPED_FOR_KIND)}
     return dask.delayed(write_products, pure=False)(
-        deps, plan, work_root, cond, astro, psf, fcal, srcs, gather(dets, f"ifu-detect-all-{tag}"),
+        deps, plan, work_root, conditions, astro, psf, fcal, srcs,
+        gather(dets, f"ifu-detect-all-{tag}"),
         catalog, str(out), provenance, gather(cubes, f"ifu-cube-all-{tag}"),
         gather(fibers, f"ifu-fibers-all-{tag}"), pointing, dask_key_name=f"write-products-{tag}")

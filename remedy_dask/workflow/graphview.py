@@ -41,10 +41,14 @@ class _FakeArchive:
 
 
 def summarize(collections: list[Any]) -> tuple[Counter, dict[tuple[str, str], int]]:
-    """Task counts per prefix and dependency-edge counts between prefixes."""
+    """Task counts per prefix and dependency-edge counts between prefixes (nodes that only
+    hold an input value are left out)."""
+    from remedy_dask.workflow.nodes import VALUE_PREFIX
+
     graph: dict = {}
     for c in collections:
         graph.update(dict(c.__dask_graph__()))
+    graph = {k: v for k, v in graph.items() if not str(k).startswith(VALUE_PREFIX)}
     counts: Counter = Counter(key_split(k) for k in graph)
     edges: dict[tuple[str, str], int] = defaultdict(int)
     from dask.core import get_dependencies

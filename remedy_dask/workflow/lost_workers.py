@@ -119,9 +119,12 @@ def _run(client: Any, jobs: dict[Chain, Any], done: list[dict[tuple[int, str], A
     wait_with_progress(list(futures.values()))  # stops at the first failed task
     wait(list(futures.values()))
     lost, waiting = [], []
+    finished = [c for c, future in futures.items() if future.status == "finished"]
+    # one gather: a result() per future is a round trip each (~2.5 ms, 2.3 s for 936 chains)
+    for (i, exp, key), summary in zip(finished, client.gather([futures[c] for c in finished])):
+        done[i][(exp, key)] = summary
     for (i, exp, key), future in futures.items():
         if future.status == "finished":
-            done[i][(exp, key)] = future.result()
             continue
         exc = future.exception()
         if not isinstance(exc, KilledWorker):

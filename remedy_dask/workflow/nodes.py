@@ -3,6 +3,12 @@
 Passing a Python list or dict of ``Delayed`` objects into ``dask.delayed`` makes dask optimise
 and cull the whole merged graph on every call (quadratic in the graph size for fan-ins).  Gather
 them once into a single node with :func:`gather` / :func:`gather_dict` and pass that node.
+``dask.delayed`` also walks every argument that is a dataclass, field by field, at every call
+(a configuration: ~40 fields), and tokenizes the function each time it is wrapped: pass a
+configuration used by many nodes as one :func:`constant` node, and wrap functions once
+(:func:`impure`).  Each ``dask.delayed`` call copies the layers of every ancestor of its
+inputs: a node that hundreds of others take (a field solution after a fan-in) is passed as
+:func:`flat`, its ancestry in one layer.
 :func:`flag_failures` turns an exception in one unit's chain into a flagged failure of that unit.
 """
 
@@ -16,6 +22,28 @@ import dask
 
 log = logging.getLogger(__name__)
 S = TypeVar("S")
+
+
+@functools.cache
+def impure(func: Callable[..., Any]) -> Any:
+    """``dask.delayed(func, pure=False)``, wrapped once per function (call it with
+    ``dask_key_name``)."""
+    return dask.delayed(func, pure=False)
+
+
+VALUE_PREFIX = "value-"  # task names of the nodes that only hold an input (no computation)
+
+
+def constant(value: Any, name: str) -> Any:
+    """A node ``value-{name}`` holding ``value`` (not traversed by the nodes that use it)."""
+    return dask.delayed(value, name=VALUE_PREFIX + name, traverse=False)
+
+
+def flat(node: Any) -> Any:
+    """``node`` over its whole graph as one layer (for a node that many others take)."""
+    from dask.delayed import Delayed
+
+    return Delayed(node.key, dict(node.__dask_graph__()))
 
 
 def _as_list(*items: Any) -> list[Any]:
