@@ -182,3 +182,16 @@ def test_flux_scale_error_in_quadrature():
     # 0.02 mag is 1.842 % (0.4 ln 10 x 0.02); with 1 % of normalisation: 2.096 % of 1.2 / 0.8
     got = flux_scale_error(1.2, 0.02, np.array([0.8, 1.0]), np.array([0.01, 0.0]))
     np.testing.assert_allclose(got, [1.5 * np.hypot(0.018421, 0.01), 1.2 * 0.018421], rtol=1e-4)
+
+
+def testautocorrelation_is_scipys_fftconvolve():
+    """The blend rule's overlap map: the same numbers as scipy.signal.fftconvolve (whose import
+    the workers are spared)."""
+    from scipy.signal import fftconvolve
+
+    from remedy_dask.observation.starselect import autocorrelation
+
+    rng = np.random.default_rng(1)
+    for shape in ((5, 5), (61, 61), (7, 9)):
+        f = rng.random(shape)
+        np.testing.assert_array_equal(autocorrelation(f), fftconvolve(f, f[::-1, ::-1], "full"))

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 from numpy.polynomial import legendre
-from scipy import signal
 from scipy.ndimage import gaussian_filter1d, median_filter
 
 from remedy_dask import geometry
@@ -59,7 +58,9 @@ def find_lines(spectrum: np.ndarray, n_max: int = 15, snr_min: float = 8.0, min_
     base = median_filter(spec, size=41, mode="nearest")
     h = gaussian_filter1d(spec - base, 1.0)
     noise = mad_sigma(h) + 1e-12
-    idx, _ = signal.find_peaks(h, distance=min_sep)  # of two close maxima the higher stays
+    from scipy.signal import find_peaks  # here: importing scipy.signal costs ~1 s per process
+
+    idx, _ = find_peaks(h, distance=min_sep)  # of two close maxima the higher stays
     idx = idx[h[idx] > snr_min * noise]
     idx = np.sort(idx[np.argsort(-h[idx], kind="stable")[:n_max]])
     idx = idx[(idx >= HALF_WINDOW) & (idx < spec.size - HALF_WINDOW)]

@@ -49,17 +49,26 @@ def extraction_overlap(psf: RadialPSF, r: np.ndarray, step: float = 0.1) -> np.n
     """``A(r) / A(0)`` with ``A(r) = int f(p) f(p - r) d^2p`` the overlap of the fiber-fraction
     maps of two sources ``r`` arcsec apart: the share of a neighbour's flux that an optimal
     (PSF-weighted) extraction of a source picks up, per unit flux ratio, on a dense fiber field."""
-    from scipy.signal import fftconvolve
-
     half = psf.r_max
     g = np.arange(-half, half + step / 2, step)
     gx, gy = np.meshgrid(g, g)
     f = psf.at_radius(np.hypot(gx, gy))
-    auto = fftconvolve(f, f[::-1, ::-1], mode="full")
+    auto = autocorrelation(f)
     centre = auto.shape[0] // 2
     profile = auto[centre, centre:]  # along +x; the map is circular
     radii = np.arange(profile.size) * step
     return np.interp(np.asarray(r, float), radii, profile / profile[0], right=0.0)
+
+
+def autocorrelation(f: np.ndarray) -> np.ndarray:
+    """``scipy.signal.fftconvolve(f, f[::-1, ::-1], mode="full")`` by the same scipy.fft calls
+    (scipy.signal itself costs ~1 s of import in every worker)."""
+    from scipy import fft
+
+    full = [2 * n - 1 for n in f.shape]
+    shape = [fft.next_fast_len(n, True) for n in full]
+    spectrum = fft.rfftn(f, shape) * fft.rfftn(f[::-1, ::-1], shape)
+    return fft.irfftn(spectrum, shape)[tuple(slice(0, n) for n in full)].copy()
 
 
 def blend_contamination(ra: np.ndarray, dec: np.ndarray, g: np.ndarray, index: np.ndarray,

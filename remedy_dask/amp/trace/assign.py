@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy import signal
 from scipy.ndimage import gaussian_filter1d, minimum_filter1d
 
 from remedy_dask.errors import CalibrationError
@@ -75,7 +74,9 @@ def find_peaks(profile: np.ndarray, pitch: float = PITCH_GUESS, rel_threshold: f
     smooth = gaussian_filter1d(prof, 1.0)
     base = gaussian_filter1d(minimum_filter1d(smooth, int(3 * pitch) | 1), pitch)
     h = smooth - np.minimum(base, smooth)
-    idx, _ = signal.find_peaks(h)
+    from scipy.signal import find_peaks  # here: importing scipy.signal costs ~1 s per process
+
+    idx, _ = find_peaks(h)
     if idx.size == 0:
         return np.zeros(0)
     level = np.percentile(h[idx], 90)
