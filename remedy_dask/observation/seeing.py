@@ -18,7 +18,8 @@ from scipy import optimize, sparse
 from remedy_dask.errors import CalibrationError
 from remedy_dask.geometry import DEF_WAVE
 from remedy_dask.observation.psf import (
-    DEFAULT_BETA, collapse_chunks, dar_xy, fiber_integrated_moffat, good_pixels,
+    DEFAULT_BETA, collapse_chunks, dar_xy, fiber_fraction, fiber_quadrature_distances,
+    good_pixels,
 )
 
 
@@ -110,6 +111,7 @@ class _SeeingModel:
         self.r_grid = np.arange(0.0, radius + 4.0, 0.02)
         self.model_error = model_error
         self._tables: dict[tuple[float, float], np.ndarray] = {}
+        self._quadrature = fiber_quadrature_distances(self.r_grid, n_radial=10, n_azimuth=32)
         # fixed data selection (a selection that moved with the parameters would make chi^2 jump)
         r0 = np.hypot(fx - self.sx0, fy - self.sy0)
         self.w = (r0 < radius)[:, None] & (data.ivar0 > 0)
@@ -146,8 +148,7 @@ class _SeeingModel:
         if key not in self._tables:
             if len(self._tables) >= 4 * self.n_exp:
                 self._tables.clear()
-            self._tables[key] = fiber_integrated_moffat(
-                fwhm, beta, self.r_grid, n_radial=10, n_azimuth=32).fraction
+            self._tables[key] = fiber_fraction(*self._quadrature, fwhm, beta)
         return self._tables[key]
 
     def amplitudes(self, shape: np.ndarray) -> np.ndarray:
