@@ -158,3 +158,27 @@ def test_cube_wcs_reproduces_focal_plane_projection():
     np.testing.assert_allclose(back.pixel_to_world_values(px, py, px)[0], w.pixel_to_world_values(px, py, px)[0])
     w2 = celestial_wcs(ra0, dec0, rot, grid, ifu_fx, ifu_fy)
     np.testing.assert_allclose(w2.pixel_to_world_values(px, py)[1], want_dec, atol=1e-10)
+
+
+def test_shifted_weight_matrices_equal_a_kdtree_per_shift():
+    """The matrices built from pairs found once equal, bit for bit, those of a KD-tree query
+    at each shift (distances, the cutoff, column order)."""
+    from scipy import sparse
+    from scipy.spatial import cKDTree
+
+    from remedy_dask.observation.cube import ImageGrid, shifted_weight_matrices
+
+    rng = np.random.default_rng(8)
+    fx, fy = rng.uniform(-12, 12, 300), rng.uniform(-12, 12, 300)
+    px, py = ImageGrid.centered(13.0, 0.5).points()
+    shifts = np.column_stack([np.linspace(-0.9, 0.4, 6), np.linspace(0.3, -0.2, 6)])
+    kernel = lambda r: np.exp(-0.5 * (r / 0.7) ** 2)  # noqa: E731
+    for d, got in zip(shifts, shifted_weight_matrices(px, py, fx, fy, shifts, kernel, 2.1)):
+        pairs = cKDTree(np.column_stack([px, py])).sparse_distance_matrix(
+            cKDTree(np.column_stack([fx - d[0], fy - d[1]])), 2.1, output_type="ndarray")
+        want = sparse.csr_matrix((kernel(pairs["v"]), (pairs["i"], pairs["j"])),
+                                 shape=(px.size, fx.size))
+        assert got.nnz == want.nnz > 0
+        np.testing.assert_array_equal(got.indptr, want.indptr)
+        np.testing.assert_array_equal(got.indices, want.indices)
+        np.testing.assert_array_equal(got.data, want.data)

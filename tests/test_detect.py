@@ -330,3 +330,30 @@ def test_psf_matrices_are_the_psf_of_each_shifted_pair():
             want = np.where(np.hypot(dx, dy) <= 3.5, evaluate_psf(psf, dx, dy, ee), 0.0)
             assert w.dtype == np.float32 and w.shape == want.shape
             np.testing.assert_allclose(w.toarray(), want, rtol=1e-6, atol=1e-9)
+
+
+def test_inverse_variance_equals_the_numpy_expressions():
+    """The compiled noise model gives bit for bit the numpy expressions it replaces (NaN and
+    infinite sky values, bad pixels, no sky)."""
+    from remedy_dask.observation.detect.noise import inverse_variance
+
+    rng = np.random.default_rng(9)
+    shape = (30, 200)
+    resid, cont = rng.normal(size=shape), rng.normal(50, 20, shape)
+    error, sky = rng.uniform(0.5, 2, shape), rng.normal(300, 100, shape)
+    sky[0, :3] = [np.nan, np.inf, -np.inf]
+    good = rng.random(shape) > 0.1
+    good[0, :3] = True
+    for s in (sky, None):
+        var = np.where(good, error, 1.0) ** 2 + (0.02 * np.where(good, cont, 0.0)) ** 2
+        if s is not None:
+            with np.errstate(over="ignore"):
+                var += (0.01 * np.where(good, np.nan_to_num(s), 0.0)) ** 2
+        want_ivar, want_resid = np.where(good, 1.0 / var, 0.0), np.where(good, resid, 0.0)
+        got_resid = resid.copy()
+        got = inverse_variance(got_resid, error, cont, s, good, 0.02, 0.01)
+        np.testing.assert_array_equal(got, want_ivar)
+        np.testing.assert_array_equal(got_resid, want_resid)
+        if s is not None:  # an infinite sky: no weight; NaN: no sky term
+            assert got[0, 1] == got[0, 2] == 0.0 and got[0, 0] == 1.0 / (
+                error[0, 0] ** 2 + (0.02 * cont[0, 0]) ** 2)

@@ -47,8 +47,8 @@ import numpy as np
 
 from remedy_dask import __version__
 from remedy_dask.io.digest import code_digest
+from remedy_dask.io.h5chunks import read_dataset
 from remedy_dask.io.jsonable import jsonable
-from remedy_dask.io.h5chunks import read_array
 from remedy_dask.errors import InputFileError
 
 FORMAT_VERSION = "1.0"
@@ -366,11 +366,11 @@ def read_amp(path: str | Path, key: str, arrays: tuple[str, ...] | None = None,
         )
         for name in _ARRAYS if arrays is None else arrays:
             if name in g:
-                cal.arrays[name] = read_array(g[name])
+                cal.arrays[name] = read_dataset(g[name])
         for sub, target in (("profile", cal.profile), ("qa", cal.qa_arrays)):
             if sub in g and (qa or sub != "qa"):
                 for name, ds in g[sub].items():
-                    target[name] = ds[...]
+                    target[name] = read_dataset(ds)
         if "inputs" in g:
             cal.inputs = [s.decode() if isinstance(s, bytes) else str(s) for s in g["inputs"][...]]
     return cal
@@ -386,7 +386,7 @@ def read_arrays_many(path: str | Path, keys: list[str], names: tuple[str, ...]
             if key not in h5:
                 raise InputFileError(str(path), f"no calibration for amp {key}")
             g = h5[key]
-            out[key] = {name: read_array(g[name]) for name in names if name in g}
+            out[key] = {name: read_dataset(g[name]) for name in names if name in g}
     return out
 
 

@@ -17,7 +17,7 @@ the PSF model through the same linear operator.  Neighbouring pixels are correla
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from astropy import units as u
@@ -77,11 +77,35 @@ def radial_weight_matrix(
     kernel: Callable[[np.ndarray], np.ndarray], cutoff: float,
 ) -> sparse.csr_matrix:
     """Sparse (n_points, n_fibers) matrix of ``kernel(distance)`` for pairs closer than cutoff."""
+    return next(shifted_weight_matrices(px, py, fx, fy, np.zeros((1, 2)), kernel, cutoff))
+
+
+def shifted_weight_matrices(
+    px: np.ndarray, py: np.ndarray, fx: np.ndarray, fy: np.ndarray, shifts: np.ndarray,
+    kernel: Callable[[np.ndarray], np.ndarray], cutoff: float,
+) -> Iterator[sparse.csr_matrix]:
+    """For each shift ``d`` (n_shift, 2): the (n_points, n_fibers) CSR matrix of
+    ``kernel(distance)`` between the points and the fibers moved to ``(fx - d[0], fy - d[1])``,
+    for pairs within ``cutoff`` (sorted column indices).  The pairs are found once (a KD-tree
+    within ``cutoff`` plus the shifts' reach from their middle); each matrix recomputes only
+    their distances, as the KD-tree does (the root of the summed squared differences)."""
+    centre = 0.5 * (shifts.min(axis=0) + shifts.max(axis=0))
+    reach = float(np.max(np.hypot(*(shifts - centre).T)))
     tp = cKDTree(np.column_stack([px, py]))
-    tf = cKDTree(np.column_stack([fx, fy]))
-    pairs = tp.sparse_distance_matrix(tf, cutoff, output_type="ndarray")
-    vals = kernel(pairs["v"])
-    return sparse.csr_matrix((vals, (pairs["i"], pairs["j"])), shape=(len(px), len(fx)))
+    tf = cKDTree(np.column_stack([fx - centre[0], fy - centre[1]]))
+    pairs = tp.sparse_distance_matrix(tf, cutoff + reach + 1e-6, output_type="ndarray")
+    n_fib = len(fx)
+    key = np.sort(pairs["i"].astype(np.int64) * n_fib + pairs["j"])  # CSR order
+    i, j = key // n_fib, key % n_fib
+    pxi, pyi = px[i], py[i]
+    for d in shifts:
+        dx = pxi - (fx - d[0])[j]
+        dy = pyi - (fy - d[1])[j]
+        r2 = dx * dx + dy * dy
+        keep = r2 <= cutoff * cutoff
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(i[keep], minlength=len(px)))])
+        yield sparse.csr_matrix((kernel(np.sqrt(r2[keep])), j[keep], indptr),
+                                shape=(len(px), n_fib))
 
 
 def dar_chunks(dxy: np.ndarray, max_step: float) -> list[slice]:
@@ -146,15 +170,15 @@ def make_cube(
     weight = np.zeros_like(cube)
     cutoff = 3.0 * kernel_sigma
     area = grid.pixscale**2
-    for sl in dar_chunks(dxy, max_dar_step):
-        d = dxy[:, sl].mean(axis=1)
-        k = radial_weight_matrix(
-            px, py, fiber_x - d[0], fiber_y - d[1],
-            lambda r: np.exp(-0.5 * (r / kernel_sigma) ** 2), cutoff,
-        )
+    chunks = dar_chunks(dxy, max_dar_step)
+    shifts = np.array([dxy[:, sl].mean(axis=1) for sl in chunks])
+    matrices = shifted_weight_matrices(px, py, fiber_x, fiber_y, shifts,
+                                       lambda r: np.exp(-0.5 * (r / kernel_sigma) ** 2), cutoff)
+    for sl, k in zip(chunks, matrices):
         den = np.asarray(k @ g[:, sl])
         num = np.asarray(k @ sb[:, sl])
-        var = np.asarray(k.multiply(k) @ var_sb[:, sl])
+        var = np.asarray(sparse.csr_matrix((k.data * k.data, k.indices, k.indptr),
+                                           shape=k.shape) @ var_sb[:, sl])
         ok = den >= min_weight
         safe = np.where(ok, den, 1.0)
         cube[sl] = np.where(ok, area * num / safe, np.nan).T

@@ -107,16 +107,45 @@ def fiber_integrated_moffat(
     if r_grid is None:
         r_grid = np.arange(0.0, max(10.0, 5.0 * fwhm) + 1e-9, 0.02)
     r_grid = np.asarray(r_grid, dtype=float)
+    d2, w_rho = fiber_quadrature_distances(r_grid, fiber_diameter, n_radial, n_azimuth)
+    return RadialPSF(float(fwhm), float(beta), float(fiber_diameter), r_grid,
+                     fiber_fraction(d2, w_rho, fwhm, beta))
+
+
+def fiber_quadrature_distances(r_grid: np.ndarray, fiber_diameter: float = FIBER_DIAMETER,
+                               n_radial: int = 16, n_azimuth: int = 48
+                               ) -> tuple[np.ndarray, np.ndarray]:
+    """Squared distance (n_r, n_radial, n_azimuth) from the source of each quadrature point of
+    a fiber at each distance of ``r_grid``, and the radial weights: what
+    :func:`fiber_fraction` needs (independent of the PSF, so a fit computes it once)."""
     px, py, w_rho = _fiber_quadrature(float(fiber_diameter), n_radial, n_azimuth)
-    # squared distance from the source of each quadrature point of a fiber at distance r
-    d2 = (r_grid[:, None, None] + px[None]) ** 2 + py[None] ** 2
+    return (np.asarray(r_grid, float)[:, None, None] + px[None]) ** 2 + py[None] ** 2, w_rho
+
+
+def fiber_fraction(d2: np.ndarray, w_rho: np.ndarray, fwhm: float, beta: float) -> np.ndarray:
+    """Fraction of a Moffat source's flux in a fiber at each distance of
+    :func:`fiber_quadrature_distances`."""
     alpha = moffat_alpha(fwhm, beta)
     dens = (beta - 1.0) / (np.pi * alpha**2) * (1.0 + d2 / alpha**2) ** (-beta)
-    fraction = np.einsum("rij,i->r", dens, w_rho) * (2.0 * np.pi / n_azimuth)
-    return RadialPSF(float(fwhm), float(beta), float(fiber_diameter), r_grid, fraction)
+    return np.einsum("rij,i->r", dens, w_rho) * (2.0 * np.pi / d2.shape[2])
 
 
 PSFLike = RadialPSF | Sequence[RadialPSF]
+
+
+def moffat_tables(fwhm: Sequence[float], beta: Sequence[float]) -> list[RadialPSF]:
+    """:func:`fiber_integrated_moffat` (default grid) of each (FWHM, beta) pair; the tables of
+    the pairs asked last are kept (read-only), as every IFU of an observation asks for the same."""
+    return list(_moffat_tables(tuple(map(float, fwhm)), tuple(map(float, beta))))
+
+
+@lru_cache(maxsize=8)
+def _moffat_tables(fwhm: tuple[float, ...], beta: tuple[float, ...]) -> tuple[RadialPSF, ...]:
+    tables = tuple(fiber_integrated_moffat(f, b) for f, b in zip(fwhm, beta))
+    for t in tables:
+        t.r.flags.writeable = False
+        t.fraction.flags.writeable = False
+    return tables
 
 
 def evaluate_psf(

@@ -18,7 +18,8 @@ from scipy import optimize, sparse
 from remedy_dask.errors import CalibrationError
 from remedy_dask.geometry import DEF_WAVE
 from remedy_dask.observation.psf import (
-    DEFAULT_BETA, collapse_chunks, dar_xy, fiber_integrated_moffat, good_pixels,
+    DEFAULT_BETA, collapse_chunks, dar_xy, fiber_fraction, fiber_quadrature_distances,
+    good_pixels,
 )
 
 
@@ -109,6 +110,8 @@ class _SeeingModel:
         self.n_glob = 2 * n_exp + (n_exp - 1) + 2
         self.r_grid = np.arange(0.0, radius + 4.0, 0.02)
         self.model_error = model_error
+        self._tables: dict[tuple[float, float], np.ndarray] = {}
+        self._quadrature = fiber_quadrature_distances(self.r_grid, n_radial=10, n_azimuth=32)
         # fixed data selection (a selection that moved with the parameters would make chi^2 jump)
         r0 = np.hypot(fx - self.sx0, fy - self.sy0)
         self.w = (r0 < radius)[:, None] & (data.ivar0 > 0)
@@ -133,11 +136,20 @@ class _SeeingModel:
         shape = np.empty_like(r)
         for e in range(self.n_exp):
             sel = self.fe == e
-            table = fiber_integrated_moffat(
-                fwhm[e], betas[e], self.r_grid, n_radial=10, n_azimuth=32
-            ).fraction
+            table = self.table(float(fwhm[e]), float(betas[e]))
             shape[sel] = np.exp(lognorm[e]) * np.interp(r[sel], self.r_grid, table, right=0.0)
         return shape
+
+    def table(self, fwhm: float, beta: float) -> np.ndarray:
+        """The fiber-integrated Moffat on ``r_grid``, kept for the parameters seen last: a
+        finite-difference step moves one exposure's FWHM or beta (or none), so the others'
+        tables are reused."""
+        key = (fwhm, beta)
+        if key not in self._tables:
+            if len(self._tables) >= 4 * self.n_exp:
+                self._tables.clear()
+            self._tables[key] = fiber_fraction(*self._quadrature, fwhm, beta)
+        return self._tables[key]
 
     def amplitudes(self, shape: np.ndarray) -> np.ndarray:
         owner, d, ivar0, w = self.data.owner, self.data.d, self.data.ivar0, self.w

@@ -13,6 +13,7 @@ import numpy as np
 from remedy_dask.config import ObservationConfig
 from remedy_dask.io.catalog import Catalog
 from remedy_dask.workflow.nodes import flat, gather
+from remedy_dask.workflow.starcal import ifu_star_fits, merge_psf
 from remedy_dask.workflow.observation import (
     Conditions, fit_field, fit_psf, flux_calibration, ifu_sources, ifu_stars, refine_field,
     star_cutouts,
@@ -34,13 +35,18 @@ def field_calibration(load: Callable[..., Any], slots: list[int], cond: Conditio
     stars = gather(stars, f"ifu-stars-all-{tag}")
     astro = flat(dask.delayed(fit_field, pure=False)(stars, catalog, pointing, config,
                                                      dask_key_name=f"astrometry-{tag}"))
-    cut = [dask.delayed(star_cutouts, pure=False)(load(s, "psf-stars", astro), cond, catalog,
+    cut = [dask.delayed(star_cutouts, pure=False)(load(s, "psf-stars", astro), s, cond, catalog,
                                                   astro, config,
                                                   dask_key_name=f"ifu-psf-stars-{s:03d}-{tag}")
            for s in slots]
-    psf = dask.delayed(fit_psf, pure=False)(gather(cut, f"ifu-psf-stars-all-{tag}"), cond, config,
-                                            dask_key_name=f"seeing-{tag}")
-    psf = flat(psf)
+    fit = flat(dask.delayed(fit_psf, pure=False)(gather(cut, f"ifu-psf-stars-all-{tag}"), cond,
+                                                 config, dask_key_name=f"seeing-{tag}"))
+    # the per-exposure star fluxes and the astrometric star positions, IFU by IFU
+    star_fits = [dask.delayed(ifu_star_fits, pure=False)(c, fit,
+                                                         dask_key_name=f"ifu-star-fits-{s:03d}-{tag}")
+                 for s, c in zip(slots, cut)]
+    psf = flat(dask.delayed(merge_psf, pure=False)(fit, gather(star_fits, f"ifu-star-fits-all-{tag}"),
+                                                   config, dask_key_name=f"psf-{tag}"))
     astro = flat(dask.delayed(refine_field, pure=False)(astro, psf, catalog, config,
                                                         dask_key_name=f"astrometry-refine-{tag}"))
     srcs = [dask.delayed(ifu_sources, pure=False)(load(s, "sources", astro), s, cond, catalog,

@@ -1,8 +1,9 @@
 """Per-observation graph: astrometry, PSF, flux calibration, sources, detections, cubes.
 
 Nodes: ``ifu-stars-{slot}`` (collapsed g image and star detection per IFU) -> ``astrometry``
-(fan-in) -> ``seeing`` (PSF FWHM per exposure, DAR, exposure normalisation from matched
-stars) -> ``ifu-sources-{slot}`` (catalogue sources, synthetic g) -> ``fluxcal`` (fan-in:
+(fan-in) -> ``ifu-psf-stars-{slot}`` (star cutouts) -> ``seeing`` (fan-in: joint PSF fit, FWHM
+per exposure, DAR) -> ``ifu-star-fits-{slot}`` (star fluxes per exposure, astrometric positions)
+-> ``psf`` (fan-in: exposure normalisation from matched stars) -> ``ifu-sources-{slot}`` (catalogue sources, synthetic g) -> ``fluxcal`` (fan-in:
 photometric offset) -> ``ifu-detect-{slot}`` and ``ifu-cube-{slot}`` -> ``write-products``.
 Each IFU's fibers are read once from the exposures' ``sky`` groups of the zarr store
 (``load-ifu-{slot}``); the per-IFU nodes take that result.
@@ -23,8 +24,7 @@ from remedy_dask.io import store
 from remedy_dask.io.catalog import Catalog
 from remedy_dask.observation.fluxcal import calibrate_fibers, exposure_conversion
 from remedy_dask.workflow.starcal import (
-    astrometric_positions, catalog_reasons, relative_coverage, star_normalisation, star_rules,
-    zero_point_of_sources,
+    catalog_reasons, relative_coverage, star_rules, zero_point_of_sources,
 )
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ def _catalog_in_ifu(catalog: Catalog, astro: dict[str, Any], offset: tuple[float
     return idx, x[idx], y[idx]
 
 
-def star_cutouts(d: dict[str, np.ndarray] | None, cond: Conditions, catalog: Catalog,
+def star_cutouts(d: dict[str, np.ndarray] | None, slot: int, cond: Conditions, catalog: Catalog,
                  astro: dict[str, Any], config: ObservationConfig) -> dict[str, Any] | None:
     """Fibers near the catalogue stars of one IFU that pass the star rules, for the joint PSF
     fit (focal plane), and every star to ``astrometry_star_gmax`` for the astrometry."""
@@ -220,8 +220,8 @@ def star_cutouts(d: dict[str, np.ndarray] | None, cond: Conditions, catalog: Cat
         near |= np.hypot(d["ifu_x"] - xs, d["ifu_y"] - ys) < config.psf_star_radius
     c = calibrated({k: v[near] for k, v in d.items() if k != "sky"}, cond)
     free = np.array([r == "" or r.startswith("blend") for r in reasons], bool)
-    return {"flux": c["flux"], "error": c["error"], "bad": c["bad"], "fx": d["fx"][near],
-            "fy": d["fy"][near], "exp_index": d["exp_index"][near],
+    return {"slot": slot, "flux": c["flux"], "error": c["error"], "bad": c["bad"],
+            "fx": d["fx"][near], "fy": d["fy"][near], "exp_index": d["exp_index"][near],
             "star_fx": x[:idx.size] + offset[0], "star_fy": y[:idx.size] + offset[1],
             "cat_index": idx, "astro_fx": ax + offset[0], "astro_fy": ay + offset[1],
             "astro_cat_index": aidx, "astro_free": free}
@@ -229,8 +229,11 @@ def star_cutouts(d: dict[str, np.ndarray] | None, cond: Conditions, catalog: Cat
 
 def fit_psf(cutouts: list[dict[str, Any] | None], cond: Conditions,
             config: ObservationConfig) -> dict[str, Any]:
-    """Fan-in: FWHM (and with ``config.psf_fit_beta`` the Moffat beta) per exposure, the
-    per-exposure normalisation from the field stars and their PSF-fitted positions."""
+    """Fan-in: FWHM (and with ``config.psf_fit_beta`` the Moffat beta) per exposure from the
+    joint fit of the PSF stars; the per-exposure normalisation from the field stars and their
+    PSF-fitted positions are measured per IFU after it (:func:`starcal.ifu_star_fits`,
+    merged by :func:`starcal.merge_psf`), from ``ifu_star_positions``: the fitted PSF stars of
+    each IFU."""
     from remedy_dask.observation.seeing import fit_seeing
 
     cutouts = [c for c in cutouts if c is not None]
@@ -255,19 +258,15 @@ def fit_psf(cutouts: list[dict[str, Any] | None], cond: Conditions,
     norm[fit.exposure_ids] = fit.norm
     betas[fit.exposure_ids] = fit.beta
     used = np.asarray(fit.star_used, bool)
-    star_norm = star_normalisation(cutouts, fit, fwhm, betas, config)
-    norm = np.asarray(star_norm.pop("norm", norm))
-    note = "" if fit.success else fit.message
-    note = "; ".join(x for x in (note, star_norm.pop("note", "")) if x)
-    stars = {"star_fx": np.asarray(fit.star_x)[used], "star_fy": np.asarray(fit.star_y)[used],
-             "star_cat_index": cat("cat_index")[used]}
-    positions = astrometric_positions(cutouts, fwhm, betas)
-    if positions["star_cat_index"].size >= 3:  # else the PSF stars' positions
-        stars = positions
+    sx, sy = np.asarray(fit.star_x), np.asarray(fit.star_y)
+    bounds = np.cumsum([0] + [len(c["star_fx"]) for c in cutouts])
+    per_ifu = {c["slot"]: (sx[a:b][used[a:b]], sy[a:b][used[a:b]])
+               for c, a, b in zip(cutouts, bounds[:-1], bounds[1:])}
     return {"fwhm": fwhm.tolist(), "norm": norm.tolist(), "beta": betas.tolist(),
-            "n_stars": fit.n_stars, **star_norm,
-            "fitted": bool(fit.success), "chi2": fit.chi2, "dar_scale": list(fit.dar_scale),
-            "note": note, **stars}
+            "n_stars": fit.n_stars, "fitted": bool(fit.success), "chi2": fit.chi2,
+            "dar_scale": list(fit.dar_scale), "note": "" if fit.success else fit.message,
+            "star_fx": sx[used], "star_fy": sy[used], "star_cat_index": cat("cat_index")[used],
+            "ifu_star_positions": per_ifu}
 
 
 def refine_field(astro: dict[str, Any], psf: dict[str, Any], catalog: Catalog,
@@ -307,10 +306,10 @@ def refine_field(astro: dict[str, Any], psf: dict[str, Any], catalog: Catalog,
 
 
 def psf_tables(psf: dict[str, Any]) -> list[Any]:
-    from remedy_dask.observation.psf import DEFAULT_BETA, fiber_integrated_moffat
+    """The fiber-integrated Moffat of each exposure (computed once per process)."""
+    from remedy_dask.observation.psf import DEFAULT_BETA, moffat_tables
 
-    betas = psf.get("beta", [DEFAULT_BETA] * len(psf["fwhm"]))
-    return [fiber_integrated_moffat(f, b) for f, b in zip(psf["fwhm"], betas)]
+    return moffat_tables(psf["fwhm"], psf.get("beta", [DEFAULT_BETA] * len(psf["fwhm"])))
 
 
 def ifu_sources(d: dict[str, np.ndarray] | None, slot: int, cond: Conditions, catalog: Catalog,

@@ -1,6 +1,7 @@
 """Observation-graph helpers of the calibration stars: selection rules on the catalogue, the
-per-exposure normalisation and the astrometric positions from the PSF-star cutouts, and the
-zero point with the fate of every source (kernels in ``remedy_dask.observation``)."""
+per-IFU star fits after the joint PSF fit (fluxes per exposure, astrometric positions) and
+their merge into the observation's PSF, and the zero point with the fate of every source
+(kernels in ``remedy_dask.observation``)."""
 
 from __future__ import annotations
 
@@ -36,54 +37,62 @@ def catalog_reasons(catalog: Any, idx: np.ndarray, rules: Any,
     return reject_reasons(g[idx], contamination, coverage, rules)
 
 
-def star_normalisation(cutouts: list[dict[str, Any]], fit: Any, fwhm: np.ndarray,
-                        betas: np.ndarray, obs_cfg: Any) -> dict[str, Any]:
-    """Per-exposure normalisation from each PSF star extracted from every exposure alone."""
-    from remedy_dask.observation.photcal import (
-        exposure_normalisation,
-        per_exposure_fluxes,
-    )
-    from remedy_dask.observation.psf import fiber_integrated_moffat
+def ifu_star_fits(c: dict[str, Any] | None, fit: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """After the joint PSF fit ``fit`` (:func:`observation.fit_psf`), one IFU's star cutout
+    ``c``: the band-mean flux of its fitted PSF stars in each exposure alone (rows in the fit's
+    order) and the PSF-fitted positions of its astrometric stars."""
+    from remedy_dask.observation.photcal import per_exposure_fluxes
+    from remedy_dask.observation.psf import DEFAULT_BETA, moffat_tables
 
-    cat = lambda k: np.concatenate([c[k] for c in cutouts])
-    used = np.asarray(fit.star_used, bool)
-    tables = [fiber_integrated_moffat(f, b) for f, b in zip(fwhm, betas)]
+    if c is None or "ifu_star_positions" not in fit:
+        return None
+    tables = moffat_tables(fit["fwhm"], fit.get("beta", [DEFAULT_BETA] * len(fit["fwhm"])))
+    x, y = fit["ifu_star_positions"].get(c["slot"], (np.zeros(0), np.zeros(0)))
     band = (geometry.DEF_WAVE > 4000) & (geometry.DEF_WAVE < 5400)
-    flux, err = per_exposure_fluxes(cat("flux"), cat("error"), cat("bad"), cat("fx"), cat("fy"),
-                                    cat("exp_index"), np.asarray(fit.star_x)[used],
-                                    np.asarray(fit.star_y)[used], tables, geometry.dar_offsets(),
-                                    band)
-    try:
-        res = exposure_normalisation(flux, err, obs_cfg.exposure_norm_min_stars)
-    except CalibrationError as exc:
-        log.info("no per-exposure normalisation from the stars (%s): PSF-fit norm kept", exc)
-        return {"norm_source": "psf fit", "note": f"{exc}: exposure norm from the PSF fit"}
-    return {"norm": res.norm, "norm_err": res.error.tolist(), "norm_n_stars": res.n_stars,
-            "norm_source": "field stars"}
+    flux, err = per_exposure_fluxes(c["flux"], c["error"], c["bad"], c["fx"], c["fy"],
+                                    c["exp_index"], x, y, tables, geometry.dar_offsets(), band)
+    return {"flux": flux, "error": err, **_star_positions(c, tables)}
 
 
-def astrometric_positions(cutouts: list[dict[str, Any]], fwhm: np.ndarray, betas: np.ndarray
-                           ) -> dict[str, np.ndarray]:
-    """PSF-fitted positions of every non-saturated, non-edge star (blends fitted with their
-    neighbours) for the astrometry: focal-plane x, y, 1-sigma error per axis, catalogue index."""
-    from remedy_dask.observation.psf import fiber_integrated_moffat
+def _star_positions(c: dict[str, Any], tables: list[Any]) -> dict[str, np.ndarray]:
+    """PSF-fitted positions of the non-saturated, non-edge stars of one cutout (blends fitted
+    with their neighbours): focal-plane x, y, 1-sigma error per axis, catalogue index."""
     from remedy_dask.observation.starfit import fit_star_positions
 
-    tables = [fiber_integrated_moffat(f, b) for f, b in zip(fwhm, betas)]
-    parts: dict[str, list[np.ndarray]] = {}
-    for c in cutouts:
-        if "astro_fx" not in c:
-            continue
-        pos = fit_star_positions(c["flux"], c["error"], c["bad"], c["fx"], c["fy"],
-                                 c["exp_index"], c["astro_fx"], c["astro_fy"], tables,
-                                 geometry.dar_offsets(), c["astro_free"])
-        ok = c["astro_free"] & np.isfinite(pos.x) & np.isfinite(pos.error)
-        for key, v in (("star_fx", pos.x), ("star_fy", pos.y), ("star_err", pos.error),
-                       ("star_cat_index", c["astro_cat_index"])):
-            parts.setdefault(key, []).append(v[ok])
-    if not parts:
-        return {"star_cat_index": np.zeros(0, int)}
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    pos = fit_star_positions(c["flux"], c["error"], c["bad"], c["fx"], c["fy"], c["exp_index"],
+                             c["astro_fx"], c["astro_fy"], tables, geometry.dar_offsets(),
+                             c["astro_free"])
+    ok = c["astro_free"] & np.isfinite(pos.x) & np.isfinite(pos.error)
+    return {"star_fx": pos.x[ok], "star_fy": pos.y[ok], "star_err": pos.error[ok],
+            "star_cat_index": c["astro_cat_index"][ok]}
+
+
+def merge_psf(fit: dict[str, Any], star_fits: list[dict[str, np.ndarray] | None],
+              obs_cfg: Any) -> dict[str, Any]:
+    """The observation's PSF: the joint fit ``fit`` with the per-exposure normalisation from
+    the PSF stars' fluxes in each exposure alone, and the PSF-fitted positions of the
+    astrometric stars (the PSF stars' own positions if fewer than 3)."""
+    from remedy_dask.observation.photcal import exposure_normalisation
+
+    if "ifu_star_positions" not in fit:  # no joint fit: the guider's seeing
+        return fit
+    fits = [s for s in star_fits if s is not None]
+    cat = lambda k: np.concatenate([s[k] for s in fits])  # noqa: E731
+    try:
+        res = exposure_normalisation(cat("flux"), cat("error"), obs_cfg.exposure_norm_min_stars)
+        star_norm = {"norm": res.norm, "norm_err": res.error.tolist(),
+                     "norm_n_stars": res.n_stars, "norm_source": "field stars"}
+    except CalibrationError as exc:
+        log.info("no per-exposure normalisation from the stars (%s): PSF-fit norm kept", exc)
+        star_norm = {"norm_source": "psf fit", "note": f"{exc}: exposure norm from the PSF fit"}
+    norm = np.asarray(star_norm.pop("norm", fit["norm"]))
+    note = "; ".join(x for x in (fit["note"], star_norm.pop("note", "")) if x)
+    stars = {k: fit[k] for k in ("star_fx", "star_fy", "star_cat_index")}
+    if fits and cat("star_cat_index").size >= 3:  # else the PSF stars' positions
+        stars = {k: cat(k) for k in ("star_fx", "star_fy", "star_err", "star_cat_index")}
+    return {"fwhm": fit["fwhm"], "norm": norm.tolist(), "beta": fit["beta"],
+            "n_stars": fit["n_stars"], **star_norm, "fitted": fit["fitted"], "chi2": fit["chi2"],
+            "dar_scale": fit["dar_scale"], "note": note, **stars}
 
 
 def zero_point_of_sources(idx: np.ndarray, gsyn: np.ndarray, gerr: np.ndarray, coverage: np.ndarray,

@@ -48,6 +48,7 @@ from remedy_dask.observation.psf import PSFLike, RadialPSF, dar_xy, evaluate_psf
 from remedy_dask.observation.detect.continuum import remove_continuum
 from remedy_dask.observation.detect.linefit import FWHM_TO_SIGMA, measure_line
 from remedy_dask.observation.detect.matched_filter import line_kernel, matched_filter_cube
+from remedy_dask.observation.detect.noise import inverse_variance
 from remedy_dask.numeric.running_median import median_above, nanmedian_lastaxis
 from remedy_dask.numeric.selection import every_nth_where
 from remedy_dask.numeric.peaks import parabola_vertex
@@ -282,13 +283,12 @@ def _line_residuals(flux: np.ndarray, error: np.ndarray, good_in: np.ndarray, gr
         for rows, shared in _residual_sky(resid, groups):
             resid[rows] -= shared
             flux[rows] -= shared
-    resid = np.where(good, resid, 0.0)
     # a continuum model is good to a few per cent of the continuum: add that to the noise so that
-    # residual features of bright stars do not pass as lines
-    var = np.where(good, error, 1.0) ** 2 + (continuum_error * np.where(good, cont, 0.0)) ** 2
-    if sky is not None:  # sky-subtraction residuals scale with the subtracted sky (bright lines)
-        var += (sky_error * np.where(good, np.nan_to_num(np.asarray(sky, dtype=float)), 0.0)) ** 2
-    return flux, resid, np.where(good, 1.0 / var, 0.0)
+    # residual features of bright stars do not pass as lines; sky-subtraction residuals scale
+    # with the subtracted sky (bright lines)
+    ivar = inverse_variance(resid, error, cont, None if sky is None else
+                            np.asarray(sky, dtype=float), good, continuum_error, sky_error)
+    return flux, resid, ivar
 
 
 def _search_grid(fiber_x: np.ndarray, fiber_y: np.ndarray, grid_step: float,

@@ -14,7 +14,7 @@ from scipy.spatial import cKDTree
 
 from remedy_dask.observation.cube import ImageGrid, dar_chunks
 from remedy_dask.observation.psf import PSFLike, RadialPSF, evaluate_psf
-from remedy_dask.observation.detect.psf_weights import shifted_weights
+from remedy_dask.observation.detect.psf_weights import add_weighted_sums, shifted_weights
 
 
 def line_kernel(sigma_a: float, step: float) -> np.ndarray:
@@ -148,8 +148,7 @@ def matched_filter_cube(
     for sl, w in zip(chunks, _psf_matrices(px, py, fiber_x, fiber_y, psf, exposure, cutoff,
                                            shifts)):
         lo, hi = max(sl.start - half, 0), min(sl.stop + half, n_wave)
-        num[:, lo:hi] += w @ _spread(data, sl, lo, hi, g)
-        w.data **= 2
-        den[:, lo:hi] += w @ _spread(ivar, sl, lo, hi, g**2)
+        add_weighted_sums(w.indptr, w.indices, w.data, _spread(data, sl, lo, hi, g),
+                          _spread(ivar, sl, lo, hi, g**2), lo, num, den)
     shape = (grid.ny, grid.nx, n_wave)
     return num.reshape(shape), den.reshape(shape)

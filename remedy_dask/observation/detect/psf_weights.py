@@ -46,3 +46,26 @@ def shifted_weights(i, j, dx0, dy0, row_of_pair, sx, sy, cutoff2, step, n_r, tab
             columns[k_out] = j[q]
             k_out += 1
     return values, columns, indptr
+
+
+@njit(cache=True, nogil=True)
+def add_weighted_sums(indptr, columns, weights, a, b, lo, num, den):  # pragma: no cover
+    """``num[:, lo:lo + w] += W @ a`` and ``den[:, lo:lo + w] += W**2 @ b`` for the CSR matrix
+    ``W`` (float32, as ``scipy.sparse`` computes them: each row's products summed in float32 in
+    the order of its entries, then added), without the products' temporaries."""
+    width = a.shape[1]
+    tn = np.empty(width, np.float32)
+    td = np.empty(width, np.float32)
+    for p in range(indptr.size - 1):
+        tn[:] = 0.0
+        td[:] = 0.0
+        for q in range(indptr[p], indptr[p + 1]):
+            j = columns[q]
+            wq = weights[q]
+            w2 = wq * wq
+            for k in range(width):
+                tn[k] += wq * a[j, k]
+                td[k] += w2 * b[j, k]
+        for k in range(width):
+            num[p, lo + k] += tn[k]
+            den[p, lo + k] += td[k]
