@@ -156,7 +156,8 @@ def wave_shift(ax: AmpExposure, config: ReductionConfig) -> dict[str, Any] | Non
 
     ex = ax.extraction
     try:
-        fit = fit_wavelength_shift(ex.spectrum, ax.wavelength, ex.mask, error=ex.error)
+        fit = fit_wavelength_shift(ex.spectrum, ax.wavelength, ex.mask, error=ex.error,
+                                   per_line=False)  # (the per-line QA is not kept here)
     except Exception as exc:  # the amp is flagged by apply_wave_shift, never set to zero
         log.exception("amp %s exp%02d: wavelength shift failed", ax.key, ax.exp)
         return {"failed": f"wave_shift: {type(exc).__name__}: {exc}"}
