@@ -230,7 +230,7 @@ def test_free_rows_match_a_brute_force_search():
 
 
 def test_column_interpolation_equals_the_weight_matrix_product():
-    from remedy_dask.amp.scatter import _interpolate_columns
+    from remedy_dask.amp.scatter_kernels import interpolate_columns
 
     rng = np.random.default_rng(3)
     n_chunks, n_cols = 43, 1032
@@ -242,6 +242,9 @@ def test_column_interpolation_equals_the_weight_matrix_product():
     weights = np.zeros((n_chunks, n_cols))
     weights[idx, cols] = 1.0 - t
     weights[idx + 1, cols] += t
-    got = _interpolate_columns(np.ascontiguousarray(background.T), idx, t)
+    got = interpolate_columns(np.ascontiguousarray(background.T), idx, t, np.zeros((0, 0)), False)
     np.testing.assert_allclose(got, background.T @ weights, rtol=0, atol=1e-14)
     assert np.array_equal(got[:, 0], background[0]) and np.array_equal(got[:, -1], background[-1])
+    image = rng.normal(size=(50, n_cols)).astype(np.float32)
+    subtracted = interpolate_columns(np.ascontiguousarray(background.T), idx, t, image, True)
+    assert subtracted.dtype == np.float64 and np.array_equal(subtracted, image - got)

@@ -125,9 +125,9 @@ def trace_shift(ax: AmpExposure, config: ReductionConfig) -> AmpExposure:
 def scattered(ax: AmpExposure, config: ReductionConfig) -> AmpExposure:
     if not config.subtract_scattered_light:
         return ax
-    from remedy_dask.amp.scatter import scattered_light
+    from remedy_dask.amp.scatter import subtract_scattered_light
 
-    ax.image = ax.image - scattered_light(ax.image, ax.trace, ax.mask)
+    ax.image = subtract_scattered_light(ax.image, ax.trace, ax.mask)
     return ax
 
 
