@@ -117,6 +117,12 @@ def _chi2_seeds(chi2: np.ndarray, chi2_max: float, chi2_pair: float, dilate: int
 def _dead_fibers(ftf: np.ndarray, dead_ftf: float) -> np.ndarray:
     """Fibers whose median measured throughput is below ``dead_ftf`` (or unmeasured)."""
     med = np.full(ftf.shape[0], np.nan)
-    rows = np.isfinite(ftf).any(axis=1)
-    med[rows] = np.nanmedian(ftf[rows], axis=1)
+    n = np.count_nonzero(~np.isnan(ftf), axis=1)
+    rows = np.flatnonzero(np.isfinite(ftf).any(axis=1))  # (none finite: unmeasured)
+    if rows.size:  # np.nanmedian's value: NaN sort last; the middle one or the mean of two
+        s, k = np.sort(ftf[rows], axis=1), n[rows]
+        lo = s[np.arange(rows.size), (k - 1) // 2]
+        hi = s[np.arange(rows.size), k // 2]
+        with np.errstate(invalid="ignore", over="ignore"):
+            med[rows] = np.where(k % 2 == 0, (lo + hi) / 2.0, hi)
     return ~(med >= dead_ftf)
