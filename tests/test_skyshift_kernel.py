@@ -89,3 +89,20 @@ def test_solve_matches_the_array_formulation_bit_for_bit(sky_blocks, shift, weig
     assert np.all(want["chi2"][~blocks.use] == 0)
     chi2 = skyshift._profile_chi2(blocks, wave, np.array(shift), sigma)
     assert chi2 == float(want["chi2"].sum())
+
+
+def test_grid_chi2_equals_the_profile_chi2_at_every_shift(sky_blocks):
+    blocks, wave, sigma = sky_blocks
+    grid = np.r_[np.arange(-2.0, 2.25, 0.5), 0.3, -1.7]  # two families of shared edges + two
+    got = skyshift._grid_chi2(blocks, wave, grid, sigma)
+    want = [skyshift._profile_chi2(blocks, wave, np.full(5, s), sigma) for s in grid]
+    assert got == want and len(set(want)) == len(want)
+
+
+def test_median_is_numpys():
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 3, 4, 111, 112):
+        for _ in range(20):
+            x = rng.normal(size=n) * 10.0 ** rng.integers(-3, 4)
+            assert skyshift._median(x) == float(np.median(x))
+    assert np.isnan(skyshift._median(np.array([1.0, np.nan, 2.0])))

@@ -189,13 +189,51 @@ def _profile_chi2(blocks: _Blocks, wavelength: np.ndarray, shift: np.ndarray,
     return float(_solve(blocks, wavelength, shift, lsf_sigma, derivative=False).chi2.sum())
 
 
+def _grid_chi2(blocks: _Blocks, wavelength: np.ndarray, grid: np.ndarray, lsf_sigma: float
+               ) -> list[float]:
+    """:func:`_profile_chi2` at every shift of ``grid`` (common to all lines).  Shifts whose
+    pixel edges fall at the same fraction of a column share edges, whole columns apart: Phi
+    is evaluated once on their common edges (the same values, cheaper)."""
+    n_pix = blocks.rel.size
+    q = -0.5 - np.asarray(grid, dtype=float)
+    iq = np.floor(q)
+    chi2 = [0.0] * len(grid)
+    for frac in np.unique(q - iq):
+        members = np.flatnonzero(q - iq == frac)
+        first = int(iq[members].min())
+        n_edge = n_pix + 1 + int(iq[members].max()) - first
+        u = np.empty(blocks.start.shape + (n_edge,))
+        edge_coordinates(wavelength, blocks.start, np.full(blocks.lines.size, first),
+                         np.full(blocks.lines.size, frac), blocks.lines, float(lsf_sigma), u,
+                         np.empty_like(u))
+        phi = ndtr(u)
+        for m in members:
+            o = int(iq[m]) - first
+            edges = np.ascontiguousarray(phi[..., o:o + n_pix + 1])
+            g = np.empty(blocks.weight.shape)
+            out = np.zeros((10,) + blocks.use.shape)
+            solve_blocks(edges, edges, edges, 0.0, blocks.weight, blocks.data, blocks.rel,
+                         blocks.use, np.empty((0, 0)), False, False, g, out)
+            chi2[m] = float(out[6].sum())
+    return chi2
+
+
 def _coarse_start(blocks: _Blocks, wavelength: np.ndarray, lsf_sigma: float,
                   max_shift: float, step: float = 0.5) -> float:
     """Shift of the lowest joint profile chi^2 on a grid over +-``max_shift``."""
-    n_lines = blocks.lines.size
     grid = np.arange(-max_shift, max_shift + 0.5 * step, step)
-    chi2 = [_profile_chi2(blocks, wavelength, np.full(n_lines, s), lsf_sigma) for s in grid]
+    chi2 = _grid_chi2(blocks, wavelength, grid, lsf_sigma)
     return float(grid[int(np.argmin(chi2))])
+
+
+def _median(values: np.ndarray) -> float:
+    """``np.median`` of a short 1-D array (the middle value, or the mean of the two middle
+    ones; NaN if any is NaN), without its general-purpose overhead."""
+    s = np.sort(values)
+    n = s.size
+    if np.isnan(s[-1]):
+        return float("nan")
+    return float(s[n // 2]) if n % 2 else float((s[n // 2 - 1] + s[n // 2]) / 2.0)
 
 
 def _line_ratio(fit: _Fit, use: np.ndarray) -> np.ndarray:
@@ -204,7 +242,7 @@ def _line_ratio(fit: _Fit, use: np.ndarray) -> np.ndarray:
     ratio = np.zeros(use.shape[0])
     for li in np.flatnonzero(use.any(-1)):
         u = use[li] & (level[li] > 0)
-        ratio[li] = np.median(amp[li, u] / level[li, u]) if u.any() else 0.0
+        ratio[li] = _median(amp[li, u] / level[li, u]) if u.any() else 0.0
     return ratio
 
 
@@ -221,7 +259,7 @@ def _reject(blocks: _Blocks, fit: _Fit, bright_factor: float, reject_sigma: floa
     line's median, line flux on the common line-to-continuum ratio, chi^2 not an outlier."""
     use = blocks.use.copy()
     level = fit.theta[..., 0]
-    med = np.array([np.median(level[li, u]) if u.any() else 0.0 for li, u in enumerate(use)])
+    med = np.array([_median(level[li, u]) if u.any() else 0.0 for li, u in enumerate(use)])
     sky = (level > med[:, None] / bright_factor) & (level < med[:, None] * bright_factor)
     ratio = _line_ratio(fit, use & sky)
     pull = (fit.theta[..., 2] - ratio[:, None] * level) / np.sqrt(fit.theta_var[..., 2])
