@@ -37,6 +37,8 @@ from remedy_dask.amp.scatter_kernels import (
     core_light,
     fiber_distances,
     interpolate_columns,
+    light_map,
+    wing_columns,
 )
 from remedy_dask.errors import CalibrationError
 from remedy_dask.numeric.robust import mad_sigma
@@ -62,13 +64,10 @@ def core_amplitudes(profiles: np.ndarray, pos: np.ndarray, background: np.ndarra
 def _light_map(pos: np.ndarray, amp: np.ndarray, n_rows: int) -> np.ndarray:
     """Fiber amplitudes deposited at rows ``pos`` (linear split between the two nearest rows,
     which keeps the light's centroid): (n_chunks, n_rows)."""
-    n_chunks = pos.shape[0]
-    lo = np.clip(np.floor(pos).astype(int), 0, n_rows - 2)
-    frac = np.clip(pos - lo, 0.0, 1.0)
-    flat = (np.arange(n_chunks)[:, None] * n_rows + lo).ravel()
-    out = np.bincount(flat, (amp * (1 - frac)).ravel(), n_chunks * n_rows)
-    out[1:] += np.bincount(flat, (amp * frac).ravel(), n_chunks * n_rows)[:-1]
-    return out.reshape(n_chunks, n_rows)
+    out = np.empty((pos.shape[0], n_rows))
+    light_map(np.ascontiguousarray(pos, dtype=float), np.ascontiguousarray(amp, dtype=float),
+              n_rows, out)
+    return out
 
 
 def _fft_shape(n_chunks: int, n_coarse: int) -> tuple[int, int]:
@@ -196,18 +195,13 @@ def _near_fibers(spos: np.ndarray, order: np.ndarray, above: np.ndarray, jj: np.
 
 
 def _wing_design(dist: np.ndarray, amp_near: np.ndarray) -> np.ndarray:
-    """Far-wing columns (n, n_w): the near fibers' amplitudes on hat functions of the distance."""
+    """Far-wing columns (n, n_w): the near fibers' amplitudes on hat functions of the distance
+    (the node at the last, W = 0, is dropped)."""
     n_w = WING_NODES.size - 1
-    x = np.clip(np.nan_to_num((dist - WING_NODES[0]) / (WING_NODES[1] - WING_NODES[0]),
-                              posinf=n_w), 0.0, n_w)
-    g = np.floor(x).astype(int)
-    frac = x - g
-    out = np.zeros(dist.shape[0] * (n_w + 1))
-    base = (np.arange(dist.shape[0]) * (n_w + 1))[:, None]
-    for node, wgt in ((g, 1 - frac), (g + 1, frac)):
-        out += np.bincount((base + np.minimum(node, n_w)).ravel(), (amp_near * wgt).ravel(),
-                           out.size)
-    return out.reshape(-1, n_w + 1)[:, :n_w]  # the node at the last (W = 0) is dropped
+    out = np.empty((dist.shape[0], n_w))
+    wing_columns(np.ascontiguousarray(dist), np.ascontiguousarray(amp_near, dtype=float),
+                 float(WING_NODES[0]), float(WING_NODES[1] - WING_NODES[0]), n_w, out)
+    return out
 
 
 def scattered_light(image: np.ndarray, trace: np.ndarray, mask: np.ndarray | None = None, *,

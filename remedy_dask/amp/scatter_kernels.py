@@ -80,3 +80,44 @@ def interpolate_columns(chunk_rows, idx, t, image, subtract):  # pragma: no cove
             for c in range(n_cols):
                 out[r, c] = row[idx[c]] * (1.0 - t[c]) + row[idx[c] + 1] * t[c]
     return out
+
+
+@njit(cache=True, nogil=True)
+def light_map(pos, amp, n_rows, out):  # pragma: no cover - compiled
+    """out (n_chunks, n_rows) = amplitudes ``amp`` deposited at rows ``pos`` split linearly
+    between the two nearest rows (sums in the order of np.bincount over the fibers)."""
+    n_chunks, n_fib = pos.shape
+    lower = np.zeros((n_chunks, n_rows))
+    upper = np.zeros((n_chunks, n_rows))
+    for j in range(n_chunks):
+        for f in range(n_fib):
+            lo = min(max(int(np.floor(pos[j, f])), 0), n_rows - 2)
+            frac = min(max(pos[j, f] - lo, 0.0), 1.0)
+            lower[j, lo] += amp[j, f] * (1 - frac)
+            upper[j, lo + 1] += amp[j, f] * frac
+    for j in range(n_chunks):
+        for r in range(n_rows):
+            out[j, r] = lower[j, r] + upper[j, r] if r > 0 else lower[j, r]
+
+
+@njit(cache=True, nogil=True)
+def wing_columns(dist, amp_near, node0, node_step, n_w, out):  # pragma: no cover - compiled
+    """out (n, n_w) = the near fibers' amplitudes on hat functions of their distances (nodes
+    node0 + k node_step; beyond the last node nothing), summed as two np.bincount passes (the
+    lower nodes' weights, then the upper ones')."""
+    n, n_near = dist.shape
+    lower = np.zeros(n_w + 1)
+    upper = np.zeros(n_w + 1)
+    for i in range(n):
+        lower[:] = 0.0
+        upper[:] = 0.0
+        for j in range(n_near):
+            x = (dist[i, j] - node0) / node_step
+            x = 0.0 if np.isnan(x) else (np.float64(n_w) if x == np.inf else x)
+            x = min(max(x, 0.0), np.float64(n_w))
+            g = int(np.floor(x))
+            frac = x - g
+            lower[min(g, n_w)] += amp_near[i, j] * (1 - frac)
+            upper[min(g + 1, n_w)] += amp_near[i, j] * frac
+        for k in range(n_w):
+            out[i, k] = (0.0 + lower[k]) + upper[k]
