@@ -22,7 +22,6 @@ Counts are of pixels *newly* masked by each rule, in the order above.
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import binary_dilation
 
 from remedy_dask.errors import CalibrationError
 
@@ -109,9 +108,11 @@ def _chi2_seeds(chi2: np.ndarray, chi2_max: float, chi2_pair: float, dilate: int
     pair[:, 1:] |= both
     pair[:, :-1] |= both
     seed = high | pair
-    if dilate > 0:
-        seed = binary_dilation(seed, structure=np.ones((1, 2 * dilate + 1), bool))
-    return seed
+    out = seed.copy()
+    for k in range(1, min(dilate, seed.shape[1] - 1) + 1):  # grown along the rows
+        out[:, k:] |= seed[:, :-k]
+        out[:, :-k] |= seed[:, k:]
+    return out
 
 
 def _dead_fibers(ftf: np.ndarray, dead_ftf: float) -> np.ndarray:
