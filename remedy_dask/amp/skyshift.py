@@ -37,7 +37,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from remedy_dask import geometry
-from remedy_dask.amp.skyshift_kernel import edge_coordinates, solve_blocks
+from remedy_dask.amp.skyshift_kernel import constant_sums, edge_coordinates, solve_blocks
 from remedy_dask.errors import CalibrationError
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
@@ -69,6 +69,16 @@ class _Blocks:
     rel: np.ndarray  # (n_pix,) continuum variable in [-1, 1]
     lines: np.ndarray  # (n_lines,) A
     use: np.ndarray  # bool (n_lines, n_fib)
+    _sums: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    def constant_sums(self) -> np.ndarray:
+        """The sums of every block that do not depend on the shift (see
+        :func:`skyshift_kernel.constant_sums`), kept until ``weight`` is replaced."""
+        if self._sums is None or self._sums[0] is not self.weight:
+            out = np.empty((6,) + self.use.shape)
+            constant_sums(self.weight, self.data, self.rel, out)
+            self._sums = (self.weight, out)
+        return self._sums[1]
 
 
 @dataclass
@@ -158,7 +168,7 @@ def _solve(blocks: _Blocks, wavelength: np.ndarray, shift: np.ndarray, lsf_sigma
     g = np.empty(blocks.weight.shape)
     out = np.zeros((10,) + blocks.use.shape)
     solve_blocks(phi, ex, dw, _INV_SQRT_2PI / lsf_sigma, blocks.weight, blocks.data, blocks.rel,
-                 blocks.use, np.empty((0, 0)) if amp_weight is None else amp_weight,
+                 blocks.constant_sums(), blocks.use, np.empty((0, 0)) if amp_weight is None else amp_weight,
                  amp_weight is not None, derivative, g, out)
     return _Fit(theta=np.moveaxis(out[:3], 0, -1), theta_var=np.moveaxis(out[3:6], 0, -1), g=g,
                 chi2=out[6], score=out[7], jac=out[8], noise=out[9])
@@ -213,7 +223,7 @@ def _grid_chi2(blocks: _Blocks, wavelength: np.ndarray, grid: np.ndarray, lsf_si
             g = np.empty(blocks.weight.shape)
             out = np.zeros((10,) + blocks.use.shape)
             solve_blocks(edges, edges, edges, 0.0, blocks.weight, blocks.data, blocks.rel,
-                         blocks.use, np.empty((0, 0)), False, False, g, out)
+                         blocks.constant_sums(), blocks.use, np.empty((0, 0)), False, False, g, out)
             chi2[m] = float(out[6].sum())
     return chi2
 

@@ -57,21 +57,34 @@ def _wsum(w, a, b, n):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
+def constant_sums(w, y, r, out):  # pragma: no cover - compiled
+    """The sums of every block that do not depend on the shift, out (6, n_l, n_f): s0 = sum w,
+    s1 = sum w r, s2 = sum (w r) r, y0 = sum w y, y1 = sum (w r) y, yy = sum (w y) y."""
+    n_lines, n_fib, n = w.shape
+    one = np.ones(n)
+    for li in range(n_lines):
+        for k in range(n_fib):
+            wk, yk = w[li, k], y[li, k]
+            out[0, li, k], out[1, li, k] = _wsum(wk, one, one, n), _wsum(wk, r, one, n)
+            out[2, li, k], out[3, li, k] = _wsum(wk, r, r, n), _wsum(wk, yk, one, n)
+            out[4, li, k], out[5, li, k] = _wsum(wk, r, yk, n), _wsum(wk, yk, yk, n)
+
+
+@njit(cache=True, nogil=True)
 def _block_sums(w, y, r, g, dg, one, derivative, out):  # pragma: no cover - compiled
-    """The weighted sums of one block (see :func:`solve_blocks`) into ``out``: the products
-    formed as in the array formulation (wr = w r, then wr r, ...), summed pairwise."""
+    """The shift-dependent weighted sums of one block (see :func:`solve_blocks`) into ``out``:
+    the products formed as in the array formulation (wg = w g, then wg r, ...), summed
+    pairwise."""
     n = w.size
-    out[0], out[1], out[2] = _wsum(w, one, one, n), _wsum(w, r, one, n), _wsum(w, r, r, n)
-    out[3], out[4], out[5] = _wsum(w, g, one, n), _wsum(w, g, r, n), _wsum(w, g, g, n)
-    out[6], out[7], out[8] = _wsum(w, y, one, n), _wsum(w, r, y, n), _wsum(w, g, y, n)
-    out[9] = _wsum(w, y, y, n)
+    out[0], out[1], out[2] = _wsum(w, g, one, n), _wsum(w, g, r, n), _wsum(w, g, g, n)
+    out[3] = _wsum(w, g, y, n)
     if derivative:
-        out[10], out[11], out[12] = _wsum(w, dg, one, n), _wsum(w, dg, r, n), _wsum(w, dg, g, n)
-        out[13], out[14] = _wsum(w, dg, dg, n), _wsum(w, dg, y, n)
+        out[4], out[5], out[6] = _wsum(w, dg, one, n), _wsum(w, dg, r, n), _wsum(w, dg, g, n)
+        out[7], out[8] = _wsum(w, dg, dg, n), _wsum(w, dg, y, n)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def solve_blocks(phi, ex, dw, scale, w, y, r, use, amp_weight, has_weight, derivative,
+def solve_blocks(phi, ex, dw, scale, w, y, r, const, use, amp_weight, has_weight, derivative,
                  g, fit):  # pragma: no cover - compiled
     """Linear solution of every block (l, k) with G = diff(phi), dG/ds = diff(ex * dw) * scale
     (phi = Phi(u), ex = exp(-u^2/2) at the edges).  Fills g (n_l, n_f, n_pix) and fit
@@ -80,7 +93,7 @@ def solve_blocks(phi, ex, dw, scale, w, y, r, use, amp_weight, has_weight, deriv
     n_lines, n_fib, n_pix = w.shape
     one = np.ones(n_pix)
     dg = np.zeros(n_pix)
-    s = np.zeros(15)
+    s = np.zeros(9)
     for li in range(n_lines):
         for k in range(n_fib):
             gk = g[li, k]
@@ -90,8 +103,9 @@ def solve_blocks(phi, ex, dw, scale, w, y, r, use, amp_weight, has_weight, deriv
                     dg[j] = (ex[li, k, j + 1] * dw[li, k, j + 1]
                              - ex[li, k, j] * dw[li, k, j]) * scale
             _block_sums(w[li, k], y[li, k], r, gk, dg, one, derivative, s)
-            s0, s1, s2, g0, g1, gg, y0, y1, gy, yy = (s[0], s[1], s[2], s[3], s[4], s[5], s[6],
-                                                      s[7], s[8], s[9])
+            g0, g1, gg, gy = s[0], s[1], s[2], s[3]
+            s0, s1, s2 = const[0, li, k], const[1, li, k], const[2, li, k]
+            y0, y1, yy = const[3, li, k], const[4, li, k], const[5, li, k]
             c00, c01, c02 = s2 * gg - g1 * g1, g1 * g0 - s1 * gg, s1 * g1 - s2 * g0
             c11, c12, c22 = s0 * gg - g0 * g0, s1 * g0 - s0 * g1, s0 * s2 - s1 * s1
             det = s0 * c00 + s1 * c01 + g0 * c02
@@ -105,7 +119,7 @@ def solve_blocks(phi, ex, dw, scale, w, y, r, use, amp_weight, has_weight, deriv
             fit[6, li, k] = (chi2 if chi2 >= 0.0 or np.isnan(chi2) else 0.0) if ok else 0.0
             if not derivative:
                 continue
-            d0, d1, dgg, dd, dy = s[10], s[11], s[12], s[13], s[14]
+            d0, d1, dgg, dd, dy = s[4], s[5], s[6], s[7], s[8]
             m0 = (c00 * d0 + c01 * d1 + c02 * dgg) * inv_det
             m1 = (c01 * d0 + c11 * d1 + c12 * dgg) * inv_det
             m2 = (c02 * d0 + c12 * d1 + c22 * dgg) * inv_det
