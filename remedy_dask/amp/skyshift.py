@@ -37,7 +37,11 @@ import numpy as np
 from scipy.special import ndtr
 
 from remedy_dask import geometry
-from remedy_dask.amp.skyshift_kernel import constant_sums, edge_coordinates, solve_blocks
+from remedy_dask.amp.skyshift_kernel import (
+    constant_sums,
+    edge_coordinates,
+    solve_blocks,
+)
 from remedy_dask.errors import CalibrationError
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
