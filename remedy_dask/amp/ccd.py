@@ -208,7 +208,7 @@ def subtract_bias_dark(image: np.ndarray, bias: np.ndarray, dark_rate: np.ndarra
     """``image - bias - dark_rate * exptime`` (electrons; dark rate in e-/s), with numpy's
     types and rounding (a float32 frame with float32 masters stays float32)."""
     if not (image.ndim == 2 and image.shape == bias.shape == dark_rate.shape
-            and all(a.dtype.kind == "f" for a in (image, bias, dark_rate))):
+            and all(a.dtype in (np.float32, np.float64) for a in (image, bias, dark_rate))):
         return image - bias - dark_rate * exptime
     t = np.asarray(exptime, np.result_type(dark_rate, exptime))  # (a Python float is weak)
     out = np.empty(image.shape, np.result_type(image, bias, dark_rate, t))

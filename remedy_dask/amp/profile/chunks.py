@@ -107,6 +107,12 @@ def _chunk_profiles_kernel(image, variance, mask, n_chunks, pairs, mid_pairs,
             out[k, r] = med[r] / n_valid[r]
 
 
+def _floating(values: np.ndarray) -> np.ndarray:
+    """``values`` as float32 or float64 (other types as float64: exact for the pixel values)."""
+    values = np.asarray(values)
+    return values if values.dtype in (np.float32, np.float64) else values.astype(np.float64)
+
+
 def _middle_positions(width: int) -> tuple[int, ...]:
     """Where the medians of ``width`` or ``width - 1`` values (one bad one sorted last) are."""
     return tuple(sorted({max((width - 2) // 2, 0), (width - 1) // 2, width // 2}))
@@ -123,7 +129,7 @@ def chunk_profiles(image: np.ndarray, variance: np.ndarray | None, mask: np.ndar
     width = n_cols // n_chunks
     out = np.empty((n_chunks, n_rows))
     _chunk_profiles_kernel(
-        np.asarray(image), np.zeros((0, 0)) if variance is None else np.asarray(variance),
+        _floating(image), np.zeros((0, 0)) if variance is None else _floating(variance),
         np.zeros((0, 0), bool) if mask is None else np.asarray(mask, dtype=bool), n_chunks,
         sorting_network(width), selection_network(width, _middle_positions(width)), out,
     )
