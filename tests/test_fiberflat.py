@@ -107,3 +107,17 @@ def test_blocks_change_nothing(twilight, monkeypatch):
     assert flux.shape[0] > 4 * 333
     for name in ("ftf", "dead", "illumination", "bin_ratio"):
         np.testing.assert_array_equal(getattr(blocked, name), getattr(whole, name), err_msg=name)
+
+
+def test_ftf_on_native_is_the_linear_interpolation_of_the_grid():
+    rng = np.random.default_rng(8)
+    ftf = rng.uniform(0.5, 1.5, (7, DEF_WAVE.size)).astype(np.float32)
+    wl = np.linspace(DEF_WAVE[0] - 30.0, DEF_WAVE[-1] + 30.0, 1032) + rng.normal(0, 3, (7, 1))
+    pos = np.clip((wl - DEF_WAVE[0]) / (DEF_WAVE[1] - DEF_WAVE[0]), 0, DEF_WAVE.size - 1)
+    i0 = np.clip(np.floor(pos).astype(int), 0, DEF_WAVE.size - 2)
+    f = pos - i0
+    f64 = ftf.astype(np.float64)
+    want = np.take_along_axis(f64, i0, 1) * (1 - f) + np.take_along_axis(f64, i0 + 1, 1) * f
+    assert np.array_equal(ftf_on_native(ftf, wl), want)
+    with pytest.raises(CalibrationError):
+        ftf_on_native(ftf[:, :-1], wl)

@@ -66,3 +66,42 @@ def test_fiber_column_and_amp_rules():
     assert counts["column"] == (112 - 30 - 1) + (301 * 112 - ext[112:].sum())
     assert counts["amp"] == 112 * 1032 - 301 * 112
     assert sum(counts[k] for k in ("chi2", "extraction", "fiber", "column", "amp")) == counts["total"]
+
+
+def test_dead_fibers_follow_the_nan_median():
+    """Dead = median of the measured (non-NaN) throughput below the threshold, or nothing finite
+    measured; the median as np.nanmedian gives it (infinities are values)."""
+    import warnings
+
+    from remedy_dask.amp.masking import _dead_fibers
+
+    rng = np.random.default_rng(4)
+    for m in (1, 2, 3, 8, 1031, 1032):
+        ftf = rng.choice([0.3, 0.45, 0.5, 0.55, 0.9], (60, m))
+        ftf[rng.random((60, m)) < 0.3] = np.nan
+        ftf[0], ftf[1], ftf[2, 0] = np.nan, np.inf, -np.inf
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(ftf, axis=1)
+        want = ~(med >= 0.5) | ~np.isfinite(ftf).any(axis=1)
+        assert np.array_equal(_dead_fibers(ftf, 0.5), want), m
+        assert want[0] and want[1]
+
+
+@pytest.mark.parametrize("dilate", [0, 1, 3])
+def test_chi2_seeds_grow_as_a_binary_dilation_along_the_rows(dilate):
+    from scipy.ndimage import binary_dilation
+
+    from remedy_dask.amp.masking import _chi2_seeds
+
+    chi2 = np.random.default_rng(5).exponential(1.5, (60, 300))
+    chi2[:, 0], chi2[:, -1] = 9.0, 9.0  # seeds at the edges
+    c = np.where(np.isfinite(chi2), chi2, 0.0)
+    both = (c[:, 1:] > 3.0) & (c[:, :-1] > 3.0)
+    seed = c > 5.0
+    seed[:, 1:] |= both
+    seed[:, :-1] |= both
+    want = (binary_dilation(seed, structure=np.ones((1, 2 * dilate + 1), bool)) if dilate
+            else seed)
+    got = _chi2_seeds(chi2, 5.0, 3.0, dilate)
+    assert np.array_equal(got, want) and 0 < want.mean() < 0.5

@@ -230,7 +230,7 @@ def test_free_rows_match_a_brute_force_search():
 
 
 def test_column_interpolation_equals_the_weight_matrix_product():
-    from remedy_dask.amp.scatter import _interpolate_columns
+    from remedy_dask.amp.scatter_kernels import interpolate_columns
 
     rng = np.random.default_rng(3)
     n_chunks, n_cols = 43, 1032
@@ -242,6 +242,55 @@ def test_column_interpolation_equals_the_weight_matrix_product():
     weights = np.zeros((n_chunks, n_cols))
     weights[idx, cols] = 1.0 - t
     weights[idx + 1, cols] += t
-    got = _interpolate_columns(np.ascontiguousarray(background.T), idx, t)
+    got = interpolate_columns(np.ascontiguousarray(background.T), idx, t, np.zeros((0, 0)), False)
     np.testing.assert_allclose(got, background.T @ weights, rtol=0, atol=1e-14)
     assert np.array_equal(got[:, 0], background[0]) and np.array_equal(got[:, -1], background[-1])
+    image = rng.normal(size=(50, n_cols)).astype(np.float32)
+    subtracted = interpolate_columns(np.ascontiguousarray(background.T), idx, t, image, True)
+    assert subtracted.dtype == np.float64 and np.array_equal(subtracted, image - got)
+
+
+def test_compiled_light_map_and_wing_columns_equal_their_bincount_formulas():
+    """The compiled deposits sum in np.bincount's order: bit-identical to the array formulas."""
+    from remedy_dask.amp.scatter import WING_NODES, _light_map, _wing_design
+
+    rng = np.random.default_rng(7)
+    pos = rng.uniform(-3.0, 262.0, (43, 112))
+    pos[0, :3] = [10.0, 10.0, 10.5]  # shared rows
+    amp = rng.uniform(0.0, 1e4, pos.shape)
+    n_rows = 259
+    lo = np.clip(np.floor(pos).astype(int), 0, n_rows - 2)
+    frac = np.clip(pos - lo, 0.0, 1.0)
+    flat = (np.arange(43)[:, None] * n_rows + lo).ravel()
+    want = np.bincount(flat, (amp * (1 - frac)).ravel(), 43 * n_rows)
+    want[1:] += np.bincount(flat, (amp * frac).ravel(), 43 * n_rows)[:-1]
+    assert np.array_equal(_light_map(pos, amp, n_rows), want.reshape(43, n_rows))
+
+    dist = rng.uniform(0.0, 20.0, (500, 4))
+    dist[:5, 3] = np.inf  # no fiber there
+    dist[5, :2] = [7.0, 7.25]  # two fibers on one node
+    amp_near = rng.uniform(0.0, 1e4, dist.shape)
+    n_w = WING_NODES.size - 1
+    x = np.clip(np.nan_to_num((dist - WING_NODES[0]) / (WING_NODES[1] - WING_NODES[0]),
+                              posinf=n_w), 0.0, n_w)
+    g = np.floor(x).astype(int)
+    f = x - g
+    ref = np.zeros(dist.shape[0] * (n_w + 1))
+    base = (np.arange(dist.shape[0]) * (n_w + 1))[:, None]
+    for node, wgt in ((g, 1 - f), (g + 1, f)):
+        ref += np.bincount((base + np.minimum(node, n_w)).ravel(), (amp_near * wgt).ravel(),
+                           ref.size)
+    got = _wing_design(dist, amp_near)
+    assert np.array_equal(got, ref.reshape(-1, n_w + 1)[:, :n_w]) and np.count_nonzero(got) > 500
+
+
+def test_subtracting_in_one_pass_equals_subtracting_the_model():
+    from synth_calib import simulated_calibration
+
+    from remedy_dask.amp.scatter import subtract_scattered_light
+
+    cal = simulated_calibration("LL")
+    image = cal["flat"].astype(np.float32)
+    model = scattered_light(image, cal["trace"].trace, cal["mask"])
+    got = subtract_scattered_light(image, cal["trace"].trace, cal["mask"])
+    assert got.dtype == np.float64 and np.array_equal(got, image - model)

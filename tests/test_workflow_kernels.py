@@ -171,3 +171,29 @@ def test_store_read_rows_returns_one_ifu_block(tmp_path):
     np.testing.assert_array_equal(rows["flux"], flux[2:])
     np.testing.assert_array_equal(rows["ifuslot"], [48, 48, 48])
     assert store.read_rows(tmp_path, 1, "sky", "ifuslot", 57, ("flux",)) is None
+
+
+@pytest.mark.parametrize("exptime", [360.0, np.float64(360.1), np.float32(17.3)])
+def test_subtract_bias_dark_keeps_numpys_types_and_rounding(exptime):
+    rng = np.random.default_rng(2)
+    image = rng.normal(1000.0, 30.0, (40, 50)).astype(np.float32)
+    bias = rng.normal(1000.0, 3.0, (40, 50)).astype(np.float32)
+    dark = rng.uniform(0.0, 0.01, (40, 50)).astype(np.float32)
+    want = image - bias - dark * exptime
+    got = subtract_bias_dark(image, bias, dark, exptime)
+    assert got.dtype == want.dtype == (np.float64 if type(exptime) is np.float64 else np.float32)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_rejected_pixels_are_flat_c_order_indices():
+    from types import SimpleNamespace
+
+    from remedy_dask.workflow.amp_chain import _rejected_indices
+
+    rng = np.random.default_rng(3)
+    rejected = rng.random((30, 40)) < 0.05
+    want = np.flatnonzero(rejected)
+    for layout in (rejected, np.asfortranarray(rejected), rejected[:, ::-1][:, ::-1]):
+        got = _rejected_indices(SimpleNamespace(rejected=layout))
+        assert got.dtype == np.int32 and np.array_equal(got, want)
+    assert want.size > 20

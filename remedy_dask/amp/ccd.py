@@ -205,5 +205,20 @@ def smooth_master(master: np.ndarray, mask: np.ndarray | None = None, block: int
 
 def subtract_bias_dark(image: np.ndarray, bias: np.ndarray, dark_rate: np.ndarray,
                        exptime: float) -> np.ndarray:
-    """``image - bias - dark_rate * exptime`` (electrons; dark rate in e-/s)."""
-    return image - bias - dark_rate * exptime
+    """``image - bias - dark_rate * exptime`` (electrons; dark rate in e-/s), with numpy's
+    types and rounding (a float32 frame with float32 masters stays float32)."""
+    if not (image.ndim == 2 and image.shape == bias.shape == dark_rate.shape
+            and all(a.dtype in (np.float32, np.float64) for a in (image, bias, dark_rate))):
+        return image - bias - dark_rate * exptime
+    t = np.asarray(exptime, np.result_type(dark_rate, exptime))  # (a Python float is weak)
+    out = np.empty(image.shape, np.result_type(image, bias, dark_rate, t))
+    _subtract_bias_dark(image, bias, dark_rate, t[()], out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _subtract_bias_dark(image, bias, dark_rate, t, out):  # pragma: no cover - compiled
+    """out = (image - bias) - dark_rate * t element by element, one pass."""
+    for i in range(image.shape[0]):
+        for j in range(image.shape[1]):
+            out[i, j] = (image[i, j] - bias[i, j]) - dark_rate[i, j] * t

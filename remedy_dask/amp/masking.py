@@ -22,7 +22,6 @@ Counts are of pixels *newly* masked by each rule, in the order above.
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import binary_dilation
 
 from remedy_dask.errors import CalibrationError
 
@@ -109,14 +108,22 @@ def _chi2_seeds(chi2: np.ndarray, chi2_max: float, chi2_pair: float, dilate: int
     pair[:, 1:] |= both
     pair[:, :-1] |= both
     seed = high | pair
-    if dilate > 0:
-        seed = binary_dilation(seed, structure=np.ones((1, 2 * dilate + 1), bool))
-    return seed
+    out = seed.copy()
+    for k in range(1, min(dilate, seed.shape[1] - 1) + 1):  # grown along the rows
+        out[:, k:] |= seed[:, :-k]
+        out[:, :-k] |= seed[:, k:]
+    return out
 
 
 def _dead_fibers(ftf: np.ndarray, dead_ftf: float) -> np.ndarray:
     """Fibers whose median measured throughput is below ``dead_ftf`` (or unmeasured)."""
     med = np.full(ftf.shape[0], np.nan)
-    rows = np.isfinite(ftf).any(axis=1)
-    med[rows] = np.nanmedian(ftf[rows], axis=1)
+    n = np.count_nonzero(~np.isnan(ftf), axis=1)
+    rows = np.flatnonzero(np.isfinite(ftf).any(axis=1))  # (none finite: unmeasured)
+    if rows.size:  # np.nanmedian's value: NaN sort last; the middle one or the mean of two
+        s, k = np.sort(ftf[rows], axis=1), n[rows]
+        lo = s[np.arange(rows.size), (k - 1) // 2]
+        hi = s[np.arange(rows.size), k // 2]
+        with np.errstate(invalid="ignore", over="ignore"):
+            med[rows] = np.where(k % 2 == 0, (lo + hi) / 2.0, hi)
     return ~(med >= dead_ftf)

@@ -25,14 +25,22 @@ linear interpolation.  The chunk cross-sections are :mod:`remedy_dask.amp.profil
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 import scipy.fft as sfft
-from numba import njit
 from scipy.linalg import lapack
 
-from remedy_dask.errors import CalibrationError
 from remedy_dask.amp.profile.chunks import chunk_positions, chunk_profiles
+from remedy_dask.amp.scatter_kernels import (
+    chunk_model,
+    core_light,
+    fiber_distances,
+    interpolate_columns,
+    light_map,
+    wing_columns,
+)
+from remedy_dask.errors import CalibrationError
 from remedy_dask.numeric.robust import mad_sigma
 
 # --------------------------------------------------------------------------------------------
@@ -44,31 +52,22 @@ WING_NODES = np.arange(6.0, 15.0, 1.0)  # px, far-wing nodes (W = 0 at the last)
 MIN_DISTANCE = 6.0  # px, rows closer than this to a fiber are not used
 
 
-def core_amplitudes(profiles: np.ndarray, pos: np.ndarray, background: np.ndarray | float = 0.0,
+def core_amplitudes(profiles: np.ndarray, pos: np.ndarray, background: np.ndarray,
                     half: int = 3) -> np.ndarray:
     """Fiber light in +-``half`` rows of each fiber of each chunk, background removed (NaN
     rows count 0)."""
-    n_chunks, n_rows = profiles.shape
-    rows = np.clip(np.round(pos).astype(np.intp)[..., None] + np.arange(-half, half + 1), 0,
-                   n_rows - 1)
-    values = np.nan_to_num(profiles - background).ravel()[
-        rows + (np.arange(n_chunks) * n_rows)[:, None, None]]
-    out = values[..., 0].copy()
-    for k in range(1, 2 * half + 1):  # (the order of a sum over the last axis)
-        out += values[..., k]
+    out = np.empty(pos.shape)
+    core_light(profiles, background, np.round(pos).astype(np.intp), half, out)
     return out
 
 
 def _light_map(pos: np.ndarray, amp: np.ndarray, n_rows: int) -> np.ndarray:
     """Fiber amplitudes deposited at rows ``pos`` (linear split between the two nearest rows,
     which keeps the light's centroid): (n_chunks, n_rows)."""
-    n_chunks = pos.shape[0]
-    lo = np.clip(np.floor(pos).astype(int), 0, n_rows - 2)
-    frac = np.clip(pos - lo, 0.0, 1.0)
-    flat = (np.arange(n_chunks)[:, None] * n_rows + lo).ravel()
-    out = np.bincount(flat, (amp * (1 - frac)).ravel(), n_chunks * n_rows)
-    out[1:] += np.bincount(flat, (amp * frac).ravel(), n_chunks * n_rows)[:-1]
-    return out.reshape(n_chunks, n_rows)
+    out = np.empty((pos.shape[0], n_rows))
+    light_map(np.ascontiguousarray(pos, dtype=float), np.ascontiguousarray(amp, dtype=float),
+              n_rows, out)
+    return out
 
 
 def _fft_shape(n_chunks: int, n_coarse: int) -> tuple[int, int]:
@@ -173,20 +172,13 @@ def _free_rows(pos: np.ndarray, n_rows: int
     """Distance (n_chunks, n_rows) of every (chunk, row) to the nearest fiber (inf without
     fibers), with what :func:`_near_fibers` needs: the positions sorted per chunk, their order and
     ``above`` (n_chunks, n_rows), the number of fibers below every row (``np.searchsorted``
-    of the sorted positions, counted: pos < row <=> floor(pos) + 1 <= row for integer rows)."""
-    n_chunks, n_fib = pos.shape
-    rows = np.arange(n_rows)
+    of the sorted positions: pos < row <=> floor(pos) + 1 <= row for integer rows)."""
     order = np.argsort(pos, axis=1)
-    spos = np.take_along_axis(pos, order, axis=1)
-    first = np.clip(np.floor(spos) + 1, 0, n_rows).astype(np.intp)  # first row above the fiber
-    flat = (np.arange(n_chunks)[:, None] * (n_rows + 1) + first).ravel()
-    above = np.cumsum(np.bincount(flat, minlength=n_chunks * (n_rows + 1))
-                      .reshape(n_chunks, n_rows + 1)[:, :n_rows], axis=1)
-    chunk = np.arange(n_chunks)[:, None]
-    below = np.where(above > 0, np.abs(rows - spos[chunk, np.maximum(above - 1, 0)]), np.inf)
-    upper = np.where(above < n_fib, np.abs(rows - spos[chunk, np.minimum(above, n_fib - 1)]),
-                     np.inf)
-    return np.minimum(below, upper), spos, order, above
+    spos = np.ascontiguousarray(np.take_along_axis(pos, order, axis=1))
+    above = np.empty((pos.shape[0], n_rows), np.intp)
+    dmin = np.empty((pos.shape[0], n_rows))
+    fiber_distances(spos, n_rows, above, dmin)
+    return dmin, spos, order, above
 
 
 def _near_fibers(spos: np.ndarray, order: np.ndarray, above: np.ndarray, jj: np.ndarray,
@@ -203,31 +195,12 @@ def _near_fibers(spos: np.ndarray, order: np.ndarray, above: np.ndarray, jj: np.
 
 
 def _wing_design(dist: np.ndarray, amp_near: np.ndarray) -> np.ndarray:
-    """Far-wing columns (n, n_w): the near fibers' amplitudes on hat functions of the distance."""
+    """Far-wing columns (n, n_w): the near fibers' amplitudes on hat functions of the distance
+    (the node at the last, W = 0, is dropped)."""
     n_w = WING_NODES.size - 1
-    x = np.clip(np.nan_to_num((dist - WING_NODES[0]) / (WING_NODES[1] - WING_NODES[0]),
-                              posinf=n_w), 0.0, n_w)
-    g = np.floor(x).astype(int)
-    frac = x - g
-    out = np.zeros(dist.shape[0] * (n_w + 1))
-    base = (np.arange(dist.shape[0]) * (n_w + 1))[:, None]
-    for node, wgt in ((g, 1 - frac), (g + 1, frac)):
-        out += np.bincount((base + np.minimum(node, n_w)).ravel(), (amp_near * wgt).ravel(),
-                           out.size)
-    return out.reshape(-1, n_w + 1)[:, :n_w]  # the node at the last (W = 0) is dropped
-
-
-@njit(cache=True, nogil=True)
-def _interpolate_columns(chunk_rows, idx, t):  # pragma: no cover - compiled
-    """out[r, c] = chunk_rows[r, idx[c]] (1 - t[c]) + chunk_rows[r, idx[c] + 1] t[c]: the
-    (n_rows, n_chunks) chunk model linearly interpolated to every column (what the product
-    with the 2-nonzero weight matrix gave, at a third of its cost)."""
-    n_rows, n_cols = chunk_rows.shape[0], idx.size
-    out = np.empty((n_rows, n_cols))
-    for r in range(n_rows):
-        row = chunk_rows[r]
-        for c in range(n_cols):
-            out[r, c] = row[idx[c]] * (1.0 - t[c]) + row[idx[c] + 1] * t[c]
+    out = np.empty((dist.shape[0], n_w))
+    wing_columns(np.ascontiguousarray(dist), np.ascontiguousarray(amp_near, dtype=float),
+                 float(WING_NODES[0]), float(WING_NODES[1] - WING_NODES[0]), n_w, out)
     return out
 
 
@@ -242,7 +215,41 @@ def scattered_light(image: np.ndarray, trace: np.ndarray, mask: np.ndarray | Non
     wide), interpolated back to every row.  Raises CalibrationError if the trace does not fit
     the image or too few rows are free.
     """
-    img = np.asarray(image, dtype=float)
+    background, centres = chunk_background(image, trace, mask, variance=variance,
+                                           n_chunks=n_chunks, min_distance=min_distance,
+                                           n_iter=n_iter, row_bin=row_bin)
+    return _to_columns(background, centres, image, subtract=False)
+
+
+def subtract_scattered_light(image: np.ndarray, trace: np.ndarray,
+                             mask: np.ndarray | None = None, **kwargs: Any) -> np.ndarray:
+    """``image - scattered_light(image, trace, mask, **kwargs)`` (float64) in one pass."""
+    background, centres = chunk_background(image, trace, mask, **kwargs)
+    return _to_columns(background, centres, image, subtract=True)
+
+
+def _to_columns(background: np.ndarray, centres: np.ndarray, image: np.ndarray,
+                subtract: bool) -> np.ndarray:
+    """The chunk model (n_chunks, n_rows) at every column: linear interpolation between chunk
+    centres (held beyond the end ones), subtracted from ``image`` if ``subtract``."""
+    n_chunks, n_cols = centres.size, image.shape[1]
+    cols = np.arange(n_cols)
+    idx = np.clip(np.searchsorted(centres, cols) - 1, 0, n_chunks - 2)
+    t = np.clip((cols - centres[idx]) / (centres[idx + 1] - centres[idx]), 0.0, 1.0)
+    return interpolate_columns(np.ascontiguousarray(background.T), idx, t,
+                               np.ascontiguousarray(image) if subtract else np.zeros((0, 0)),
+                               subtract)
+
+
+def chunk_background(image: np.ndarray, trace: np.ndarray, mask: np.ndarray | None = None, *,
+                     variance: np.ndarray | None = None, n_chunks: int = 43,
+                     min_distance: float = MIN_DISTANCE, n_iter: int = 2,
+                     row_bin: int = HALO_ROW_BIN) -> tuple[np.ndarray, np.ndarray]:
+    """The scattered-light model at the column chunks' centres: (n_chunks, n_rows) and the
+    centres (see :func:`scattered_light`)."""
+    img = np.asarray(image)
+    if img.dtype not in (np.float32, np.float64):
+        img = img.astype(float)
     n_rows, n_cols = img.shape
     if trace.ndim != 2 or trace.shape[1] != n_cols or not np.all(np.isfinite(trace)):
         raise CalibrationError("scattered light: trace missing, non-finite or of the wrong width")
@@ -271,9 +278,10 @@ def scattered_light(image: np.ndarray, trace: np.ndarray, mask: np.ndarray | Non
     for _ in range(n_iter):
         amp = core_amplitudes(profiles, pos, background)
         coarse = halo_templates(_light_map(pos / row_bin, amp, n_coarse), spectra)
-        templates = coarse[..., lo] * (1.0 - fr) + coarse[..., lo + 1] * fr  # (n_t, nc, nr)
-        design = np.column_stack([templates[:, jj, yy].T, np.ones(jj.size), xu_chunk[jj],
-                                  yu_row[yy], _wing_design(dsel, amp[jj[:, None], fsel])])
+        # the templates at the fitted rows, interpolated between coarse rows
+        tsel = coarse[:, jj, lo[yy]] * (1.0 - fr[yy]) + coarse[:, jj, lo[yy] + 1] * fr[yy]
+        design = np.column_stack([tsel.T, np.ones(jj.size), xu_chunk[jj], yu_row[yy],
+                                  _wing_design(dsel, amp[jj[:, None], fsel])])
         # halo amplitudes and wing nodes are physically >= 0: the bounds remove the nearly
         # degenerate combinations of halo templates that noise would otherwise pick
         for _ in range(3):  # robust: clip outlying rows (residual cosmic rays, bad pixels)
@@ -282,10 +290,5 @@ def scattered_light(image: np.ndarray, trace: np.ndarray, mask: np.ndarray | Non
             res = data - np.einsum("ij,j->i", design, coef)  # (no threaded BLAS)
             sig = mad_sigma(res[keep], 0.0) + 1e-9
             keep = np.abs(res) < 5.0 * sig
-        background = (np.einsum("k,kjr->jr", coef[:n_t], templates) + coef[n_t]
-                      + coef[n_t + 1] * xu_chunk[:, None] + coef[n_t + 2] * yu_row[None, :])
-    # to every column: linear interpolation between chunk centres (held beyond the end ones)
-    cols = np.arange(n_cols)
-    idx = np.clip(np.searchsorted(centres, cols) - 1, 0, n_chunks - 2)
-    t = np.clip((cols - centres[idx]) / (centres[idx + 1] - centres[idx]), 0.0, 1.0)
-    return _interpolate_columns(np.ascontiguousarray(background.T), idx, t)
+        chunk_model(coarse, coef, lo, fr, xu_chunk, yu_row, background)
+    return background, centres

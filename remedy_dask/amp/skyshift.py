@@ -37,6 +37,11 @@ import numpy as np
 from scipy.special import ndtr
 
 from remedy_dask import geometry
+from remedy_dask.amp.skyshift_kernel import (
+    constant_sums,
+    edge_coordinates,
+    solve_blocks,
+)
 from remedy_dask.errors import CalibrationError
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
@@ -68,6 +73,16 @@ class _Blocks:
     rel: np.ndarray  # (n_pix,) continuum variable in [-1, 1]
     lines: np.ndarray  # (n_lines,) A
     use: np.ndarray  # bool (n_lines, n_fib)
+    _sums: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    def constant_sums(self) -> np.ndarray:
+        """The sums of every block that do not depend on the shift (see
+        :func:`skyshift_kernel.constant_sums`), kept until ``weight`` is replaced."""
+        if self._sums is None or self._sums[0] is not self.weight:
+            out = np.empty((6,) + self.use.shape)
+            constant_sums(self.weight, self.data, self.rel, out)
+            self._sums = (self.weight, out)
+        return self._sums[1]
 
 
 @dataclass
@@ -123,73 +138,44 @@ def _build_blocks(spectra: np.ndarray, variance: np.ndarray, bad: np.ndarray,
     return _Blocks(np.where(bad_px, 0.0, data), weight, start, rel, lines, ok)
 
 
-def _profiles(blocks: _Blocks, wavelength: np.ndarray, shift: np.ndarray, lsf_sigma: float,
-              derivative: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Pixel-integrated line profile G and its derivative dG/ds (None unless ``derivative``) in
-    every block (n_l, n_f, n_pix) for per-line shifts ``shift``: G = Phi(u(x + 1/2)) -
-    Phi(u(x - 1/2)) with the edge wavelengths lam_cal(x -+ 1/2 - s) interpolated linearly in
-    the calibration array."""
-    n_fib, n_cols = wavelength.shape
+def _edges(blocks: _Blocks, wavelength: np.ndarray, shift: np.ndarray, lsf_sigma: float
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised offsets u from the line at the pixel edges of every block (n_l, n_f,
+    n_pix + 1) for per-line shifts ``shift``, the edge wavelengths lam_cal(x -+ 1/2 - s)
+    interpolated linearly in the calibration array, and their derivative -d lam / ds."""
     n_pix = blocks.rel.size
     q = -0.5 - np.asarray(shift, dtype=float)
     iq = np.floor(q)
-    frac = (q - iq)[:, None, None]
-    idx = np.clip(blocks.start[..., None] + iq.astype(int)[:, None, None] + np.arange(n_pix + 1),
-                  0, n_cols - 2)
-    idx = idx + (np.arange(n_fib) * n_cols)[None, :, None]
-    flat = wavelength.ravel()
-    w0, w1 = flat[idx], flat[idx + 1]
-    u = (w0 + frac * (w1 - w0) - blocks.lines[:, None, None]) / lsf_sigma
-    g = np.diff(ndtr(u), axis=-1)
-    if not derivative:
-        return g, None
-    # d(edge wavelength)/ds = -(w1 - w0)
-    dg = np.diff(np.exp(-0.5 * u * u) * (w0 - w1), axis=-1) * (_INV_SQRT_2PI / lsf_sigma)
-    return g, dg
+    u = np.empty(blocks.start.shape + (n_pix + 1,))
+    dw = np.empty_like(u)
+    edge_coordinates(wavelength, blocks.start, iq.astype(np.int64), q - iq, blocks.lines,
+                     float(lsf_sigma), u, dw)
+    return u, dw
 
 
 def _solve(blocks: _Blocks, wavelength: np.ndarray, shift: np.ndarray, lsf_sigma: float,
-           amp_weight: np.ndarray | None = None) -> _Fit:
+           amp_weight: np.ndarray | None = None, derivative: bool = True) -> _Fit:
     """Closed-form linear parameters, residual chi^2 and score terms of every block for the
     per-line shifts ``shift`` (n_lines,).
 
-    Design X = [1, r, G]; J_k = dG'W dG - (X'W dG)' (X'W X)^-1 (X'W dG) is the efficient
-    information of the shift per unit amplitude (linear parameters projected out).  The score
-    weights block k by ``amp_weight`` a_k (default: its fitted amplitude A_k, which makes it the
-    gradient of the profile chi^2).  3x3 normal equations solved by cofactors, vectorised.
+    Line profile G = Phi(u(x + 1/2)) - Phi(u(x - 1/2)) (:func:`_edges`), dG/ds from the
+    Gaussian at the edges.  Design X = [1, r, G]; J_k = dG'W dG - (X'W dG)' (X'W X)^-1 (X'W dG)
+    is the efficient information of the shift per unit amplitude (linear parameters projected
+    out).  The score weights block k by ``amp_weight`` a_k (default: its fitted amplitude A_k,
+    which makes it the gradient of the profile chi^2).  3x3 normal equations solved by
+    cofactors, block by block (:func:`skyshift_kernel.solve_blocks`).  Without ``derivative``
+    only theta and chi2 are computed (the score terms are left 0).
     """
-    g, dg = _profiles(blocks, wavelength, shift, lsf_sigma)
-    w, y, r = blocks.weight, blocks.data, blocks.rel
-    wr, wg, wd = w * r, w * g, w * dg
-    s0, s1, s2 = w.sum(-1), wr.sum(-1), (wr * r).sum(-1)
-    g0, g1, gg = wg.sum(-1), (wg * r).sum(-1), (wg * g).sum(-1)
-    d0, d1, dgg, dd = wd.sum(-1), (wd * r).sum(-1), (wd * g).sum(-1), (wd * dg).sum(-1)
-    y0, y1, gy, dy = (w * y).sum(-1), (wr * y).sum(-1), (wg * y).sum(-1), (wd * y).sum(-1)
-    yy = (w * y * y).sum(-1)
-    c00, c01, c02 = s2 * gg - g1 * g1, g1 * g0 - s1 * gg, s1 * g1 - s2 * g0
-    c11, c12, c22 = s0 * gg - g0 * g0, s1 * g0 - s0 * g1, s0 * s2 - s1 * s1
-    det = s0 * c00 + s1 * c01 + g0 * c02
-    use = blocks.use & (det > 1e-12 * np.abs(s0 * s2 * gg))
-    inv_det = 1.0 / np.where(use, det, 1.0)
-
-    def inverse_times(b0, b1, b2):
-        return ((c00 * b0 + c01 * b1 + c02 * b2) * inv_det,
-                (c01 * b0 + c11 * b1 + c12 * b2) * inv_det,
-                (c02 * b0 + c12 * b1 + c22 * b2) * inv_det)
-
-    theta = np.stack(inverse_times(y0, y1, gy), axis=-1)
-    chi2 = yy - theta[..., 0] * y0 - theta[..., 1] * y1 - theta[..., 2] * gy
-    m0, m1, m2 = inverse_times(d0, d1, dgg)
-    unit_info = np.maximum(dd - (d0 * m0 + d1 * m1 + dgg * m2), 0.0)
-    res_d = dy - theta[..., 0] * d0 - theta[..., 1] * d1 - theta[..., 2] * dgg  # sum w res dG
-    amp = theta[..., 2]
-    a = amp if amp_weight is None else amp_weight
-    theta_var = np.stack([c00 * inv_det, c11 * inv_det, c22 * inv_det], axis=-1)
-    return _Fit(theta=theta, theta_var=theta_var, g=g,
-                chi2=np.where(use, np.maximum(chi2, 0.0), 0.0),
-                score=np.where(use, a * res_d, 0.0),
-                jac=np.where(use, a * amp * unit_info, 0.0),
-                noise=np.where(use, a * a * unit_info, 0.0))
+    u, dw = _edges(blocks, wavelength, shift, lsf_sigma)
+    phi = ndtr(u)
+    ex = np.exp(-0.5 * u * u) if derivative else u
+    g = np.empty(blocks.weight.shape)
+    out = np.zeros((10,) + blocks.use.shape)
+    solve_blocks(phi, ex, dw, _INV_SQRT_2PI / lsf_sigma, blocks.weight, blocks.data, blocks.rel,
+                 blocks.constant_sums(), blocks.use, np.empty((0, 0)) if amp_weight is None else amp_weight,
+                 amp_weight is not None, derivative, g, out)
+    return _Fit(theta=np.moveaxis(out[:3], 0, -1), theta_var=np.moveaxis(out[3:6], 0, -1), g=g,
+                chi2=out[6], score=out[7], jac=out[8], noise=out[9])
 
 
 def _gauss_newton(blocks: _Blocks, wavelength: np.ndarray, shift: np.ndarray, lsf_sigma: float,
@@ -213,34 +199,55 @@ def _gauss_newton(blocks: _Blocks, wavelength: np.ndarray, shift: np.ndarray, ls
 
 def _profile_chi2(blocks: _Blocks, wavelength: np.ndarray, shift: np.ndarray,
                   lsf_sigma: float) -> float:
-    """Joint profile chi^2 at ``shift``: the ``chi2`` of :func:`_solve` summed, by the same
-    operations, without the score terms (no dG/ds)."""
-    g, _ = _profiles(blocks, wavelength, shift, lsf_sigma, derivative=False)
-    w, y, r = blocks.weight, blocks.data, blocks.rel
-    wr, wg = w * r, w * g
-    s0, s1, s2 = w.sum(-1), wr.sum(-1), (wr * r).sum(-1)
-    g0, g1, gg = wg.sum(-1), (wg * r).sum(-1), (wg * g).sum(-1)
-    y0, y1, gy = (w * y).sum(-1), (wr * y).sum(-1), (wg * y).sum(-1)
-    yy = (w * y * y).sum(-1)
-    c00, c01, c02 = s2 * gg - g1 * g1, g1 * g0 - s1 * gg, s1 * g1 - s2 * g0
-    c11, c12, c22 = s0 * gg - g0 * g0, s1 * g0 - s0 * g1, s0 * s2 - s1 * s1
-    det = s0 * c00 + s1 * c01 + g0 * c02
-    use = blocks.use & (det > 1e-12 * np.abs(s0 * s2 * gg))
-    inv_det = 1.0 / np.where(use, det, 1.0)
-    t0 = (c00 * y0 + c01 * y1 + c02 * gy) * inv_det
-    t1 = (c01 * y0 + c11 * y1 + c12 * gy) * inv_det
-    t2 = (c02 * y0 + c12 * y1 + c22 * gy) * inv_det
-    chi2 = yy - t0 * y0 - t1 * y1 - t2 * gy
-    return float(np.where(use, np.maximum(chi2, 0.0), 0.0).sum())
+    """Joint profile chi^2 at ``shift``: the ``chi2`` of :func:`_solve` summed (no dG/ds)."""
+    return float(_solve(blocks, wavelength, shift, lsf_sigma, derivative=False).chi2.sum())
+
+
+def _grid_chi2(blocks: _Blocks, wavelength: np.ndarray, grid: np.ndarray, lsf_sigma: float
+               ) -> list[float]:
+    """:func:`_profile_chi2` at every shift of ``grid`` (common to all lines).  Shifts whose
+    pixel edges fall at the same fraction of a column share edges, whole columns apart: Phi
+    is evaluated once on their common edges (the same values, cheaper)."""
+    n_pix = blocks.rel.size
+    q = -0.5 - np.asarray(grid, dtype=float)
+    iq = np.floor(q)
+    chi2 = [0.0] * len(grid)
+    for frac in np.unique(q - iq):
+        members = np.flatnonzero(q - iq == frac)
+        first = int(iq[members].min())
+        n_edge = n_pix + 1 + int(iq[members].max()) - first
+        u = np.empty(blocks.start.shape + (n_edge,))
+        edge_coordinates(wavelength, blocks.start, np.full(blocks.lines.size, first),
+                         np.full(blocks.lines.size, frac), blocks.lines, float(lsf_sigma), u,
+                         np.empty_like(u))
+        phi = ndtr(u)
+        for m in members:
+            o = int(iq[m]) - first
+            edges = np.ascontiguousarray(phi[..., o:o + n_pix + 1])
+            g = np.empty(blocks.weight.shape)
+            out = np.zeros((10,) + blocks.use.shape)
+            solve_blocks(edges, edges, edges, 0.0, blocks.weight, blocks.data, blocks.rel,
+                         blocks.constant_sums(), blocks.use, np.empty((0, 0)), False, False, g, out)
+            chi2[m] = float(out[6].sum())
+    return chi2
 
 
 def _coarse_start(blocks: _Blocks, wavelength: np.ndarray, lsf_sigma: float,
                   max_shift: float, step: float = 0.5) -> float:
     """Shift of the lowest joint profile chi^2 on a grid over +-``max_shift``."""
-    n_lines = blocks.lines.size
     grid = np.arange(-max_shift, max_shift + 0.5 * step, step)
-    chi2 = [_profile_chi2(blocks, wavelength, np.full(n_lines, s), lsf_sigma) for s in grid]
+    chi2 = _grid_chi2(blocks, wavelength, grid, lsf_sigma)
     return float(grid[int(np.argmin(chi2))])
+
+
+def _median(values: np.ndarray) -> float:
+    """``np.median`` of a short 1-D array (the middle value, or the mean of the two middle
+    ones; NaN if any is NaN), without its general-purpose overhead."""
+    s = np.sort(values)
+    n = s.size
+    if np.isnan(s[-1]):
+        return float("nan")
+    return float(s[n // 2]) if n % 2 else float((s[n // 2 - 1] + s[n // 2]) / 2.0)
 
 
 def _line_ratio(fit: _Fit, use: np.ndarray) -> np.ndarray:
@@ -249,7 +256,7 @@ def _line_ratio(fit: _Fit, use: np.ndarray) -> np.ndarray:
     ratio = np.zeros(use.shape[0])
     for li in np.flatnonzero(use.any(-1)):
         u = use[li] & (level[li] > 0)
-        ratio[li] = np.median(amp[li, u] / level[li, u]) if u.any() else 0.0
+        ratio[li] = _median(amp[li, u] / level[li, u]) if u.any() else 0.0
     return ratio
 
 
@@ -266,7 +273,7 @@ def _reject(blocks: _Blocks, fit: _Fit, bright_factor: float, reject_sigma: floa
     line's median, line flux on the common line-to-continuum ratio, chi^2 not an outlier."""
     use = blocks.use.copy()
     level = fit.theta[..., 0]
-    med = np.array([np.median(level[li, u]) if u.any() else 0.0 for li, u in enumerate(use)])
+    med = np.array([_median(level[li, u]) if u.any() else 0.0 for li, u in enumerate(use)])
     sky = (level > med[:, None] / bright_factor) & (level < med[:, None] * bright_factor)
     ratio = _line_ratio(fit, use & sky)
     pull = (fit.theta[..., 2] - ratio[:, None] * level) / np.sqrt(fit.theta_var[..., 2])

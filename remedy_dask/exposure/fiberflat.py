@@ -236,14 +236,28 @@ def fiber_to_fiber(
 def ftf_on_native(ftf: np.ndarray, wavelength: np.ndarray, wave: np.ndarray = DEF_WAVE) -> np.ndarray:
     """Rectified ftf (n, len(wave)) evaluated at each fiber's native wavelengths (n, m),
     held constant beyond the grid (for masking and QA on the native grid)."""
-    ftf = np.asarray(ftf, dtype=np.float64)
-    wl = np.asarray(wavelength, dtype=np.float64)
-    pos = np.clip((wl - wave[0]) / (wave[1] - wave[0]), 0, wave.size - 1)
-    i0 = np.clip(np.floor(pos).astype(int), 0, wave.size - 2)
-    f = pos - i0
-    lo = np.take_along_axis(ftf, i0, 1)
-    hi = np.take_along_axis(ftf, i0 + 1, 1)
-    return lo * (1 - f) + hi * f
+    ftf = np.asarray(ftf)
+    wl = np.ascontiguousarray(wavelength, dtype=np.float64)
+    if ftf.ndim != 2 or ftf.shape[0] != wl.shape[0] or ftf.shape[1] != wave.size or wl.ndim != 2:
+        raise CalibrationError(f"ftf_on_native: ftf {ftf.shape} does not match the wavelengths "
+                               f"{wl.shape} and the grid ({wave.size})")
+    out = np.empty(wl.shape)
+    _interpolate_rows(np.ascontiguousarray(ftf), wl, float(wave[0]), float(wave[1] - wave[0]),
+                      out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _interpolate_rows(ftf, wl, wave0, step, out):  # pragma: no cover - compiled
+    """out[i, j] = ftf[i] (float64) linearly interpolated at grid position (wl[i, j] - wave0) /
+    step, clipped to the grid (the arithmetic of the array formulation, one pass)."""
+    n_grid = ftf.shape[1]
+    for i in range(wl.shape[0]):
+        for j in range(wl.shape[1]):
+            pos = min(max((wl[i, j] - wave0) / step, 0.0), np.float64(n_grid - 1))
+            i0 = min(max(int(np.floor(pos)), 0), n_grid - 2)
+            f = pos - i0
+            out[i, j] = np.float64(ftf[i, i0]) * (1 - f) + np.float64(ftf[i, i0 + 1]) * f
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

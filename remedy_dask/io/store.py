@@ -77,16 +77,6 @@ def is_complete(root: str | Path, exp: int, amp_key: str, key: str) -> bool:
         return False
 
 
-def _group_files(group: Path) -> dict[str, int]:
-    """Size of every file of a group, by relative path."""
-    files = {}
-    for dirpath, _, names in os.walk(group):
-        for name in names:
-            path = Path(dirpath) / name
-            files[path.relative_to(group).as_posix()] = path.stat().st_size
-    return files
-
-
 def write_dataset(root: str | Path, exp: int, amp_key: str, ds: xr.Dataset, key: str) -> Path:
     """Atomically write ``ds`` as the group of (exp, amp), tagged with ``key``.
 
@@ -100,8 +90,7 @@ def write_dataset(root: str | Path, exp: int, amp_key: str, ds: xr.Dataset, key:
     marker = marker_path(root, exp, amp_key)
     try:
         with writing(final):
-            _write_group(tmp, ds, key)
-            files = _group_files(tmp)
+            files = _write_group(tmp, ds, key)
             marker.unlink(missing_ok=True)
             if final.exists():
                 shutil.rmtree(final)
@@ -116,19 +105,23 @@ def write_dataset(root: str | Path, exp: int, amp_key: str, ds: xr.Dataset, key:
     return final
 
 
-def _write_group(tmp: Path, ds: xr.Dataset, key: str) -> None:
+def _write_group(tmp: Path, ds: xr.Dataset, key: str) -> dict[str, int]:
     """Write ``ds`` as a zarr v3 group: the metadata documents and Blosc-compressed chunks
     that ``zarr.Group.create_array`` writes (tests/test_store_format.py checks they are the
-    same), without zarr's asynchronous machinery, which cost ~4 CPU-ms per array."""
+    same), without zarr's asynchronous machinery, which cost ~4 CPU-ms per array.  Returns the
+    size of every file written, by path relative to ``tmp``."""
     tmp.mkdir()
-    _write_json(tmp / "zarr.json", {"attributes": jsonable({**ds.attrs, "input_key": key}),
-                                    "zarr_format": 3, "node_type": "group"})
+    files = {"zarr.json": _write_json(tmp / "zarr.json", {
+        "attributes": jsonable({**ds.attrs, "input_key": key}), "zarr_format": 3,
+        "node_type": "group"})}
     for name, var in ds.variables.items():
         values = np.asarray(var.values)
         if values.dtype.kind not in "fiub":
             raise TypeError(f"store.write_dataset: variable {name} has dtype {values.dtype}")
-        _write_array(tmp / str(name), values, [str(d) for d in var.dims],
-                     jsonable(dict(var.attrs)))
+        written = _write_array(tmp / str(name), values, [str(d) for d in var.dims],
+                               jsonable(dict(var.attrs)))
+        files.update({f"{name}/{rel}": size for rel, size in written.items()})
+    return files
 
 
 def array_metadata(values: np.ndarray, chunks: tuple[int, ...], dimension_names: list[str],
@@ -155,15 +148,18 @@ def array_metadata(values: np.ndarray, chunks: tuple[int, ...], dimension_names:
     }
 
 
-def _write_array(path: Path, values: np.ndarray, dims: list[str], attrs: dict[str, Any]) -> None:
+def _write_array(path: Path, values: np.ndarray, dims: list[str], attrs: dict[str, Any]
+                 ) -> dict[str, int]:
     """One array: its metadata and every chunk (edge chunks padded to the full chunk shape
-    with the fill value, as the zarr v3 regular grid stores them)."""
+    with the fill value, as the zarr v3 regular grid stores them).  Returns the size of every
+    file written, by path relative to ``path``."""
     values = values.astype(values.dtype.newbyteorder("<"), copy=False)
     chunks = _chunks(values.shape)
     path.mkdir()
-    _write_json(path / "zarr.json", array_metadata(values, chunks, dims, attrs))
+    files = {"zarr.json": _write_json(path / "zarr.json",
+                                      array_metadata(values, chunks, dims, attrs))}
     if values.size == 0:
-        return
+        return files
     codec = numcodecs.Blosc(cname=BLOSC["cname"], clevel=BLOSC["clevel"],
                             shuffle=_BLOSC_SHUFFLE[BLOSC["shuffle"]])
     grid = [range(-(-n // c)) for n, c in zip(values.shape, chunks)]
@@ -173,14 +169,17 @@ def _write_array(path: Path, values: np.ndarray, dims: list[str], attrs: dict[st
             full = np.full(chunks, np.nan if values.dtype.kind == "f" else 0, values.dtype)
             full[tuple(slice(0, n) for n in block.shape)] = block
             block = full
-        chunk = path.joinpath("c", *map(str, index))
+        rel = "/".join(("c", *map(str, index)))
+        chunk = path / rel
         chunk.parent.mkdir(parents=True, exist_ok=True)
-        chunk.write_bytes(codec.encode(np.ascontiguousarray(block)))
+        files[rel] = chunk.write_bytes(codec.encode(np.ascontiguousarray(block)))
+    return files
 
 
-def _write_json(path: Path, document: dict[str, Any]) -> None:
-    """JSON as zarr writes it (NaN and Infinity allowed in attributes)."""
-    path.write_text(json.dumps(document, indent=2, allow_nan=True))
+def _write_json(path: Path, document: dict[str, Any]) -> int:
+    """JSON as zarr reads it (NaN and Infinity allowed in attributes), compact (the C encoder:
+    an indented document goes through the pure-Python one); returns the bytes written."""
+    return path.write_bytes(json.dumps(document, allow_nan=True).encode())
 
 
 def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -31,7 +31,14 @@ def sorting_network(n: int) -> np.ndarray:
 def median_network(n: int) -> np.ndarray:
     """The pairs of :func:`sorting_network` that can reach positions (n - 1) // 2 and n // 2:
     enough to put the two middle values of n values in place."""
-    needed, kept = {(n - 1) // 2, n // 2}, []
+    return selection_network(n, ((n - 1) // 2, n // 2))
+
+
+@functools.lru_cache(maxsize=16)
+def selection_network(n: int, positions: tuple[int, ...]) -> np.ndarray:
+    """The pairs of :func:`sorting_network` that can reach ``positions``: the values there are
+    those of the full sort (the others are not sorted)."""
+    needed, kept = set(positions), []
     for a, b in sorting_network(n)[::-1].tolist():
         if a in needed or b in needed:
             kept.append((a, b))

@@ -102,7 +102,7 @@ def ccd(ref: FrameRef, cal: calfile.AmpCalibration, exp: int) -> AmpExposure:
         "object": h.object, "date": h.date, "specid": h.specid, "ifuid": h.ifuid,
     }
     return AmpExposure(
-        key, exp, ref, image=image.astype(np.float32), variance=frame.variance,
+        key, exp, ref, image=np.asarray(image, np.float32), variance=frame.variance,
         mask=cal["pixel_mask"].astype(bool), trace=cal["trace"], wavelength=cal["wavelength"],
         exptime=h.exptime, header=header, notes=list(frame.notes),
     )
@@ -125,9 +125,9 @@ def trace_shift(ax: AmpExposure, config: ReductionConfig) -> AmpExposure:
 def scattered(ax: AmpExposure, config: ReductionConfig) -> AmpExposure:
     if not config.subtract_scattered_light:
         return ax
-    from remedy_dask.amp.scatter import scattered_light
+    from remedy_dask.amp.scatter import subtract_scattered_light
 
-    ax.image = ax.image - scattered_light(ax.image, ax.trace, ax.mask)
+    ax.image = subtract_scattered_light(ax.image, ax.trace, ax.mask)
     return ax
 
 
@@ -156,7 +156,8 @@ def wave_shift(ax: AmpExposure, config: ReductionConfig) -> dict[str, Any] | Non
 
     ex = ax.extraction
     try:
-        fit = fit_wavelength_shift(ex.spectrum, ax.wavelength, ex.mask, error=ex.error)
+        fit = fit_wavelength_shift(ex.spectrum, ax.wavelength, ex.mask, error=ex.error,
+                                   per_line=False)  # (the per-line QA is not kept here)
     except Exception as exc:  # the amp is flagged by apply_wave_shift, never set to zero
         log.exception("amp %s exp%02d: wavelength shift failed", ax.key, ax.exp)
         return {"failed": f"wave_shift: {type(exc).__name__}: {exc}"}
@@ -274,7 +275,13 @@ def rectify_and_store(ax: AmpExposure, root: str, key: str
 
 
 def _rejected_indices(extraction: Any) -> np.ndarray:
+    """Flat (C-order) indices of the rejected pixels (a column-major mask is searched as it
+    is stored: no C-ordered copy)."""
     rejected = getattr(extraction, "rejected", None)
     if rejected is None:
         return np.zeros(0, np.int32)
-    return np.flatnonzero(np.asarray(rejected)).astype(np.int32)
+    rejected = np.asarray(rejected)
+    if rejected.ndim == 2 and rejected.flags.f_contiguous and not rejected.flags.c_contiguous:
+        cols, rows = np.divmod(np.flatnonzero(rejected.T), rejected.shape[0])
+        return np.sort(rows * rejected.shape[1] + cols).astype(np.int32)
+    return np.flatnonzero(rejected).astype(np.int32)

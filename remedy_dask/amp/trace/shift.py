@@ -131,18 +131,18 @@ def _centroid(vals, var, lane0, d, inv_var, n_iter, max_step, wv0, w2v0, col_wor
     w(o + 1) = w(o) r, r <- r exp(-inv_var), run on all columns at once.  Work space, float64:
     wv0/w2v0 (n_window, n_columns), col_work (6, n_columns)."""
     n_win, width = wv0.shape
-    g, r, e = col_work[0], col_work[1], col_work[2]
+    e = col_work[2]
     col_acc = col_work[3:6]
     decay = np.exp(-inv_var)
-    for c in range(width):
-        g[c] = np.exp(-0.5 * inv_var * d[c] * d[c])
-        r[c] = np.exp(-0.5 * inv_var * (1.0 - 2.0 * d[c]))
-    for i in range(n_win):
-        for c in range(width):
-            wv0[i, c] = g[c] * vals[c, lane0 + i]
-            w2v0[i, c] = g[c] * g[c] * var[c, lane0 + i]
-            g[c] *= r[c]
-            r[c] *= decay
+    for c in range(width):  # (column by column: the window's rows are contiguous)
+        gc = np.exp(-0.5 * inv_var * d[c] * d[c])
+        rc = np.exp(-0.5 * inv_var * (1.0 - 2.0 * d[c]))
+        v_col, var_col = vals[c, lane0:lane0 + n_win], var[c, lane0:lane0 + n_win]
+        for i in range(n_win):
+            wv0[i, c] = gc * v_col[i]
+            w2v0[i, c] = gc * gc * var_col[i]
+            gc *= rc
+            rc *= decay
     s = s_now = flux = fprime = step_e = 0.0
     for _ in range(n_iter):
         a = inv_var * s
@@ -234,12 +234,12 @@ def _window_kernel(image, variance, mask, n_cols, rows0, cols, t, sigma_w, pairs
             _outlier_pass(sub_v, sub_b, sub_t, model[:, :lanes.size], buf[:, :lanes.size],
                           pairs, hit[:redo.size])
             vals[:, lanes], bad[:, lanes] = sub_v, sub_b
+        for c in range(width):  # bad pixels carry no variance (one contiguous pass)
+            for i in range(n_lanes):
+                var[c, i] = np.float32(0.0) if bad[c, i] else var[c, i]
         for k in range(n_chunks):
             for c in range(width):
                 d[c] = np.float32(t[f, k, c] - rows0[f, k, c])
-                for i in range(k * _LANES, (k + 1) * _LANES):
-                    if bad[c, i]:
-                        var[c, i] = 0.0
             _centroid(vals, var, k * _LANES, d, inv_var, 3, 0.5, wv0, w2v0, col_work, out[f, k])
 
 
