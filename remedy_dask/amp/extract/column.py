@@ -1,6 +1,6 @@
 """Compiled per-column pieces of the optimal extraction (:mod:`remedy_dask.amp.extract.kernels`):
 banded normal equations of the fibers crossing a column, their Cholesky solution, the column's
-fiber profiles, its variance and its outliers.  Columns are contiguous (images transposed).
+variance and its outliers.  Columns are contiguous (images transposed).
 """
 
 from __future__ import annotations
@@ -71,63 +71,6 @@ def band_inverse_diagonal(lb, zb, band):  # pragma: no cover - compiled
         for m in range(i + 1, min(nf, i + band + 1)):
             s += lb[i, m - i] * zb[i, m - i]
         zb[i, 0] = (inv - s) * inv
-
-
-@njit(cache=True, nogil=True)
-def column_profile(
-    c, trace, tables, chunk_centers, fiber_group, fiber_gweight, grid0, step, half_width,
-    n_rows, tcol, prof, r0, nr, tot, cov,
-):  # pragma: no cover - compiled
-    """Profile of every fiber on its window of rows at column ``c``, its sum ``tot`` per fiber
-    and the coverage ``cov`` per row (sum over fibers); returns (rmin, rmax), rmax < 0 if no
-    fiber falls on the chip."""
-    nf = trace.shape[0]
-    ngroup, ngrid = tables.shape[1], tables.shape[2]
-    nwin = prof.shape[1]
-    nchunk = chunk_centers.size
-    per_pixel = int(round(1.0 / step))
-    ic = 0
-    while ic < nchunk - 2 and chunk_centers[ic + 1] <= c:
-        ic += 1
-    wc = (c - chunk_centers[ic]) / (chunk_centers[ic + 1] - chunk_centers[ic])
-    wc = min(max(wc, 0.0), 1.0)
-    for g in range(ngroup):
-        for i in range(ngrid):
-            tcol[g, i] = (1.0 - wc) * tables[ic, g, i] + wc * tables[ic + 1, g, i]
-    cov[:] = 0.0
-    rmin = n_rows
-    rmax = -1
-    for kk in range(nf):
-        k = _U(kk)
-        t = trace[k, c]
-        lo = max(int(np.ceil(t - half_width)), 0)
-        hi = min(int(np.floor(t + half_width)), n_rows - 1)
-        n = min(max(hi - lo + 1, 0), nwin)
-        r0[k] = lo
-        nr[k] = n
-        g0 = _U(fiber_group[k])
-        wg = fiber_gweight[k]
-        x0 = (lo - t - grid0) / step  # grid position of the first window row
-        i0 = int(np.floor(x0))
-        fx = x0 - i0
-        total = 0.0
-        for m in range(_U(n)):
-            i = i0 + int(m) * per_pixel  # rows are per_pixel grid steps apart: same fraction fx
-            if i < 0 or i + 1 > ngrid - 1:
-                prof[k, m] = 0.0
-                continue
-            ui = _U(i)
-            a0 = tcol[g0, ui] * (1.0 - fx) + tcol[g0, ui + 1] * fx
-            a1 = tcol[g0 + 1, ui] * (1.0 - fx) + tcol[g0 + 1, ui + 1] * fx
-            pv = (1.0 - wg) * a0 + wg * a1
-            prof[k, m] = pv
-            total += pv
-            cov[_U(lo) + m] += pv
-        tot[k] = total
-        if n > 0:
-            rmin = min(rmin, lo)
-            rmax = max(rmax, lo + n - 1)
-    return rmin, rmax
 
 
 # reassociation (vectorised sums) and fused multiply-adds in the fit's sums change the fluxes

@@ -12,8 +12,9 @@ import numpy as np
 from numba import njit
 
 from remedy_dask.amp.extract.column import (
-    any_outlier, band_inverse_diagonal, column_profile, fill_column, fit_column, reject_outside,
+    any_outlier, band_inverse_diagonal, fill_column, fit_column, reject_outside,
 )
+from remedy_dask.amp.extract.colprofile import column_profile, phase_tables
 from remedy_dask.amp.extract.stage2 import (
     flux_model, list_rows, reject_tracks, stage2_bad, stage2_weights, store_column, window_loss,
 )
@@ -162,7 +163,8 @@ def extract_amp(
     nwin = int(np.ceil(2.0 * half_width)) + 2
     ring = 3
     prof, r0, nr, tot, cov, rlim, f1, lb1, model1 = _ring_buffers(ring, nf, nwin, n_rows, band)
-    tcol = np.zeros((tables.shape[1], tables.shape[2]))
+    ptab = phase_tables(tables, int(round(1.0 / step)), nwin)
+    tph = np.zeros(ptab.shape[1:])
     wp = np.zeros((nf, nwin))
     w, v0c, model, vflux, z2, buf, badc, grow, rows = _row_buffers(n_rows)
     nb, lb, zb, rhs, y, f, fvk = _fiber_buffers(nf, band)
@@ -178,8 +180,8 @@ def extract_amp(
         if c < n_cols:  # ---- stage 1
             s = c % ring
             rmin, rmax = column_profile(
-                c, trace, tables, chunk_centers, fiber_group, fiber_gweight, grid0, step,
-                half_width, n_rows, tcol, prof[s], r0[s], nr[s], tot[s], cov[s],
+                c, trace, ptab, chunk_centers, fiber_group, fiber_gweight, grid0, step,
+                half_width, n_rows, tables.shape[2], tph, prof[s], r0[s], nr[s], tot[s], cov[s],
             )
             rlim[s, 0] = rmin
             rlim[s, 1] = rmax

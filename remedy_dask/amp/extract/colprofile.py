@@ -1,0 +1,116 @@
+"""Compiled fiber profiles of one column for the optimal extraction
+(:mod:`remedy_dask.amp.extract.kernels`), from the tables of
+:class:`remedy_dask.amp.profile.model.ProfileModel`.
+
+The rows of a fiber's window lie ``per_pixel`` grid steps apart, so a window reads the tables
+at one sub-pixel phase with stride ``per_pixel``.  :func:`phase_tables` rearranges the tables
+once per amp by phase, so that a window's table values are contiguous; a column then
+interpolates those rearranged tables between its two chunks, and every fiber interpolates in
+offset and fiber group over contiguous runs.  The arithmetic is that of interpolating the
+tables directly (same operations, same order), so the profile values are identical.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# Array indices in the hot loops are cast to unsigned: numba then drops its negative-index
+# wrap-around checks.
+_U = np.uint64
+
+
+@njit(cache=True, nogil=True)
+def phase_tables(tables, per_pixel, nwin):  # pragma: no cover - compiled
+    """``out[ic, g, e, ph, m] = tables[ic, g, ph + m * per_pixel + e]`` (e = 0, 1: both ends
+    of an interpolation interval), 0 where that interval leaves the grid."""
+    nchunk, ngroup, ngrid = tables.shape
+    out = np.zeros((nchunk, ngroup, 2, per_pixel, nwin))
+    for ic in range(nchunk):
+        for g in range(ngroup):
+            for ph in range(per_pixel):
+                for m in range(nwin):
+                    i = ph + m * per_pixel
+                    if i + 1 <= ngrid - 1:
+                        out[ic, g, 0, ph, m] = tables[ic, g, i]
+                        out[ic, g, 1, ph, m] = tables[ic, g, i + 1]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _column_tables(c, ptab, chunk_centers, tph):  # pragma: no cover - compiled
+    """The phase tables of column c: linear in column between its two chunk centres."""
+    nchunk = chunk_centers.size
+    ic = 0
+    while ic < nchunk - 2 and chunk_centers[ic + 1] <= c:
+        ic += 1
+    wc = (c - chunk_centers[ic]) / (chunk_centers[ic + 1] - chunk_centers[ic])
+    wc = min(max(wc, 0.0), 1.0)
+    a = ptab[ic].ravel()
+    b = ptab[ic + 1].ravel()
+    out = tph.ravel()
+    for i in range(_U(out.size)):
+        out[i] = (1.0 - wc) * a[i] + wc * b[i]
+
+
+@njit(cache=True, nogil=True)
+def _fiber_window(tph, g0, wg, i0, fx, n, per_pixel, ngrid, prof_k):  # pragma: no cover
+    """Profile of one fiber on its n window rows, the first at grid position i0 + fx."""
+    if 0 <= i0 < per_pixel:  # the window's phase: contiguous runs
+        gx = 1.0 - fx
+        hg = 1.0 - wg
+        ga, gb, ph = _U(g0), _U(g0 + 1), _U(i0)
+        for m in range(_U(n)):
+            a0 = tph[ga, 0, ph, m] * gx + tph[ga, 1, ph, m] * fx
+            a1 = tph[gb, 0, ph, m] * gx + tph[gb, 1, ph, m] * fx
+            prof_k[m] = hg * a0 + wg * a1
+        return
+    for m in range(n):  # windows clipped by the chip's edge
+        i = i0 + m * per_pixel
+        if i < 0 or i + 1 > ngrid - 1:
+            prof_k[m] = 0.0
+            continue
+        ph, mm = i % per_pixel, i // per_pixel
+        a0 = tph[g0, 0, ph, mm] * (1.0 - fx) + tph[g0, 1, ph, mm] * fx
+        a1 = tph[g0 + 1, 0, ph, mm] * (1.0 - fx) + tph[g0 + 1, 1, ph, mm] * fx
+        prof_k[m] = (1.0 - wg) * a0 + wg * a1
+
+
+@njit(cache=True, nogil=True)
+def column_profile(
+    c, trace, ptab, chunk_centers, fiber_group, fiber_gweight, grid0, step, half_width,
+    n_rows, ngrid, tph, prof, r0, nr, tot, cov,
+):  # pragma: no cover - compiled
+    """Profile of every fiber on its window of rows at column ``c`` (``ptab`` from
+    :func:`phase_tables`, ``tph`` scratch of ``ptab[0]``'s shape), its sum ``tot`` per fiber
+    and the coverage ``cov`` per row (sum over fibers); returns (rmin, rmax), rmax < 0 if no
+    fiber falls on the chip."""
+    nf = trace.shape[0]
+    nwin = prof.shape[1]
+    per_pixel = int(round(1.0 / step))
+    _column_tables(c, ptab, chunk_centers, tph)
+    cov[:] = 0.0
+    rmin = n_rows
+    rmax = -1
+    for kk in range(nf):
+        k = _U(kk)
+        t = trace[k, c]
+        lo = max(int(np.ceil(t - half_width)), 0)
+        hi = min(int(np.floor(t + half_width)), n_rows - 1)
+        n = min(max(hi - lo + 1, 0), nwin)
+        r0[k] = lo
+        nr[k] = n
+        x0 = (lo - t - grid0) / step  # grid position of the first window row
+        i0 = int(np.floor(x0))
+        _fiber_window(tph, fiber_group[k], fiber_gweight[k], i0, x0 - i0, n, per_pixel, ngrid,
+                      prof[k])
+        total = 0.0
+        for m in range(_U(n)):
+            pv = prof[k, m]
+            total += pv
+            cov[_U(lo) + m] += pv
+        tot[k] = total
+        if n > 0:
+            rmin = min(rmin, lo)
+            rmax = max(rmax, lo + n - 1)
+    return rmin, rmax
