@@ -81,7 +81,7 @@ def prepare_inputs(image, variance, mask, transpose_variance, block, quantile): 
                 if usable[br, bc]:
                     vals[n_use] = low[br, bc]
                     n_use += 1
-        fill = np.median(vals[:n_use]) if n_use > 0 else np.median(variance)
+        fill = np.median(vals[:n_use]) if n_use > 0 else np.median(variance.astype(np.float64))
         floor = max(1e-3, 0.1 * fill)
         for br in range(nb_r):
             for bc in range(nb_c):

@@ -25,15 +25,22 @@ _U = np.uint64
 
 
 @njit(cache=True, nogil=True)
-def _stage1_weights(bad_c, cov_s, v0c, w, rmin, rmax):  # pragma: no cover - compiled
-    """Stage-1 weights 1 / v0 of one column (0 on bad or uncovered rows); returns the number of
-    rows of zero weight."""
+def _stage1_weights(bad_c, cov_s, inv_v0, block, c, w, rmin, rmax):  # pragma: no cover
+    """Stage-1 weights 1 / v0 of column c (``inv_v0``: 1 / v0, blocked as ``v0``; 0 on bad or
+    uncovered rows); returns the number of rows of zero weight."""
+    ivc = inv_v0[min(c // block, inv_v0.shape[0] - 1)]
+    n_blocks = ivc.size
     n_masked = 0
-    for r in range(_U(rmin), _U(rmax + 1)):
-        ok = (not bad_c[r]) and cov_s[r] > 0.0
-        w[r] = 1.0 / v0c[r] if ok else 0.0
-        if not ok:
-            n_masked += 1
+    for rb in range(min(rmin // block, n_blocks - 1), n_blocks):
+        first = max(rb * block, rmin)
+        last = rmax + 1 if rb == n_blocks - 1 else min((rb + 1) * block, rmax + 1)
+        if first >= last:
+            break
+        value = ivc[rb]
+        for r in range(_U(first), _U(last)):
+            ok = (not bad_c[r]) and cov_s[r] > 0.0
+            w[r] = value if ok else 0.0
+            n_masked += 0 if ok else 1
     return n_masked
 
 
@@ -173,6 +180,7 @@ def extract_amp(
     flux1 = np.zeros((nf, n_cols))
     lost1 = np.zeros((nf, n_cols))
     run_stage1 = do_reject or poisson
+    inv_v0 = 1.0 / v0
     sig2 = reject_sigma * reject_sigma
     rel2 = reject_rel * reject_rel
     for cstep in range(n_cols + 2):
@@ -188,7 +196,7 @@ def extract_amp(
             if run_stage1 or do_reject:
                 fill_column(v0, block, c, v0c)
             if run_stage1 and rmax >= 0:
-                n_masked = _stage1_weights(bad[c], cov[s], v0c, w, rmin, rmax)
+                n_masked = _stage1_weights(bad[c], cov[s], inv_v0, block, c, w, rmin, rmax)
                 n_rej[c] += _stage1_fit(image[c], w, v0c, prof[s], r0[s], nr[s], rmin, rmax,
                                         band, nb, lb, rhs, y, f, model, wp, z2, rejected[c],
                                         do_reject, max_iter, poisson, profile_error, sig2, rel2)

@@ -84,9 +84,12 @@ def estimate_noise_floor(
     return np.ascontiguousarray(np.repeat(np.repeat(low, block, 0), block, 1)[:n_rows, :n_cols])
 
 
-def _check_shapes(image, variance, mask, trace):
+def _check_shapes(image, variance, mask, trace, variance_float32=False):
+    """Contiguous arrays of the kernels' types (``variance_float32``: float32 variances stay
+    float32, which the kernels widen exactly), or CalibrationError."""
     image = np.ascontiguousarray(image, dtype=np.float64)
-    variance = np.ascontiguousarray(variance, dtype=np.float64)
+    keep = variance_float32 and np.asarray(variance).dtype == np.float32
+    variance = np.ascontiguousarray(variance, dtype=np.float32 if keep else np.float64)
     mask = np.ascontiguousarray(mask, dtype=bool)
     trace = np.ascontiguousarray(trace, dtype=np.float64)
     if image.ndim != 2 or variance.shape != image.shape or mask.shape != image.shape:
@@ -142,7 +145,7 @@ def extract_optimal(
     chi^2 only (an allowance for profile-model error at high S/N), not to the fit weights.
     Fiber-columns with more than ``max_lost`` of their profile on bad pixels are masked.
     """
-    image, variance, mask, trace = _check_shapes(image, variance, mask, trace)
+    image, variance, mask, trace = _check_shapes(image, variance, mask, trace, True)
     prof = padded(profile)
     n_fib, n_cols = trace.shape
     estimate = poisson and noise_floor is None
