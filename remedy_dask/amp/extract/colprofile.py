@@ -20,7 +20,7 @@ from numba import njit
 _U = np.uint64
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def phase_tables(tables, per_pixel, nwin):  # pragma: no cover - compiled
     """``out[ic, g, e, ph, m] = tables[ic, g, ph + m * per_pixel + e]`` (e = 0, 1: both ends
     of an interpolation interval), 0 where that interval leaves the grid."""
@@ -37,7 +37,7 @@ def phase_tables(tables, per_pixel, nwin):  # pragma: no cover - compiled
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _column_tables(c, ptab, chunk_centers, tph):  # pragma: no cover - compiled
     """The phase tables of column c: linear in column between its two chunk centres."""
     nchunk = chunk_centers.size
@@ -53,7 +53,7 @@ def _column_tables(c, ptab, chunk_centers, tph):  # pragma: no cover - compiled
         out[i] = (1.0 - wc) * a[i] + wc * b[i]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _fiber_window(tph, g0, wg, i0, fx, n, per_pixel, ngrid, prof_k):  # pragma: no cover
     """Profile of one fiber on its n window rows, the first at grid position i0 + fx."""
     if 0 <= i0 < per_pixel:  # the window's phase: contiguous runs
@@ -76,7 +76,7 @@ def _fiber_window(tph, g0, wg, i0, fx, n, per_pixel, ngrid, prof_k):  # pragma: 
         prof_k[m] = (1.0 - wg) * a0 + wg * a1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def column_profile(
     c, trace, ptab, chunk_centers, fiber_group, fiber_gweight, grid0, step, half_width,
     n_rows, ngrid, tph, prof, r0, nr, tot, cov,

@@ -13,7 +13,7 @@ from numba import njit
 _U = np.uint64
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def band_cholesky(nb, lb, band):  # pragma: no cover - compiled
     """Cholesky factor of a banded SPD matrix: nb[i, j] = N[i, i+j], lb[i, j] = L[i+j, i]
     for j >= 1 and lb[i, 0] = 1 / L[i, i] (the reciprocal saves divisions downstream)."""
@@ -35,7 +35,7 @@ def band_cholesky(nb, lb, band):  # pragma: no cover - compiled
             lb[i, j] = s * inv
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def band_solve(lb, rhs, y, f, band):  # pragma: no cover - compiled
     nf = lb.shape[0]
     for i in range(nf):
@@ -50,7 +50,7 @@ def band_solve(lb, rhs, y, f, band):  # pragma: no cover - compiled
         f[i] = s * lb[i, 0]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def band_inverse_diagonal(lb, zb, band):  # pragma: no cover - compiled
     """Selected inversion: zb[i, j] = (N^-1)[i, i+j] inside the band, from the Cholesky factor
     (Takahashi recurrence on L^T Z = L^-1, last row first)."""
@@ -75,7 +75,7 @@ def band_inverse_diagonal(lb, zb, band):  # pragma: no cover - compiled
 
 # reassociation (vectorised sums) and fused multiply-adds in the fit's sums change the fluxes
 # at the 1e-13 level (float rounding), for ~10% of the extraction's time
-@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def fit_column(
     data, w, prof, r0, nr, rmin, rmax, band, nb, lb, rhs, y, f, model, wp
 ):  # pragma: no cover - compiled
@@ -122,7 +122,7 @@ def fit_column(
             model[lo + m] += fk * prof[k, m]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def any_outlier(data, model, w, v0c, rmin, rmax, poisson, profile_error, sig2):  # pragma: no cover
     """Whether any used row of rmin..rmax may have a squared pull above ``sig2`` (a cheap
     division-free filter, slightly loose so that it never misses one)."""
@@ -138,7 +138,7 @@ def any_outlier(data, model, w, v0c, rmin, rmax, poisson, profile_error, sig2): 
     return False
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def fill_column(v0, block, c, out):  # pragma: no cover - compiled
     """out[r] = v0 of pixel (r, c), from the blocked [column block, row block] array."""
     n = out.size
@@ -151,7 +151,7 @@ def fill_column(v0, block, c, out):  # pragma: no cover - compiled
         out[r] = vc[vc.size - 1]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def reject_outside(data, v0, bad, rmin, rmax, reject_sigma, rejected, buf):  # pragma: no cover
     """Flag positive outliers in the rows below ``rmin`` and above ``rmax`` of one column."""
     n = data.size

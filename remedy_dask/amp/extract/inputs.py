@@ -13,7 +13,7 @@ from numba import njit
 from remedy_dask.numeric.quickselect import select_kth
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def prepare_inputs(image, variance, mask, transpose_variance, block, quantile):  # pragma: no cover
     """One pass over the frame, tile by tile (``block`` x ``block``):
 

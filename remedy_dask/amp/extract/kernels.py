@@ -24,7 +24,7 @@ from remedy_dask.amp.extract.stage2 import (
 _U = np.uint64
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _stage1_weights(bad_c, cov_s, inv_v0, block, c, w, rmin, rmax):  # pragma: no cover
     """Stage-1 weights 1 / v0 of column c (``inv_v0``: 1 / v0, blocked as ``v0``; 0 on bad or
     uncovered rows); returns the number of rows of zero weight."""
@@ -44,7 +44,7 @@ def _stage1_weights(bad_c, cov_s, inv_v0, block, c, w, rmin, rmax):  # pragma: n
     return n_masked
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _reject_pass(data, model, w, v0c, rmin, rmax, poisson, profile_error, sig2, rel2, z2,
                  rejected_c):  # pragma: no cover - compiled
     """One rejection pass of stage 1: rows whose squared pull exceeds ``sig2`` and ``rel2``
@@ -74,7 +74,7 @@ def _reject_pass(data, model, w, v0c, rmin, rmax, poisson, profile_error, sig2, 
     return new
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _ring_buffers(ring, nf, nwin, n_rows, band):  # pragma: no cover - compiled
     """Per-column state kept for the ``ring`` columns between stage 1 and stage 2: profiles,
     their row ranges and totals, coverage, row limits, and the stage-1 solution (reused by
@@ -91,7 +91,7 @@ def _ring_buffers(ring, nf, nwin, n_rows, band):  # pragma: no cover - compiled
     return prof, r0, nr, tot, cov, rlim, f1, lb1, model1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _row_buffers(n_rows):  # pragma: no cover - compiled
     """Per-row work arrays of one column: weights, v0, model, model flux, squared pulls, a
     scratch buffer, bad rows, rows next to an outlier, a list of rows."""
@@ -100,7 +100,7 @@ def _row_buffers(n_rows):  # pragma: no cover - compiled
             np.zeros(n_rows, np.bool_), np.zeros(n_rows, np.int64))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _fiber_buffers(nf, band):  # pragma: no cover - compiled
     """Per-fiber work arrays: banded normal matrix, its Cholesky factor and inverse diagonal,
     right-hand side, intermediate and final solution, model flux."""
@@ -108,7 +108,7 @@ def _fiber_buffers(nf, band):  # pragma: no cover - compiled
             np.zeros(nf), np.zeros(nf), np.zeros(nf), np.zeros(nf))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _stage1_fit(data, w, v0c, prof_s, r0_s, nr_s, rmin, rmax, band, nb, lb, rhs, y, f, model,
                 wp, z2, rejected_c, do_reject, max_iter, poisson, profile_error, sig2, rel2
                 ):  # pragma: no cover - compiled
@@ -129,7 +129,7 @@ def _stage1_fit(data, w, v0c, prof_s, r0_s, nr_s, rmin, rmax, band, nb, lb, rhs,
     return n_new
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _stage1_lost(w, prof_s, r0_s, nr_s, tot_s, any_zero, rmin, rmax, rows, c, f, flux1, lost1
                  ):  # pragma: no cover - compiled
     """Stage-1 fluxes of column c and the fraction of each fiber's profile on rows of zero
@@ -148,7 +148,7 @@ def _stage1_lost(w, prof_s, r0_s, nr_s, tot_s, any_zero, rmin, rmax, rows, c, f,
         lost1[k, c] = gone / tot_s[k] if tot_s[k] > 0.0 else 1.0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def extract_amp(
     image, v0, block, poisson, bad, trace, tables, chunk_centers, fiber_group, fiber_gweight,
     grid0, step, half_width, do_reject, reject_sigma, reject_rel, max_iter, dilate,
@@ -245,7 +245,7 @@ def extract_amp(
                      lost)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def aperture_sums(image, variance, bad, trace, half_width):  # pragma: no cover - compiled
     """Aperture [t - h, t + h] of every fiber-column (pixels weighted by their overlap with it,
     see :func:`remedy_dask.amp.extract.optimal.aperture_weights`): electrons ``sum w I`` and error
