@@ -202,6 +202,7 @@ def _extraction(flux: np.ndarray, var: np.ndarray, chi2: np.ndarray, lost: np.nd
     """The amp kernel's outputs as an :class:`Extraction` with its QA numbers."""
     rej = rejected_t.T > 0
     n_cr = int(np.count_nonzero(rejected_t == 1))
+    defined = chi2[~np.isnan(chi2)]  # np.nanmedian's values, without its copy and masking
     with np.errstate(invalid="ignore"):
         err = np.sqrt(var)
         fmask = ~np.isfinite(flux) | ~np.isfinite(err) | (lost > max_lost)
@@ -213,10 +214,11 @@ def _extraction(flux: np.ndarray, var: np.ndarray, chi2: np.ndarray, lost: np.nd
         lost_fraction=lost,
         rejected=rej,
         qa={
-            "n_rejected_pixels": int(rej.sum()),
+            "n_rejected_pixels": int(np.count_nonzero(rejected_t)),
             "n_outlier_pixels": n_cr,
             "n_masked": int(fmask.sum()),
-            "median_chi2": float(np.nanmedian(chi2)) if np.isfinite(chi2).any() else float("nan"),
+            "median_chi2": float(np.median(defined)) if np.isfinite(defined).any()
+            else float("nan"),
             "band": band,
         },
     )
