@@ -54,26 +54,18 @@ def _column_tables(c, ptab, chunk_centers, tph):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _fiber_window(tph, g0, wg, i0, fx, n, per_pixel, ngrid, prof_k):  # pragma: no cover
-    """Profile of one fiber on its n window rows, the first at grid position i0 + fx."""
-    if 0 <= i0 < per_pixel:  # the window's phase: contiguous runs
-        gx = 1.0 - fx
-        hg = 1.0 - wg
-        ga, gb, ph = _U(g0), _U(g0 + 1), _U(i0)
-        for m in range(_U(n)):
-            a0 = tph[ga, 0, ph, m] * gx + tph[ga, 1, ph, m] * fx
-            a1 = tph[gb, 0, ph, m] * gx + tph[gb, 1, ph, m] * fx
-            prof_k[m] = hg * a0 + wg * a1
-        return
-    for m in range(n):  # windows clipped by the chip's edge
+def _clipped_window(tph, g0, wg, i0, fx, n, per_pixel, ngrid, prof, k):  # pragma: no cover
+    """Profile of fiber k on its n window rows, the first at grid position i0 + fx, for
+    windows not starting at a phase (clipped by the chip's edge)."""
+    for m in range(n):
         i = i0 + m * per_pixel
         if i < 0 or i + 1 > ngrid - 1:
-            prof_k[m] = 0.0
+            prof[k, m] = 0.0
             continue
         ph, mm = i % per_pixel, i // per_pixel
         a0 = tph[g0, 0, ph, mm] * (1.0 - fx) + tph[g0, 1, ph, mm] * fx
         a1 = tph[g0 + 1, 0, ph, mm] * (1.0 - fx) + tph[g0 + 1, 1, ph, mm] * fx
-        prof_k[m] = (1.0 - wg) * a0 + wg * a1
+        prof[k, m] = (1.0 - wg) * a0 + wg * a1
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -102,8 +94,19 @@ def column_profile(
         nr[k] = n
         x0 = (lo - t - grid0) / step  # grid position of the first window row
         i0 = int(np.floor(x0))
-        _fiber_window(tph, fiber_group[k], fiber_gweight[k], i0, x0 - i0, n, per_pixel, ngrid,
-                      prof[k])
+        fx = x0 - i0
+        g0 = fiber_group[k]
+        wg = fiber_gweight[k]
+        if 0 <= i0 < per_pixel:  # the window starts at a phase: contiguous runs
+            gx = 1.0 - fx
+            hg = 1.0 - wg
+            ga, gb, ph = _U(g0), _U(g0 + 1), _U(i0)
+            for m in range(_U(n)):
+                a0 = tph[ga, 0, ph, m] * gx + tph[ga, 1, ph, m] * fx
+                a1 = tph[gb, 0, ph, m] * gx + tph[gb, 1, ph, m] * fx
+                prof[k, m] = hg * a0 + wg * a1
+        else:
+            _clipped_window(tph, g0, wg, i0, fx, n, per_pixel, ngrid, prof, k)
         total = 0.0
         for m in range(_U(n)):
             pv = prof[k, m]
