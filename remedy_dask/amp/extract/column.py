@@ -14,9 +14,11 @@ _U = np.uint64
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def band_cholesky(nb, lb, band):  # pragma: no cover - compiled
-    """Cholesky factor of a banded SPD matrix: nb[i, j] = N[i, i+j], lb[i, j] = L[i+j, i]
-    for j >= 1 and lb[i, 0] = 1 / L[i, i] (the reciprocal saves divisions downstream)."""
+def band_cholesky_solve(nb, rhs, lb, y, f, band):  # pragma: no cover - compiled
+    """Solve N f = rhs for a banded SPD matrix N (nb[i, j] = N[i, i+j]) by its Cholesky factor
+    lb[i, j] = L[i+j, i] for j >= 1, lb[i, 0] = 1 / L[i, i] (the reciprocal saves divisions
+    downstream); the forward substitution L y = rhs runs row by row with the factorisation
+    (its chain of dependent operations overlaps the factor's), then L^T f = y."""
     nf = nb.shape[0]
     for i in range(nf):
         s = nb[i, 0]
@@ -33,16 +35,10 @@ def band_cholesky(nb, lb, band):  # pragma: no cover - compiled
             for p in range(max(0, row - band), i):
                 s -= lb[p, row - p] * lb[p, i - p]
             lb[i, j] = s * inv
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def band_solve(lb, rhs, y, f, band):  # pragma: no cover - compiled
-    nf = lb.shape[0]
-    for i in range(nf):
         s = rhs[i]
         for p in range(max(0, i - band), i):
             s -= lb[p, i - p] * y[p]
-        y[i] = s * lb[i, 0]
+        y[i] = s * inv
     for i in range(nf - 1, -1, -1):
         s = y[i]
         for q in range(i + 1, min(nf, i + band + 1)):
@@ -110,8 +106,7 @@ def fit_column(
         if nb[i, 0] <= 0.0:  # fiber without any usable pixel: pin it to 0
             nb[i, 0] = 1.0
             rhs[i] = 0.0
-    band_cholesky(nb, lb, band)
-    band_solve(lb, rhs, y, f, band)
+    band_cholesky_solve(nb, rhs, lb, y, f, band)
     for r in range(_U(rmin), _U(rmax + 1)):
         model[r] = 0.0
     for kk in range(nf):
