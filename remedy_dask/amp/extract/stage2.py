@@ -53,6 +53,14 @@ def stage2_bad(bad, rejected, c2, rmin, rmax, n_rej, dilate, n_cols, n_rows, bad
     for cc in range(max(c2 - 1, 0), min(c2 + 2, n_cols)):
         near = near or n_rej[cc] > 0
     use_grow = dilate and near
+    if not use_grow:  # no pixel is grown: bad = mask | outlier, nothing to mark
+        n_bad = 0
+        bad_c, rej_c = bad[c2], rejected[c2]
+        for r in range(_U(rmin), _U(rmax + 1)):
+            b = bad_c[r] | (rej_c[r] == 1)
+            badc[r] = b
+            n_bad += b
+        return False, n_bad
     if use_grow:  # rows within one pixel of an outlier in columns c2 - 1 .. c2 + 1
         for r in range(_U(rmin), _U(rmax + 1)):
             grow[r] = False
