@@ -69,22 +69,15 @@ def _clipped_window(tph, g0, wg, i0, fx, n, per_pixel, ngrid, prof, k):  # pragm
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def column_profile(
-    c, trace, ptab, chunk_centers, fiber_group, fiber_gweight, grid0, step, half_width,
-    n_rows, ngrid, tph, prof, r0, nr, tot, cov,
-):  # pragma: no cover - compiled
-    """Profile of every fiber on its window of rows at column ``c`` (``ptab`` from
-    :func:`phase_tables`, ``tph`` scratch of ``ptab[0]``'s shape), its sum ``tot`` per fiber
-    and the coverage ``cov`` per row (sum over fibers); returns (rmin, rmax), rmax < 0 if no
-    fiber falls on the chip."""
-    nf = trace.shape[0]
-    nwin = prof.shape[1]
-    per_pixel = int(round(1.0 / step))
-    _column_tables(c, ptab, chunk_centers, tph)
-    cov[:] = 0.0
+def _windows(c, trace, grid0, step, half_width, n_rows, nwin, r0, nr, i0s, fxs
+             ):  # pragma: no cover - compiled
+    """First row ``r0``, length ``nr`` and first grid position (``i0s`` + ``fxs``) of every
+    fiber's window at column c; returns (rmin, rmax), rmax < 0 if no fiber is on the chip.
+    A loop of its own: the fibers' chains of dependent operations (division, rounding)
+    overlap."""
     rmin = n_rows
     rmax = -1
-    for kk in range(nf):
+    for kk in range(trace.shape[0]):
         k = _U(kk)
         t = trace[k, c]
         lo = max(int(np.ceil(t - half_width)), 0)
@@ -94,7 +87,33 @@ def column_profile(
         nr[k] = n
         x0 = (lo - t - grid0) / step  # grid position of the first window row
         i0 = int(np.floor(x0))
-        fx = x0 - i0
+        i0s[k] = i0
+        fxs[k] = x0 - i0
+        if n > 0:
+            rmin = min(rmin, lo)
+            rmax = max(rmax, lo + n - 1)
+    return rmin, rmax
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def column_profile(
+    c, trace, ptab, chunk_centers, fiber_group, fiber_gweight, grid0, step, half_width,
+    n_rows, ngrid, tph, i0s, fxs, prof, r0, nr, tot, cov,
+):  # pragma: no cover - compiled
+    """Profile of every fiber on its window of rows at column ``c`` (``ptab`` from
+    :func:`phase_tables`, ``tph`` scratch of ``ptab[0]``'s shape, ``i0s`` and ``fxs`` scratch
+    per fiber), its sum ``tot`` per fiber and the coverage ``cov`` per row (sum over fibers,
+    rows rmin..rmax); returns (rmin, rmax), rmax < 0 if no fiber falls on the chip."""
+    nf = trace.shape[0]
+    per_pixel = int(round(1.0 / step))
+    _column_tables(c, ptab, chunk_centers, tph)
+    rmin, rmax = _windows(c, trace, grid0, step, half_width, n_rows, prof.shape[1], r0, nr,
+                          i0s, fxs)
+    for r in range(_U(rmin), _U(rmax + 1)):
+        cov[r] = 0.0
+    for kk in range(nf):
+        k = _U(kk)
+        lo, n, i0, fx = r0[k], nr[k], i0s[k], fxs[k]
         g0 = fiber_group[k]
         wg = fiber_gweight[k]
         if 0 <= i0 < per_pixel:  # the window starts at a phase: contiguous runs
@@ -113,7 +132,4 @@ def column_profile(
             total += pv
             cov[_U(lo) + m] += pv
         tot[k] = total
-        if n > 0:
-            rmin = min(rmin, lo)
-            rmax = max(rmax, lo + n - 1)
     return rmin, rmax

@@ -172,6 +172,8 @@ def extract_amp(
     prof, r0, nr, tot, cov, rlim, f1, lb1, model1 = _ring_buffers(ring, nf, nwin, n_rows, band)
     ptab = phase_tables(tables, int(round(1.0 / step)), nwin)
     tph = np.zeros(ptab.shape[1:])
+    i0s = np.zeros(nf, np.int64)
+    fxs = np.zeros(nf)
     wp = np.zeros((nf, nwin))
     w, v0c, model, vflux, z2, buf, badc, grow, rows = _row_buffers(n_rows)
     nb, lb, zb, rhs, y, f, fvk = _fiber_buffers(nf, band)
@@ -189,7 +191,8 @@ def extract_amp(
             s = c % ring
             rmin, rmax = column_profile(
                 c, trace, ptab, chunk_centers, fiber_group, fiber_gweight, grid0, step,
-                half_width, n_rows, tables.shape[2], tph, prof[s], r0[s], nr[s], tot[s], cov[s],
+                half_width, n_rows, tables.shape[2], tph, i0s, fxs, prof[s], r0[s], nr[s], tot[s],
+                cov[s],
             )
             rlim[s, 0] = rmin
             rlim[s, 1] = rmax
