@@ -13,14 +13,41 @@ from numba import njit
 _U = np.uint64
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+# fused multiply-adds allowed ("contract") in the factorisation: its sums keep their order
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def band_cholesky_solve(nb, rhs, lb, y, f, band):  # pragma: no cover - compiled
     """Solve N f = rhs for a banded SPD matrix N (nb[i, j] = N[i, i+j]) by its Cholesky factor
     lb[i, j] = L[i+j, i] for j >= 1, lb[i, 0] = 1 / L[i, i] (the reciprocal saves divisions
-    downstream); the forward substitution L y = rhs runs row by row with the factorisation
-    (its chain of dependent operations overlaps the factor's), then L^T f = y."""
+    downstream); the forward substitution L y = rhs runs row by row with the factorisation,
+    then L^T f = y.  Band 3 (the fibers' usual overlap) keeps the previous rows in registers:
+    same operations in the same order."""
     nf = nb.shape[0]
-    for i in range(nf):
+    if band != 3 or nf < 7:
+        _factor_rows(nb, rhs, lb, y, band, 0, nf)
+    else:
+        _factor_rows(nb, rhs, lb, y, band, 0, 3)
+        _factor_band3(nb, rhs, lb, y, 3, nf - 3)
+        _factor_rows(nb, rhs, lb, y, band, nf - 3, nf)
+    last = nf - 1 if band != 3 or nf < 7 else 2  # band 3: rows nf - 4 .. 0 below
+    for i in range(nf - 1, nf - 2 - last, -1):
+        s = y[i]
+        for q in range(i + 1, min(nf, i + band + 1)):
+            s -= lb[i, q - i] * f[q]
+        f[i] = s * lb[i, 0]
+    if band == 3 and nf >= 7:
+        f1, f2, f3 = f[nf - 3], f[nf - 2], f[nf - 1]
+        for ii in range(nf - 4, -1, -1):
+            i = _U(ii)
+            fi = (((y[i] - lb[i, 1] * f1) - lb[i, 2] * f2) - lb[i, 3] * f3) * lb[i, 0]
+            f[i] = fi
+            f1, f2, f3 = fi, f1, f2
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def _factor_rows(nb, rhs, lb, y, band, first, end):  # pragma: no cover - compiled
+    """Rows first..end-1 of the factor and of the forward substitution (any band)."""
+    nf = nb.shape[0]
+    for i in range(first, end):
         s = nb[i, 0]
         for p in range(max(0, i - band), i):
             s -= lb[p, i - p] ** 2
@@ -39,11 +66,34 @@ def band_cholesky_solve(nb, rhs, lb, y, f, band):  # pragma: no cover - compiled
         for p in range(max(0, i - band), i):
             s -= lb[p, i - p] * y[p]
         y[i] = s * inv
-    for i in range(nf - 1, -1, -1):
-        s = y[i]
-        for q in range(i + 1, min(nf, i + band + 1)):
-            s -= lb[i, q - i] * f[q]
-        f[i] = s * lb[i, 0]
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def _factor_band3(nb, rhs, lb, y, first, end):  # pragma: no cover - compiled
+    """:func:`_factor_rows` for band 3 on rows first..end-1 (3 <= first, end <= nf - 3), the
+    three previous rows' factor entries and solution values in registers."""
+    u = _U(first)
+    c3 = lb[u - 3, 3]  # row i - 3
+    b2, b3 = lb[u - 2, 2], lb[u - 2, 3]  # row i - 2
+    a1, a2, a3 = lb[u - 1, 1], lb[u - 1, 2], lb[u - 1, 3]  # row i - 1
+    y3, y2, y1 = y[u - 3], y[u - 2], y[u - 1]
+    for ii in range(first, end):
+        i = _U(ii)
+        s = nb[i, 0]
+        s -= c3 ** 2
+        s -= b2 ** 2
+        s -= a1 ** 2
+        inv = 1.0 / np.sqrt(max(s, 1e-300))
+        n1 = ((nb[i, 1] - b3 * b2) - a2 * a1) * inv
+        n2 = (nb[i, 2] - a3 * a1) * inv
+        n3 = nb[i, 3] * inv
+        yi = (((rhs[i] - c3 * y3) - b2 * y2) - a1 * y1) * inv
+        lb[i, 0], lb[i, 1], lb[i, 2], lb[i, 3] = inv, n1, n2, n3
+        y[i] = yi
+        c3 = b3
+        b2, b3 = a2, a3
+        a1, a2, a3 = n1, n2, n3
+        y3, y2, y1 = y2, y1, yi
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -51,7 +101,8 @@ def band_inverse_diagonal(lb, zb, band):  # pragma: no cover - compiled
     """Selected inversion: zb[i, j] = (N^-1)[i, i+j] inside the band, from the Cholesky factor
     (Takahashi recurrence on L^T Z = L^-1, last row first)."""
     nf = lb.shape[0]
-    for i in range(nf - 1, -1, -1):
+    last = nf - 1 if band != 3 or nf < 7 else 2  # band 3: rows nf - 4 .. 0 in registers
+    for i in range(nf - 1, nf - 2 - last, -1):
         inv = lb[i, 0]
         for j in range(band, 0, -1):
             col = i + j
@@ -67,6 +118,29 @@ def band_inverse_diagonal(lb, zb, band):  # pragma: no cover - compiled
         for m in range(i + 1, min(nf, i + band + 1)):
             s += lb[i, m - i] * zb[i, m - i]
         zb[i, 0] = (inv - s) * inv
+    if band == 3 and nf >= 7:
+        _inverse_band3(lb, zb, nf - 4)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def _inverse_band3(lb, zb, first):  # pragma: no cover - compiled
+    """:func:`band_inverse_diagonal` for band 3, rows ``first`` .. 0 (the rows after them
+    done): the same sums in the same order, the three rows below kept in registers."""
+    u = _U(first)
+    a0, a1, a2 = zb[u + 1, 0], zb[u + 1, 1], zb[u + 1, 2]  # row i + 1
+    b0, b1 = zb[u + 2, 0], zb[u + 2, 1]  # row i + 2
+    c0 = zb[u + 3, 0]  # row i + 3
+    for ii in range(first, -1, -1):
+        i = _U(ii)
+        inv, l1, l2, l3 = lb[i, 0], lb[i, 1], lb[i, 2], lb[i, 3]
+        z3 = -(0.0 + l1 * a2 + l2 * b1 + l3 * c0) * inv
+        z2 = -(0.0 + l1 * a1 + l2 * b0 + l3 * b1) * inv
+        z1 = -(0.0 + l1 * a0 + l2 * a1 + l3 * a2) * inv
+        z0 = (inv - (0.0 + l1 * z1 + l2 * z2 + l3 * z3)) * inv
+        zb[i, 0], zb[i, 1], zb[i, 2], zb[i, 3] = z0, z1, z2, z3
+        c0 = b0
+        b0, b1 = a0, a1
+        a0, a1, a2 = z0, z1, z2
 
 
 # reassociation (vectorised sums) and fused multiply-adds in the fit's sums change the fluxes
