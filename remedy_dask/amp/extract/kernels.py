@@ -189,28 +189,31 @@ def extract_amp(
         c = cstep
         if c < n_cols:  # ---- stage 1
             s = c % ring
+            prof_s, r0_s, nr_s, tot_s, cov_s = prof[s], r0[s], nr[s], tot[s], cov[s]
+            data, bad_c, rej_c = image[c], bad[c], rejected[c]
             rmin, rmax = column_profile(
                 c, trace, ptab, chunk_centers, fiber_group, fiber_gweight, grid0, step,
-                half_width, n_rows, tables.shape[2], tph, i0s, fxs, prof[s], r0[s], nr[s], tot[s],
-                cov[s],
+                half_width, n_rows, tables.shape[2], tph, i0s, fxs, prof_s, r0_s, nr_s, tot_s,
+                cov_s,
             )
             rlim[s, 0] = rmin
             rlim[s, 1] = rmax
             if run_stage1 or do_reject:
                 fill_column(v0, block, c, v0c)
             if run_stage1 and rmax >= 0:
-                n_masked = _stage1_weights(bad[c], cov[s], inv_v0, block, c, w, rmin, rmax)
-                n_rej[c] += _stage1_fit(image[c], w, v0c, prof[s], r0[s], nr[s], rmin, rmax,
-                                        band, nb, lb, rhs, y, f, model, wp, z2, rejected[c],
-                                        do_reject, max_iter, poisson, profile_error, sig2, rel2)
-                _stage1_lost(w, prof[s], r0[s], nr[s], tot[s], n_masked > 0 or n_rej[c] > 0,
+                n_masked = _stage1_weights(bad_c, cov_s, inv_v0, block, c, w, rmin, rmax)
+                n_rej[c] += _stage1_fit(data, w, v0c, prof_s, r0_s, nr_s, rmin, rmax, band, nb,
+                                        lb, rhs, y, f, model, wp, z2, rej_c, do_reject,
+                                        max_iter, poisson, profile_error, sig2, rel2)
+                _stage1_lost(w, prof_s, r0_s, nr_s, tot_s, n_masked > 0 or n_rej[c] > 0,
                              rmin, rmax, rows, c, f, flux1, lost1)
-                f1[s] = f
-                lb1[s] = lb
-                for r in range(_U(rmin), _U(rmax + 1)):
-                    model1[s, r] = model[r]
+                if not poisson:  # kept for a stage 2 with the same weights
+                    f1[s] = f
+                    lb1[s] = lb
+                    for r in range(_U(rmin), _U(rmax + 1)):
+                        model1[s, r] = model[r]
             if do_reject:  # rows outside every fiber window: outliers against their median
-                reject_outside(image[c], v0c, bad[c], rmin, rmax, reject_sigma, rejected[c], buf)
+                reject_outside(data, v0c, bad_c, rmin, rmax, reject_sigma, rej_c, buf)
         c2 = cstep - 2
         if c2 < 0:
             continue
@@ -219,15 +222,16 @@ def extract_amp(
         if rmax < 0:
             continue
         data = image[c2]
+        prof_s, r0_s, nr_s, tot_s, cov_s = prof[s], r0[s], nr[s], tot[s], cov[s]
         changed, n_bad = stage2_bad(bad, rejected, c2, rmin, rmax, n_rej, dilate, n_cols,
                                     n_rows, badc, grow)
         n_list = list_rows(badc, rmin, rmax, rows) if n_bad > 0 else 0
         if poisson or do_reject:
             fill_column(v0, block, c2, v0c)
-            flux_model(flux1, c2, n_cols, smooth_variance, prof[s], r0[s], nr[s], rmin, rmax,
-                       sg, fvk, vflux)
+            flux_model(flux1, c2, n_cols, smooth_variance, prof_s, r0_s, nr_s, rmin, rmax, sg,
+                       fvk, vflux)
         if do_reject and c2 >= 2 and c2 <= n_cols - 3:
-            n_list, grown = reject_tracks(data, trace, c2, prof[s], r0[s], nr[s], tot[s], lost1,
+            n_list, grown = reject_tracks(data, trace, c2, prof_s, r0_s, nr_s, tot_s, lost1,
                                           flux1, fvk, vflux, v0c, badc, rejected[c2], rows,
                                           n_list, poisson, profile_error, reject_sigma, chi2_half)
             changed = changed or grown
@@ -239,12 +243,12 @@ def extract_amp(
         else:
             if not (poisson or do_reject):
                 fill_column(v0, block, c2, v0c)
-            stage2_weights(badc, cov[s], v0c, vflux, poisson, rmin, rmax, w)
-            fit_column(data, w, prof[s], r0[s], nr[s], rmin, rmax, band, nb, lb, rhs, y, f,
-                       model, wp)
+            stage2_weights(badc, cov_s, v0c, vflux, poisson, rmin, rmax, w)
+            fit_column(data, w, prof_s, r0_s, nr_s, rmin, rmax, band, nb, lb, rhs, y, f, model,
+                       wp)
         band_inverse_diagonal(lb, zb, band)
-        store_column(c2, f, zb, data, model, vflux, v0c, badc, rows, n_list, prof[s], r0[s],
-                     nr[s], tot[s], trace, poisson, profile_error, chi2_half, flux, var_out, chi2,
+        store_column(c2, f, zb, data, model, vflux, v0c, badc, rows, n_list, prof_s, r0_s,
+                     nr_s, tot_s, trace, poisson, profile_error, chi2_half, flux, var_out, chi2,
                      lost)
 
 
