@@ -93,9 +93,9 @@ def _ring_buffers(ring, nf, nwin, n_rows, band):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _row_buffers(n_rows):  # pragma: no cover - compiled
-    """Per-row work arrays of one column: weights, v0, model, model flux, squared pulls, a
+    """Per-row work arrays of one column: weights, model, model flux, squared pulls, a
     scratch buffer, bad rows, rows next to an outlier, a list of rows."""
-    return (np.zeros(n_rows), np.zeros(n_rows), np.zeros(n_rows), np.zeros(n_rows),
+    return (np.zeros(n_rows), np.zeros(n_rows), np.zeros(n_rows),
             np.zeros(n_rows), np.zeros(n_rows), np.zeros(n_rows, np.bool_),
             np.zeros(n_rows, np.bool_), np.zeros(n_rows, np.int64))
 
@@ -175,7 +175,8 @@ def extract_amp(
     i0s = np.zeros(nf, np.int64)
     fxs = np.zeros(nf)
     wp = np.zeros((nf, nwin))
-    w, v0c, model, vflux, z2, buf, badc, grow, rows = _row_buffers(n_rows)
+    w, model, vflux, z2, buf, badc, grow, rows = _row_buffers(n_rows)
+    v0_ring = np.zeros((ring, n_rows))  # v0 of the columns in the ring
     nb, lb, zb, rhs, y, f, fvk = _fiber_buffers(nf, band)
     sg = np.array([-3.0, 12.0, 17.0, 12.0, -3.0]) / 35.0
     n_rej = np.zeros(n_cols, np.int64)
@@ -190,7 +191,7 @@ def extract_amp(
         if c < n_cols:  # ---- stage 1
             s = c % ring
             prof_s, r0_s, nr_s, tot_s, cov_s = prof[s], r0[s], nr[s], tot[s], cov[s]
-            data, bad_c, rej_c = image[c], bad[c], rejected[c]
+            data, bad_c, rej_c, v0c = image[c], bad[c], rejected[c], v0_ring[s]
             rmin, rmax = column_profile(
                 c, trace, ptab, chunk_centers, fiber_group, fiber_gweight, grid0, step,
                 half_width, n_rows, tables.shape[2], tph, i0s, fxs, prof_s, r0_s, nr_s, tot_s,
@@ -198,7 +199,7 @@ def extract_amp(
             )
             rlim[s, 0] = rmin
             rlim[s, 1] = rmax
-            if run_stage1 or do_reject:
+            if run_stage1:
                 fill_column(v0, block, c, v0c)
             if run_stage1 and rmax >= 0:
                 n_masked = _stage1_weights(bad_c, cov_s, inv_v0, block, c, w, rmin, rmax)
@@ -223,11 +224,13 @@ def extract_amp(
             continue
         data = image[c2]
         prof_s, r0_s, nr_s, tot_s, cov_s = prof[s], r0[s], nr[s], tot[s], cov[s]
+        v0c = v0_ring[s]
+        if not run_stage1:  # else filled by stage 1
+            fill_column(v0, block, c2, v0c)
         changed, n_bad = stage2_bad(bad, rejected, c2, rmin, rmax, n_rej, dilate, n_cols,
                                     n_rows, badc, grow)
         n_list = list_rows(badc, rmin, rmax, rows) if n_bad > 0 else 0
         if poisson or do_reject:
-            fill_column(v0, block, c2, v0c)
             flux_model(flux1, c2, n_cols, smooth_variance, prof_s, r0_s, nr_s, rmin, rmax, sg,
                        fvk, vflux)
         if do_reject and c2 >= 2 and c2 <= n_cols - 3:
@@ -241,8 +244,6 @@ def extract_amp(
             for r in range(_U(rmin), _U(rmax + 1)):
                 model[r] = model1[s, r]
         else:
-            if not (poisson or do_reject):
-                fill_column(v0, block, c2, v0c)
             stage2_weights(badc, cov_s, v0c, vflux, poisson, rmin, rmax, w)
             fit_column(data, w, prof_s, r0_s, nr_s, rmin, rmax, band, nb, lb, rhs, y, f, model,
                        wp)
