@@ -23,7 +23,8 @@ estimated by :func:`estimate_noise_floor`).  With data-derived weights the fluxe
 sqrt(diag((A^T W A)^-1)), neighbour covariance included, from a selected inversion of the band.
 
 The compiled parts: :mod:`remedy_dask.amp.extract.inputs` (one pass over the frame: transposed
-image, bad pixels, noise floor) and :mod:`remedy_dask.amp.extract.kernels` (the two stages).
+image, bad pixels, noise floor), :mod:`remedy_dask.amp.extract.colprofile` (the fibers' profiles
+of a column) and :mod:`remedy_dask.amp.extract.kernels` (the two stages).
 """
 
 from __future__ import annotations
