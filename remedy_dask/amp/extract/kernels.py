@@ -77,8 +77,8 @@ def _reject_pass(data, model, w, v0c, rmin, rmax, poisson, profile_error, sig2, 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _ring_buffers(ring, nf, nwin, n_rows, band):  # pragma: no cover - compiled
     """Per-column state kept for the ``ring`` columns between stage 1 and stage 2: profiles,
-    their row ranges and totals, coverage, row limits, and the stage-1 solution (reused by
-    stage 2 when its weights are unchanged)."""
+    their row ranges and totals, coverage, row limits, the stage-1 solution (reused by
+    stage 2 when its weights are unchanged) and v0."""
     prof = np.zeros((ring, nf, nwin))
     r0 = np.zeros((ring, nf), np.int64)
     nr = np.zeros((ring, nf), np.int64)
@@ -88,7 +88,27 @@ def _ring_buffers(ring, nf, nwin, n_rows, band):  # pragma: no cover - compiled
     f1 = np.zeros((ring, nf))
     lb1 = np.zeros((ring, nf, band + 1))
     model1 = np.zeros((ring, n_rows))
-    return prof, r0, nr, tot, cov, rlim, f1, lb1, model1
+    v0_ring = np.zeros((ring, n_rows))
+    return prof, r0, nr, tot, cov, rlim, f1, lb1, model1, v0_ring
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _profile_buffers(tables, step, nwin, nf):  # pragma: no cover - compiled
+    """The profile tables by phase (:func:`phase_tables`), a column's share of them, window
+    positions per fiber, and the weighted profiles of the fit."""
+    ptab = phase_tables(tables, int(round(1.0 / step)), nwin)
+    return (ptab, np.zeros(ptab.shape[1:]), np.zeros(nf, np.int64), np.zeros(nf),
+            np.zeros((nf, nwin)))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _copy_solution(f_from, lb_from, model_from, f_to, lb_to, model_to, rmin, rmax
+                   ):  # pragma: no cover - compiled
+    """Fluxes, Cholesky factor and model on rows rmin..rmax from one solution to another."""
+    f_to[:] = f_from
+    lb_to[:] = lb_from
+    for r in range(_U(rmin), _U(rmax + 1)):
+        model_to[r] = model_from[r]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -169,14 +189,10 @@ def extract_amp(
     nf = trace.shape[0]
     nwin = int(np.ceil(2.0 * half_width)) + 2
     ring = 3
-    prof, r0, nr, tot, cov, rlim, f1, lb1, model1 = _ring_buffers(ring, nf, nwin, n_rows, band)
-    ptab = phase_tables(tables, int(round(1.0 / step)), nwin)
-    tph = np.zeros(ptab.shape[1:])
-    i0s = np.zeros(nf, np.int64)
-    fxs = np.zeros(nf)
-    wp = np.zeros((nf, nwin))
+    prof, r0, nr, tot, cov, rlim, f1, lb1, model1, v0_ring = _ring_buffers(ring, nf, nwin,
+                                                                            n_rows, band)
+    ptab, tph, i0s, fxs, wp = _profile_buffers(tables, step, nwin, nf)
     w, model, vflux, z2, buf, badc, grow, rows = _row_buffers(n_rows)
-    v0_ring = np.zeros((ring, n_rows))  # v0 of the columns in the ring
     nb, lb, zb, rhs, y, f, fvk = _fiber_buffers(nf, band)
     sg = np.array([-3.0, 12.0, 17.0, 12.0, -3.0]) / 35.0
     n_rej = np.zeros(n_cols, np.int64)
@@ -209,10 +225,7 @@ def extract_amp(
                 _stage1_lost(w, prof_s, r0_s, nr_s, tot_s, n_masked > 0 or n_rej[c] > 0,
                              rmin, rmax, rows, c, f, flux1, lost1)
                 if not poisson:  # kept for a stage 2 with the same weights
-                    f1[s] = f
-                    lb1[s] = lb
-                    for r in range(_U(rmin), _U(rmax + 1)):
-                        model1[s, r] = model[r]
+                    _copy_solution(f, lb, model, f1[s], lb1[s], model1[s], rmin, rmax)
             if do_reject:  # rows outside every fiber window: outliers against their median
                 reject_outside(data, v0c, bad_c, rmin, rmax, reject_sigma, rej_c, buf)
         c2 = cstep - 2
@@ -239,10 +252,7 @@ def extract_amp(
                                           n_list, poisson, profile_error, reject_sigma, chi2_half)
             changed = changed or grown
         if run_stage1 and not poisson and not changed:  # same weights as stage 1: same fit
-            f[:] = f1[s]
-            lb[:] = lb1[s]
-            for r in range(_U(rmin), _U(rmax + 1)):
-                model[r] = model1[s, r]
+            _copy_solution(f1[s], lb1[s], model1[s], f, lb, model, rmin, rmax)
         else:
             stage2_weights(badc, cov_s, v0c, vflux, poisson, rmin, rmax, w)
             fit_column(data, w, prof_s, r0_s, nr_s, rmin, rmax, band, nb, lb, rhs, y, f, model,
