@@ -314,3 +314,48 @@ def test_quickselect_with_ties_and_infinities():
         a[rng.random(n) < 0.1] = np.inf
         k = int(rng.integers(0, n))
         assert select_kth(a.copy(), 0, n, k) == np.partition(a, k)[k]
+
+
+def test_column_profiles_match_model_evaluation(amp):
+    """The compiled per-column fiber profiles (phase-ordered tables) equal the numpy evaluation
+    of the profile model, including windows clipped by the chip's edges."""
+    from remedy_dask.amp.extract.colprofile import column_profile, phase_tables
+    from remedy_dask.amp.profile.model import bracket, padded
+
+    _, trace, _, model = amp
+    trace = trace.copy()
+    trace[:3] += -trace[:3, :1] + np.array([[3.3], [9.1], [17.6]])  # windows cut by row 0
+    trace[-2:] += N - 6.0 - trace[-1:, :1]  # ... and by the last row
+    trace = np.sort(trace, axis=0)
+    m = padded(model)
+    nwin = int(np.ceil(2.0 * m.half_width)) + 2
+    per_pixel = int(round(1.0 / m.step))
+    ptab = phase_tables(np.ascontiguousarray(m.tables), per_pixel, nwin)
+    gi, gw = bracket(m.group_centers, np.arange(112, dtype=float))
+    prof, tot, cov = np.zeros((112, nwin)), np.zeros(112), np.zeros(N)
+    r0, nr, i0s = np.zeros(112, np.int64), np.zeros(112, np.int64), np.zeros(112, np.int64)
+    for c in (0, 37, 500, N - 1):
+        rmin, rmax = column_profile(
+            c, trace, ptab, m.chunk_centers, gi.astype(np.int64), gw, float(m.offsets[0]), m.step,
+            m.half_width, N, m.offsets.size, np.zeros(ptab.shape[1:]), i0s, np.zeros(112), prof,
+            r0, nr, tot, cov)
+        assert nr[0] < 29 and nr[-1] < 29  # clipped windows
+        rows = r0[:, None] + np.arange(nwin)
+        inside = np.arange(nwin) < nr[:, None]
+        expected = model.evaluate(rows - trace[:, c, None], c, np.arange(112)[:, None])
+        np.testing.assert_allclose(np.where(inside, prof, 0), np.where(inside, expected, 0),
+                                   rtol=0, atol=1e-13)  # rows share one grid fraction
+        np.testing.assert_allclose(tot, np.where(inside, expected, 0).sum(1), rtol=1e-12)
+        assert (rmin, rmax) == (r0[0], r0[-1] + nr[-1] - 1)
+
+
+def test_float32_variance_extracts_identically(amp):
+    """A float32 variance (as the CCD step writes it) is widened exactly: same result bits."""
+    rng, trace, thr, model = amp
+    img, var = observe(rng, render(thr[:, None] * np.full((1, N), 500.0), trace))
+    var32 = var.astype(np.float32)
+    mask = np.zeros((N, N), bool)
+    a = extract_optimal(img, var32, mask, trace, model)
+    b = extract_optimal(img, var32.astype(np.float64), mask, trace, model)
+    for name in ("spectrum", "error", "chi2", "mask", "lost_fraction", "rejected"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))

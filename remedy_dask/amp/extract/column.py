@@ -1,6 +1,6 @@
 """Compiled per-column pieces of the optimal extraction (:mod:`remedy_dask.amp.extract.kernels`):
 banded normal equations of the fibers crossing a column, their Cholesky solution, the column's
-fiber profiles, its variance and its outliers.  Columns are contiguous (images transposed).
+variance and its outliers.  Columns are contiguous (images transposed).
 """
 
 from __future__ import annotations
@@ -13,12 +13,41 @@ from numba import njit
 _U = np.uint64
 
 
-@njit(cache=True, nogil=True)
-def band_cholesky(nb, lb, band):  # pragma: no cover - compiled
-    """Cholesky factor of a banded SPD matrix: nb[i, j] = N[i, i+j], lb[i, j] = L[i+j, i]
-    for j >= 1 and lb[i, 0] = 1 / L[i, i] (the reciprocal saves divisions downstream)."""
+# fused multiply-adds allowed ("contract") in the factorisation: its sums keep their order
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def band_cholesky_solve(nb, rhs, lb, y, f, band):  # pragma: no cover - compiled
+    """Solve N f = rhs for a banded SPD matrix N (nb[i, j] = N[i, i+j]) by its Cholesky factor
+    lb[i, j] = L[i+j, i] for j >= 1, lb[i, 0] = 1 / L[i, i] (the reciprocal saves divisions
+    downstream); the forward substitution L y = rhs runs row by row with the factorisation,
+    then L^T f = y.  Band 3 (the fibers' usual overlap) keeps the previous rows in registers:
+    same operations in the same order."""
     nf = nb.shape[0]
-    for i in range(nf):
+    if band != 3 or nf < 7:
+        _factor_rows(nb, rhs, lb, y, band, 0, nf)
+    else:
+        _factor_rows(nb, rhs, lb, y, band, 0, 3)
+        _factor_band3(nb, rhs, lb, y, 3, nf - 3)
+        _factor_rows(nb, rhs, lb, y, band, nf - 3, nf)
+    last = nf - 1 if band != 3 or nf < 7 else 2  # band 3: rows nf - 4 .. 0 below
+    for i in range(nf - 1, nf - 2 - last, -1):
+        s = y[i]
+        for q in range(i + 1, min(nf, i + band + 1)):
+            s -= lb[i, q - i] * f[q]
+        f[i] = s * lb[i, 0]
+    if band == 3 and nf >= 7:
+        f1, f2, f3 = f[nf - 3], f[nf - 2], f[nf - 1]
+        for ii in range(nf - 4, -1, -1):
+            i = _U(ii)
+            fi = (((y[i] - lb[i, 1] * f1) - lb[i, 2] * f2) - lb[i, 3] * f3) * lb[i, 0]
+            f[i] = fi
+            f1, f2, f3 = fi, f1, f2
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def _factor_rows(nb, rhs, lb, y, band, first, end):  # pragma: no cover - compiled
+    """Rows first..end-1 of the factor and of the forward substitution (any band)."""
+    nf = nb.shape[0]
+    for i in range(first, end):
         s = nb[i, 0]
         for p in range(max(0, i - band), i):
             s -= lb[p, i - p] ** 2
@@ -33,29 +62,47 @@ def band_cholesky(nb, lb, band):  # pragma: no cover - compiled
             for p in range(max(0, row - band), i):
                 s -= lb[p, row - p] * lb[p, i - p]
             lb[i, j] = s * inv
-
-
-@njit(cache=True, nogil=True)
-def band_solve(lb, rhs, y, f, band):  # pragma: no cover - compiled
-    nf = lb.shape[0]
-    for i in range(nf):
         s = rhs[i]
         for p in range(max(0, i - band), i):
             s -= lb[p, i - p] * y[p]
-        y[i] = s * lb[i, 0]
-    for i in range(nf - 1, -1, -1):
-        s = y[i]
-        for q in range(i + 1, min(nf, i + band + 1)):
-            s -= lb[i, q - i] * f[q]
-        f[i] = s * lb[i, 0]
+        y[i] = s * inv
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def _factor_band3(nb, rhs, lb, y, first, end):  # pragma: no cover - compiled
+    """:func:`_factor_rows` for band 3 on rows first..end-1 (3 <= first, end <= nf - 3), the
+    three previous rows' factor entries and solution values in registers."""
+    u = _U(first)
+    c3 = lb[u - 3, 3]  # row i - 3
+    b2, b3 = lb[u - 2, 2], lb[u - 2, 3]  # row i - 2
+    a1, a2, a3 = lb[u - 1, 1], lb[u - 1, 2], lb[u - 1, 3]  # row i - 1
+    y3, y2, y1 = y[u - 3], y[u - 2], y[u - 1]
+    for ii in range(first, end):
+        i = _U(ii)
+        s = nb[i, 0]
+        s -= c3 ** 2
+        s -= b2 ** 2
+        s -= a1 ** 2
+        inv = 1.0 / np.sqrt(max(s, 1e-300))
+        n1 = ((nb[i, 1] - b3 * b2) - a2 * a1) * inv
+        n2 = (nb[i, 2] - a3 * a1) * inv
+        n3 = nb[i, 3] * inv
+        yi = (((rhs[i] - c3 * y3) - b2 * y2) - a1 * y1) * inv
+        lb[i, 0], lb[i, 1], lb[i, 2], lb[i, 3] = inv, n1, n2, n3
+        y[i] = yi
+        c3 = b3
+        b2, b3 = a2, a3
+        a1, a2, a3 = n1, n2, n3
+        y3, y2, y1 = y2, y1, yi
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def band_inverse_diagonal(lb, zb, band):  # pragma: no cover - compiled
     """Selected inversion: zb[i, j] = (N^-1)[i, i+j] inside the band, from the Cholesky factor
     (Takahashi recurrence on L^T Z = L^-1, last row first)."""
     nf = lb.shape[0]
-    for i in range(nf - 1, -1, -1):
+    last = nf - 1 if band != 3 or nf < 7 else 2  # band 3: rows nf - 4 .. 0 in registers
+    for i in range(nf - 1, nf - 2 - last, -1):
         inv = lb[i, 0]
         for j in range(band, 0, -1):
             col = i + j
@@ -71,68 +118,34 @@ def band_inverse_diagonal(lb, zb, band):  # pragma: no cover - compiled
         for m in range(i + 1, min(nf, i + band + 1)):
             s += lb[i, m - i] * zb[i, m - i]
         zb[i, 0] = (inv - s) * inv
+    if band == 3 and nf >= 7:
+        _inverse_band3(lb, zb, nf - 4)
 
 
-@njit(cache=True, nogil=True)
-def column_profile(
-    c, trace, tables, chunk_centers, fiber_group, fiber_gweight, grid0, step, half_width,
-    n_rows, tcol, prof, r0, nr, tot, cov,
-):  # pragma: no cover - compiled
-    """Profile of every fiber on its window of rows at column ``c``, its sum ``tot`` per fiber
-    and the coverage ``cov`` per row (sum over fibers); returns (rmin, rmax), rmax < 0 if no
-    fiber falls on the chip."""
-    nf = trace.shape[0]
-    ngroup, ngrid = tables.shape[1], tables.shape[2]
-    nwin = prof.shape[1]
-    nchunk = chunk_centers.size
-    per_pixel = int(round(1.0 / step))
-    ic = 0
-    while ic < nchunk - 2 and chunk_centers[ic + 1] <= c:
-        ic += 1
-    wc = (c - chunk_centers[ic]) / (chunk_centers[ic + 1] - chunk_centers[ic])
-    wc = min(max(wc, 0.0), 1.0)
-    for g in range(ngroup):
-        for i in range(ngrid):
-            tcol[g, i] = (1.0 - wc) * tables[ic, g, i] + wc * tables[ic + 1, g, i]
-    cov[:] = 0.0
-    rmin = n_rows
-    rmax = -1
-    for kk in range(nf):
-        k = _U(kk)
-        t = trace[k, c]
-        lo = max(int(np.ceil(t - half_width)), 0)
-        hi = min(int(np.floor(t + half_width)), n_rows - 1)
-        n = min(max(hi - lo + 1, 0), nwin)
-        r0[k] = lo
-        nr[k] = n
-        g0 = _U(fiber_group[k])
-        wg = fiber_gweight[k]
-        x0 = (lo - t - grid0) / step  # grid position of the first window row
-        i0 = int(np.floor(x0))
-        fx = x0 - i0
-        total = 0.0
-        for m in range(_U(n)):
-            i = i0 + int(m) * per_pixel  # rows are per_pixel grid steps apart: same fraction fx
-            if i < 0 or i + 1 > ngrid - 1:
-                prof[k, m] = 0.0
-                continue
-            ui = _U(i)
-            a0 = tcol[g0, ui] * (1.0 - fx) + tcol[g0, ui + 1] * fx
-            a1 = tcol[g0 + 1, ui] * (1.0 - fx) + tcol[g0 + 1, ui + 1] * fx
-            pv = (1.0 - wg) * a0 + wg * a1
-            prof[k, m] = pv
-            total += pv
-            cov[_U(lo) + m] += pv
-        tot[k] = total
-        if n > 0:
-            rmin = min(rmin, lo)
-            rmax = max(rmax, lo + n - 1)
-    return rmin, rmax
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def _inverse_band3(lb, zb, first):  # pragma: no cover - compiled
+    """:func:`band_inverse_diagonal` for band 3, rows ``first`` .. 0 (the rows after them
+    done): the same sums in the same order, the three rows below kept in registers."""
+    u = _U(first)
+    a0, a1, a2 = zb[u + 1, 0], zb[u + 1, 1], zb[u + 1, 2]  # row i + 1
+    b0, b1 = zb[u + 2, 0], zb[u + 2, 1]  # row i + 2
+    c0 = zb[u + 3, 0]  # row i + 3
+    for ii in range(first, -1, -1):
+        i = _U(ii)
+        inv, l1, l2, l3 = lb[i, 0], lb[i, 1], lb[i, 2], lb[i, 3]
+        z3 = -(0.0 + l1 * a2 + l2 * b1 + l3 * c0) * inv
+        z2 = -(0.0 + l1 * a1 + l2 * b0 + l3 * b1) * inv
+        z1 = -(0.0 + l1 * a0 + l2 * a1 + l3 * a2) * inv
+        z0 = (inv - (0.0 + l1 * z1 + l2 * z2 + l3 * z3)) * inv
+        zb[i, 0], zb[i, 1], zb[i, 2], zb[i, 3] = z0, z1, z2, z3
+        c0 = b0
+        b0, b1 = a0, a1
+        a0, a1, a2 = z0, z1, z2
 
 
 # reassociation (vectorised sums) and fused multiply-adds in the fit's sums change the fluxes
 # at the 1e-13 level (float rounding), for ~10% of the extraction's time
-@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def fit_column(
     data, w, prof, r0, nr, rmin, rmax, band, nb, lb, rhs, y, f, model, wp
 ):  # pragma: no cover - compiled
@@ -167,19 +180,19 @@ def fit_column(
         if nb[i, 0] <= 0.0:  # fiber without any usable pixel: pin it to 0
             nb[i, 0] = 1.0
             rhs[i] = 0.0
-    band_cholesky(nb, lb, band)
-    band_solve(lb, rhs, y, f, band)
+    band_cholesky_solve(nb, rhs, lb, y, f, band)
     for r in range(_U(rmin), _U(rmax + 1)):
         model[r] = 0.0
-    for kk in range(nf):
-        k = _U(kk)
-        lo = _U(r0[k])
-        fk = f[k]
-        for m in range(_U(nr[k])):
-            model[lo + m] += fk * prof[k, m]
+    for first in range(4):  # every 4th fiber: no window overlaps the one added just before
+        for kk in range(first, nf, 4):
+            k = _U(kk)
+            lo = _U(r0[k])
+            fk = f[k]
+            for m in range(_U(nr[k])):
+                model[lo + m] += fk * prof[k, m]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def any_outlier(data, model, w, v0c, rmin, rmax, poisson, profile_error, sig2):  # pragma: no cover
     """Whether any used row of rmin..rmax may have a squared pull above ``sig2`` (a cheap
     division-free filter, slightly loose so that it never misses one)."""
@@ -195,7 +208,7 @@ def any_outlier(data, model, w, v0c, rmin, rmax, poisson, profile_error, sig2): 
     return False
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def fill_column(v0, block, c, out):  # pragma: no cover - compiled
     """out[r] = v0 of pixel (r, c), from the blocked [column block, row block] array."""
     n = out.size
@@ -208,7 +221,7 @@ def fill_column(v0, block, c, out):  # pragma: no cover - compiled
         out[r] = vc[vc.size - 1]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def reject_outside(data, v0, bad, rmin, rmax, reject_sigma, rejected, buf):  # pragma: no cover
     """Flag positive outliers in the rows below ``rmin`` and above ``rmax`` of one column."""
     n = data.size

@@ -13,7 +13,7 @@ from numba import njit
 from remedy_dask.numeric.quickselect import select_kth
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def prepare_inputs(image, variance, mask, transpose_variance, block, quantile):  # pragma: no cover
     """One pass over the frame, tile by tile (``block`` x ``block``):
 
@@ -81,7 +81,7 @@ def prepare_inputs(image, variance, mask, transpose_variance, block, quantile): 
                 if usable[br, bc]:
                     vals[n_use] = low[br, bc]
                     n_use += 1
-        fill = np.median(vals[:n_use]) if n_use > 0 else np.median(variance)
+        fill = np.median(vals[:n_use]) if n_use > 0 else np.median(variance.astype(np.float64))
         floor = max(1e-3, 0.1 * fill)
         for br in range(nb_r):
             for bc in range(nb_c):

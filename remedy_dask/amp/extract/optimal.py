@@ -23,7 +23,8 @@ estimated by :func:`estimate_noise_floor`).  With data-derived weights the fluxe
 sqrt(diag((A^T W A)^-1)), neighbour covariance included, from a selected inversion of the band.
 
 The compiled parts: :mod:`remedy_dask.amp.extract.inputs` (one pass over the frame: transposed
-image, bad pixels, noise floor) and :mod:`remedy_dask.amp.extract.kernels` (the two stages).
+image, bad pixels, noise floor), :mod:`remedy_dask.amp.extract.colprofile` (the fibers' profiles
+of a column) and :mod:`remedy_dask.amp.extract.kernels` (the two stages).
 """
 
 from __future__ import annotations
@@ -84,9 +85,12 @@ def estimate_noise_floor(
     return np.ascontiguousarray(np.repeat(np.repeat(low, block, 0), block, 1)[:n_rows, :n_cols])
 
 
-def _check_shapes(image, variance, mask, trace):
+def _check_shapes(image, variance, mask, trace, variance_float32=False):
+    """Contiguous arrays of the kernels' types (``variance_float32``: float32 variances stay
+    float32, which the kernels widen exactly), or CalibrationError."""
     image = np.ascontiguousarray(image, dtype=np.float64)
-    variance = np.ascontiguousarray(variance, dtype=np.float64)
+    keep = variance_float32 and np.asarray(variance).dtype == np.float32
+    variance = np.ascontiguousarray(variance, dtype=np.float32 if keep else np.float64)
     mask = np.ascontiguousarray(mask, dtype=bool)
     trace = np.ascontiguousarray(trace, dtype=np.float64)
     if image.ndim != 2 or variance.shape != image.shape or mask.shape != image.shape:
@@ -142,7 +146,7 @@ def extract_optimal(
     chi^2 only (an allowance for profile-model error at high S/N), not to the fit weights.
     Fiber-columns with more than ``max_lost`` of their profile on bad pixels are masked.
     """
-    image, variance, mask, trace = _check_shapes(image, variance, mask, trace)
+    image, variance, mask, trace = _check_shapes(image, variance, mask, trace, True)
     prof = padded(profile)
     n_fib, n_cols = trace.shape
     estimate = poisson and noise_floor is None
@@ -199,6 +203,7 @@ def _extraction(flux: np.ndarray, var: np.ndarray, chi2: np.ndarray, lost: np.nd
     """The amp kernel's outputs as an :class:`Extraction` with its QA numbers."""
     rej = rejected_t.T > 0
     n_cr = int(np.count_nonzero(rejected_t == 1))
+    defined = chi2[~np.isnan(chi2)]  # np.nanmedian's values, without its copy and masking
     with np.errstate(invalid="ignore"):
         err = np.sqrt(var)
         fmask = ~np.isfinite(flux) | ~np.isfinite(err) | (lost > max_lost)
@@ -210,10 +215,11 @@ def _extraction(flux: np.ndarray, var: np.ndarray, chi2: np.ndarray, lost: np.nd
         lost_fraction=lost,
         rejected=rej,
         qa={
-            "n_rejected_pixels": int(rej.sum()),
+            "n_rejected_pixels": int(np.count_nonzero(rejected_t)),
             "n_outlier_pixels": n_cr,
             "n_masked": int(fmask.sum()),
-            "median_chi2": float(np.nanmedian(chi2)) if np.isfinite(chi2).any() else float("nan"),
+            "median_chi2": float(np.median(defined)) if np.isfinite(defined).any()
+            else float("nan"),
             "band": band,
         },
     )

@@ -17,7 +17,7 @@ from numba import njit
 _U = np.uint64
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def list_rows(flag, rmin, rmax, rows):  # pragma: no cover - compiled
     """Rows r of rmin..rmax with ``flag[r]`` into ``rows`` (ascending); returns how many."""
     n = 0
@@ -28,7 +28,7 @@ def list_rows(flag, rmin, rmax, rows):  # pragma: no cover - compiled
     return n
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def window_loss(prof_s, k, lo, n, rows, n_list, start):  # pragma: no cover - compiled
     """Profile weight of fiber k on the listed rows inside its window [lo, lo + n), summed in
     ascending row order; ``start``: a list index at or before the window's first listed row
@@ -43,7 +43,7 @@ def window_loss(prof_s, k, lo, n, rows, n_list, start):  # pragma: no cover - co
     return gone, start
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def stage2_bad(bad, rejected, c2, rmin, rmax, n_rej, dilate, n_cols, n_rows, badc, grow
                ):  # pragma: no cover - compiled
     """Stage-2 bad pixels of column c2: the mask, stage-1 outliers and, with ``dilate``, pixels
@@ -53,6 +53,14 @@ def stage2_bad(bad, rejected, c2, rmin, rmax, n_rej, dilate, n_cols, n_rows, bad
     for cc in range(max(c2 - 1, 0), min(c2 + 2, n_cols)):
         near = near or n_rej[cc] > 0
     use_grow = dilate and near
+    if not use_grow:  # no pixel is grown: bad = mask | outlier, nothing to mark
+        n_bad = 0
+        bad_c, rej_c = bad[c2], rejected[c2]
+        for r in range(_U(rmin), _U(rmax + 1)):
+            b = bad_c[r] | (rej_c[r] == 1)
+            badc[r] = b
+            n_bad += b
+        return False, n_bad
     if use_grow:  # rows within one pixel of an outlier in columns c2 - 1 .. c2 + 1
         for r in range(_U(rmin), _U(rmax + 1)):
             grow[r] = False
@@ -77,7 +85,7 @@ def stage2_bad(bad, rejected, c2, rmin, rmax, n_rej, dilate, n_cols, n_rows, bad
     return changed, n_bad
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def flux_model(flux1, c2, n_cols, smooth_variance, prof_s, r0_s, nr_s, rmin, rmax, sg, fvk,
                vflux):  # pragma: no cover - compiled
     """Model of column c2 from the stage-1 fluxes (smoothed along the wavelength, Savitzky-Golay
@@ -99,7 +107,7 @@ def flux_model(flux1, c2, n_cols, smooth_variance, prof_s, r0_s, nr_s, rmin, rma
             vflux[lo + m] += fv * prof_s[k, m]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _insert_row(rows, n_list, r):  # pragma: no cover - compiled
     """Insert row r into the ascending list ``rows`` of ``n_list`` entries; returns the count."""
     i = n_list
@@ -110,7 +118,7 @@ def _insert_row(rows, n_list, r):  # pragma: no cover - compiled
     return n_list + 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def reject_tracks(data, trace, c2, prof_s, r0_s, nr_s, tot_s, lost1, flux1, fvk, vflux, v0c,
                   badc, rejected_c, rows, n_list, poisson, profile_error, reject_sigma,
                   chi2_half):  # pragma: no cover - compiled
@@ -143,7 +151,7 @@ def reject_tracks(data, trace, c2, prof_s, r0_s, nr_s, tot_s, lost1, flux1, fvk,
     return n_list, changed
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def stage2_weights(badc, cov_s, v0c, vflux, poisson, rmin, rmax, w):  # pragma: no cover
     """Stage-2 weights: 1 / (v0 + model) with ``poisson``, else 1 / v0; 0 on bad rows."""
     for r in range(_U(rmin), _U(rmax + 1)):
@@ -155,7 +163,7 @@ def stage2_weights(badc, cov_s, v0c, vflux, poisson, rmin, rmax, w):  # pragma: 
             w[r] = 1.0 / v0c[r]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def store_column(c2, f, zb, data, model, vflux, v0c, badc, rows, n_list, prof_s, r0_s, nr_s,
                  tot_s, trace, poisson, profile_error, chi2_half, flux, var_out, chi2, lost
                  ):  # pragma: no cover - compiled
