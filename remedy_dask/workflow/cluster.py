@@ -24,7 +24,7 @@ from remedy_dask.workflow.jobwatch import ClusterError, rejection_message, wait_
 
 log = logging.getLogger(__name__)
 
-THREADED_MAX_AMP_EXPOSURES = 48  # processes: auto runs reductions up to this size in threads
+THREADED_MAX_AMP_EXPOSURES = 96  # processes: auto runs reductions up to this size in threads
 
 TCP_WARNING = ("plain tcp:// to {address}: nothing is encrypted or authenticated; anyone who can "
                "reach that port can run any code as you on the workers (distributed unpickles "
