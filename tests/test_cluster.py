@@ -74,6 +74,7 @@ def test_slurm_through_dask_jobqueue(e2e, sync_product, tmp_path):
     cfg.write_text(yaml.safe_dump({
         "queue": "debug", "cores": 1, "processes": 1, "memory": "3GB", "walltime": "00:20:00",
         "interface": "lo", "local_directory": str(tmp_path / "scratch"),
+        "log_directory": str(tmp_path / "logs"),  # the jobs' slurm-ID.out, not in the checkout
     }))
     product = _reduce(e2e, tmp_path / "out", "slurm", "--workers", "2", "--cluster-config", str(cfg))
     _assert_identical(sync_product, product)
