@@ -14,7 +14,6 @@ time the code before a change on the same inputs.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import time
@@ -25,6 +24,9 @@ from remedy_dask.threads import one_thread_per_process
 one_thread_per_process()  # as the workers, before numpy
 
 import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import seeded_reduction_parser  # noqa: E402
 
 DATE, OBS = "20190822", 7
 
@@ -68,11 +70,7 @@ def time_nodes(graph: dict, prefixes: list[str], repeat: int) -> dict[str, float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sim", type=Path, help="simulated night (raw/, fplane.txt, ...)")
-    parser.add_argument("cal", type=Path, help="calibration file of the night")
-    parser.add_argument("seed", type=Path, help="--out of a finished reduce --all-ifus")
+    parser = seeded_reduction_parser(__doc__)
     parser.add_argument("scratch", type=Path, help="scratch folder (replaced)")
     parser.add_argument("--nodes", nargs="+", default=[
         "ifu-stars", "seeing", "ifu-star-fits", "psf", "ifu-sources", "ifu-detect", "ifu-cube"],

@@ -11,7 +11,6 @@ The products of the last repeat stay in ``RUN_OUT``; the numbers go to ``RUN_OUT
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import time
@@ -23,7 +22,7 @@ one_thread_per_process()  # as the CLI does, before numpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import DATE, OBS, step_shares, step_spans  # noqa: E402
-from common import save  # noqa: E402
+from common import save, seeded_reduction_parser  # noqa: E402
 
 from remedy_dask import cli  # noqa: E402
 
@@ -50,11 +49,7 @@ def one_run(sim: Path, cal: Path, seed: Path, out: Path, workers: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sim", type=Path, help="simulated night (raw/, fplane.txt, ...)")
-    parser.add_argument("cal", type=Path, help="calibration file of the night")
-    parser.add_argument("seed", type=Path, help="--out of a finished reduce --all-ifus")
+    parser = seeded_reduction_parser(__doc__)
     parser.add_argument("out", type=Path, help="output folder of the timed reductions")
     parser.add_argument("--repeat", type=int, default=1, help="timed runs (default 1)")
     parser.add_argument("--workers", type=int, default=2, help="workers (default 2)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import threading
 import time
@@ -67,3 +68,14 @@ def timed(results: dict, name: str) -> Iterator[None]:
 def save(results: dict, path: str | Path) -> None:
     Path(path).write_text(json.dumps(results, indent=2))
     print(f"results written to {path}")
+
+
+def seeded_reduction_parser(description: str | None) -> argparse.ArgumentParser:
+    """Arguments of the scripts that time the observation stage on a finished reduction: the
+    simulated night, its calibration file and the ``--out`` of a ``reduce --all-ifus``."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sim", type=Path, help="simulated night (raw/, fplane.txt, ...)")
+    parser.add_argument("cal", type=Path, help="calibration file of the night")
+    parser.add_argument("seed", type=Path, help="--out of a finished reduce --all-ifus")
+    return parser
