@@ -23,14 +23,14 @@ def read_dataset(ds: h5py.Dataset) -> np.ndarray:
     """``ds[...]`` of a chunked dataset deflated (after a byte shuffle or not), every chunk
     written; any other dataset is read by h5py."""
     pipeline = _pipeline(ds)
-    if pipeline not in ((_DEFLATE,), (_SHUFFLE, _DEFLATE)) or ds.dtype.hasobject or ds.size == 0:
+    dtype, shape, chunks = ds.dtype, ds.shape, ds.chunks  # h5py rebuilds these on each access
+    if pipeline not in ((_DEFLATE,), (_SHUFFLE, _DEFLATE)) or dtype.hasobject or ds.size == 0:
         return ds[...]
-    chunks = ds.chunks
-    n_chunks = int(np.prod([-(-n // c) for n, c in zip(ds.shape, chunks)]))
+    n_chunks = int(np.prod([-(-n // c) for n, c in zip(shape, chunks)]))
     if ds.id.get_num_chunks() != n_chunks:  # unwritten chunks hold the fill value
         return ds[...]
-    out = np.empty(ds.shape, ds.dtype)
-    itemsize = ds.dtype.itemsize
+    out = np.empty(shape, dtype)
+    itemsize = dtype.itemsize
     for i in range(n_chunks):
         info = ds.id.get_chunk_info(i)
         mask, raw = ds.id.read_direct_chunk(info.chunk_offset)
@@ -39,8 +39,7 @@ def read_dataset(ds: h5py.Dataset) -> np.ndarray:
         data = np.frombuffer(isal_zlib.decompress(raw), np.uint8)
         if pipeline[0] == _SHUFFLE and itemsize > 1:
             data = data.reshape(itemsize, -1).T.reshape(-1)
-        block = data.view(ds.dtype).reshape(chunks)
-        dest = tuple(slice(o, min(o + c, n)) for o, c, n in zip(info.chunk_offset, chunks,
-                                                                 ds.shape))
+        block = data.view(dtype).reshape(chunks)
+        dest = tuple(slice(o, min(o + c, n)) for o, c, n in zip(info.chunk_offset, chunks, shape))
         out[dest] = block[tuple(slice(0, s.stop - s.start) for s in dest)]
     return out

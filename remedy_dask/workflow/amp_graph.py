@@ -12,7 +12,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-
 from remedy_dask import geometry
 from remedy_dask.config import PipelineConfig
 from remedy_dask.io import store
